@@ -1,0 +1,78 @@
+"""Self-describing checkpoints: plain types only, so ``torch.load(weights_only=True)`` reads them.
+
+A checkpoint holds the weights and BatchNorm buffers of one epoch plus what is needed to rebuild
+the model (model name and arguments, dataset shape, epoch, training config). The optimizer state
+that a resume needs lives in a separate file that is deleted once the next epoch is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .models import create_model
+from .store import atomic_file, check_hash
+
+FORMAT = "landscape-checkpoint/1"
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoints/epoch-{epoch:04d}.pt"
+
+
+def optimizer_name(epoch: int) -> str:
+    return f"checkpoints/epoch-{epoch:04d}.optim.pt"
+
+
+def save(path: Path, obj: dict[str, Any]) -> None:
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+
+
+def make_checkpoint(model: nn.Module, model_meta: dict[str, Any], dataset: dict[str, Any],
+                    config: dict[str, Any], epoch: int) -> dict[str, Any]:
+    # Rebuilt from JSON so that the pickled bytes depend only on the values, not on which Python
+    # objects happen to be shared (a resumed run reads its metadata from disk, a fresh one does not).
+    meta = json.loads(json.dumps({
+        "format": FORMAT,
+        "model": model_meta["name"],
+        "model_args": model_meta["args"],
+        "dataset": dataset,
+        "epoch": epoch,
+        "config": config,
+    }))
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    return {**meta, "state_dict": state}
+
+
+def state_hash(state_dict: dict[str, Tensor]) -> str:
+    """sha256 of the names, dtypes, shapes and bytes of every tensor: equal iff the weights are bitwise equal.
+
+    (The checkpoint file's own hash also covers a random id that torch.save writes into every file.)
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}:".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def load(path: Path, sha256: str | None = None, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a checkpoint (refusing it if it no longer matches its recorded hash)."""
+    if sha256 is not None:
+        check_hash(path, sha256, what)
+    obj: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return obj
+
+
+def build_model(checkpoint: dict[str, Any]) -> nn.Module:
+    """A model with the checkpoint's architecture and weights, in eval mode on the CPU."""
+    model = create_model(checkpoint["model"], **checkpoint["model_args"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -1,0 +1,241 @@
+"""The `landscape` command: thin Typer commands over the library.
+
+Each command parses its options, calls one library function and renders the result with rich (or
+as JSON with --json). Heavy libraries (torch, zarr, matplotlib) are imported inside the commands so
+that `landscape --help` and `landscape ls` start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from . import __version__
+from ._cli_utils import (
+    DeviceOpt,
+    JsonOpt,
+    LandscapeGroup,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    err,
+    human_size,
+    num,
+    out,
+    pct,
+    print_json,
+)
+from .config import TrainConfig
+from .errors import Interrupted
+from .store import Store
+
+app = typer.Typer(
+    cls=LandscapeGroup,
+    name="landscape",
+    help="Loss landscapes of neural networks around training checkpoints.\n\n"
+    "Quick start: landscape train resnet digits --epochs 5, then landscape ls.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"landscape {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Loss landscapes of neural networks around training checkpoints."""
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Argument(help="Model name (`landscape models` lists them).", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="Dataset name (`landscape datasets` lists them).", show_default=False)],
+    epochs: Annotated[int, typer.Option(help="Epochs to train (epoch 0, the untrained model, is always kept).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = TrainConfig.optimizer,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = TrainConfig.weight_decay,
+    activation: Annotated[str, typer.Option(help="relu, sigmoid or tanh: replaces every activation.")] = TrainConfig.activation,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the data order.")] = TrainConfig.seed,
+    device: DeviceOpt = "auto",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where datasets are cached (else $LANDSCAPE_DATA, else ~/.cache/landscape/data).",
+                     show_default=False),
+    ] = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train MODEL on DATASET and checkpoint every epoch into a run.
+
+    The run's id is a hash of the training configuration: the same command again trains nothing,
+    resumes a stopped run from its last complete epoch, or continues it when --epochs grows.
+
+    Example: `landscape train resnet digits --epochs 5 --name quickstart`
+    """
+    from .training import train as train_run
+
+    def report(record: dict[str, Any]) -> None:
+        if not quiet:
+            err().print(
+                f"epoch {record['epoch']:>3}  train loss {num(record['train_loss'])} acc {pct(record['train_accuracy'])}"
+                f"  val loss {num(record['val_loss'])} acc {pct(record['val_accuracy'])}  ({record['seconds']:.1f} s)"
+            )
+
+    try:
+        result = train_run(
+            model, dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, device=device,
+            data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "training interrupted: run the same command again to resume from the last complete epoch"
+        ) from None
+    meta = result.meta
+    if json_output:
+        print_json({"id": result.run_id, "path": result.path, "trained": result.trained, **meta})
+        return
+    if result.existed:
+        err().print(f"run {result.run_id} already has epochs 0-{len(meta['epochs']) - 1}: nothing to train")
+    out().print(_epochs_table(meta))
+    out().print(f"run [bold]{result.run_id}[/bold]{_name(meta)} in {result.path}")
+
+
+def _name(meta: dict[str, Any]) -> str:
+    return f" ({meta['name']})" if meta.get("name") else ""
+
+
+def _epochs_table(meta: dict[str, Any]) -> Table:
+    cfg = meta["config"]
+    table = Table(title=f"{cfg['model']} / {cfg['dataset']} / {cfg['activation']}  ({cfg['optimizer']}, lr {cfg['lr']})")
+    for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
+        table.add_column(col, justify="right")
+    for r in meta["epochs"]:
+        table.add_row(str(r["epoch"]), num(r["train_loss"]), pct(r["train_accuracy"]), num(r["val_loss"]),
+                      pct(r["val_accuracy"]), f"{r['seconds']:.1f}")
+    return table
+
+
+# --- ls ----------------------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
+    """List every run in the store, with its grids and their progress.
+
+    Example: `landscape ls --store runs`
+    """
+    from .inventory import list_runs
+
+    st = Store(store)
+    runs = list_runs(st)
+    if json_output:
+        print_json({"store": str(st.root), "runs": runs})
+        return
+    if not runs:
+        out().print(f"no runs in {st.root}: `landscape train MODEL DATASET` makes one")
+        return
+    table = Table(title=f"runs in {st.root}")
+    for col in ("id", "name", "model", "dataset", "activation", "epochs", "status", "val acc", "size"):
+        table.add_column(col, justify="right" if col in ("epochs", "val acc", "size") else "left")
+    for r in runs:
+        if r["status"] == "damaged":
+            table.add_row(r["id"], "", "", "", "", "", "[red]damaged[/red]", "", "")
+            continue
+        done = "-" if r["epochs_done"] is None else str(r["epochs_done"])
+        table.add_row(r["id"], r["name"] or "", r["model"], r["dataset"], r["activation"],
+                      f"{done}/{r['epochs_requested']}", r["status"], pct(r["val_accuracy"]),
+                      human_size(r["size_bytes"]))
+        for g in r["grids"]:
+            table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))
+    out().print(table)
+
+
+def _grid_cells(g: dict[str, Any]) -> list[str]:
+    if g.get("status") == "damaged":
+        return ["grid", "", "", "", "[red]damaged[/red]", "", ""]
+    shape = "x".join(str(s) for s in g["shape"])
+    epochs = ",".join(str(e) for e in g["epochs"])
+    diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
+    return [f"grid {shape}", f"±{g['span']:g} {g['norm']}", f"bn {g['bn']}", f"ep {epochs}",
+            f"{pct(g['done'])} done{diverged}", "", ""]
+
+
+# --- models and datasets -------------------------------------------------------------------------
+
+
+@app.command()
+def models(json_output: JsonOpt = False) -> None:
+    """List the registered models with their parameter counts (1x28x28 and 3x32x32 inputs).
+
+    Example: `landscape models`
+    """
+    from .models import count_parameters, create_model, list_models, model_entry
+
+    rows = []
+    for name in list_models():
+        rows.append({
+            "name": name,
+            "description": model_entry(name).description,
+            "parameters_1x28x28": count_parameters(create_model(name, 1, 10, 28)),
+            "parameters_3x32x32": count_parameters(create_model(name, 3, 10, 32)),
+        })
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title="models")
+    for col in ("name", "parameters (1x28x28)", "parameters (3x32x32)", "description"):
+        table.add_column(col, justify="right" if col.startswith("param") else "left")
+    for r in rows:
+        table.add_row(r["name"], f"{r['parameters_1x28x28']:,}", f"{r['parameters_3x32x32']:,}", r["description"])
+    out().print(table)
+
+
+@app.command()
+def datasets(json_output: JsonOpt = False) -> None:
+    """List the registered datasets.
+
+    Example: `landscape datasets`
+    """
+    from .data import dataset_info, list_datasets
+
+    rows = []
+    for name in list_datasets():
+        info = dataset_info(name)
+        rows.append({"name": name, "channels": info.channels, "size": info.size,
+                     "classes": info.num_classes, "offline": info.offline, "description": info.description})
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title="datasets")
+    for col in ("name", "shape", "classes", "needs download", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], f"{r['channels']}x{r['size']}x{r['size']}", str(r["classes"]),
+                      "no" if r["offline"] else "once", r["description"])
+    out().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

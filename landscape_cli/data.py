@@ -1,0 +1,192 @@
+"""The dataset registry: whole datasets held in memory as uint8 tensors.
+
+Every dataset is small enough to keep in memory (CIFAR-10: 150 MB as uint8), so batches are
+index operations on a tensor instead of a DataLoader; images are normalized per batch.
+`digits` (scikit-learn's bundled 8x8 handwritten digits) works offline; the torchvision datasets
+are downloaded once into the data directory and fail with one clear line when that is impossible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import DatasetUnavailableError, UnknownNameError
+
+DATA_ENV = "LANDSCAPE_DATA"
+
+Arrays = tuple[Tensor, Tensor, Tensor, Tensor]  # train images, train labels, val images, val labels
+Loader = Callable[[Path], Arrays]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str
+    offline: bool  # True when no download is ever needed
+
+
+@dataclass
+class Dataset:
+    """A dataset in memory: uint8 images [N, C, H, W] and int64 labels, for train and validation."""
+
+    info: DatasetInfo
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 images -> float32, scaled to [0, 1] and standardized per channel."""
+        mean = torch.tensor(self.info.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def split(self, name: str) -> tuple[Tensor, Tensor]:
+        return (self.train_x, self.train_y) if name == "train" else (self.val_x, self.val_y)
+
+
+_DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
+
+
+def register_dataset(info: DatasetInfo) -> Callable[[Loader], Loader]:
+    def decorate(loader: Loader) -> Loader:
+        if info.name in _DATASETS:
+            raise ValueError(f"dataset {info.name!r} is registered twice")
+        _DATASETS[info.name] = (info, loader)
+        return loader
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in _DATASETS:
+        raise UnknownNameError(f"unknown dataset {name!r}: choose one of {', '.join(list_datasets())}")
+    return _DATASETS[name][0]
+
+
+def default_data_dir() -> Path:
+    """`$LANDSCAPE_DATA`, else the per-user cache directory."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "landscape" / "data"
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Load a registered dataset, downloading it into `data_dir` the first time if it needs to."""
+    info = dataset_info(name)
+    loader = _DATASETS[name][1]
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    train_x, train_y, val_x, val_y = loader(root)
+    return Dataset(info, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long())
+
+
+# --- digits: offline, bundled with scikit-learn ---------------------------------------------------
+
+DIGITS_VALIDATION = 360  # of 1797 images; the rest (1437) train
+DIGITS_SPLIT_SEED = 0
+
+
+@register_dataset(
+    DatasetInfo(
+        "digits", 1, 8, 10, (0.3055,), (0.3781,),
+        "scikit-learn's 1797 handwritten 8x8 digits, offline (1437 train / 360 validation)", True,
+    )
+)
+def _digits(root: Path) -> Arrays:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # pixel values 0..16
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    val, train = order[:DIGITS_VALIDATION], order[DIGITS_VALIDATION:]
+    return (
+        torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
+        torch.from_numpy(images[val]), torch.from_numpy(labels[val]),
+    )
+
+
+# --- torchvision datasets: downloaded once ---------------------------------------------------------
+
+
+def _torchvision(name: str, cls_name: str, where: Callable[[Path], str]) -> Loader:
+    def load(root: Path) -> Arrays:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            # torchvision reports download progress on stdout, which belongs to --json output
+            with contextlib.redirect_stdout(sys.stderr):
+                train = cls(str(root), train=True, download=True)
+                val = cls(str(root), train=False, download=True)
+        except (OSError, RuntimeError, ValueError) as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(e).__name__
+            raise DatasetUnavailableError(
+                f"{name} is not in {root} and could not be downloaded ({reason}): "
+                f"put {where(root)}, or pass --data-dir / set {DATA_ENV} to where it is"
+            ) from e
+        return (*_images_labels(train), *_images_labels(val))
+
+    return load
+
+
+def _images_labels(ds: object) -> tuple[Tensor, Tensor]:
+    data = ds.data  # type: ignore[attr-defined]
+    targets = ds.targets  # type: ignore[attr-defined]
+    x = torch.as_tensor(np.asarray(data))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # MNIST [N,H,W]; CIFAR [N,H,W,C]
+    return x.to(torch.uint8).contiguous(), torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+
+
+def _mnist_files(folder: str) -> Callable[[Path], str]:
+    def where(root: Path) -> str:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, folder)
+        names = ", ".join(name for name, _md5 in cls.resources)
+        return f"{names} (from {cls.mirrors[0]}) into {root / folder / 'raw'}"
+
+    return where
+
+
+def _cifar_files(root: Path) -> str:
+    from torchvision.datasets import CIFAR10
+
+    return f"{CIFAR10.filename} (from {CIFAR10.url}) into {root}"
+
+
+register_dataset(
+    DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST handwritten digits, 28x28 (torchvision)", False)
+)(_torchvision("mnist", "MNIST", _mnist_files("MNIST")))
+register_dataset(
+    DatasetInfo(
+        "fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "Fashion-MNIST clothing, 28x28 (torchvision)", False
+    )
+)(_torchvision("fashion-mnist", "FashionMNIST", _mnist_files("FashionMNIST")))
+register_dataset(
+    DatasetInfo(
+        "cifar-10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        "CIFAR-10 colour images, 32x32 (torchvision)", False,
+    )
+)(_torchvision("cifar-10", "CIFAR10", _cifar_files))

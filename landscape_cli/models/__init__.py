@@ -1,0 +1,24 @@
+"""Registered models. Importing this package registers every model."""
+
+from . import resnet, small, vgg  # noqa: F401  (registration)
+from ._registry import (
+    ACTIVATIONS,
+    check_activation,
+    count_parameters,
+    create_model,
+    list_models,
+    model_entry,
+    register_model,
+    replace_activations,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "check_activation",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "register_model",
+    "replace_activations",
+]

@@ -1,0 +1,85 @@
+"""The model registry: a decorator, a dict, `create_model` and `list_models` (after timm)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import UnknownNameError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(),
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: ModelFactory
+    description: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register `factory(in_channels, num_classes, image_size, activation) -> nn.Module`."""
+
+    def decorate(factory: ModelFactory) -> ModelFactory:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        _MODELS[name] = ModelEntry(name, factory, description)
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise UnknownNameError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise UnknownNameError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+
+
+def make_activation(name: str) -> nn.Module:
+    check_activation(name)
+    return ACTIVATIONS[name]()
+
+
+def replace_activations(module: nn.Module, activation: str) -> nn.Module:
+    """Replace every activation module (ReLU, Sigmoid, Tanh...) of `module` by `activation`."""
+    kinds = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU)
+    for child_name, child in module.named_children():
+        if isinstance(child, kinds):
+            setattr(module, child_name, make_activation(activation))
+        else:
+            replace_activations(child, activation)
+    return module
+
+
+def create_model(
+    name: str, in_channels: int, num_classes: int, image_size: int, activation: str = "relu"
+) -> nn.Module:
+    """Build a registered model for inputs of `in_channels` x `image_size`², every activation replaced."""
+    entry = model_entry(name)
+    check_activation(activation)
+    model = entry.factory(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+    return replace_activations(model, activation)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,278 @@
+"""Training: checkpoints after every epoch, resumable and reproducible.
+
+Epoch 0 is the untrained model (evaluated and checkpointed, not trained); epochs 1..N train. The
+data order of each epoch is drawn from a generator seeded by (seed, epoch), and the optimizer state
+is saved with every checkpoint, so a run stopped at any moment and resumed from its last complete
+checkpoint ends with bitwise the same weights as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import __version__, checkpoints
+from ._perf import select_device, tune_allocator, use_channels_last
+from ._progress import progress_bar
+from .config import TrainConfig, positive_int
+from .data import Dataset, load_dataset
+from .errors import IntegrityError
+from .locks import FileLock
+from .models import count_parameters, create_model
+from .store import Store, file_sha256, make_dirs, now, remove_partials
+
+LOCK_FILE = ".lock"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    path: Path
+    meta: dict[str, Any]
+    trained: list[int] = field(default_factory=list)  # epochs trained (or evaluated) by this call
+
+    @property
+    def existed(self) -> bool:
+        return not self.trained
+
+
+def epochs_done(meta: dict[str, Any]) -> int:
+    """Number of complete epochs (epoch 0 included)."""
+    return len(meta.get("epochs", []))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    digest = hashlib.sha256(f"landscape-data-order:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.device,
+                   batch_size: int = 1024, channels_last: bool = False) -> tuple[float, float]:
+    """Mean loss and accuracy over a whole split, in eval mode."""
+    x_all, y_all = data.split(split)
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(y_all), batch_size):
+            x = _prepare(data, x_all[start:start + batch_size], device, channels_last)
+            y = y_all[start:start + batch_size].to(device)
+            out = model(x)
+            total_loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = len(y_all)
+    return total_loss / n, correct / n
+
+
+def _prepare(data: Dataset, x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = data.normalize(x.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train(
+    model: str,
+    dataset: str,
+    *,
+    epochs: int = 10,
+    batch_size: int = 256,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    activation: str = "relu",
+    seed: int = 0,
+    device: str = "auto",
+    data_dir: str | os.PathLike[str] | None = None,
+    store: Store | str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train `model` on `dataset`, checkpointing epochs 0..`epochs` into a content-addressed run.
+
+    Running it again with the same configuration trains nothing (or resumes where a stopped run
+    left off; more epochs continue the run). Returns the run's id, directory and metadata.
+    """
+    config = TrainConfig(model, dataset, batch_size, optimizer, lr, momentum, weight_decay, activation, seed)
+    config.validate()
+    positive_int(epochs, "--epochs", minimum=0)
+    dev = select_device(device)
+    st = store if isinstance(store, Store) else Store(store)
+    run_id = config.run_id
+    if name is not None:
+        st.check_name(name, run_id)
+    if st.has_run(run_id):
+        meta = st.read_run(run_id)
+        if epochs_done(meta) > epochs and (name is None or meta.get("name") == name):
+            return TrainResult(run_id, st.run_dir(run_id), meta)
+    st.ensure_writable()
+    data = load_dataset(dataset, data_dir)  # before the run directory exists: a missing dataset changes nothing
+    run_dir = st.run_dir(run_id)
+    make_dirs(run_dir / "checkpoints")
+    with FileLock(run_dir / LOCK_FILE, f"run {run_id}").acquire(
+        "wait for that training to finish, or stop it and run this command again"
+    ):
+        remove_partials(run_dir / "checkpoints")
+        return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
+
+
+def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
+                  data: Dataset, name: str | None, progress: bool,
+                  on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+    run_dir = st.run_dir(run_id)
+    info = data.info
+    model_args = {"in_channels": info.channels, "num_classes": info.num_classes,
+                  "image_size": info.size, "activation": config.activation}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = create_model(config.model, **model_args)
+    if st.has_run(run_id):
+        meta = st.read_run(run_id)
+    else:
+        meta = {
+            "format": 1,
+            "id": run_id,
+            "name": None,
+            "config": config.identity(),
+            "model": {"name": config.model, "args": model_args, "parameters": count_parameters(net)},
+            "dataset": {"name": info.name, "channels": info.channels, "size": info.size,
+                        "num_classes": info.num_classes, "train_size": len(data.train_y),
+                        "val_size": len(data.val_y)},
+            "epochs_requested": epochs,
+            "epochs": [],
+            "resume": None,
+            "versions": {"landscape": __version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+            "created": now(),
+        }
+    if name is not None:
+        meta["name"] = name
+    meta["epochs_requested"] = max(epochs, int(meta.get("epochs_requested", 0)))
+    start = epochs_done(meta)
+    if start > epochs:
+        st.write_run(run_id, meta)
+        return TrainResult(run_id, run_dir, meta)
+
+    opt = make_optimizer(config, net.parameters())
+    if start > 0:
+        _restore(run_dir, meta, net, opt)
+    tune_allocator()
+    channels_last = use_channels_last(net, device)
+    net.to(device)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    _move_optimizer_state(opt, device)
+    st.write_run(run_id, meta)
+
+    trained = []
+    for epoch in range(start, epochs + 1):
+        t0 = time.perf_counter()
+        if epoch == 0:
+            train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last)
+        else:
+            train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress)
+        val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last)
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3),
+        }
+        _save_epoch(st, run_id, meta, net, opt, record)
+        trained.append(epoch)
+        if on_epoch is not None:
+            on_epoch(record)
+    return TrainResult(run_id, run_dir, meta, trained)
+
+
+def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
+                 epoch: int, device: torch.device, channels_last: bool, progress: bool) -> tuple[float, float]:
+    """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy."""
+    x_all, y_all = data.train_x, data.train_y
+    n = len(y_all)
+    order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
+    steps = (n + config.batch_size - 1) // config.batch_size
+    net.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    with progress_bar(f"epoch {epoch}", steps, unit="batches", enabled=progress) as bar:
+        for step in range(steps):
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = _prepare(data, x_all[idx], device, channels_last)
+            y = y_all[idx].to(device)
+            out = net(x)
+            loss = F.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.detach() * len(idx)
+            correct += (out.detach().argmax(1) == y).sum()
+            bar.advance()
+    return total_loss.item() / n, correct.item() / n
+
+
+def _save_epoch(st: Store, run_id: str, meta: dict[str, Any], net: nn.Module,
+                opt: torch.optim.Optimizer, record: dict[str, Any]) -> None:
+    """Checkpoint, optimizer state, then metadata: a kill at any point leaves a resumable run."""
+    run_dir = st.run_dir(run_id)
+    epoch = record["epoch"]
+    ckpt = checkpoints.make_checkpoint(net, meta["model"], meta["dataset"], meta["config"], epoch)
+    ckpt_path = run_dir / checkpoints.checkpoint_name(epoch)
+    checkpoints.save(ckpt_path, ckpt)
+    optim_path = run_dir / checkpoints.optimizer_name(epoch)
+    checkpoints.save(optim_path, {"epoch": epoch, "optimizer": _cpu_state(opt.state_dict())})
+    previous = meta.get("resume")
+    record["checkpoint"] = checkpoints.checkpoint_name(epoch)
+    record["sha256"] = file_sha256(ckpt_path)
+    record["weights_sha256"] = checkpoints.state_hash(ckpt["state_dict"])
+    meta["epochs"].append(record)
+    meta["resume"] = {"epoch": epoch, "file": checkpoints.optimizer_name(epoch), "sha256": file_sha256(optim_path)}
+    st.write_run(run_id, meta)
+    if previous and previous["file"] != meta["resume"]["file"]:
+        (run_dir / previous["file"]).unlink(missing_ok=True)
+
+
+def _restore(run_dir: Path, meta: dict[str, Any], net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    last = meta["epochs"][-1]
+    ckpt = checkpoints.load(run_dir / last["checkpoint"], last["sha256"], f"checkpoint of epoch {last['epoch']}")
+    net.load_state_dict(ckpt["state_dict"])
+    resume = meta.get("resume")
+    if not resume or resume.get("epoch") != last["epoch"]:
+        raise IntegrityError(
+            f"run {meta['id']}: the optimizer state of epoch {last['epoch']} is missing, so training cannot "
+            "continue exactly; train a new run (e.g. with another --seed) or keep the epochs it has"
+        )
+    state = checkpoints.load(run_dir / resume["file"], resume["sha256"], f"optimizer state of epoch {last['epoch']}")
+    opt.load_state_dict(state["optimizer"])
+
+
+def _cpu_state(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_cpu_state(v) for v in obj]
+    return obj
+
+
+def _move_optimizer_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in opt.state.values():
+        for k, v in state.items():
+            if isinstance(v, Tensor) and k != "step":
+                state[k] = v.to(device)

@@ -1,0 +1,132 @@
+"""The run store: ids, atomic writes, hashes and references."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+
+from landscape_cli.errors import (
+    AmbiguousReferenceError,
+    IntegrityError,
+    RunNotFoundError,
+    StoreError,
+    UsageError,
+)
+from landscape_cli.store import (
+    Store,
+    atomic_file,
+    canonical_json,
+    check_hash,
+    file_sha256,
+    short_hash,
+    store_root,
+    write_json,
+)
+
+
+def test_ids_are_canonical() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, "x"]}) == '{"a":[1.5,"x"],"b":1}'
+    assert short_hash({"a": 1, "b": 2}) == short_hash({"b": 2, "a": 1})
+    assert short_hash({"a": 1}) != short_hash({"a": 2})
+    import hashlib
+
+    assert short_hash({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()[:12]
+    with pytest.raises(ValueError):
+        canonical_json({"lr": float("nan")})
+
+
+def test_store_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert store_root(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("LANDSCAPE_STORE", str(tmp_path / "env"))
+    assert store_root(None) == tmp_path / "env"
+    monkeypatch.delenv("LANDSCAPE_STORE")
+    assert store_root(None) == Path("runs")
+
+
+def test_atomic_file_keeps_the_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "f.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(target) as f:
+        f.write(b"new, half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left
+
+
+def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "f.json"
+    target.write_text("old")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full)
+    with pytest.raises(StoreError, match="disk full while writing .*f.json: free some space"):
+        write_json(target, {"a": 1})
+    assert target.read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_check_hash(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc")
+    digest = file_sha256(p)
+    check_hash(p, digest, "thing")
+    p.write_bytes(b"abd")
+    with pytest.raises(IntegrityError, match="thing was modified or damaged"):
+        check_hash(p, digest, "thing")
+    p.unlink()
+    with pytest.raises(IntegrityError, match="thing is missing"):
+        check_hash(p, digest, "thing")
+
+
+def _fake_run(store: Store, run_id: str, name: str | None = None) -> None:
+    store.run_dir(run_id).mkdir(parents=True)
+    write_json(store.run_dir(run_id) / "run.json", {"id": run_id, "name": name})
+
+
+def test_references(tmp_path: Path) -> None:
+    st = Store(tmp_path)
+    _fake_run(st, "abc111111111", "first")
+    _fake_run(st, "abc222222222")
+    _fake_run(st, "def333333333", "abc2")  # a name wins over an id prefix
+    assert st.resolve("first") == "abc111111111"
+    assert st.resolve("abc1") == "abc111111111"
+    assert st.resolve("abc2") == "def333333333"
+    assert st.resolve("def") == "def333333333"
+    with pytest.raises(AmbiguousReferenceError, match="matches 2 runs"):
+        st.resolve("abc")
+    with pytest.raises(RunNotFoundError, match="no run 'zzz'"):
+        st.resolve("zzz")
+    with pytest.raises(UsageError, match="empty run reference"):
+        st.resolve(" ")
+    with pytest.raises(UsageError, match="taken by run abc111111111"):
+        st.check_name("first", "def333333333")
+    st.check_name("first", "abc111111111")  # a run may keep its own name
+
+
+def test_damaged_run_json_is_reported_not_fatal(tmp_path: Path) -> None:
+    st = Store(tmp_path)
+    _fake_run(st, "abc111111111")
+    (st.run_dir("abc111111111") / "run.json").write_text('{"id": "abc1')
+    [run] = st.runs()
+    assert "damaged" in run and "not valid JSON" in run["damaged"]
+    with pytest.raises(IntegrityError):
+        st.read_run("abc111111111")
+
+
+def test_unwritable_store(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(StoreError, match="is a file, not a directory"):
+        Store(f).ensure_writable()
+    with pytest.raises(StoreError, match="pass --store with a writable directory"):
+        Store(f / "sub").ensure_writable()
+
+
+def test_write_json_roundtrip(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"x": [1, 2]})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
