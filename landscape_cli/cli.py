@@ -28,7 +28,7 @@ from ._cli_utils import (
     pct,
     print_json,
 )
-from .config import TrainConfig
+from .config import GridConfig, TrainConfig
 from .errors import Interrupted
 from .store import Store
 
@@ -179,6 +179,114 @@ def _grid_cells(g: dict[str, Any]) -> list[str]:
     diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
     return [f"grid {shape}", f"±{g['span']:g} {g['norm']}", f"bn {g['bn']}", f"ep {epochs}",
             f"{pct(g['done'])} done{diverged}", "", ""]
+
+
+# --- grid --------------------------------------------------------------------------------------
+
+
+@app.command()
+def grid(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    epochs: Annotated[
+        str | None, typer.Option(help="Checkpoints to use, e.g. 0,1,9 or 0-9 (default: all of the run's).",
+                                 show_default=False)
+    ] = None,
+    width: Annotated[int, typer.Option(help="Points per axis.")] = GridConfig.width,
+    span: Annotated[float, typer.Option(help="The grid covers a, b in [-span, span] (0.01: the 100x zoom).")] = GridConfig.span,
+    pairs: Annotated[int, typer.Option(help="Random direction pairs.")] = GridConfig.pairs,
+    batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (unshuffled).")] = GridConfig.batches,
+    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = GridConfig.batch_size,
+    seed: Annotated[int | None, typer.Option(help="Seed of the random directions [default: 0].", show_default=False)] = None,
+    norm: Annotated[
+        str | None, typer.Option(help="filter (Li et al.), filter-std, layer or none [default: filter].",
+                                 show_default=False)
+    ] = None,
+    perturb_biasbn: Annotated[bool, typer.Option(help="Also perturb biases and BatchNorm weights.")] = False,
+    layer: Annotated[
+        str | None, typer.Option(help="Perturb only this parameter tensor (`landscape layers RUN` lists them).",
+                                 show_default=False)
+    ] = None,
+    single_kernel: Annotated[bool, typer.Option(help="With --layer: perturb only its first kernel.")] = False,
+    directions_from: Annotated[
+        str | None, typer.Option(help="Reuse the directions (seed, normalization) of this grid.", show_default=False)
+    ] = None,
+    bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step) or eval.")] = GridConfig.bn,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = False,
+    device: DeviceOpt = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute the loss landscape around RUN's checkpoints: L(w + a·d1 + b·d2) on a width x width grid.
+
+    Directions are seeded random draws, normalized against each epoch's weights (so grids compare
+    across epochs); BatchNorm and bias parameters stay put unless --perturb-biasbn. The result is a
+    Zarr array [epoch, pair, batch, y, x] in the run's grids/ directory. Kill it at any moment and
+    continue with --resume; run it twice at once with --resume and the two share the work.
+
+    Example: `landscape grid quickstart --epochs 0,5 --width 21`
+    """
+    from .grids import grid as compute_grid
+    from .grids import parse_epochs
+
+    try:
+        result = compute_grid(
+            run, epochs=parse_epochs(epochs), width=width, span=span, pairs=pairs, batches=batches,
+            batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
+            single_kernel=single_kernel, bn=bn, directions_from=directions_from, device=device, name=name,
+            resume=resume, store=store, data_dir=data_dir, progress=not quiet,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "grid interrupted: finished rows are kept; run the same command with --resume to continue"
+        ) from None
+    summary = {
+        "id": result.grid_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
+        "name": result.meta.get("name"), "epochs": result.meta["epochs"], "config": result.meta["config"],
+        "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
+        "diverged_points": result.diverged, "repaired": result.repaired,
+    }
+    if json_output:
+        print_json(summary)
+        return
+    cfg = result.meta["config"]
+    state = "complete" if result.complete else f"{100 * result.rows_done / max(result.rows_total, 1):.0f}% done"
+    if result.computed_rows == 0 and result.complete:
+        err().print(f"grid {result.grid_id} is already complete: nothing to compute")
+    out().print(
+        f"grid [bold]{result.grid_id}[/bold]{_name(result.meta)} of run {result.run_id}: "
+        f"epochs {','.join(map(str, result.meta['epochs']))}, {cfg['pairs']} pairs x {cfg['batches']} batches x "
+        f"{cfg['width']}x{cfg['width']} points, span ±{cfg['span']:g}, {state}"
+        + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
+    )
+    out().print(f"  {result.zarr_path}")
+
+
+@app.command()
+def layers(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List the parameter tensors of RUN's model (the names `grid --layer` accepts).
+
+    Example: `landscape layers quickstart`
+    """
+    from .grids import list_layers
+
+    rows = list_layers(run, store)
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title="parameters")
+    for col in ("name", "shape", "parameters", "kind", "perturbed by default"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for r in rows:
+        table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['parameters']:,}", r["kind"],
+                      "yes" if r["perturbed_by_default"] else "no (--perturb-biasbn)")
+    out().print(table)
 
 
 # --- models and datasets -------------------------------------------------------------------------

@@ -82,3 +82,56 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+NORMS = ("filter", "filter-std", "layer", "none")
+BN_MODES = ("train", "eval")
+GRID_FORMAT = 1
+MAX_WIDTH = 1001
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Everything that determines a grid's values except which epochs it covers.
+
+    The epoch axis grows: asking an existing grid for more epochs adds them to the same grid, so
+    epochs computed once are never computed again.
+    """
+
+    run: str
+    width: int = 41
+    span: float = 1.0
+    pairs: int = 3
+    batches: int = 3
+    batch_size: int = 256
+    seed: int = 0
+    norm: str = "filter"
+    perturb_biasbn: bool = False
+    layer: str | None = None
+    single_kernel: bool = False
+    bn: str = "train"
+    directions: str = "random-normal"
+
+    def validate(self) -> GridConfig:
+        positive_int(self.width, "--width", minimum=2, maximum=MAX_WIDTH)
+        finite(self.span, "--span", positive=True)
+        positive_int(self.pairs, "--pairs", maximum=1000)
+        positive_int(self.batches, "--batches")
+        positive_int(self.batch_size, "--batch-size")
+        positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        choice(self.norm, NORMS, "--norm")
+        choice(self.bn, BN_MODES, "--bn mode")
+        if self.single_kernel and self.layer is None:
+            raise UsageError("--single-kernel needs --layer naming a convolution weight")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        return {**asdict(self), "format": GRID_FORMAT}
+
+    @property
+    def grid_id(self) -> str:
+        return short_hash(self.identity())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GridConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

@@ -1,0 +1,204 @@
+"""A grid's Zarr group: the array layout, growth of the epoch axis, rows and their done-marks.
+
+Arrays (Zarr v3, every one with ``dimension_names`` and a coordinate array per dimension, so
+``xarray.open_zarr`` gives named, labelled data):
+
+    loss, accuracy         float32 [epoch, pair, batch, y, x]  one chunk per row (all batches, all x)
+    done                   uint8   [epoch, pair, y]            1 once the row's values are written
+    diverged               int32   [epoch, pair, y]            non-finite losses in the row
+    center_loss/_accuracy  float32 [epoch, batch]              at a = b = 0
+    grad_a, grad_b         float32 [epoch, pair, batch]        dL/da, dL/db at the centre
+    center_done            uint8   [epoch, pair]
+    epoch, pair, batch, y, x                                   coordinates (x = a along d1, y = b along d2)
+
+A row is the unit of work: its values are written first, its done-mark after, each chunk its own
+file written atomically by Zarr, so a kill loses at most the row in flight and a NaN from a diverged
+point is a value, never a hole. Every chunk carries a CRC32C checksum, so a damaged chunk fails to
+decode instead of being read as numbers. Done-marks are one-element chunks, so several workers can
+mark rows of one grid without rewriting each other's chunks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from .config import GridConfig
+from .evaluate import Center
+from .store import os_error
+
+ZARR_DIR = "landscape.zarr"
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
+EPOCH_ARRAYS = ("loss", "accuracy", "done", "diverged", "center_loss", "center_accuracy", "grad_a", "grad_b",
+                "center_done", "epoch")
+
+
+def _codecs() -> dict[str, Any]:
+    return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
+
+
+def create(path: Path, cfg: GridConfig, attrs: dict[str, Any]) -> None:
+    """Create the empty group (no epochs yet). Call with the grid lock held."""
+    P, B, H, W = cfg.pairs, cfg.batches, cfg.width, cfg.width
+    try:
+        root = zarr.open_group(path, mode="w", zarr_format=3, attributes=attrs)
+        nan = float("nan")
+
+        def arr(name: str, dims: list[str], shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
+                fill: Any, **attributes: Any) -> None:
+            a = root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                                  dimension_names=dims, attributes=attributes, **_codecs())
+            del a
+
+        arr("loss", ["epoch", "pair", "batch", "y", "x"], (0, P, B, H, W), (1, 1, B, 1, W), "float32", nan,
+            long_name="cross-entropy loss at w + x·d1 + y·d2")
+        arr("accuracy", ["epoch", "pair", "batch", "y", "x"], (0, P, B, H, W), (1, 1, B, 1, W), "float32", nan,
+            long_name="accuracy at w + x·d1 + y·d2")
+        arr("done", ["epoch", "pair", "y"], (0, P, H), (1, 1, 1), "uint8", 0,
+            long_name="1 once the row's values are written")
+        arr("diverged", ["epoch", "pair", "y"], (0, P, H), (1, 1, 1), "int32", 0,
+            long_name="number of non-finite losses in the row (all batches)")
+        arr("center_loss", ["epoch", "batch"], (0, B), (1, B), "float32", nan, long_name="loss at the centre")
+        arr("center_accuracy", ["epoch", "batch"], (0, B), (1, B), "float32", nan,
+            long_name="accuracy at the centre")
+        arr("grad_a", ["epoch", "pair", "batch"], (0, P, B), (1, 1, B), "float32", nan,
+            long_name="dL/dx at the centre: the loss gradient projected on d1")
+        arr("grad_b", ["epoch", "pair", "batch"], (0, P, B), (1, 1, B), "float32", nan,
+            long_name="dL/dy at the centre: the loss gradient projected on d2")
+        arr("center_done", ["epoch", "pair"], (0, P), (1, 1), "uint8", 0, long_name="1 once the centre is written")
+        arr("epoch", ["epoch"], (0,), (1,), "int64", -1, long_name="training epoch of the checkpoint")
+        coords = np.linspace(-cfg.span, cfg.span, W)
+        for name, values, long_name in (
+            ("pair", np.arange(P), "direction pair"),
+            ("batch", np.arange(B), f"training mini-batch ({cfg.batch_size} images, unshuffled)"),
+            ("y", coords, "coefficient of d2"),
+            ("x", coords, "coefficient of d1"),
+        ):
+            a = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=[name],
+                                  attributes={"long_name": long_name}, **_codecs())
+            a[:] = values
+    except OSError as e:
+        raise os_error(e, path) from e
+
+
+def grow(path: Path, epochs: list[int]) -> None:
+    """Make the epoch axis exactly `epochs` long (idempotent). Call with the grid lock held."""
+    root = open_group(path, "r+")
+    n = len(epochs)
+    try:
+        for name in EPOCH_ARRAYS:
+            a = root[name]
+            assert isinstance(a, zarr.Array)
+            if a.shape[0] != n:
+                a.resize((n, *a.shape[1:]))
+        root["epoch"][:] = np.asarray(epochs, dtype=np.int64)  # type: ignore[index]
+        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": xarray reads it
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(str(path))
+    except OSError as e:
+        raise os_error(e, path) from e
+
+
+def open_group(path: Path, mode: str = "r") -> zarr.Group:
+    """The group, read from the arrays' own metadata (never a stale consolidated copy)."""
+    return zarr.open_group(path, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+
+
+class Rows:
+    """Reading and writing the rows of one grid (one process's handle)."""
+
+    def __init__(self, path: Path, mode: str = "r+") -> None:
+        self.path = path
+        self.root = open_group(path, mode)
+        self.arrays: dict[str, Any] = {name: self.root[name] for name in (*EPOCH_ARRAYS, "x", "y")}
+
+    def __getitem__(self, name: str) -> Any:
+        return self.arrays[name]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [int(e) for e in self.arrays["epoch"][:]]
+
+    def done(self, ei: int, p: int, on_damage: Callable[[str], None] | None = None) -> np.ndarray:
+        """Which rows of (epoch index, pair) are done; a damaged done-mark counts as not done."""
+        try:
+            return np.asarray(self.arrays["done"][ei, p, :]) > 0
+        except DECODE_ERRORS:
+            out = np.zeros(self.arrays["done"].shape[2], bool)
+            for y in range(len(out)):
+                out[y] = self.row_done(ei, p, y, on_damage)
+            return out
+
+    def row_done(self, ei: int, p: int, y: int, on_damage: Callable[[str], None] | None = None) -> bool:
+        try:
+            return bool(self.arrays["done"][ei, p, y] > 0)
+        except DECODE_ERRORS:
+            if on_damage:
+                on_damage(f"done-mark of epoch index {ei}, pair {p}, row {y}")
+            return False
+
+    def row_readable(self, ei: int, p: int, y: int) -> bool:
+        """Whether a row's loss and accuracy chunks decode (checksums match)."""
+        try:
+            self.arrays["loss"][ei, p, :, y, :]
+            self.arrays["accuracy"][ei, p, :, y, :]
+            self.arrays["diverged"][ei, p, y]
+        except DECODE_ERRORS:
+            return False
+        return True
+
+    def write_row(self, ei: int, p: int, y: int, loss: np.ndarray, accuracy: np.ndarray) -> None:
+        """Values first, then the done-mark: `loss`/`accuracy` are [batch, x]."""
+        try:
+            self.arrays["loss"][ei, p, :, y, :] = loss
+            self.arrays["accuracy"][ei, p, :, y, :] = accuracy
+            self.arrays["diverged"][ei, p, y] = int(np.count_nonzero(~np.isfinite(loss)))
+            self.arrays["done"][ei, p, y] = 1
+        except OSError as e:
+            raise os_error(e, self.path) from e
+
+    def clear_row(self, ei: int, p: int, y: int) -> None:
+        self.arrays["done"][ei, p, y] = 0
+
+    def center_done(self, ei: int, p: int) -> bool:
+        try:
+            return bool(self.arrays["center_done"][ei, p] > 0)
+        except DECODE_ERRORS:
+            return False
+
+    def write_center(self, ei: int, p: int, c: Center) -> None:
+        try:
+            self.arrays["center_loss"][ei, :] = c.loss
+            self.arrays["center_accuracy"][ei, :] = c.accuracy
+            self.arrays["grad_a"][ei, p, :] = c.grad_a
+            self.arrays["grad_b"][ei, p, :] = c.grad_b
+            self.arrays["center_done"][ei, p] = 1
+        except OSError as e:
+            raise os_error(e, self.path) from e
+
+    def progress(self) -> tuple[int, int, int]:
+        """(rows done, rows in total, diverged points) over every epoch of the grid."""
+        done = self.arrays["done"]
+        total = int(np.prod(done.shape))
+        if total == 0:
+            return 0, 0, 0
+        try:
+            d = np.asarray(done[:])
+            diverged = int(np.asarray(self.arrays["diverged"][:])[d > 0].sum())
+        except DECODE_ERRORS:  # a damaged chunk: count the readable ones
+            d = np.zeros(done.shape, np.uint8)
+            diverged = 0
+            for idx in np.ndindex(*done.shape):
+                try:
+                    d[idx] = done[idx]
+                    if d[idx]:
+                        diverged += int(self.arrays["diverged"][idx])
+                except DECODE_ERRORS:
+                    pass
+        return int((d > 0).sum()), total, diverged

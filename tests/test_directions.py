@@ -1,0 +1,121 @@
+"""Directions: seeded draws, Li et al.'s filter normalization and its variants, masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from landscape_cli.directions import (
+    draw_random,
+    load_or_create,
+    load_recorded,
+    normalize,
+    perturbed_names,
+)
+from landscape_cli.errors import IntegrityError, UnknownNameError, UsageError
+from landscape_cli.models import create_model
+
+
+@pytest.fixture
+def weights() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = create_model("cnn", 1, 10, 8)
+    return {k: v.detach() for k, v in model.named_parameters()}
+
+
+def shapes(w: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in w.items()}
+
+
+def test_draws_are_reproducible_and_distinct(weights: dict[str, torch.Tensor]) -> None:
+    a1, a2 = draw_random(shapes(weights), seed=0, pair=0)
+    b1, _ = draw_random(shapes(weights), seed=0, pair=0)
+    c1, _ = draw_random(shapes(weights), seed=0, pair=1)
+    d1, _ = draw_random(shapes(weights), seed=1, pair=0)
+    assert all(torch.equal(a1[k], b1[k]) for k in a1)
+    for other in (a2, c1, d1):
+        assert not torch.equal(a1["features.0.weight"], other["features.0.weight"])
+    flat = torch.cat([v.flatten() for v in a1.values()])
+    assert abs(float(flat.mean())) < 0.1 and abs(float(flat.std()) - 1) < 0.1  # standard normal
+
+
+def test_filter_normalization(weights: dict[str, torch.Tensor]) -> None:
+    d, _ = draw_random(shapes(weights), 0, 0)
+    names = perturbed_names(weights)
+    nd = normalize(d, weights, names, "filter")
+    assert set(names) == {"features.0.weight", "features.4.weight", "classifier.weight"}
+    for name in names:
+        w, v = weights[name], nd[name]
+        for i in range(w.shape[0]):  # every filter (output channel / row) has the weight filter's norm
+            assert float(v[i].norm()) == pytest.approx(float(w[i].norm()), rel=1e-5)
+        # and the direction within the filter is the draw's
+        cos = torch.nn.functional.cosine_similarity(v[0].flatten(), d[name][0].flatten(), dim=0)
+        assert float(cos) == pytest.approx(1.0, abs=1e-6)
+    # biases and BatchNorm parameters are not perturbed by default
+    assert all(k not in nd for k in weights if weights[k].dim() <= 1)
+
+
+def test_filter_std_and_layer_norms(weights: dict[str, torch.Tensor]) -> None:
+    d, _ = draw_random(shapes(weights), 0, 0)
+    names = perturbed_names(weights)
+    fs = normalize(d, weights, names, "filter-std")
+    w = weights["features.4.weight"]
+    expected = d["features.4.weight"][3] * w[3].flatten().std(correction=0)
+    assert torch.allclose(fs["features.4.weight"][3], expected)
+    lay = normalize(d, weights, names, "layer")
+    assert float(lay["classifier.weight"].norm()) == pytest.approx(float(weights["classifier.weight"].norm()), rel=1e-5)
+    raw = normalize(d, weights, names, "none")
+    assert torch.equal(raw["classifier.weight"], d["classifier.weight"])
+    with pytest.raises(UnknownNameError, match="filter, filter-std, layer, none"):
+        normalize(d, weights, names, "unit")
+
+
+def test_biasbn_included_takes_the_weights(weights: dict[str, torch.Tensor]) -> None:
+    d, _ = draw_random(shapes(weights), 0, 0)
+    names = perturbed_names(weights, perturb_biasbn=True)
+    assert names == list(weights)
+    nd = normalize(d, weights, names)
+    assert torch.equal(nd["features.1.weight"], weights["features.1.weight"])  # Li et al.'s code
+
+
+def test_layer_and_single_kernel_masks(weights: dict[str, torch.Tensor]) -> None:
+    d, _ = draw_random(shapes(weights), 0, 0)
+    full = normalize(d, weights, perturbed_names(weights))
+    names = perturbed_names(weights, layer="features.4.weight")
+    assert names == ["features.4.weight"]
+    one = normalize(d, weights, names)
+    assert list(one) == ["features.4.weight"]
+    assert torch.equal(one["features.4.weight"], full["features.4.weight"])  # the same components as the full grid
+    kernel = normalize(d, weights, perturbed_names(weights, layer="features.4.weight", single_kernel=True),
+                       single_kernel=True)["features.4.weight"]
+    assert torch.equal(kernel[0, 0], full["features.4.weight"][0, 0])
+    kernel[0, 0] = 0
+    assert not kernel.any()
+
+
+def test_layer_errors(weights: dict[str, torch.Tensor]) -> None:
+    with pytest.raises(UnknownNameError, match="features.0.weight, features.1.weight"):
+        perturbed_names(weights, layer="conv9.weight")
+    with pytest.raises(UsageError, match="add --perturb-biasbn"):
+        perturbed_names(weights, layer="features.1.bias")
+    with pytest.raises(UsageError, match="convolution weight"):
+        perturbed_names(weights, layer="classifier.weight", single_kernel=True)
+
+
+def test_stored_once_and_refused_when_damaged(weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    s = shapes(weights)
+    d1, d2, record = load_or_create(tmp_path / "directions", s, 0, 0)
+    again1, _, again = load_or_create(tmp_path / "directions", s, 0, 0)
+    assert again == record and torch.equal(d1["classifier.weight"], again1["classifier.weight"])
+    fresh1, fresh2 = draw_random(s, 0, 0)
+    assert all(torch.equal(d1[k], fresh1[k]) and torch.equal(d2[k], fresh2[k]) for k in s)
+    path = tmp_path / record["file"]
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="direction pair 0"):
+        load_recorded(tmp_path, record, s)
+    with pytest.raises(IntegrityError, match="direction pair 0"):
+        load_or_create(tmp_path / "directions", s, 0, 0)

@@ -1,0 +1,272 @@
+"""Grids end to end: values against independent computations, the store layout, resume, sharing."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REPO, run_cli, subprocess_env
+from landscape_cli import train
+from landscape_cli.data import load_dataset
+from landscape_cli.errors import GridStateError, IntegrityError, UsageError
+from landscape_cli.gridstore import Rows
+from landscape_cli.grids import grid, parse_epochs
+from landscape_cli.models import create_model
+from landscape_cli.store import Store
+
+SMALL = {"width": 5, "pairs": 2, "batches": 2, "batch_size": 64, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("grids") / "store"
+    train("cnn", "digits", epochs=2, store=store, progress=False, name="tiny")
+    return store
+
+
+@pytest.fixture
+def store(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained run, so that tests can damage it."""
+    copy = tmp_path / "store"
+    shutil.copytree(trained, copy)
+    return copy
+
+
+def _checkpoint(store: Path, epoch: int) -> dict[str, Any]:
+    st = Store(store)
+    run_id = st.resolve("tiny")
+    return torch.load(st.run_dir(run_id) / f"checkpoints/epoch-{epoch:04d}.pt", weights_only=True)
+
+
+def _batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training set's first batches, normalized by hand."""
+    d = load_dataset("digits")
+    x = (d.train_x.float() / 255 - d.info.mean[0]) / d.info.std[0]
+    return [(x[i * size:(i + 1) * size], d.train_y[i * size:(i + 1) * size]) for i in range(n)]
+
+
+def _filter_normalized(raw: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Li et al.'s filter normalization, written out here independently of the library."""
+    out = {}
+    for name, w in weights.items():
+        if w.dim() <= 1:
+            continue
+        d = raw[name].clone()
+        for i in range(w.shape[0]):
+            d[i] = d[i] * (w[i].norm() / d[i].norm())
+        out[name] = d
+    return out
+
+
+def _loss_at(ckpt: dict[str, Any], delta: dict[str, torch.Tensor], batch: tuple, bn: str = "train") -> tuple[float, float]:
+    model = create_model(ckpt["model"], **ckpt["model_args"])
+    state = dict(ckpt["state_dict"])
+    for name, d in delta.items():
+        state[name] = state[name] + d
+    model.load_state_dict(state)
+    model.train(bn == "train")
+    with torch.no_grad():
+        out = model(batch[0])
+    return F.cross_entropy(out, batch[1]).item(), (out.argmax(1) == batch[1]).float().mean().item()
+
+
+def test_center_equals_the_checkpoint_loss(store: Path) -> None:
+    for bn in ("train", "eval"):
+        g = grid("tiny", store=store, bn=bn, **SMALL)
+        ds = g.to_xarray()
+        for epoch in (0, 1, 2):
+            ckpt = _checkpoint(store, epoch)
+            for b, batch in enumerate(_batches(2, 64)):
+                loss, acc = _loss_at(ckpt, {}, batch, bn)
+                for pair in (0, 1):
+                    # width 5: the centre is x = y = 0
+                    assert float(ds.loss.sel(epoch=epoch, pair=pair, batch=b, x=0, y=0)) == pytest.approx(loss, rel=1e-5)
+                    assert float(ds.accuracy.sel(epoch=epoch, pair=pair, batch=b, x=0, y=0)) == pytest.approx(acc)
+                assert float(ds.center_loss.sel(epoch=epoch, batch=b)) == pytest.approx(loss, rel=1e-5)
+
+
+def test_grid_points_equal_hand_perturbed_models(store: Path) -> None:
+    g = grid("tiny", store=store, **SMALL)
+    meta = json.loads((g.path / "grid.json").read_text())
+    ds = g.to_xarray()
+    rng = random.Random(0)
+    batches = _batches(2, 64)
+    for _ in range(4):
+        epoch, pair, b = rng.choice([0, 1, 2]), rng.choice([0, 1]), rng.choice([0, 1])
+        yi, xi = rng.randrange(5), rng.randrange(5)
+        ckpt = _checkpoint(store, epoch)
+        raw = torch.load(g.path.parent.parent / meta["directions"][pair]["file"], weights_only=True)
+        weights = {k: v for k, v in ckpt["state_dict"].items() if "running" not in k and "num_batches" not in k}
+        d1, d2 = _filter_normalized(raw["d1"], weights), _filter_normalized(raw["d2"], weights)
+        a, b_ = float(ds.x[xi]), float(ds.y[yi])
+        delta = {n: a * d1[n] + b_ * d2[n] for n in d1}
+        loss, acc = _loss_at(ckpt, delta, batches[b])
+        got = ds.loss.isel(epoch=[0, 1, 2].index(epoch), pair=pair, batch=b, y=yi, x=xi)
+        assert float(got) == pytest.approx(loss, rel=1e-4), (epoch, pair, b, yi, xi)
+        assert float(ds.accuracy.isel(epoch=epoch, pair=pair, batch=b, y=yi, x=xi)) == pytest.approx(acc)
+
+
+def test_projected_gradients_are_stored(store: Path) -> None:
+    g = grid("tiny", store=store, epochs=[2], **SMALL)
+    meta = json.loads((g.path / "grid.json").read_text())
+    ds = g.to_xarray()
+    ckpt = _checkpoint(store, 2)
+    model = create_model(ckpt["model"], **ckpt["model_args"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.train()
+    weights = {k: v.detach() for k, v in model.named_parameters()}
+    raw = torch.load(g.path.parent.parent / meta["directions"][1]["file"], weights_only=True)
+    d1, d2 = _filter_normalized(raw["d1"], weights), _filter_normalized(raw["d2"], weights)
+    x, y = _batches(2, 64)[1]
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    params = dict(model.named_parameters())
+    ga = sum(float((params[n].grad * d1[n]).sum()) for n in d1)
+    gb = sum(float((params[n].grad * d2[n]).sum()) for n in d2)
+    assert float(ds.grad_a.sel(epoch=2, pair=1, batch=1)) == pytest.approx(ga, rel=1e-3)
+    assert float(ds.grad_b.sel(epoch=2, pair=1, batch=1)) == pytest.approx(gb, rel=1e-3)
+
+
+def test_layout_opens_in_xarray(store: Path) -> None:
+    import xarray as xr
+
+    g = grid("tiny", store=store, epochs=[0, 2], span=0.5, **SMALL)
+    ds = xr.open_zarr(g.zarr_path)
+    assert ds.loss.dims == ("epoch", "pair", "batch", "y", "x")
+    assert ds.loss.shape == (2, 2, 2, 5, 5) and ds.loss.dtype == np.float32
+    assert ds.accuracy.dims == ds.loss.dims
+    assert list(ds.epoch.values) == [0, 2] and list(ds.pair.values) == [0, 1] and list(ds.batch.values) == [0, 1]
+    assert np.allclose(ds.x.values, [-0.5, -0.25, 0, 0.25, 0.5]) and np.allclose(ds.y.values, ds.x.values)
+    assert ds.grad_a.dims == ("epoch", "pair", "batch") and ds.center_loss.dims == ("epoch", "batch")
+    assert bool((ds.done == 1).all()) and np.isfinite(ds.loss.values).all()
+
+
+def test_same_grid_again_computes_nothing_and_more_epochs_extend_it(store: Path) -> None:
+    first = grid("tiny", store=store, epochs=[0, 2], **SMALL)
+    assert first.computed_rows == 2 * 2 * 5 and first.complete
+    again = grid("tiny", store=store, epochs=[2, 0], **SMALL)
+    assert again.computed_rows == 0 and again.grid_id == first.grid_id
+    more = grid("tiny", store=store, epochs=[0, 1, 2], **SMALL)
+    assert more.grid_id == first.grid_id and more.computed_rows == 2 * 5 and more.meta["epochs"] == [0, 2, 1]
+    assert len(list((store).glob("*/grids/*"))) == 1
+
+
+def test_partial_grid_needs_resume_and_resume_is_bitwise(store: Path) -> None:
+    g = grid("tiny", store=store, **SMALL)
+    before = g.to_xarray().loss.values.copy()
+    rows = Rows(g.zarr_path)
+    rows.clear_row(1, 0, 3)
+    rows.clear_row(2, 1, 0)
+    with pytest.raises(GridStateError, match=r"is 93% done \(28 of 30 rows\): pass --resume"):
+        grid("tiny", store=store, **SMALL)
+    resumed = grid("tiny", store=store, resume=True, **SMALL)
+    assert resumed.computed_rows == 2 and resumed.complete
+    assert np.array_equal(resumed.to_xarray().loss.values, before)
+
+
+def test_zoom_and_layer_grids_share_the_directions(store: Path) -> None:
+    base = grid("tiny", store=store, **SMALL)
+    zoom = grid("tiny", store=store, span=0.01, **SMALL)
+    layer = grid("tiny", store=store, layer="features.4.weight", **SMALL)
+    assert zoom.grid_id != base.grid_id != layer.grid_id
+    assert base.meta["directions"] == zoom.meta["directions"] == layer.meta["directions"]
+    run_dir = base.path.parent.parent
+    assert len(list((run_dir / "directions").glob("*.pt"))) == 2
+
+
+def test_layer_grid_moves_only_that_layer(store: Path) -> None:
+    g = grid("tiny", store=store, layer="features.4.weight", epochs=[2], **SMALL)
+    meta = json.loads((g.path / "grid.json").read_text())
+    ckpt = _checkpoint(store, 2)
+    raw = torch.load(g.path.parent.parent / meta["directions"][0]["file"], weights_only=True)
+    weights = {k: v for k, v in ckpt["state_dict"].items() if "running" not in k and "num_batches" not in k}
+    d1 = _filter_normalized(raw["d1"], weights)["features.4.weight"]
+    d2 = _filter_normalized(raw["d2"], weights)["features.4.weight"]
+    loss, _ = _loss_at(ckpt, {"features.4.weight": -1.0 * d1 + 0.5 * d2}, _batches(1, 64)[0])
+    ds = g.to_xarray()
+    assert float(ds.loss.sel(epoch=2, pair=0, batch=0, x=-1.0, y=0.5)) == pytest.approx(loss, rel=1e-4)
+    full = grid("tiny", store=store, epochs=[2], **SMALL).to_xarray()
+    assert float(full.loss.sel(epoch=2, pair=0, batch=0, x=-1.0, y=0.5)) != pytest.approx(loss, rel=1e-3)
+
+
+def test_directions_from_another_run_of_the_same_model(store: Path) -> None:
+    source = grid("tiny", store=store, seed=7, norm="filter-std", name="src", **SMALL)
+    tanh = train("cnn", "digits", epochs=1, activation="tanh", store=store, progress=False)
+    reused = grid(tanh.run_id, store=store, directions_from="src", **SMALL)
+    assert reused.meta["config"]["seed"] == 7 and reused.meta["config"]["norm"] == "filter-std"
+    assert [d["id"] for d in reused.meta["directions"]] == [d["id"] for d in source.meta["directions"]]
+    mlp = train("mlp", "digits", epochs=0, store=store, progress=False)
+    with pytest.raises(UsageError, match="same architecture"):
+        grid(mlp.run_id, store=store, directions_from="src", **SMALL)
+    with pytest.raises(UsageError, match="contradicts"):
+        grid(tanh.run_id, store=store, directions_from="src", seed=1, **SMALL)
+
+
+def test_damaged_checkpoint_is_refused(store: Path) -> None:
+    ckpt = next(store.glob("*/checkpoints/epoch-0001.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match="checkpoint of epoch 1"):
+        grid("tiny", store=store, epochs=[1], **SMALL)
+
+
+def test_damaged_chunk_is_recomputed_on_resume(store: Path) -> None:
+    g = grid("tiny", store=store, epochs=[0], **SMALL)
+    before = g.to_xarray().loss.values.copy()
+    chunk = g.zarr_path / "loss" / "c" / "0" / "1" / "0" / "2" / "0"  # epoch 0, pair 1, row 2
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    resumed = grid("tiny", store=store, epochs=[0], resume=True, **SMALL)
+    assert resumed.repaired and resumed.computed_rows == 1
+    assert np.array_equal(resumed.to_xarray().loss.values, before)
+
+
+def test_parse_epochs() -> None:
+    assert parse_epochs("0,1,9") == [0, 1, 9]
+    assert parse_epochs("0-3, 9") == [0, 1, 2, 3, 9]
+    assert parse_epochs(None) is None
+    for bad in ("a", "1,,2", "-1", "3-x"):
+        with pytest.raises(UsageError):
+            parse_epochs(bad)
+
+
+GRID_ARGS = ["grid", "tiny", "--epochs", "0,2", "--width", "11", "--pairs", "2", "--batches", "3", "--batch-size", "128", "--quiet"]
+
+
+def test_killed_grid_resumes_bitwise(store: Path, tmp_path: Path) -> None:
+    """SIGKILL at a random moment, then --resume: arrays bitwise equal to an uninterrupted run."""
+    reference = tmp_path / "reference"
+    shutil.copytree(store, reference)
+    done = run_cli(*GRID_ARGS, "--store", str(reference))
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *GRID_ARGS, "--store", str(store)],
+                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(store.glob("*/grids/*/landscape.zarr/done/c/0/1/3")):
+        time.sleep(0.01)
+    time.sleep(random.Random(1).uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = run_cli(*GRID_ARGS, "--store", str(store))
+    assert partial.returncode == 1 and "pass --resume" in partial.stderr
+    resumed = run_cli(*GRID_ARGS, "--resume", "--store", str(store))
+    assert resumed.returncode == 0, resumed.stderr
+    import xarray as xr
+
+    [a] = store.glob("*/grids/*/landscape.zarr")
+    [b] = reference.glob("*/grids/*/landscape.zarr")
+    da, db = xr.open_zarr(a), xr.open_zarr(b)
+    for name in ("loss", "accuracy", "grad_a", "grad_b", "center_loss", "done"):
+        assert np.array_equal(da[name].values, db[name].values, equal_nan=True), name
