@@ -21,10 +21,10 @@ phase runs `grid()` (the same, plus the centre copy of the weights, the directio
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
-import gc
 import subprocess
 import sys
 import tempfile

@@ -112,7 +112,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 _stdout: Console | None = None
 
 
-def out() -> Console:
+def stdout() -> Console:
     global _stdout
     if _stdout is None:
         # piped output (scripts, CI logs) is not squeezed into 80 columns

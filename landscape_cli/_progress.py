@@ -85,5 +85,5 @@ def progress_bar(description: str, total: float, *, unit: str = "it", enabled: b
         transient=False,
     )
     with progress:
-        task = progress.add_task(description, total=total, completed=completed)
+        task = progress.add_task(description, total=total, completed=int(completed))
         yield _RichBar(progress, task)

@@ -24,12 +24,12 @@ from ._cli_utils import (
     err,
     human_size,
     num,
-    out,
     pct,
     print_json,
+    stdout,
 )
 from .config import GridConfig, TrainConfig
-from .errors import Interrupted
+from .errors import Interrupted, UsageError
 from .store import Store
 
 app = typer.Typer(
@@ -117,8 +117,8 @@ def train(
         return
     if result.existed:
         err().print(f"run {result.run_id} already has epochs 0-{len(meta['epochs']) - 1}: nothing to train")
-    out().print(_epochs_table(meta))
-    out().print(f"run [bold]{result.run_id}[/bold]{_name(meta)} in {result.path}")
+    stdout().print(_epochs_table(meta))
+    stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta)} in {result.path}")
 
 
 def _name(meta: dict[str, Any]) -> str:
@@ -153,7 +153,7 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
         print_json({"store": str(st.root), "runs": runs})
         return
     if not runs:
-        out().print(f"no runs in {st.root}: `landscape train MODEL DATASET` makes one")
+        stdout().print(f"no runs in {st.root}: `landscape train MODEL DATASET` makes one")
         return
     table = Table(title=f"runs in {st.root}")
     for col in ("id", "name", "model", "dataset", "activation", "epochs", "status", "val acc", "size"):
@@ -168,7 +168,7 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
                       human_size(r["size_bytes"]))
         for g in r["grids"]:
             table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))
-    out().print(table)
+    stdout().print(table)
 
 
 def _grid_cells(g: dict[str, Any]) -> list[str]:
@@ -210,7 +210,9 @@ def grid(
     directions_from: Annotated[
         str | None, typer.Option(help="Reuse the directions (seed, normalization) of this grid.", show_default=False)
     ] = None,
-    bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step) or eval.")] = GridConfig.bn,
+    bn: Annotated[
+        str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step) or eval.")
+    ] = GridConfig.bn,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = False,
     device: DeviceOpt = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
@@ -255,13 +257,13 @@ def grid(
     state = "complete" if result.complete else f"{100 * result.rows_done / max(result.rows_total, 1):.0f}% done"
     if result.computed_rows == 0 and result.complete:
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
-    out().print(
+    stdout().print(
         f"grid [bold]{result.grid_id}[/bold]{_name(result.meta)} of run {result.run_id}: "
         f"epochs {','.join(map(str, result.meta['epochs']))}, {cfg['pairs']} pairs x {cfg['batches']} batches x "
         f"{cfg['width']}x{cfg['width']} points, span ±{cfg['span']:g}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
-    out().print(f"  {result.zarr_path}")
+    stdout().print(f"  {result.zarr_path}")
 
 
 @app.command()
@@ -286,7 +288,72 @@ def layers(
     for r in rows:
         table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['parameters']:,}", r["kind"],
                       "yes" if r["perturbed_by_default"] else "no (--perturb-biasbn)")
-    out().print(table)
+    stdout().print(table)
+
+
+# --- plot --------------------------------------------------------------------------------------
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[str], typer.Argument(help="One or more runs (id, prefix or name) or grids.", show_default=False)],
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="Which grid (id, prefix or name): once for all runs or once per run "
+                     "[default: each run's newest].", show_default=False),
+    ] = None,
+    epochs: Annotated[
+        str | None, typer.Option(help="Epochs side by side, e.g. 0,1,9 [default: the grid's last].", show_default=False)
+    ] = None,
+    epoch: Annotated[int | None, typer.Option(help="One epoch (same as --epochs E).", show_default=False)] = None,
+    pair: Annotated[int | None, typer.Option(help="Only this direction pair.", show_default=False)] = None,
+    batch: Annotated[int | None, typer.Option(help="Only this batch.", show_default=False)] = None,
+    metric: Annotated[str, typer.Option(help="loss or accuracy.")] = "loss",
+    contour: Annotated[bool, typer.Option(help="Labelled contour lines instead of a heatmap.")] = False,
+    surface: Annotated[bool, typer.Option(help="3-D surfaces.")] = False,
+    log: Annotated[bool, typer.Option(help="Logarithmic colour (or height) scale.")] = False,
+    clip: Annotated[float | None, typer.Option(help="Cap values above this (e.g. high losses).", show_default=False)] = None,
+    reduce: Annotated[str, typer.Option(help="none, mean (over pairs and batches), batches or pairs.")] = "none",
+    animate: Annotated[bool, typer.Option(help="A GIF over the epochs.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",
+                                             show_default=False)] = None,
+    show: Annotated[bool, typer.Option(help="Also open a window.")] = False,
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Draw the loss landscape of a run's grid, or compare several epochs or runs side by side.
+
+    One epoch of one grid gives the reference figure: a panel per (direction pair, batch), heatmaps of
+    the loss minus its centre value on one colour scale, and a red arrow for the negative gradient at
+    the centre. Several epochs or runs are laid out side by side on one scale (their grids need the
+    same --width and --span). Diverged points (NaN/Inf) are magenta; rows not computed yet are hatched.
+
+    Example: `landscape plot quickstart --epochs 0,5 --reduce mean`
+    """
+    from .grids import parse_epochs
+    from .plotting import plot as draw_plot
+
+    if epoch is not None and epochs is not None:
+        raise UsageError("give --epoch or --epochs, not both")
+    chosen = [epoch] if epoch is not None else parse_epochs(epochs)
+    result = draw_plot(
+        runs, grids=grid or (), epochs=chosen, pair=pair, batch=batch, metric=metric, contour=contour,
+        surface=surface, log=log, clip=clip, reduce=reduce, animate=animate, out=out, show=show, store=store,
+    )
+    panels = [
+        {"title": p.title, "run": p.source.run_id, "grid": p.source.grid_id, "epoch": p.epoch, "pair": p.pair,
+         "batch": p.batch, "diverged": p.diverged, "computed": bool(p.computed.all())}
+        for p in result.panels
+    ]
+    if json_output:
+        print_json({"path": result.path, "rows": result.shape[0], "columns": result.shape[1],
+                    "diverged_points": result.diverged, "arrow_scale": result.arrow_scale, "panels": panels})
+        return
+    if result.diverged:
+        err().print(f"{result.diverged} diverged points (NaN/Inf) are drawn in magenta")
+    if not all(p["computed"] for p in panels):
+        err().print("the grid is not complete: rows not computed yet are hatched (`landscape grid ... --resume`)")
+    stdout().print(str(result.path))
 
 
 # --- models and datasets -------------------------------------------------------------------------
@@ -300,7 +367,7 @@ def models(json_output: JsonOpt = False) -> None:
     """
     from .models import count_parameters, create_model, list_models, model_entry
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_models():
         rows.append({
             "name": name,
@@ -316,7 +383,7 @@ def models(json_output: JsonOpt = False) -> None:
         table.add_column(col, justify="right" if col.startswith("param") else "left")
     for r in rows:
         table.add_row(r["name"], f"{r['parameters_1x28x28']:,}", f"{r['parameters_3x32x32']:,}", r["description"])
-    out().print(table)
+    stdout().print(table)
 
 
 @app.command()
@@ -327,7 +394,7 @@ def datasets(json_output: JsonOpt = False) -> None:
     """
     from .data import dataset_info, list_datasets
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in list_datasets():
         info = dataset_info(name)
         rows.append({"name": name, "channels": info.channels, "size": info.size,
@@ -341,7 +408,7 @@ def datasets(json_output: JsonOpt = False) -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['channels']}x{r['size']}x{r['size']}", str(r["classes"]),
                       "no" if r["offline"] else "once", r["description"])
-    out().print(table)
+    stdout().print(table)
 
 
 def main() -> None:

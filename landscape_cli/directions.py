@@ -143,9 +143,8 @@ def perturbed_names(weights: Mapping[str, Tensor], *, perturb_biasbn: bool = Fal
         names = [layer]
     else:
         names = [n for n, w in weights.items() if perturb_biasbn or not is_bias_or_bn(w)]
-    if single_kernel:
-        if layer is None or weights[layer].dim() != 4:
-            raise UsageError("--single-kernel needs --layer naming a convolution weight (a 4-D tensor)")
+    if single_kernel and (layer is None or weights[layer].dim() != 4):
+        raise UsageError("--single-kernel needs --layer naming a convolution weight (a 4-D tensor)")
     return names
 
 

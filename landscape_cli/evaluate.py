@@ -52,7 +52,7 @@ class Plane:
         params = dict(model.named_parameters())
         self.model = model
         self.batches = batches
-        self.params = [params[n] for n in names]
+        self.params: list[Tensor] = [params[n] for n in names]
         # the centre weights, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None

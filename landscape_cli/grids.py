@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__, checkpoints, directions, gridstore
@@ -25,7 +24,7 @@ from ._perf import select_device, tune_allocator, use_channels_last
 from ._progress import progress_bar, stderr_console
 from .config import GridConfig, positive_int
 from .data import load_dataset
-from .errors import GridStateError, UsageError
+from .errors import GridStateError, RunNotFoundError, UsageError
 from .evaluate import PlaneEvaluator
 from .inventory import GRID_FILE, GRIDS_DIR, find_grid
 from .locks import FileLock, is_locked
@@ -172,7 +171,10 @@ def _inherit_directions(st: Store, run_meta: dict[str, Any], directions_from: st
     """--directions-from GRID: use that grid's random draw (and normalization unless given)."""
     if directions_from is None:
         return (0 if seed is None else seed), (norm or "filter")
-    src_run, src_grid = find_grid(st, directions_from)
+    try:  # a grid of this run first (names like "main" repeat across runs), then any run's
+        src_run, src_grid = find_grid(st, directions_from, run_meta["id"])
+    except RunNotFoundError:
+        src_run, src_grid = find_grid(st, directions_from)
     src_meta = read_json(st.run_dir(src_run) / GRIDS_DIR / src_grid / GRID_FILE)
     src_model = st.read_run(src_run)["model"]
     mine = run_meta["model"]

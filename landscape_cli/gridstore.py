@@ -23,15 +23,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .config import GridConfig
-from .evaluate import Center
 from .store import os_error
+
+if TYPE_CHECKING:  # plotting reads grids without importing torch
+    from .evaluate import Center
 
 ZARR_DIR = "landscape.zarr"
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode

@@ -138,7 +138,7 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
                   on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
     run_dir = st.run_dir(run_id)
     info = data.info
-    model_args = {"in_channels": info.channels, "num_classes": info.num_classes,
+    model_args: dict[str, Any] = {"in_channels": info.channels, "num_classes": info.num_classes,
                   "image_size": info.size, "activation": config.activation}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli, tree
+
 from landscape_cli import __version__
 
 
@@ -145,3 +145,97 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+def test_grid_through_the_cli(cli: Any, store: Path) -> None:
+    ok(cli("train", "cnn", "digits", "--epochs", "1", "--name", "tiny", "-q"))
+    args = ["grid", "tiny", "--width", "5", "--pairs", "1", "--batches", "2", "--batch-size", "64", "-q"]
+    data = json.loads(ok(cli(*args, "--json")).stdout)
+    assert data["rows_done"] == data["rows_total"] == 2 * 5 and data["epochs"] == [0, 1]
+    assert Path(data["zarr"]).is_dir() and data["diverged_points"] == 0
+    again = ok(cli(*args))
+    assert "already complete" in again.stderr and data["id"] in again.stdout
+    [run] = json.loads(ok(cli("ls", "--json")).stdout)["runs"]
+    [g] = run["grids"]
+    assert g["id"] == data["id"] and g["done"] == 1.0 and g["shape"] == [2, 1, 2, 5, 5]
+    assert data["id"] in ok(cli("ls")).stdout
+    layers = json.loads(ok(cli("layers", "tiny", "--json")).stdout)
+    assert layers[0] == {"name": "features.0.weight", "shape": [16, 1, 3, 3], "parameters": 144, "kind": "conv",
+                         "perturbed_by_default": True}
+
+
+BAD_GRID = [
+    (["grid", "nosuchrun"], 2, ["nosuchrun"]),
+    (["grid", "tiny", "--epochs", "7"], 2, ["epoch 7", "0,1"]),
+    (["grid", "tiny", "--epochs", "a,b"], 2, ["--epochs", "a,b"]),
+    (["grid", "tiny", "--width", "1"], 2, ["--width", "1"]),
+    (["grid", "tiny", "--span", "0"], 2, ["--span"]),
+    (["grid", "tiny", "--span", "nan"], 2, ["--span", "nan"]),
+    (["grid", "tiny", "--pairs", "0"], 2, ["--pairs"]),
+    (["grid", "tiny", "--batches", "0"], 2, ["--batches"]),
+    (["grid", "tiny", "--batches", "9"], 2, ["1437 training images", "at most 5 batches"]),
+    (["grid", "tiny", "--layer", "conv9"], 2, ["conv9", "features.0.weight"]),
+    (["grid", "tiny", "--single-kernel"], 2, ["--layer"]),
+    (["grid", "tiny", "--norm", "unit"], 2, ["unit", "filter, filter-std, layer, none"]),
+    (["grid", "tiny", "--bn", "frozen"], 2, ["frozen", "train, eval"]),
+    (["grid", "tiny", "--directions-from", "nogrid"], 2, ["nogrid"]),
+    (["grid", "tiny", "--directions-from", "mlpgrid"], 2, ["same architecture"]),
+    (["layers", "nosuchrun"], 2, ["nosuchrun"]),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "needles"), BAD_GRID, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_grid_input_is_one_line_and_changes_nothing(cli: Any, store: Path, args: list[str], code: int,
+                                                        needles: list[str]) -> None:
+    ok(cli("train", "cnn", "digits", "--epochs", "1", "--name", "tiny", "-q"))
+    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "mlp", "-q"))
+    ok(cli("grid", "mlp", "--width", "2", "--pairs", "1", "--batches", "1", "--name", "mlpgrid", "-q"))
+    before = tree(store)
+    one_error_line(cli(*args), code, *needles)
+    assert tree(store) == before
+
+
+def test_partial_grid_says_how_far_it_got(cli: Any, store: Path) -> None:
+    from landscape_cli.gridstore import Rows
+
+    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "m", "-q"))
+    args = ["grid", "m", "--width", "4", "--pairs", "1", "--batches", "1", "-q"]
+    data = json.loads(ok(cli(*args, "--json")).stdout)
+    Rows(Path(data["zarr"])).clear_row(0, 0, 1)
+    before = tree(store)
+    one_error_line(cli(*args), 1, "75% done", "3 of 4 rows", "--resume")
+    assert tree(store) == before
+    assert json.loads(ok(cli(*args, "--resume", "--json")).stdout)["rows_computed"] == 1
+
+
+def test_plot_through_the_cli(cli: Any, store: Path, tmp_path: Path) -> None:
+    ok(cli("train", "mlp", "digits", "--epochs", "1", "--name", "m", "-q"))
+    ok(cli("grid", "m", "--width", "3", "--pairs", "1", "--batches", "1", "-q"))
+    result = ok(cli("plot", "m"))
+    path = Path(result.stdout.strip())
+    assert path.is_file() and path.parent.name == "plots"
+    data = json.loads(ok(cli("plot", "m", "--epochs", "0,1", "--out", str(tmp_path / "e.pdf"), "--json")).stdout)
+    assert data["columns"] == 2 and (tmp_path / "e.pdf").read_bytes().startswith(b"%PDF")
+
+
+BAD_PLOT = [
+    (["plot", "empty"], 1, ["no grid", "landscape grid"]),
+    (["plot", "m", "--epochs", "4"], 2, ["epoch 4 is not in grid"]),
+    (["plot", "m", "--metric", "f1"], 2, ["f1", "loss, accuracy"]),
+    (["plot", "m", "--out", "/proc/nope/x.png"], 2, ["/proc/nope"]),
+    (["plot", "m", "--out", "plot.bmp"], 2, [".png, .pdf, .svg"]),
+    (["plot", "m", "--reduce", "median"], 2, ["median", "none, mean, batches, pairs"]),
+    (["plot", "m", "--clip", "-1"], 2, ["--clip"]),
+    (["plot", "m", "--epoch", "1", "--epochs", "0"], 2, ["--epoch or --epochs"]),
+    (["plot", "nothing"], 2, ["nothing"]),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "needles"), BAD_PLOT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_plot_input(cli: Any, store: Path, args: list[str], code: int, needles: list[str]) -> None:
+    ok(cli("train", "mlp", "digits", "--epochs", "1", "--name", "m", "-q"))
+    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "empty", "--seed", "1", "-q"))
+    ok(cli("grid", "m", "--width", "2", "--pairs", "1", "--batches", "1", "-q"))
+    before = tree(store)
+    one_error_line(cli(*args), code, *needles)
+    assert tree(store) == before

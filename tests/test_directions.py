@@ -96,7 +96,7 @@ def test_layer_and_single_kernel_masks(weights: dict[str, torch.Tensor]) -> None
 
 
 def test_layer_errors(weights: dict[str, torch.Tensor]) -> None:
-    with pytest.raises(UnknownNameError, match="features.0.weight, features.1.weight"):
+    with pytest.raises(UnknownNameError, match=r"features\.0\.weight, features\.1\.weight"):
         perturbed_names(weights, layer="conv9.weight")
     with pytest.raises(UsageError, match="add --perturb-biasbn"):
         perturbed_names(weights, layer="features.1.bias")

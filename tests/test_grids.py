@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, run_cli, subprocess_env
+
 from landscape_cli import train
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
-from landscape_cli.gridstore import Rows
 from landscape_cli.grids import grid, parse_epochs
+from landscape_cli.gridstore import Rows
 from landscape_cli.models import create_model
 from landscape_cli.store import Store
 
@@ -242,7 +242,8 @@ def test_parse_epochs() -> None:
             parse_epochs(bad)
 
 
-GRID_ARGS = ["grid", "tiny", "--epochs", "0,2", "--width", "11", "--pairs", "2", "--batches", "3", "--batch-size", "128", "--quiet"]
+GRID_ARGS = ["grid", "tiny", "--epochs", "0,2", "--width", "11", "--pairs", "2", "--batches", "3", "--batch-size", "128",
+             "--quiet"]
 
 
 def test_killed_grid_resumes_bitwise(store: Path, tmp_path: Path) -> None:

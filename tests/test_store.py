@@ -64,7 +64,7 @@ def test_full_disk_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("os.replace", full)
-    with pytest.raises(StoreError, match="disk full while writing .*f.json: free some space"):
+    with pytest.raises(StoreError, match=r"disk full while writing .*f\.json: free some space"):
         write_json(target, {"a": 1})
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO, run_cli, subprocess_env
+
 from landscape_cli import train
 from landscape_cli.checkpoints import state_hash
 from landscape_cli.data import load_dataset

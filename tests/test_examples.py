@@ -1,0 +1,33 @@
+"""The examples run as README says (the quick start end to end; the reference script parses)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, subprocess_env
+
+
+@pytest.mark.slow
+def test_quickstart_script(tmp_path: Path) -> None:
+    env = subprocess_env(threads=2)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
+    done = subprocess.run([str(REPO / "examples" / "quickstart.sh")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
+    assert plots == ["loss_heatmap_epoch-5.png", "loss_heatmap_epochs-0-1-5_mean.png"]
+    assert "quickstart" in done.stdout and "100.0% done" in done.stdout
+    # the trained model passes the foundation's bar
+    import json
+
+    [run] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/run.json")]
+    assert run["epochs"][-1]["val_accuracy"] >= 0.9
+
+
+def test_reference_script_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(REPO / "examples" / "reference_experiments.sh")], check=True)
