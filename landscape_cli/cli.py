@@ -29,7 +29,7 @@ from ._cli_utils import (
     stdout,
 )
 from .config import GridConfig, TrainConfig
-from .errors import Interrupted, UsageError
+from .errors import IntegrityError, Interrupted, UsageError
 from .store import Store
 
 app = typer.Typer(
@@ -213,6 +213,11 @@ def grid(
     bn: Annotated[
         str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step) or eval.")
     ] = GridConfig.bn,
+    grid_ref: Annotated[
+        str | None,
+        typer.Option("--grid", help="Continue or extend this grid of RUN (id, prefix or name), with its own options "
+                     "(the grid options above are then ignored).", show_default=False),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = False,
     device: DeviceOpt = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
@@ -237,7 +242,8 @@ def grid(
         result = compute_grid(
             run, epochs=parse_epochs(epochs), width=width, span=span, pairs=pairs, batches=batches,
             batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
-            single_kernel=single_kernel, bn=bn, directions_from=directions_from, device=device, name=name,
+            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, device=device,
+            name=name,
             resume=resume, store=store, data_dir=data_dir, progress=not quiet,
         )
     except KeyboardInterrupt:
@@ -354,6 +360,47 @@ def plot(
     if not all(p["computed"] for p in panels):
         err().print("the grid is not complete: rows not computed yet are hatched (`landscape grid ... --resume`)")
     stdout().print(str(result.path))
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+@app.command()
+def verify(
+    run: Annotated[str | None, typer.Argument(help="Only this run [default: every run].", show_default=False)] = None,
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Re-hash checkpoints, optimizer states, directions and grid metadata, and decode every grid chunk.
+
+    Reports each file that no longer matches what was recorded when it was written, with what to do;
+    exits with 1 if anything is damaged. Changes nothing.
+
+    Example: `landscape verify quickstart`
+    """
+    from .verify import verify as verify_store
+
+    report = verify_store(store, run)
+    problems = [vars(p) for p in report.problems]
+    if json_output:
+        print_json({"ok": report.ok, "checked": report.checked, "problems": problems,
+                    "leftover_temporary_files": report.leftovers})
+    else:
+        checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
+        if problems:
+            table = Table(title="damaged")
+            for col in ("run", "file", "problem", "what to do"):
+                table.add_column(col, overflow="fold")
+            for p in problems:
+                table.add_row(p["run"], p["path"], p["problem"], p["fix"])
+            stdout().print(table)
+        stdout().print(f"checked {checked}")
+        if report.leftovers:
+            stdout().print(f"{len(report.leftovers)} temporary files left by killed writers (never read; safe to delete)")
+    if not report.ok:
+        raise IntegrityError(f"{len(problems)} damaged or missing files in the store (listed above)")
+    if not json_output:
+        stdout().print("no damage found")
 
 
 # --- models and datasets -------------------------------------------------------------------------

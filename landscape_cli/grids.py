@@ -24,7 +24,7 @@ from ._perf import select_device, tune_allocator, use_channels_last
 from ._progress import progress_bar, stderr_console
 from .config import GridConfig, positive_int
 from .data import load_dataset
-from .errors import GridStateError, RunNotFoundError, UsageError
+from .errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
 from .evaluate import PlaneEvaluator
 from .inventory import GRID_FILE, GRIDS_DIR, find_grid
 from .locks import FileLock, is_locked
@@ -82,6 +82,7 @@ def grid(
     single_kernel: bool = False,
     bn: str = "train",
     directions_from: str | None = None,
+    from_grid: str | None = None,
     device: str = "auto",
     name: str | None = None,
     resume: bool = False,
@@ -94,7 +95,9 @@ def grid(
     The grid covers a, b in [-span, span] (`width` points each) along `pairs` seeded random
     direction pairs, normalized against each epoch's weights (`norm`), for the training set's first
     `batches` mini-batches. The same call again computes nothing; with `resume=True` it computes
-    what an interrupted call left. Returns where the grid is and how far it got.
+    what an interrupted call left. `from_grid` names a grid of the run whose configuration (and, unless
+    `epochs` is given, epochs) to use instead of the other options. Returns where the grid is and how
+    far it got.
     """
     st = store if isinstance(store, Store) else Store(store)
     run_id = st.resolve(run)
@@ -103,6 +106,14 @@ def grid(
     recorded = {int(e["epoch"]): e for e in run_meta.get("epochs", [])}
     if not recorded:
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
+    if from_grid is not None:
+        _, gid = find_grid(st, from_grid, run_id)
+        c = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)["config"]
+        width, span, pairs, batches, batch_size = c["width"], c["span"], c["pairs"], c["batches"], c["batch_size"]
+        seed, norm, perturb_biasbn, layer = c["seed"], c["norm"], c["perturb_biasbn"], c["layer"]
+        single_kernel, bn, directions_from = c["single_kernel"], c["bn"], None
+        if epochs is None:
+            epochs = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)["epochs"] or None
     wanted = _epochs(epochs, recorded, run_id)
 
     seed, norm = _inherit_directions(st, run_meta, directions_from, seed, norm)
@@ -125,12 +136,17 @@ def grid(
     del first, weights  # only their names and shapes are needed from here on
     grid_id = cfg.grid_id
     grid_dir = run_dir / GRIDS_DIR / grid_id
-    existing = read_json(grid_dir / GRID_FILE) if (grid_dir / GRID_FILE).is_file() else None
     if name is not None:
         _check_grid_name(st, run_id, grid_id, name)
+    try:
+        existing = _read_meta(grid_dir, cfg)
+        status = _status(grid_dir, existing, wanted) if existing is not None else None
+    except IntegrityError:
+        if not resume:
+            raise
+        existing, status = None, None  # --resume rebuilds the damaged metadata below
 
-    if existing is not None:
-        status = _status(grid_dir, existing, wanted)
+    if existing is not None and status is not None:
         if status["complete"] and not resume and (name is None or existing.get("name") == name):
             return _result(grid_dir, existing, run_id)  # (--resume goes on to check every chunk)
         if status["partial"] and not resume:
@@ -207,6 +223,20 @@ def _check_grid_name(st: Store, run_id: str, grid_id: str, name: str) -> None:
             raise UsageError(f"the name {name!r} is taken by grid {gdir.name} of run {run_id}: choose another --name")
 
 
+def _read_meta(grid_dir: Path, cfg: GridConfig) -> dict[str, Any] | None:
+    """The grid's grid.json (None if there is none yet); damaged or edited is an IntegrityError."""
+    path = grid_dir / GRID_FILE
+    if not path.is_file():
+        return None
+    meta: dict[str, Any] = read_json(path)
+    if meta.get("config") != cfg.identity() or meta.get("id") != cfg.grid_id:
+        raise IntegrityError(
+            f"{path} does not match the grid's configuration (edited or damaged): the same `landscape grid` "
+            "command with --resume rebuilds it"
+        )
+    return meta
+
+
 def _status(grid_dir: Path, meta: dict[str, Any], wanted: list[int]) -> dict[str, Any]:
     rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR, "r")
     have = rows.epochs
@@ -252,27 +282,48 @@ def _prepare(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, c
              wanted: list[int], shapes: dict[str, tuple[int, ...]], name: str | None) -> dict[str, Any]:
     """Create the grid (directions, arrays, grid.json) or add the new epochs; metadata last."""
     meta_path = grid_dir / GRID_FILE
-    meta = read_json(meta_path) if meta_path.is_file() else None
     zarr_path = grid_dir / gridstore.ZARR_DIR
+    attrs = {"grid": cfg.grid_id, "run": run_id, "config": cfg.identity(),
+             "model": run_meta["model"], "dataset": run_meta["dataset"]["name"]}
+    try:
+        meta = _read_meta(grid_dir, cfg)
+    except IntegrityError:  # only with --resume: grid() refused otherwise
+        meta = None
+        damaged_meta = True
+    else:
+        damaged_meta = False
     if meta is None:
-        records = []
-        for p in range(cfg.pairs):
-            records.append(directions.ensure_stored(st.run_dir(run_id) / "directions", shapes, cfg.seed, p))
-        attrs = {"grid": cfg.grid_id, "run": run_id, "config": cfg.identity(),
-                 "model": run_meta["model"], "dataset": run_meta["dataset"]["name"]}
-        gridstore.create(zarr_path, cfg, attrs)
+        records = [directions.ensure_stored(st.run_dir(run_id) / "directions", shapes, cfg.seed, p)
+                   for p in range(cfg.pairs)]
+        epochs_so_far: list[int] = []
+        if damaged_meta and (zarr_path / "zarr.json").exists():
+            # rebuild grid.json around the arrays that exist: their epochs come from the Zarr group
+            gridstore.repair(zarr_path, cfg, attrs, [])
+            epochs_so_far = gridstore.stored_epochs(zarr_path)
+            if gridstore.open_group(zarr_path)["loss"].shape[0] != len(epochs_so_far):  # type: ignore[union-attr]
+                raise IntegrityError(
+                    f"grid {cfg.grid_id}: grid.json and the epoch coordinates are both damaged, so which epoch "
+                    f"each slice holds is unknown: delete {grid_dir} and compute the grid again"
+                )
+            stderr_console().print(f"[yellow]grid {cfg.grid_id}: rebuilt damaged grid.json from the command and arrays[/]")
+        else:
+            gridstore.create(zarr_path, cfg, attrs)
         meta = {
             "format": 1,
             "id": cfg.grid_id,
             "name": name,
             "run": run_id,
             "config": cfg.identity(),
-            "epochs": [],
+            "epochs": epochs_so_far,
             "directions": records,
             "parameters": short_hash(directions.parameter_signature(shapes)),
             "versions": {"landscape": __version__, "torch": torch.__version__, "python": platform.python_version()},
             "created": now(),
         }
+        if damaged_meta:
+            write_json(meta_path, meta)
+    for what in gridstore.repair(zarr_path, cfg, attrs, list(meta["epochs"])):
+        stderr_console().print(f"[yellow]grid {cfg.grid_id}: rebuilt damaged {what} from grid.json[/]")
     epochs = list(meta["epochs"]) + [e for e in wanted if e not in meta["epochs"]]
     changed = epochs != meta["epochs"] or (name is not None and meta.get("name") != name)
     gridstore.grow(zarr_path, epochs)
@@ -312,7 +363,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
             made, waiting = 0, 0
             for e in wanted:
                 ei = index[e]
-                todo = {p: _rows_todo(rows, ei, p, repaired) for p in range(cfg.pairs)}
+                todo = {p: _rows_todo(rows, ei, e, p, repaired) for p in range(cfg.pairs)}
                 need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p)]
                 if not any(todo.values()) and not need_center:
                     continue
@@ -367,7 +418,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                       seconds_rows)
 
 
-def _rows_todo(rows: gridstore.Rows, ei: int, p: int, repaired: list[str]) -> list[int]:
+def _rows_todo(rows: gridstore.Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
     """Rows not done yet; a done row whose chunks no longer decode is reported and redone."""
     done = rows.done(ei, p, repaired.append)
     todo = []
@@ -375,8 +426,8 @@ def _rows_todo(rows: gridstore.Rows, ei: int, p: int, repaired: list[str]) -> li
         if not is_done:
             todo.append(y)
         elif not rows.row_readable(ei, p, y):
-            repaired.append(f"row {y} of pair {p}, epoch index {ei}")
-            stderr_console().print(f"[yellow]damaged chunk in row {y} of pair {p} (epoch index {ei}): recomputing[/]")
+            repaired.append(f"row {y} of pair {p}, epoch {epoch}")
+            stderr_console().print(f"[yellow]damaged chunk in row {y} of pair {p}, epoch {epoch}: recomputing[/]")
             rows.clear_row(ei, p, y)
             todo.append(y)
     return todo

@@ -30,6 +30,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from .config import GridConfig
+from .errors import IntegrityError
 from .store import os_error
 
 if TYPE_CHECKING:  # plotting reads grids without importing torch
@@ -45,48 +46,102 @@ def _codecs() -> dict[str, Any]:
     return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
 
 
-def create(path: Path, cfg: GridConfig, attrs: dict[str, Any]) -> None:
-    """Create the empty group (no epochs yet). Call with the grid lock held."""
+def _layout(cfg: GridConfig) -> dict[str, dict[str, Any]]:
+    """Every array of the group: dimensions, shape without the epoch axis, chunks, dtype, fill, description."""
     P, B, H, W = cfg.pairs, cfg.batches, cfg.width, cfg.width
-    try:
-        root = zarr.open_group(path, mode="w", zarr_format=3, attributes=attrs)
-        nan = float("nan")
+    nan = float("nan")
+    plane = ["epoch", "pair", "batch", "y", "x"]
+    return {
+        "loss": {"dims": plane, "shape": (P, B, H, W), "chunks": (1, 1, B, 1, W), "dtype": "float32", "fill": nan,
+                 "long_name": "cross-entropy loss at w + x·d1 + y·d2"},
+        "accuracy": {"dims": plane, "shape": (P, B, H, W), "chunks": (1, 1, B, 1, W), "dtype": "float32",
+                     "fill": nan, "long_name": "accuracy at w + x·d1 + y·d2"},
+        "done": {"dims": ["epoch", "pair", "y"], "shape": (P, H), "chunks": (1, 1, 1), "dtype": "uint8", "fill": 0,
+                 "long_name": "1 once the row's values are written"},
+        "diverged": {"dims": ["epoch", "pair", "y"], "shape": (P, H), "chunks": (1, 1, 1), "dtype": "int32",
+                     "fill": 0, "long_name": "number of non-finite losses in the row (all batches)"},
+        "center_loss": {"dims": ["epoch", "batch"], "shape": (B,), "chunks": (1, B), "dtype": "float32", "fill": nan,
+                        "long_name": "loss at the centre"},
+        "center_accuracy": {"dims": ["epoch", "batch"], "shape": (B,), "chunks": (1, B), "dtype": "float32",
+                            "fill": nan, "long_name": "accuracy at the centre"},
+        "grad_a": {"dims": ["epoch", "pair", "batch"], "shape": (P, B), "chunks": (1, 1, B), "dtype": "float32",
+                   "fill": nan, "long_name": "dL/dx at the centre: the loss gradient projected on d1"},
+        "grad_b": {"dims": ["epoch", "pair", "batch"], "shape": (P, B), "chunks": (1, 1, B), "dtype": "float32",
+                   "fill": nan, "long_name": "dL/dy at the centre: the loss gradient projected on d2"},
+        "center_done": {"dims": ["epoch", "pair"], "shape": (P,), "chunks": (1, 1), "dtype": "uint8", "fill": 0,
+                        "long_name": "1 once the centre is written"},
+        "epoch": {"dims": ["epoch"], "shape": (), "chunks": (1,), "dtype": "int64", "fill": -1,
+                  "long_name": "training epoch of the checkpoint"},
+    }
 
-        def arr(name: str, dims: list[str], shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str,
-                fill: Any, **attributes: Any) -> None:
-            a = root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                                  dimension_names=dims, attributes=attributes, **_codecs())
-            del a
 
-        arr("loss", ["epoch", "pair", "batch", "y", "x"], (0, P, B, H, W), (1, 1, B, 1, W), "float32", nan,
-            long_name="cross-entropy loss at w + x·d1 + y·d2")
-        arr("accuracy", ["epoch", "pair", "batch", "y", "x"], (0, P, B, H, W), (1, 1, B, 1, W), "float32", nan,
-            long_name="accuracy at w + x·d1 + y·d2")
-        arr("done", ["epoch", "pair", "y"], (0, P, H), (1, 1, 1), "uint8", 0,
-            long_name="1 once the row's values are written")
-        arr("diverged", ["epoch", "pair", "y"], (0, P, H), (1, 1, 1), "int32", 0,
-            long_name="number of non-finite losses in the row (all batches)")
-        arr("center_loss", ["epoch", "batch"], (0, B), (1, B), "float32", nan, long_name="loss at the centre")
-        arr("center_accuracy", ["epoch", "batch"], (0, B), (1, B), "float32", nan,
-            long_name="accuracy at the centre")
-        arr("grad_a", ["epoch", "pair", "batch"], (0, P, B), (1, 1, B), "float32", nan,
-            long_name="dL/dx at the centre: the loss gradient projected on d1")
-        arr("grad_b", ["epoch", "pair", "batch"], (0, P, B), (1, 1, B), "float32", nan,
-            long_name="dL/dy at the centre: the loss gradient projected on d2")
-        arr("center_done", ["epoch", "pair"], (0, P), (1, 1), "uint8", 0, long_name="1 once the centre is written")
-        arr("epoch", ["epoch"], (0,), (1,), "int64", -1, long_name="training epoch of the checkpoint")
-        coords = np.linspace(-cfg.span, cfg.span, W)
-        for name, values, long_name in (
-            ("pair", np.arange(P), "direction pair"),
-            ("batch", np.arange(B), f"training mini-batch ({cfg.batch_size} images, unshuffled)"),
-            ("y", coords, "coefficient of d2"),
-            ("x", coords, "coefficient of d1"),
-        ):
+def _coordinates(cfg: GridConfig) -> dict[str, tuple[np.ndarray, str]]:
+    coords = np.linspace(-cfg.span, cfg.span, cfg.width)
+    return {
+        "pair": (np.arange(cfg.pairs), "direction pair"),
+        "batch": (np.arange(cfg.batches), f"training mini-batch ({cfg.batch_size} images, unshuffled)"),
+        "y": (coords, "coefficient of d2"),
+        "x": (coords, "coefficient of d1"),
+    }
+
+
+def _create_nodes(root: zarr.Group, cfg: GridConfig, names: list[str], n_epochs: int) -> None:
+    layout, coords = _layout(cfg), _coordinates(cfg)
+    for name in names:
+        if name in layout:
+            spec = layout[name]
+            root.create_array(name, shape=(n_epochs, *spec["shape"]), chunks=spec["chunks"], dtype=spec["dtype"],
+                              fill_value=spec["fill"], dimension_names=spec["dims"],
+                              attributes={"long_name": spec["long_name"]}, **_codecs())
+        else:
+            values, long_name = coords[name]
             a = root.create_array(name, shape=values.shape, dtype=values.dtype, dimension_names=[name],
                                   attributes={"long_name": long_name}, **_codecs())
             a[:] = values
+
+
+def create(path: Path, cfg: GridConfig, attrs: dict[str, Any]) -> None:
+    """Create the empty group (no epochs yet). Call with the grid lock held."""
+    try:
+        root = zarr.open_group(path, mode="w", zarr_format=3, attributes=attrs)
+        _create_nodes(root, cfg, [*_layout(cfg), *_coordinates(cfg)], 0)
     except OSError as e:
         raise os_error(e, path) from e
+
+
+def repair(path: Path, cfg: GridConfig, attrs: dict[str, Any], epochs: list[int]) -> list[str]:
+    """Rebuild damaged metadata (zarr.json files) and coordinates from the grid's configuration.
+
+    Chunks of values are left alone: a damaged one is found when it is read, and its row recomputed.
+    Returns what was rebuilt. Call with the grid lock held.
+    """
+    rebuilt: list[str] = []
+    layout, coords = _layout(cfg), _coordinates(cfg)
+    try:
+        try:
+            root = zarr.open_group(path, mode="r+", use_consolidated=False)
+        except (*DECODE_ERRORS, KeyError, FileNotFoundError):
+            (path / "zarr.json").unlink(missing_ok=True)
+            root = zarr.open_group(path, mode="a", zarr_format=3, attributes=attrs)
+            rebuilt.append("zarr.json")
+        broken = []
+        for name in [*layout, *coords]:
+            expected = (len(epochs), *layout[name]["shape"]) if name in layout else coords[name][0].shape
+            try:
+                a = zarr.open_array(path / name, mode="r", zarr_format=3)
+                if a.shape != expected and not (name in layout and a.shape[1:] == expected[1:]):
+                    raise ValueError(f"shape {a.shape}, expected {expected}")
+                if name in coords and not np.array_equal(a[:], coords[name][0]):
+                    raise ValueError("wrong coordinate values")
+            except (*DECODE_ERRORS, KeyError, FileNotFoundError):
+                broken.append(name)
+        for name in broken:
+            (path / name / "zarr.json").unlink(missing_ok=True)
+            rebuilt.append(f"{name}/zarr.json")
+        _create_nodes(root, cfg, broken, len(epochs))
+    except OSError as e:
+        raise os_error(e, path) from e
+    return rebuilt
 
 
 def grow(path: Path, epochs: list[int]) -> None:
@@ -107,6 +162,15 @@ def grow(path: Path, epochs: list[int]) -> None:
         raise os_error(e, path) from e
 
 
+def stored_epochs(path: Path) -> list[int]:
+    """The epochs on the epoch axis (those whose coordinate was written)."""
+    try:
+        values = np.asarray(zarr.open_array(path / "epoch", mode="r", zarr_format=3)[:])
+    except (*DECODE_ERRORS, KeyError, FileNotFoundError):
+        return []
+    return [int(e) for e in values if int(e) >= 0]
+
+
 def open_group(path: Path, mode: str = "r") -> zarr.Group:
     """The group, read from the arrays' own metadata (never a stale consolidated copy)."""
     return zarr.open_group(path, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
@@ -117,15 +181,23 @@ class Rows:
 
     def __init__(self, path: Path, mode: str = "r+") -> None:
         self.path = path
-        self.root = open_group(path, mode)
-        self.arrays: dict[str, Any] = {name: self.root[name] for name in (*EPOCH_ARRAYS, "x", "y")}
+        try:
+            self.root = open_group(path, mode)
+            self.arrays: dict[str, Any] = {name: self.root[name] for name in (*EPOCH_ARRAYS, "x", "y")}
+            epochs = self.arrays["epoch"][:]
+        except (*DECODE_ERRORS, KeyError, FileNotFoundError) as e:
+            raise IntegrityError(
+                f"the Zarr metadata of {path} is damaged ({type(e).__name__}: {e}): the same `landscape grid` "
+                "command with --resume rebuilds it (`landscape verify` lists what is damaged)"
+            ) from e
+        self._epochs = [int(x) for x in epochs]
 
     def __getitem__(self, name: str) -> Any:
         return self.arrays[name]
 
     @property
     def epochs(self) -> list[int]:
-        return [int(e) for e in self.arrays["epoch"][:]]
+        return list(self._epochs)
 
     def done(self, ei: int, p: int, on_damage: Callable[[str], None] | None = None) -> np.ndarray:
         """Which rows of (epoch index, pair) are done; a damaged done-mark counts as not done."""
@@ -169,10 +241,17 @@ class Rows:
         self.arrays["done"][ei, p, y] = 0
 
     def center_done(self, ei: int, p: int) -> bool:
+        """Whether the centre values of (epoch index, pair) are written and still decode."""
         try:
-            return bool(self.arrays["center_done"][ei, p] > 0)
+            if not self.arrays["center_done"][ei, p] > 0:
+                return False
+            self.arrays["center_loss"][ei, :]
+            self.arrays["center_accuracy"][ei, :]
+            self.arrays["grad_a"][ei, p, :]
+            self.arrays["grad_b"][ei, p, :]
         except DECODE_ERRORS:
             return False
+        return True
 
     def write_center(self, ei: int, p: int, c: Center) -> None:
         try:

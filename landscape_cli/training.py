@@ -32,6 +32,7 @@ from .models import count_parameters, create_model
 from .store import Store, file_sha256, make_dirs, now, remove_partials
 
 LOCK_FILE = ".lock"
+MAX_EPOCHS = 100_000
 
 
 @dataclass
@@ -112,7 +113,7 @@ def train(
     """
     config = TrainConfig(model, dataset, batch_size, optimizer, lr, momentum, weight_decay, activation, seed)
     config.validate()
-    positive_int(epochs, "--epochs", minimum=0)
+    positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
     dev = select_device(device)
     st = store if isinstance(store, Store) else Store(store)
     run_id = config.run_id

@@ -1,0 +1,155 @@
+"""Integrity checks: re-hash every file the store recorded a hash for, and decode every grid chunk.
+
+Reads metadata, files and Zarr chunks only (no torch), and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError
+from .gridstore import DECODE_ERRORS, ZARR_DIR, Rows
+from .inventory import GRID_FILE, GRIDS_DIR
+from .store import PARTIAL_SUFFIX, RUN_FILE, Store, file_sha256, read_json, short_hash
+
+
+@dataclass
+class Problem:
+    run: str
+    path: str
+    problem: str
+    fix: str
+
+
+@dataclass
+class Report:
+    problems: list[Problem] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=lambda: {
+        "runs": 0, "checkpoints": 0, "optimizer_states": 0, "directions": 0, "grids": 0, "chunks": 0})
+    leftovers: list[str] = field(default_factory=list)  # temporary files of killed writers (never read)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(store: Store | str | os.PathLike[str] | None = None, run: str | None = None) -> Report:
+    """Check every run of the store (or one run) and report each mismatch with what to do."""
+    st = store if isinstance(store, Store) else Store(store)
+    report = Report()
+    run_ids = [st.resolve(run)] if run else st.run_ids()
+    for run_id in run_ids:
+        _verify_run(st, run_id, report)
+        for root, _dirs, files in os.walk(st.run_dir(run_id)):
+            report.leftovers += [os.path.join(root, f) for f in files if PARTIAL_SUFFIX in f]
+    return report
+
+
+def _file(report: Report, run_id: str, path: Path, expected: str | None, what: str, fix: str) -> bool:
+    if not path.is_file():
+        report.problems.append(Problem(run_id, str(path), f"{what} is missing", fix))
+        return False
+    if expected is not None and file_sha256(path) != expected:
+        report.problems.append(Problem(run_id, str(path), f"{what} does not match its recorded sha256", fix))
+        return False
+    return True
+
+
+def _verify_run(st: Store, run_id: str, report: Report) -> None:
+    run_dir = st.run_dir(run_id)
+    report.checked["runs"] += 1
+    retrain = (f"delete {run_dir} and run its `landscape train` command again (on CPU it reproduces the same "
+               "weights), or restore the file from a backup")
+    try:
+        meta = read_json(run_dir / RUN_FILE)
+    except IntegrityError as e:
+        report.problems.append(Problem(run_id, str(run_dir / RUN_FILE), str(e).split(":")[0] + ": not valid JSON",
+                                       f"restore it from a backup, or {retrain}"))
+        meta = None
+    if meta is not None:
+        for rec in meta.get("epochs", []):
+            report.checked["checkpoints"] += 1
+            _file(report, run_id, run_dir / rec["checkpoint"], rec.get("sha256"),
+                  f"checkpoint of epoch {rec['epoch']}", retrain)
+        resume = meta.get("resume")
+        if resume:
+            report.checked["optimizer_states"] += 1
+            _file(report, run_id, run_dir / resume["file"], resume.get("sha256"),
+                  f"optimizer state of epoch {resume['epoch']}",
+                  "training cannot be continued exactly; the checkpoints and grids are unaffected")
+    directions_dir = run_dir / "directions"
+    if directions_dir.is_dir():
+        for sidecar in sorted(directions_dir.glob("*.json")):
+            report.checked["directions"] += 1
+            try:
+                record = read_json(sidecar)
+                _file(report, run_id, sidecar.with_suffix(".pt"), record["sha256"],
+                      f"direction pair {record['spec']['pair']} ({record['id']})",
+                      f"delete {sidecar.with_suffix('.pt')} and {sidecar}, then rerun the grids that use it "
+                      "with --resume (the seeded draw is made again, identical)")
+            except (IntegrityError, KeyError) as e:
+                report.problems.append(Problem(run_id, str(sidecar), f"damaged direction record ({e})",
+                                               f"delete {sidecar}: it is written again from the direction file"))
+    grids_dir = run_dir / GRIDS_DIR
+    if grids_dir.is_dir():
+        for gdir in sorted(d for d in grids_dir.iterdir() if d.is_dir()):
+            _verify_grid(run_id, run_dir, gdir, report)
+
+
+def _verify_grid(run_id: str, run_dir: Path, gdir: Path, report: Report) -> None:
+    report.checked["grids"] += 1
+    rerun = (f"`landscape grid {run_id} --grid {gdir.name} --resume` recomputes damaged rows and rebuilds Zarr "
+             "metadata (for a damaged grid.json, rerun the grid's original command with --resume)")
+    meta: dict[str, Any] | None = None
+    if not (gdir / GRID_FILE).is_file():
+        if (gdir / ZARR_DIR).exists():
+            report.problems.append(Problem(run_id, str(gdir / GRID_FILE), "grid.json is missing", rerun))
+        return
+    try:
+        meta = read_json(gdir / GRID_FILE)
+        if short_hash(meta.get("config", {})) != meta.get("id") or meta.get("id") != gdir.name:
+            report.problems.append(Problem(run_id, str(gdir / GRID_FILE),
+                                           "grid.json does not match its grid id (edited or damaged)", rerun))
+            meta = None
+    except IntegrityError:
+        report.problems.append(Problem(run_id, str(gdir / GRID_FILE), "grid.json is not valid JSON", rerun))
+    if meta is not None:
+        for rec in meta.get("directions", []):
+            _file(report, run_id, run_dir / rec["file"], rec["sha256"], f"direction pair {rec['pair']} of the grid",
+                  "delete the direction file and its .json record, then rerun the grid with --resume")
+    try:
+        rows = Rows(gdir / ZARR_DIR, "r")
+    except IntegrityError as e:
+        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR), str(e).split(":")[0] + ": metadata damaged",
+                                       rerun))
+        return
+    if meta is not None and rows.epochs != meta.get("epochs"):
+        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
+                                       f"epoch axis {rows.epochs} differs from grid.json {meta.get('epochs')}", rerun))
+    n_epochs = len(rows.epochs)
+    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
+    for ei in range(n_epochs):
+        for p in range(pairs):
+            for y in range(height):
+                report.checked["chunks"] += 1
+                damaged: list[str] = []
+                if not rows.row_done(ei, p, y, damaged.append):
+                    if damaged:
+                        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
+                                                       f"damaged {damaged[0]}", rerun))
+                    continue
+                report.checked["chunks"] += 3
+                if not rows.row_readable(ei, p, y):
+                    report.problems.append(Problem(
+                        run_id, str(gdir / ZARR_DIR),
+                        f"damaged chunk: row {y} of pair {p}, epoch {rows.epochs[ei]}", rerun))
+            try:
+                flag = rows["center_done"][ei, p]
+            except DECODE_ERRORS:
+                flag = 1
+            if flag and not rows.center_done(ei, p):
+                report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
+                                               f"damaged centre values of pair {p}, epoch {rows.epochs[ei]}", rerun))
