@@ -112,17 +112,37 @@ DIGITS_SPLIT_SEED = 0
     )
 )
 def _digits(root: Path) -> Arrays:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # pixel values 0..16
-    labels = bunch.target.astype(np.int64)
+    raw, labels = digits_arrays()
+    images = np.rint(raw * (255.0 / 16.0)).astype(np.uint8)[:, None]  # pixel values 0..16
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
     val, train = order[:DIGITS_VALIDATION], order[DIGITS_VALIDATION:]
     return (
         torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
         torch.from_numpy(images[val]), torch.from_numpy(labels[val]),
     )
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (images [1797, 8, 8] with values 0..16, labels) as `load_digits` gives them.
+
+    Read straight from the CSV file scikit-learn ships, because importing `sklearn.datasets` takes
+    two seconds (every `landscape` command that needs the data would pay it); falls back to
+    `load_digits` if the file is not where it used to be.
+    """
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                table = np.loadtxt(f, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target.astype(np.int64)
 
 
 # --- torchvision datasets: downloaded once ---------------------------------------------------------

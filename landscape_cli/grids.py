@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,9 +158,17 @@ def grid(
             )
 
     st.ensure_writable()
-    make_dirs(grid_dir / LOCKS_DIR)
-    with _structure_lock(grid_dir, grid_id):
-        meta = _prepare(st, run_id, run_meta, grid_dir, cfg, wanted, shapes, name)
+    new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
+    try:
+        make_dirs(grid_dir / LOCKS_DIR)
+        with _structure_lock(grid_dir, grid_id):
+            meta = _prepare(st, run_id, run_meta, grid_dir, cfg, wanted, shapes, name)
+    except BaseException:
+        # a new grid that failed before its grid.json was written (full disk, Ctrl-C...) leaves no trace
+        if not (grid_dir / GRID_FILE).exists():
+            for d in reversed(new_dirs):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
 
     tune_allocator()
     data = load_dataset(run_meta["dataset"]["name"], data_dir)

@@ -33,6 +33,7 @@ class FileLock:
     def try_acquire(self) -> bool:
         """Take the lock if it is free; return False if another process holds it."""
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise os_error(e, self.path) from e

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
+from .errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from .gridstore import DECODE_ERRORS, ZARR_DIR, Rows
 from .inventory import GRID_FILE, GRIDS_DIR, find_grid, grid_metas
 from .store import PARTIAL_SUFFIX, Store, os_error, read_json, short_hash
@@ -175,18 +175,30 @@ class _EpochData:
 def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
     rows = Rows(source.path / ZARR_DIR, "r")
     ei = rows.epochs.index(epoch)
-    where = f"grid {source.grid_id} (epoch {epoch})"
+    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
+    # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
+    values = np.full((pairs, rows["loss"].shape[2], height, rows["loss"].shape[4]), np.nan)
+    done = np.zeros((pairs, height), bool)
+    ga = np.full((pairs, rows["grad_a"].shape[2]), np.nan)
+    gb = np.full_like(ga, np.nan)
+    what = "centre values"
     try:
-        values = np.asarray(rows[metric][ei])
-        done = np.asarray(rows["done"][ei]) > 0
-        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei])
-        ga, gb = np.asarray(rows["grad_a"][ei]), np.asarray(rows["grad_b"][ei])
+        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei], np.float64)
+        for p in range(pairs):
+            what = f"centre gradient of pair {p}"
+            ga[p], gb[p] = rows["grad_a"][ei, p], rows["grad_b"][ei, p]
+            for y in range(height):
+                what = f"row {y} of pair {p}"
+                done[p, y] = rows["done"][ei, p, y] > 0
+                if done[p, y]:
+                    values[p, :, y, :] = rows[metric][ei, p, :, y, :]
     except DECODE_ERRORS as e:
         raise IntegrityError(
-            f"{where} has a damaged chunk ({e}): run `landscape grid {source.run_id[:8]} --resume` with the grid's "
-            "options to recompute it (`landscape verify` lists what is damaged)"
+            f"grid {source.grid_id} has a damaged chunk ({what}, epoch {epoch}): "
+            f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
+            "(`landscape verify` lists everything that is damaged)"
         ) from e
-    return _EpochData(values.astype(np.float64), done, center.astype(np.float64), ga, gb)
+    return _EpochData(values, done, center, ga, gb)
 
 
 def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
@@ -467,8 +479,11 @@ def plot(
     path = out_path or _default_path(sources[0], chosen, style, pair, batch, reduce, len(sources), animate)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
-        raise os_error(e, path.parent) from e
+        raise StoreError(f"{os_error(e, path.parent)}; pass --out FILE to write the figure elsewhere") from e
     axes: list[Any] = []
     if animate:
         from matplotlib.animation import PillowWriter

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,12 +127,19 @@ def train(
     st.ensure_writable()
     data = load_dataset(dataset, data_dir)  # before the run directory exists: a missing dataset changes nothing
     run_dir = st.run_dir(run_id)
+    created = not run_dir.exists()
     make_dirs(run_dir / "checkpoints")
-    with FileLock(run_dir / LOCK_FILE, f"run {run_id}").acquire(
-        "wait for that training to finish, or stop it and run this command again"
-    ):
-        remove_partials(run_dir / "checkpoints")
-        return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
+    try:
+        with FileLock(run_dir / LOCK_FILE, f"run {run_id}").acquire(
+            "wait for that training to finish, or stop it and run this command again"
+        ):
+            remove_partials(run_dir / "checkpoints")
+            return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
+    except BaseException:
+        # a new run that failed (full disk, Ctrl-C...) before its first checkpoint leaves no trace
+        if created and not st.has_run(run_id):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
@@ -180,7 +188,8 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     if channels_last:
         net.to(memory_format=torch.channels_last)
     _move_optimizer_state(opt, device)
-    st.write_run(run_id, meta)
+    if start > 0 or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
+        st.write_run(run_id, meta)
 
     trained = []
     for epoch in range(start, epochs + 1):

@@ -126,7 +126,9 @@ def _verify_grid(run_id: str, run_dir: Path, gdir: Path, report: Report) -> None
         report.problems.append(Problem(run_id, str(gdir / ZARR_DIR), str(e).split(":")[0] + ": metadata damaged",
                                        rerun))
         return
-    if meta is not None and rows.epochs != meta.get("epochs"):
+    recorded = list(meta.get("epochs", [])) if meta is not None else []
+    # an axis longer than grid.json lists is a growth a kill interrupted (grid.json is written last)
+    if meta is not None and rows.epochs[:len(recorded)] != recorded:
         report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
                                        f"epoch axis {rows.epochs} differs from grid.json {meta.get('epochs')}", rerun))
     n_epochs = len(rows.epochs)

@@ -34,6 +34,16 @@ def test_digits_is_real_and_split_the_same_way_every_time() -> None:
         np.bincount(load_digits().target).tolist())
 
 
+def test_digits_read_from_the_csv_equal_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from landscape_cli.data import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+
+
 def test_normalize_standardizes_digits() -> None:
     d = load_dataset("digits")
     x = d.normalize(d.train_x)

@@ -53,12 +53,23 @@ def test_every_activation_is_replaced(name: str, activation: str) -> None:
     assert all(type(m) is wanted for m in acts)
 
 
-def test_reference_resnet_shape() -> None:
-    model = create_model("resnet", 3, 10, 32)
-    # torchvision ResNet, BasicBlock [1,1,1,1]: 4.9 M parameters, 7x7 stem taking 3 channels
-    assert 4_800_000 < count_parameters(model) < 5_000_000
-    assert model.conv1.in_channels == 3 and model.conv1.kernel_size == (7, 7)
-    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+def test_reference_resnet_is_torchvisions() -> None:
+    """The same seed gives bitwise torchvision's ResNet(BasicBlock, [1, 1, 1, 1]), and the same outputs."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    torch.manual_seed(0)
+    ours = create_model("resnet", 3, 10, 32)
+    torch.manual_seed(0)
+    theirs = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True))
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(ours.eval()(x), theirs.eval()(x), atol=1e-5)
+    assert 4_800_000 < count_parameters(ours) < 5_000_000
+    # one input channel: only the first convolution differs; small images get the 3x3 stride-1 stem
+    assert create_model("resnet", 1, 10, 28).conv1.weight.shape == (64, 1, 7, 7)
+    small = create_model("resnet", 1, 10, 8)
+    assert small.conv1.weight.shape == (64, 1, 3, 3) and isinstance(small.maxpool, nn.Identity)
 
 
 def test_plain_has_no_skip_connections() -> None:

@@ -1,0 +1,425 @@
+"""Reliability: random SIGKILLs, Ctrl-C, concurrent processes, damaged files, full and read-only disks.
+
+Every process here is a real `python -m landscape_cli` subprocess with one torch thread (two run at
+once in the concurrency tests: never more threads than the 2 cores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, subprocess_env
+
+KILL_SEED = 20261127
+TRAIN = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "16", "--name", "k", "-q"]
+GRID = ["grid", "k", "--epochs", "0,4", "--width", "9", "--pairs", "2", "--batches", "2", "--batch-size", "128",
+        "--name", "g", "-q"]
+COUNTS: dict[str, int] = {"kills": 0, "sigints": 0, "concurrent_processes": 0, "damaged_files": 0}
+
+
+def start(*args: str, store: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(store)], env=subprocess_env(),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def one_error(done: subprocess.CompletedProcess[str] | Any, code: int | None = None) -> str:
+    """The process failed with one 'Error: ' line (its last line) and no traceback."""
+    stderr = done.stderr if isinstance(done.stderr, str) else ""
+    assert done.returncode != 0 and (code is None or done.returncode == code), (done.returncode, stderr)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def grid_arrays(store: Path) -> dict[str, np.ndarray]:
+    import xarray as xr
+
+    [path] = store.glob("*/grids/*/landscape.zarr")
+    ds = xr.open_zarr(path)
+    return {name: ds[name].values for name in ("loss", "accuracy", "grad_a", "grad_b", "center_loss", "done")}
+
+
+def weights(store: Path) -> list[str]:
+    [run] = [json.loads(p.read_text()) for p in store.glob("*/run.json")]
+    return [e["weights_sha256"] for e in run["epochs"]]
+
+
+def readable(store: Path) -> None:
+    """Everything a later command reads can be read: ls works and verify finds no damage."""
+    listing = ok(run_cli("ls", "--json", "--store", str(store)))
+    json.loads(listing.stdout)
+    ok(run_cli("verify", "--store", str(store)))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted train + grid, one thread, to compare against."""
+    store = tmp_path_factory.mktemp("reference") / "store"
+    ok(run_cli(*TRAIN, "--store", str(store)))
+    ok(run_cli(*GRID, "--store", str(store)))
+    return store
+
+
+def _kill_rounds(args: list[str], fresh: Any, check: Any, want: int, rng: random.Random, window: float) -> int:
+    """Kill `args` with SIGKILL after random delays until it has been killed `want` times.
+
+    Each round starts from `fresh()`, kills the job up to 5 times (checking after every kill that the
+    store is readable; a start that outlives its delay finishes the job), then lets it finish and
+    `check`s the result against the uninterrupted reference. Returns the number of kills that landed.
+    """
+    landed = 0
+    while landed < want:
+        store = fresh()
+        for _ in range(5):
+            proc = start(*args, store=store)
+            try:
+                proc.wait(timeout=rng.uniform(0.2, window))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                landed += 1
+                COUNTS["kills"] += 1
+                readable(store)
+                continue
+            finally:
+                for stream in (proc.stdout, proc.stderr):
+                    if stream:
+                        stream.close()
+            assert proc.returncode == 0
+            break
+        ok(run_cli(*args, "--store", str(store)))
+        check(store)
+    return landed
+
+
+@pytest.mark.slow
+def test_random_kills_never_lose_or_damage_work(reference: Path, tmp_path: Path) -> None:
+    """>= 20 SIGKILLs at random moments (fixed seed) across train and grid; results stay bitwise."""
+    rng = random.Random(KILL_SEED)
+    rounds = iter(range(100))
+
+    def empty() -> Path:
+        return tmp_path / f"train-{next(rounds)}"
+
+    def trained() -> Path:
+        store = tmp_path / f"grid-{next(rounds)}"
+        shutil.copytree(reference, store)
+        shutil.rmtree(next(store.glob("*/grids")))
+        return store
+
+    def same_weights(store: Path) -> None:
+        assert weights(store) == weights(reference)
+
+    def same_grid(store: Path) -> None:
+        ours, theirs = grid_arrays(store), grid_arrays(reference)
+        for name in theirs:
+            assert np.array_equal(ours[name], theirs[name], equal_nan=True), name
+
+    landed = _kill_rounds(TRAIN, empty, same_weights, 10, rng, window=4.0)
+    landed += _kill_rounds([*GRID, "--resume"], trained, same_grid, 10, rng, window=4.0)
+    assert landed >= 20
+
+
+def _wait_for(pattern: str, root: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(root.glob(pattern)):
+        time.sleep(0.02)
+    assert list(root.glob(pattern)), f"nothing matched {pattern}"
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    proc = start(*TRAIN, store=store)
+    _wait_for("*/checkpoints/epoch-0001.pt", store)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    COUNTS["sigints"] += 1
+    line = one_error(type("Done", (), {"returncode": proc.returncode, "stderr": stderr})(), 130)
+    assert "interrupted" in line and "run the same command again to resume" in line
+    readable(store)
+    ok(run_cli(*TRAIN, "--store", str(store)))
+    assert weights(store) == weights(reference)
+
+    proc = start(*GRID, store=store)
+    _wait_for("*/grids/*/landscape.zarr/done/c/0/1/2", store)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    COUNTS["sigints"] += 1
+    line = one_error(type("Done", (), {"returncode": proc.returncode, "stderr": stderr})(), 130)
+    assert "grid interrupted" in line and "--resume" in line
+    readable(store)
+    ok(run_cli(*GRID, "--resume", "--store", str(store)))
+    assert all(np.array_equal(a, b, equal_nan=True)
+               for a, b in zip(grid_arrays(store).values(), grid_arrays(reference).values(), strict=True))
+
+
+@pytest.mark.slow
+def test_two_grid_processes_share_one_grid(reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    shutil.rmtree(next(store.glob("*/grids")))
+    big = ["grid", "k", "--epochs", "0,4", "--width", "15", "--pairs", "2", "--batches", "2", "--batch-size", "128",
+           "--name", "g", "-q", "--json"]
+    procs = [start(*big, "--resume", store=store) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    COUNTS["concurrent_processes"] += 2
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    results = [json.loads(out) for out, _ in outs]
+    total = results[0]["rows_total"]
+    assert results[0]["rows_done"] == results[1]["rows_done"] == total
+    computed = [r["rows_computed"] for r in results]
+    assert sum(computed) == total and min(computed) > 0, computed  # each row once, both worked
+    alone = tmp_path / "alone"
+    shutil.copytree(reference, alone)
+    shutil.rmtree(next(alone.glob("*/grids")))
+    ok(run_cli(*big, "--store", str(alone)))
+    for name, values in grid_arrays(alone).items():
+        assert np.array_equal(grid_arrays(store)[name], values, equal_nan=True), name
+    readable(store)
+
+
+def test_a_second_grid_without_resume_is_told_to_join(reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    shutil.rmtree(next(store.glob("*/grids")))
+    slow = [a if a != "9" else "31" for a in GRID]  # a grid that outlives the second process's start-up
+    first = start(*slow, store=store)
+    _wait_for("*/grids/*/landscape.zarr/done/c/0/0/1", store)
+    second = run_cli(*slow, "--store", str(store))
+    COUNTS["concurrent_processes"] += 2
+    line = one_error(second, 1)
+    assert "another process is computing it: --resume joins in" in line and "pass --resume" in line
+    assert first.wait(timeout=120) == 0
+    readable(store)
+
+
+def test_two_train_processes_and_a_killed_holder(reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    slow = ["train", "resnet", "digits", "--epochs", "3", "-q"]  # outlives the second process's start-up
+    first = start(*slow, store=store)
+    _wait_for("*/checkpoints/epoch-0000.pt", store)
+    t0 = time.time()
+    second = run_cli(*slow, "--store", str(store))
+    COUNTS["concurrent_processes"] += 2
+    line = one_error(second, 1)
+    assert f"process {first.pid}" in line and "wait for that training to finish" in line
+    assert time.time() - t0 < 30  # refused at once, not after training
+    first.send_signal(signal.SIGKILL)  # the holder dies: its lock goes with it
+    first.wait()
+    COUNTS["kills"] += 1
+    ok(run_cli(*slow, "--store", str(store)))
+    assert len(weights(store)) == 4
+    readable(store)
+
+
+# --- damaged files ------------------------------------------------------------------------------
+
+
+def _flip(path: Path, offset: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    COUNTS["damaged_files"] += 1
+
+
+def _truncate(path: Path, keep: int = 7) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+    COUNTS["damaged_files"] += 1
+
+
+@pytest.fixture
+def damaged(reference: Path, tmp_path: Path) -> Iterator[Path]:
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    yield store
+
+
+def _problems(store: Path) -> list[dict[str, Any]]:
+    done = run_cli("verify", "--json", "--store", str(store))
+    report = json.loads(done.stdout)
+    assert (done.returncode == 0) == report["ok"]
+    if not report["ok"]:
+        one_error(done, 1)
+    return list(report["problems"])
+
+
+def test_damaged_checkpoint_is_reported_and_refused(damaged: Path) -> None:
+    ckpt = next(damaged.glob("*/checkpoints/epoch-0004.pt"))
+    _flip(ckpt)
+    [problem] = _problems(damaged)
+    assert problem["path"] == str(ckpt) and "sha256" in problem["problem"] and "landscape train" in problem["fix"]
+    line = one_error(run_cli(*GRID, "--store", str(damaged), "--width", "5", "--name", "other"), 1)
+    assert "checkpoint of epoch 4" in line and "landscape verify" in line
+
+
+def test_damaged_direction_is_reported_and_refused(damaged: Path) -> None:
+    direction = sorted(damaged.glob("*/directions/*.pt"))[1]
+    _truncate(direction, 1000)
+    problems = _problems(damaged)
+    assert {p["path"] for p in problems} == {str(direction)} and len(problems) == 2  # its record and the grid's
+    [rows_dir] = damaged.glob("*/grids/*/landscape.zarr/done")
+    shutil.rmtree(rows_dir / "c" / "1")  # epoch 4 must be recomputed, which needs the directions
+    line = one_error(run_cli(*GRID, "--resume", "--store", str(damaged)), 1)
+    assert "direction pair" in line and "modified or damaged" in line
+
+
+def test_damaged_chunks_are_reported_refused_by_plot_and_recomputed(damaged: Path) -> None:
+    before = grid_arrays(damaged)
+    [zarr_dir] = damaged.glob("*/grids/*/landscape.zarr")
+    loss = zarr_dir / "loss/c/1/0/0/4/0"
+    accuracy = zarr_dir / "accuracy/c/0/1/0/2/0"
+    done = zarr_dir / "done/c/1/1/7"
+    _flip(loss)
+    _truncate(accuracy)
+    _truncate(done, 2)
+    problems = _problems(damaged)
+    assert len(problems) == 3 and all("--resume" in p["fix"] for p in problems)
+    line = one_error(run_cli("plot", "k", "--store", str(damaged)), 1)
+    assert "damaged chunk" in line and "--resume" in line
+    [_problem] = [p for p in problems if "row 4 of pair 0, epoch 4" in p["problem"]]
+    ok(run_cli("grid", "k", "--grid", "g", "--resume", "--store", str(damaged)))  # as verify says
+    assert _problems(damaged) == []
+    for name, values in grid_arrays(damaged).items():
+        assert np.array_equal(values, before[name], equal_nan=True), name
+    ok(run_cli("plot", "k", "--store", str(damaged)))
+
+
+def test_damaged_zarr_metadata_is_rebuilt(damaged: Path) -> None:
+    before = grid_arrays(damaged)
+    [zarr_dir] = damaged.glob("*/grids/*/landscape.zarr")
+    _truncate(zarr_dir / "loss" / "zarr.json")
+    _truncate(zarr_dir / "x" / "zarr.json")
+    _truncate(zarr_dir / "zarr.json")
+    assert len(_problems(damaged)) == 1
+    line = one_error(run_cli(*GRID, "--store", str(damaged)), 1)
+    assert "metadata" in line and "--resume" in line
+    done = ok(run_cli(*GRID, "--resume", "--store", str(damaged)))
+    assert "rebuilt damaged" in done.stderr
+    assert _problems(damaged) == []
+    for name, values in grid_arrays(damaged).items():
+        assert np.array_equal(values, before[name], equal_nan=True), name
+
+
+def test_edited_or_damaged_grid_json(damaged: Path) -> None:
+    before = grid_arrays(damaged)
+    [meta_path] = damaged.glob("*/grids/*/grid.json")
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["span"] = 5.0
+    meta_path.write_text(json.dumps(meta))
+    COUNTS["damaged_files"] += 1
+    assert [p["problem"] for p in _problems(damaged)] == ["grid.json does not match its grid id (edited or damaged)"]
+    one_error(run_cli("plot", "k", "--store", str(damaged)), 1)
+    one_error(run_cli(*GRID, "--store", str(damaged)), 1)
+    _truncate(meta_path)
+    ok(run_cli(*GRID, "--resume", "--store", str(damaged)))
+    assert _problems(damaged) == []
+    assert json.loads(meta_path.read_text())["epochs"] == [0, 4]
+    for name, values in grid_arrays(damaged).items():
+        assert np.array_equal(values, before[name], equal_nan=True), name
+
+
+def test_damaged_run_json(damaged: Path) -> None:
+    [run_json] = damaged.glob("*/run.json")
+    _truncate(run_json, 20)
+    listing = json.loads(ok(run_cli("ls", "--json", "--store", str(damaged))).stdout)
+    assert listing["runs"][0]["status"] == "damaged"
+    assert "not valid JSON" in _problems(damaged)[0]["problem"]
+    line = one_error(run_cli(*TRAIN, "--store", str(damaged)), 1)
+    assert "run.json" in line and "landscape verify" in line
+
+
+# --- full and read-only disks ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root): the ENOSPC/EROFS cases are covered by patched writers")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(directory: Path, leave: int) -> Path:
+    """A filler file that leaves about `leave` bytes free on the file system of `directory`."""
+    filler = directory / "filler"
+    free = shutil.disk_usage(directory).free
+    with open(filler, "wb") as f:
+        f.truncate(0)
+        chunk = b"\0" * (1 << 16)
+        remaining = max(free - leave, 0)
+        while remaining > 0:
+            n = f.write(chunk[:remaining])
+            remaining -= n
+    return filler
+
+
+def test_full_disk_is_one_line_and_loses_nothing(reference: Path, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        store = disk / "store"
+        shutil.copytree(reference, store)
+        shutil.rmtree(next(store.glob("*/grids")))
+        listing = ok(run_cli("ls", "--json", "--store", str(store))).stdout
+        filler = _fill(disk, 0)
+        line = one_error(run_cli(*GRID, "--store", str(store)), 1)
+        assert "disk full" in line and "free some space" in line
+        line = one_error(run_cli("train", "mlp", "digits", "--epochs", "1", "--store", str(store)), 1)
+        assert "disk full" in line
+        assert ok(run_cli("ls", "--json", "--store", str(store))).stdout == listing  # the store as it was
+        assert not list(store.glob("*/grids/*"))
+        readable(store)
+        # a grid that runs out of space half-way stops with one line and keeps its finished rows
+        filler.unlink()
+        ok(run_cli(*[a if a != "0,4" else "0" for a in GRID], "--store", str(store)))
+        filler = _fill(disk, 24_000)
+        line = one_error(run_cli(*GRID, "--store", str(store)), 1)
+        assert "disk full" in line
+        readable(store)
+        filler.unlink()
+        ok(run_cli(*GRID, "--resume", "--store", str(store)))
+        for name, values in grid_arrays(reference).items():
+            assert np.array_equal(grid_arrays(store)[name], values, equal_nan=True), name
+
+
+def test_read_only_store(reference: Path, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "64m") as disk:
+        store = disk / "store"
+        shutil.copytree(reference, store)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        for args in (["train", "mlp", "digits", "--epochs", "0"], [*GRID[:-3], "--width", "5"],
+                     ["plot", "k"]):
+            line = one_error(run_cli(*args, "--store", str(store)), 1)
+            assert "read-only file system" in line and ("--store" in line or "--out" in line), line
+        ok(run_cli("ls", "--store", str(store)))
+        ok(run_cli("verify", "--store", str(store)))
+        ok(run_cli("plot", "k", "--store", str(store), "--out", str(tmp_path / "p.png")))
+        assert (tmp_path / "p.png").is_file()
+
+
+def test_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    """Prints what this module exercised (for the issue note); runs last in the module."""
+    with capsys.disabled():
+        print(f"\nreliability: {COUNTS}")
