@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -54,6 +55,13 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
     return env
+
+
+def private_copy(store: Path, tmp_path: Path) -> Path:
+    """A copy of a module's shared store that one test may change or damage."""
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    return copy
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:

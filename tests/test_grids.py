@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli, subprocess_env
+from conftest import REPO, private_copy, run_cli, subprocess_env
 
 from landscape_cli import train
 from landscape_cli.data import load_dataset
@@ -38,10 +38,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store(trained: Path, tmp_path: Path) -> Path:
-    """A private copy of the trained run, so that tests can damage it."""
-    copy = tmp_path / "store"
-    shutil.copytree(trained, copy)
-    return copy
+    return private_copy(trained, tmp_path)
 
 
 def _checkpoint(store: Path, epoch: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import private_copy
 
 from landscape_cli import train
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
@@ -37,9 +37,7 @@ def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store(base_store: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "store"
-    shutil.copytree(base_store, copy)
-    return copy
+    return private_copy(base_store, tmp_path)
 
 
 def _ds(store: Path, run: str, name: str) -> xr.Dataset:

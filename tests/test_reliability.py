@@ -39,9 +39,9 @@ def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[st
     return done
 
 
-def one_error(done: subprocess.CompletedProcess[str] | Any, code: int | None = None) -> str:
+def one_error(done: subprocess.CompletedProcess[str], code: int | None = None) -> str:
     """The process failed with one 'Error: ' line (its last line) and no traceback."""
-    stderr = done.stderr if isinstance(done.stderr, str) else ""
+    stderr = done.stderr
     assert done.returncode != 0 and (code is None or done.returncode == code), (done.returncode, stderr)
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("Error: ")]
@@ -145,27 +145,26 @@ def _wait_for(pattern: str, root: Path, timeout: float = 60) -> None:
     assert list(root.glob(pattern)), f"nothing matched {pattern}"
 
 
+def _interrupt(args: list[str], store: Path, once: str) -> str:
+    """Ctrl-C (SIGINT) a command once `once` exists in the store; its one error line."""
+    proc = start(*args, store=store)
+    _wait_for(once, store)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    COUNTS["sigints"] += 1
+    line = one_error(subprocess.CompletedProcess(args, proc.returncode, "", stderr), 130)
+    readable(store)
+    return line
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    proc = start(*TRAIN, store=store)
-    _wait_for("*/checkpoints/epoch-0001.pt", store)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    COUNTS["sigints"] += 1
-    line = one_error(type("Done", (), {"returncode": proc.returncode, "stderr": stderr})(), 130)
+    line = _interrupt(TRAIN, store, "*/checkpoints/epoch-0001.pt")
     assert "interrupted" in line and "run the same command again to resume" in line
-    readable(store)
     ok(run_cli(*TRAIN, "--store", str(store)))
     assert weights(store) == weights(reference)
-
-    proc = start(*GRID, store=store)
-    _wait_for("*/grids/*/landscape.zarr/done/c/0/1/2", store)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    COUNTS["sigints"] += 1
-    line = one_error(type("Done", (), {"returncode": proc.returncode, "stderr": stderr})(), 130)
+    line = _interrupt(GRID, store, "*/grids/*/landscape.zarr/done/c/0/1/2")
     assert "grid interrupted" in line and "--resume" in line
-    readable(store)
     ok(run_cli(*GRID, "--resume", "--store", str(store)))
     assert all(np.array_equal(a, b, equal_nan=True)
                for a, b in zip(grid_arrays(store).values(), grid_arrays(reference).values(), strict=True))
