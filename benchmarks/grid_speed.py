@@ -76,20 +76,20 @@ def child(store_path: str, mode: str, width: int) -> dict[str, float]:
     params = sum(p.numel() for p in run_model_params(run.path))
     gc.collect()
     start_rss = reset_peak()
-    if mode == "grid":
+    if mode in ("grid", "grid-no-gradient"):
         from landscape_cli import evaluate
 
         rows_peak = []
         center = evaluate.Plane.center
 
-        def center_after_rows(plane):  # type: ignore[no-untyped-def]
+        def center_after_rows(plane, *args):  # type: ignore[no-untyped-def]
             rows_peak.append((status_kb("VmHWM") - start_rss) / 1024)
-            return center(plane)
+            return center(plane, *args)
 
         evaluate.Plane.center = center_after_rows  # type: ignore[method-assign]
         t0 = time.perf_counter()
         result = grid(run.run_id, width=width, pairs=1, batches=BATCHES, batch_size=BATCH_SIZE, store=store,
-                      progress=False, device="cpu")
+                      progress=False, device="cpu", gradient=mode == "grid")
         total = time.perf_counter() - t0
         points = width * width
         per_point = result.seconds_rows / points
@@ -156,6 +156,22 @@ def run_model_params(run_path: Path):  # type: ignore[no-untyped-def]
     return list(model.parameters())
 
 
+def measure(prepared: str, mode: str, width: int, env_extra: dict[str, str]) -> dict[str, float]:
+    """One measurement in a fresh process, on a fresh copy of the prepared store."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LANDSCAPE_NO_")}, **env_extra}
+    store = tempfile.mkdtemp(prefix="landscape-bench-")
+    shutil.copytree(prepared, store, dirs_exist_ok=True)
+    try:
+        out = subprocess.run([sys.executable, __file__, "--child", store, mode, str(width)], env=env,
+                             capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    if out.returncode != 0:
+        sys.exit(f"{mode} failed:\n{out.stderr}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer points (smoke test)")
@@ -179,19 +195,8 @@ def main() -> None:
         prepared = subprocess.run([sys.executable, __file__, "--prepare", model_name], capture_output=True,
                                   text=True, check=True).stdout.strip().splitlines()[-1]
         for setting, env_extra in SETTINGS.items():
-            res = {}
-            for mode in ("forward", "grid"):
-                env = {**{k: v for k, v in os.environ.items() if not k.startswith("LANDSCAPE_NO_")}, **env_extra}
-                store = tempfile.mkdtemp(prefix="landscape-bench-")
-                shutil.copytree(prepared, store, dirs_exist_ok=True)  # a fresh copy: no grid yet
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", store, mode, str(widths.get(model_name, 7))],
-                    env=env, capture_output=True, text=True, check=False,
-                )
-                shutil.rmtree(store, ignore_errors=True)
-                if out.returncode != 0:
-                    sys.exit(f"{model_name} {mode} failed:\n{out.stderr}")
-                res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            modes = ["forward", "grid"] + (["grid-no-gradient"] if not env_extra else [])
+            res = {mode: measure(prepared, mode, widths.get(model_name, 7), env_extra) for mode in modes}
             rows.append((model_name, setting, res))
             f, g = res["forward"], res["grid"]
             print(f"{model_name:7s} {setting:27s} forward {f['per_point_ms']:8.1f} ms/point   grid {g['per_point_ms']:8.1f} "
@@ -202,11 +207,12 @@ def main() -> None:
     for model_name, setting, res in rows:
         if setting != "+allocator +channels_last":
             continue
-        f, g = res["forward"], res["grid"]
+        f, g, lean = res["forward"], res["grid"], res["grid-no-gradient"]
         bound = f["peak_mb"] + f["directions_mb"]
-        print(f"{model_name:7s} forward {f['peak_mb']:7.1f} MB + directions {f['directions_mb']:5.1f} MB = {bound:7.1f} MB"
-              f"   grid rows {g['rows_peak_mb']:7.1f} MB (ratio {g['rows_peak_mb'] / bound:.2f}, goal <= 1.5)"
-              f"   with the centre gradient's backward pass {g['peak_mb']:7.1f} MB (ratio {g['peak_mb'] / bound:.2f})")
+        print(f"{model_name:7s} forward {f['peak_mb']:6.1f} MB + directions {f['directions_mb']:5.1f} MB = {bound:6.1f} MB;"
+              f"  grid --no-gradient {lean['peak_mb']:6.1f} MB (ratio {lean['peak_mb'] / bound:.2f}, goal <= 1.5);"
+              f"  grid {g['peak_mb']:6.1f} MB (ratio {g['peak_mb'] / bound:.2f}: rows {g['rows_peak_mb']:.1f} MB, then"
+              f" the centre gradient's backward pass)")
     print("\nspeed-ups of the library defaults over plain PyTorch (same model, same measure):")
     for model_name in args.models.split(","):
         by = {s: r for m, s, r in rows if m == model_name}

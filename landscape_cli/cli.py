@@ -219,6 +219,10 @@ def grid(
                      "(the grid options above are then ignored).", show_default=False),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = False,
+    gradient: Annotated[
+        bool, typer.Option(help="Project the loss gradient at the centre on each plane (plot's arrows): one "
+                           "backward pass per batch and pair, the memory of a training step.")
+    ] = True,
     device: DeviceOpt = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
     store: StoreOpt = None,
@@ -242,7 +246,7 @@ def grid(
         result = compute_grid(
             run, epochs=parse_epochs(epochs), width=width, span=span, pairs=pairs, batches=batches,
             batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
-            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, device=device,
+            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, gradient=gradient, device=device,
             name=name,
             resume=resume, store=store, data_dir=data_dir, progress=not quiet,
         )

@@ -89,11 +89,23 @@ class Plane:
             self.restore()
         return loss.cpu().numpy(), acc.cpu().numpy()
 
-    def center(self) -> Center:
-        """Values and projected gradients at the centre (the gradient of the 2-D slice at 0)."""
+    def center(self, gradient: bool = True) -> Center:
+        """Values and projected gradients at the centre (the gradient of the 2-D slice at 0).
+
+        The gradient costs one backward pass per batch, i.e. the memory of one training step; with
+        `gradient=False` only the values are computed (forward passes) and the gradients are NaN.
+        """
         losses, accs, ga, gb = [], [], [], []
         self.restore()
         self.base = None
+        if not gradient:
+            with torch.no_grad():
+                for x, y in self.batches:
+                    out = self.model(x)
+                    losses.append(F.cross_entropy(out, y).item())
+                    accs.append((out.argmax(1) == y).float().mean().item())
+            nan = np.full(len(losses), np.nan, np.float32)
+            return Center(np.array(losses, np.float32), np.array(accs, np.float32), nan, nan.copy())
         flags = [p.requires_grad for p in self.params]
         for p in self.params:
             p.requires_grad_(True)

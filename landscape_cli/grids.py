@@ -84,6 +84,7 @@ def grid(
     bn: str = "train",
     directions_from: str | None = None,
     from_grid: str | None = None,
+    gradient: bool = True,
     device: str = "auto",
     name: str | None = None,
     resume: bool = False,
@@ -96,7 +97,9 @@ def grid(
     The grid covers a, b in [-span, span] (`width` points each) along `pairs` seeded random
     direction pairs, normalized against each epoch's weights (`norm`), for the training set's first
     `batches` mini-batches. The same call again computes nothing; with `resume=True` it computes
-    what an interrupted call left. `from_grid` names a grid of the run whose configuration (and, unless
+    what an interrupted call left. `gradient=False` skips the projected gradient at the centre (one backward pass per batch
+    and pair, which `plot` draws as arrows), keeping the memory to that of forward passes; a later
+    call with gradients adds them. `from_grid` names a grid of the run whose configuration (and, unless
     `epochs` is given, epochs) to use instead of the other options. Returns where the grid is and how
     far it got.
     """
@@ -141,7 +144,7 @@ def grid(
         _check_grid_name(st, run_id, grid_id, name)
     try:
         existing = _read_meta(grid_dir, cfg)
-        status = _status(grid_dir, existing, wanted) if existing is not None else None
+        status = _status(grid_dir, existing, wanted, gradient) if existing is not None else None
     except IntegrityError:
         if not resume:
             raise
@@ -172,7 +175,7 @@ def grid(
 
     tune_allocator()
     data = load_dataset(run_meta["dataset"]["name"], data_dir)
-    return _compute(st, run_id, run_meta, grid_dir, meta, cfg, wanted, names, shapes, data, dev, progress)
+    return _compute(st, run_id, run_meta, grid_dir, meta, cfg, wanted, names, shapes, data, dev, progress, gradient)
 
 
 def _epochs(epochs: list[int] | None, recorded: dict[int, Any], run_id: str) -> list[int]:
@@ -246,24 +249,25 @@ def _read_meta(grid_dir: Path, cfg: GridConfig) -> dict[str, Any] | None:
     return meta
 
 
-def _status(grid_dir: Path, meta: dict[str, Any], wanted: list[int]) -> dict[str, Any]:
+def _status(grid_dir: Path, meta: dict[str, Any], wanted: list[int], gradient: bool) -> dict[str, Any]:
     rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR, "r")
     have = rows.epochs
     cfg = meta["config"]
     per_epoch = cfg["pairs"] * cfg["width"]
     rows_done = 0
-    old_complete = True
+    old_complete = centers = True
     for e in wanted:
         if e in have:
             ei = have.index(e)
             n = sum(int(rows.done(ei, p).sum()) for p in range(cfg["pairs"]))
             rows_done += n
             old_complete &= n == per_epoch
+            centers &= all(rows.center_done(ei, p, gradient) for p in range(cfg["pairs"]))
     new = [e for e in wanted if e not in have]
     rows_total = len(wanted) * per_epoch
     busy = any(is_locked(p) for p in (grid_dir / LOCKS_DIR).glob("*.lock"))
     return {
-        "complete": not new and old_complete,
+        "complete": not new and old_complete and centers,  # (gradients missing after --no-gradient: more to do)
         "partial": not old_complete,  # rows already started for a requested epoch are unfinished
         "rows_done": rows_done,
         "rows_total": rows_total,
@@ -347,7 +351,7 @@ def _prepare(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, c
 
 def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, meta: dict[str, Any],
              cfg: GridConfig, wanted: list[int], names: list[str], shapes: dict[str, tuple[int, ...]],
-             data: Any, device: torch.device, progress: bool) -> GridResult:
+             data: Any, device: torch.device, progress: bool, gradient: bool) -> GridResult:
     rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR)
     index = {e: i for i, e in enumerate(rows.epochs)}
     xs = [float(v) for v in rows["x"][:]]
@@ -373,7 +377,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
             for e in wanted:
                 ei = index[e]
                 todo = {p: _rows_todo(rows, ei, e, p, repaired) for p in range(cfg.pairs)}
-                need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p)]
+                need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
                 if not any(todo.values()) and not need_center:
                     continue
                 ckpt = checkpoints.load(run_dir / recorded[e]["checkpoint"], recorded[e]["sha256"],
@@ -414,7 +418,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                                 with contextlib.suppress(OSError):
                                     lock.path.unlink()
                         if p in need_center:  # after the rows: its backward pass never overlaps them
-                            rows.write_center(ei, p, plane.center())
+                            rows.write_center(ei, p, plane.center(gradient), gradient)
                 del evaluator, model, batches
             if not waiting:
                 break

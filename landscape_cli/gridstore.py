@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # plotting reads grids without importing torch
     from .evaluate import Center
 
 ZARR_DIR = "landscape.zarr"
+CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
 EPOCH_ARRAYS = ("loss", "accuracy", "done", "diverged", "center_loss", "center_accuracy", "grad_a", "grad_b",
                 "center_done", "epoch")
@@ -69,7 +70,7 @@ def _layout(cfg: GridConfig) -> dict[str, dict[str, Any]]:
         "grad_b": {"dims": ["epoch", "pair", "batch"], "shape": (P, B), "chunks": (1, 1, B), "dtype": "float32",
                    "fill": nan, "long_name": "dL/dy at the centre: the loss gradient projected on d2"},
         "center_done": {"dims": ["epoch", "pair"], "shape": (P,), "chunks": (1, 1), "dtype": "uint8", "fill": 0,
-                        "long_name": "1 once the centre is written"},
+                        "long_name": "1 once the centre values are written, 2 once its gradients are too"},
         "epoch": {"dims": ["epoch"], "shape": (), "chunks": (1,), "dtype": "int64", "fill": -1,
                   "long_name": "training epoch of the checkpoint"},
     }
@@ -240,10 +241,10 @@ class Rows:
     def clear_row(self, ei: int, p: int, y: int) -> None:
         self.arrays["done"][ei, p, y] = 0
 
-    def center_done(self, ei: int, p: int) -> bool:
-        """Whether the centre values of (epoch index, pair) are written and still decode."""
+    def center_done(self, ei: int, p: int, gradient: bool = True) -> bool:
+        """Whether the centre values (and gradients) of (epoch index, pair) are written and still decode."""
         try:
-            if not self.arrays["center_done"][ei, p] > 0:
+            if not self.arrays["center_done"][ei, p] >= (CENTER_WITH_GRADIENT if gradient else CENTER_VALUES):
                 return False
             self.arrays["center_loss"][ei, :]
             self.arrays["center_accuracy"][ei, :]
@@ -253,13 +254,13 @@ class Rows:
             return False
         return True
 
-    def write_center(self, ei: int, p: int, c: Center) -> None:
+    def write_center(self, ei: int, p: int, c: Center, gradient: bool = True) -> None:
         try:
             self.arrays["center_loss"][ei, :] = c.loss
             self.arrays["center_accuracy"][ei, :] = c.accuracy
             self.arrays["grad_a"][ei, p, :] = c.grad_a
             self.arrays["grad_b"][ei, p, :] = c.grad_b
-            self.arrays["center_done"][ei, p] = 1
+            self.arrays["center_done"][ei, p] = CENTER_WITH_GRADIENT if gradient else CENTER_VALUES
         except OSError as e:
             raise os_error(e, self.path) from e
 

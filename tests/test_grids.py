@@ -136,6 +136,26 @@ def test_projected_gradients_are_stored(store: Path) -> None:
     assert float(ds.grad_b.sel(epoch=2, pair=1, batch=1)) == pytest.approx(gb, rel=1e-3)
 
 
+def test_gradients_can_be_skipped_and_added_later(store: Path) -> None:
+    lean = grid("tiny", store=store, epochs=[1], gradient=False, **SMALL)
+    ds = lean.to_xarray()
+    assert np.isnan(ds.grad_a.values).all() and np.isnan(ds.grad_b.values).all()
+    assert np.isfinite(ds.center_loss.values).all() and (ds.center_done.values == 1).all()
+    from landscape_cli.plotting import plot
+
+    figure = plot(["tiny"], store=store, epochs=[1])
+    assert figure.arrow_scale is None and not any(ax.texts for ax in figure.panel_axes)
+    full = grid("tiny", store=store, epochs=[1], **SMALL)  # the same grid: only the gradients are computed
+    assert full.grid_id == lean.grid_id and full.computed_rows == 0
+    ds = full.to_xarray()
+    assert np.isfinite(ds.grad_a.values).all() and (ds.center_done.values == 2).all()
+    fresh = private_copy(store, store.parent / "fresh")
+    shutil.rmtree(next(fresh.glob("*/grids")))
+    reference = grid("tiny", store=fresh, epochs=[1], **SMALL).to_xarray()
+    assert np.array_equal(ds.grad_a.values, reference.grad_a.values)
+    assert np.array_equal(ds.loss.values, reference.loss.values)
+
+
 def test_layout_opens_in_xarray(store: Path) -> None:
     import xarray as xr
 
