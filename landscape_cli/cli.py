@@ -246,9 +246,8 @@ def grid(
         result = compute_grid(
             run, epochs=parse_epochs(epochs), width=width, span=span, pairs=pairs, batches=batches,
             batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
-            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, gradient=gradient, device=device,
-            name=name,
-            resume=resume, store=store, data_dir=data_dir, progress=not quiet,
+            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, gradient=gradient,
+            device=device, name=name, resume=resume, store=store, data_dir=data_dir, progress=not quiet,
         )
     except KeyboardInterrupt:
         raise Interrupted(
