@@ -30,6 +30,7 @@ def stderr_console() -> Console:
 class Bar(Protocol):
     def advance(self, n: float = 1) -> None: ...
     def set_description(self, text: str) -> None: ...
+    def set_completed(self, completed: float) -> None: ...
 
 
 class _NullBar:
@@ -37,6 +38,9 @@ class _NullBar:
         pass
 
     def set_description(self, text: str) -> None:
+        pass
+
+    def set_completed(self, completed: float) -> None:
         pass
 
 
@@ -49,6 +53,9 @@ class _RichBar:
 
     def set_description(self, text: str) -> None:
         self._progress.update(self._task, description=text)  # type: ignore[arg-type]
+
+    def set_completed(self, completed: float) -> None:
+        self._progress.update(self._task, completed=completed)  # type: ignore[arg-type]
 
 
 class _RateColumn(TextColumn):

@@ -97,11 +97,11 @@ def grid(
     The grid covers a, b in [-span, span] (`width` points each) along `pairs` seeded random
     direction pairs, normalized against each epoch's weights (`norm`), for the training set's first
     `batches` mini-batches. The same call again computes nothing; with `resume=True` it computes
-    what an interrupted call left. `gradient=False` skips the projected gradient at the centre (one backward pass per batch
-    and pair, which `plot` draws as arrows), keeping the memory to that of forward passes; a later
-    call with gradients adds them. `from_grid` names a grid of the run whose configuration (and, unless
-    `epochs` is given, epochs) to use instead of the other options. Returns where the grid is and how
-    far it got.
+    what an interrupted call left. `gradient=False` skips the projected gradient at the centre (one
+    backward pass per batch and pair, drawn as arrows by `plot`), keeping the memory to that of
+    forward passes; a later call with gradients adds them. `from_grid` names a grid of the run whose
+    configuration (and, unless `epochs` is given, epochs) to use instead of the other options.
+    Returns where the grid is and how far it got.
     """
     st = store if isinstance(store, Store) else Store(store)
     run_id = st.resolve(run)
@@ -112,12 +112,13 @@ def grid(
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
     if from_grid is not None:
         _, gid = find_grid(st, from_grid, run_id)
-        c = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)["config"]
+        source = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)
+        c = source["config"]
         width, span, pairs, batches, batch_size = c["width"], c["span"], c["pairs"], c["batches"], c["batch_size"]
         seed, norm, perturb_biasbn, layer = c["seed"], c["norm"], c["perturb_biasbn"], c["layer"]
         single_kernel, bn, directions_from = c["single_kernel"], c["bn"], None
         if epochs is None:
-            epochs = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)["epochs"] or None
+            epochs = source["epochs"] or None
     wanted = _epochs(epochs, recorded, run_id)
 
     seed, norm = _inherit_directions(st, run_meta, directions_from, seed, norm)
@@ -161,6 +162,7 @@ def grid(
             )
 
     st.ensure_writable()
+    data = load_dataset(run_meta["dataset"]["name"], data_dir)  # before anything is written
     new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
     try:
         make_dirs(grid_dir / LOCKS_DIR)
@@ -174,7 +176,6 @@ def grid(
         raise
 
     tune_allocator()
-    data = load_dataset(run_meta["dataset"]["name"], data_dir)
     return _compute(st, run_id, run_meta, grid_dir, meta, cfg, wanted, names, shapes, data, dev, progress, gradient)
 
 
@@ -367,7 +368,8 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
     computed = 0
     seconds_rows = 0.0
     batches_cpu = [
-        (data.train_x[i * cfg.batch_size:(i + 1) * cfg.batch_size], data.train_y[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+        (data.train_x[i * cfg.batch_size:(i + 1) * cfg.batch_size],
+         data.train_y[i * cfg.batch_size:(i + 1) * cfg.batch_size])
         for i in range(cfg.batches)
     ]
     with progress_bar(f"grid {cfg.grid_id}", total * cfg.width, unit="points", enabled=progress,
@@ -376,7 +378,12 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
             made, waiting = 0, 0
             for e in wanted:
                 ei = index[e]
-                todo = {p: _rows_todo(rows, ei, e, p, repaired) for p in range(cfg.pairs)}
+                todo = {}
+                for p in range(cfg.pairs):
+                    missing = _rows_todo(rows, ei, e, p, repaired)
+                    # rows another process holds right now are not ours to load the model for
+                    todo[p] = [y for y in missing if not is_locked(_row_lock(grid_dir, e, p, y))]
+                    waiting += len(missing) - len(todo[p])
                 need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
                 if not any(todo.values()) and not need_center:
                     continue
@@ -399,7 +406,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                     d2 = directions.normalize(raw.pop("d2"), weights, names, cfg.norm, cfg.single_kernel, like=True)
                     with evaluator.plane(d1, d2) as plane:
                         for y in todo[p]:
-                            lock = FileLock(grid_dir / LOCKS_DIR / f"e{e}-p{p}-y{y}.lock", "row")
+                            lock = FileLock(_row_lock(grid_dir, e, p, y), "row")
                             if not lock.try_acquire():
                                 waiting += 1
                                 continue
@@ -424,11 +431,16 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                 break
             # rows held by other processes: wait for them, or take them over if their holder dies
             bar.set_description(f"grid {cfg.grid_id} (sharing)")
+            bar.set_completed(count_done() * cfg.width)
             if not made:
                 time.sleep(0.2)
     done_rows, total_rows, diverged = rows.progress()
     return GridResult(cfg.grid_id, run_id, grid_dir, meta, computed, done_rows, total_rows, diverged, repaired,
                       seconds_rows)
+
+
+def _row_lock(grid_dir: Path, epoch: int, pair: int, y: int) -> Path:
+    return grid_dir / LOCKS_DIR / f"e{epoch}-p{pair}-y{y}.lock"
 
 
 def _rows_todo(rows: gridstore.Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
