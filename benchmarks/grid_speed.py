@@ -112,8 +112,7 @@ def child(store_path: str, mode: str, width: int) -> dict[str, float]:
             model = model.to(memory_format=torch.channels_last)
         batches = []
         for i in range(BATCHES):
-            x = data.normalize(data.train_x[i * BATCH_SIZE:(i + 1) * BATCH_SIZE])
-            batches.append((x.contiguous(memory_format=torch.channels_last) if cl else x,
+            batches.append((data.prepare(data.train_x[i * BATCH_SIZE:(i + 1) * BATCH_SIZE], torch.device("cpu"), cl),
                             data.train_y[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]))
         with torch.no_grad():
             for x, _ in batches:  # warm-up

@@ -71,6 +71,11 @@ def load(path: Path, sha256: str | None = None, what: str = "checkpoint") -> dic
     return obj
 
 
+def load_epoch(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint an epoch record of run.json names, checked against its recorded hash."""
+    return load(run_dir / record["checkpoint"], record["sha256"], f"checkpoint of epoch {record['epoch']}")
+
+
 def build_model(checkpoint: dict[str, Any]) -> nn.Module:
     """A model with the checkpoint's architecture and weights, in eval mode on the CPU."""
     model = create_model(checkpoint["model"], **checkpoint["model_args"])

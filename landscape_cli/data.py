@@ -55,6 +55,11 @@ class Dataset:
         std = torch.tensor(self.info.std, device=x.device).view(1, -1, 1, 1)
         return (x.float() / 255.0 - mean) / std
 
+    def prepare(self, x: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
+        """uint8 images -> normalized float32 on `device`, NHWC in memory when `channels_last`."""
+        out = self.normalize(x.to(device, non_blocking=True))
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         return (self.train_x, self.train_y) if name == "train" else (self.val_x, self.val_y)
 

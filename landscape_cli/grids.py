@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
 from .evaluate import PlaneEvaluator
 from .inventory import GRID_FILE, GRIDS_DIR, find_grid
 from .locks import FileLock, is_locked
-from .store import Store, make_dirs, now, read_json, short_hash, write_json
+from .store import Store, check_label, leave_no_trace, make_dirs, now, read_json, short_hash, write_json
 
 LOCKS_DIR = "locks"
 STRUCTURE_LOCK = ".lock"
@@ -132,8 +131,7 @@ def grid(
             f"{train_size // batch_size} batches of {batch_size}"
         )
     dev = select_device(device)
-    first = checkpoints.load(run_dir / recorded[wanted[0]]["checkpoint"], recorded[wanted[0]]["sha256"],
-                             f"checkpoint of epoch {wanted[0]}")
+    first = checkpoints.load_epoch(run_dir, recorded[wanted[0]])
     weights = _parameters(first)
     names = directions.perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=layer,
                                        single_kernel=single_kernel)
@@ -164,16 +162,10 @@ def grid(
     st.ensure_writable()
     data = load_dataset(run_meta["dataset"]["name"], data_dir)  # before anything is written
     new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
-    try:
+    with leave_no_trace(new_dirs, grid_dir / GRID_FILE):
         make_dirs(grid_dir / LOCKS_DIR)
         with _structure_lock(grid_dir, grid_id):
             meta = _prepare(st, run_id, run_meta, grid_dir, cfg, wanted, shapes, name)
-    except BaseException:
-        # a new grid that failed before its grid.json was written (full disk, Ctrl-C...) leaves no trace
-        if not (grid_dir / GRID_FILE).exists():
-            for d in reversed(new_dirs):
-                shutil.rmtree(d, ignore_errors=True)
-        raise
 
     tune_allocator()
     return _compute(st, run_id, run_meta, grid_dir, meta, cfg, wanted, names, shapes, data, dev, progress, gradient)
@@ -229,8 +221,7 @@ def _parameters(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
 def _check_grid_name(st: Store, run_id: str, grid_id: str, name: str) -> None:
     from .inventory import grid_metas
 
-    if not name.strip() or any(c in name for c in "\n\r\t/"):
-        raise UsageError(f"bad grid name {name!r}: use a non-empty label without '/', tabs or newlines")
+    check_label(name, "grid")
     for gdir, meta in grid_metas(st.run_dir(run_id)):
         if meta.get("name") == name and gdir.name != grid_id:
             raise UsageError(f"the name {name!r} is taken by grid {gdir.name} of run {run_id}: choose another --name")
@@ -387,14 +378,13 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                 need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
                 if not any(todo.values()) and not need_center:
                     continue
-                ckpt = checkpoints.load(run_dir / recorded[e]["checkpoint"], recorded[e]["sha256"],
-                                        f"checkpoint of epoch {e}")
+                ckpt = checkpoints.load_epoch(run_dir, recorded[e])
                 model = checkpoints.build_model(ckpt).to(device)
                 del ckpt
                 channels_last = use_channels_last(model, device)
                 if channels_last:
                     model = model.to(memory_format=torch.channels_last)
-                batches = [(_prepare_x(data, x, device, channels_last), y.to(device)) for x, y in batches_cpu]
+                batches = [(data.prepare(x, device, channels_last), y.to(device)) for x, y in batches_cpu]
                 evaluator = PlaneEvaluator(model, batches, cfg.bn)
                 weights = dict(model.named_parameters())
                 for p in range(cfg.pairs):
@@ -458,11 +448,6 @@ def _rows_todo(rows: gridstore.Rows, ei: int, epoch: int, p: int, repaired: list
     return todo
 
 
-def _prepare_x(data: Any, x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    out: torch.Tensor = data.normalize(x.to(device))
-    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-
-
 def _result(grid_dir: Path, meta: dict[str, Any], run_id: str) -> GridResult:
     rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR, "r")
     done, total, diverged = rows.progress()
@@ -477,8 +462,7 @@ def list_layers(run: str, store: Store | str | os.PathLike[str] | None = None) -
     if not meta.get("epochs"):
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first")
     last = meta["epochs"][-1]
-    weights = _parameters(checkpoints.load(st.run_dir(run_id) / last["checkpoint"], last["sha256"],
-                                           f"checkpoint of epoch {last['epoch']}"))
+    weights = _parameters(checkpoints.load_epoch(st.run_dir(run_id), last))
     return [
         {"name": n, "shape": list(w.shape), "parameters": w.numel(),
          "kind": "bias/batchnorm" if directions.is_bias_or_bn(w) else ("conv" if w.dim() == 4 else "weight"),

@@ -13,9 +13,7 @@ Compared panels always share one colour scale.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 from .errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from .gridstore import DECODE_ERRORS, ZARR_DIR, Rows
 from .inventory import GRID_FILE, GRIDS_DIR, find_grid, grid_metas
-from .store import PARTIAL_SUFFIX, Store, os_error, read_json, short_hash
+from .store import Store, atomic_path, check_writable, os_error, read_json, short_hash
 
 METRICS = ("loss", "accuracy")
 REDUCTIONS = ("none", "mean", "batches", "pairs")
@@ -479,24 +477,23 @@ def plot(
     path = out_path or _default_path(sources[0], chosen, style, pair, batch, reduce, len(sources), animate)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise StoreError(f"{os_error(e, path.parent)}; pass --out FILE to write the figure elsewhere") from e
+        check_writable(path.parent)
+    except OSError as e:  # (a StoreError too)
+        message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
+        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
     axes: list[Any] = []
     if animate:
         from matplotlib.animation import PillowWriter
 
         writer = PillowWriter(fps=2)
-        with _atomic(path) as tmp, writer.saving(fig, str(tmp), dpi):
+        with atomic_path(path, keep_suffix=True) as tmp, writer.saving(fig, str(tmp), dpi):
             for (panels, shape), frame in zip(built, frames, strict=True):
                 axes = draw(fig, panels, shape, style, span, scale, arrow, _suptitle(sources, frame, style))
                 writer.grab_frame()
     else:
         panels, shape = built[0]
         axes = draw(fig, panels, shape, style, span, scale, arrow, _suptitle(sources, chosen, style))
-        with _atomic(path) as tmp:
+        with atomic_path(path, keep_suffix=True) as tmp:
             fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
     if show:
         plt.show()
@@ -537,17 +534,3 @@ def _default_path(source: Source, epochs: list[int], style: Style, pair: int | N
     if n_sources > 1:
         parts.append(f"vs{n_sources - 1}")
     return source.path / "plots" / ("_".join(parts) + (".gif" if animate else ".png"))
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Any:
-    """A temporary name to write to, renamed to `path` once complete."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        raise os_error(e, path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()

@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,20 +85,56 @@ def os_error(e: OSError, path: Path | str) -> StoreError:
 
 
 @contextlib.contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary name to write; it replaces `path` only if the block finishes without error.
+
+    `keep_suffix` ends the temporary name in `path`'s suffix too, for writers that pick the file
+    format from the name (matplotlib, Pillow).
+    """
+    tail = path.suffix if keep_suffix else ""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{tail}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise os_error(e, path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     """Yield a file to write; it replaces `path` only if the block finishes without error."""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def check_writable(directory: Path) -> None:
+    """Fail with one clear line (a StoreError) if files cannot be created in `directory`."""
+    probe = directory / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
     try:
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise os_error(e, path) from e
+        raise os_error(e, directory) from e
+
+
+@contextlib.contextmanager
+def leave_no_trace(new_dirs: list[Path], finished: Path) -> Iterator[None]:
+    """On any failure before `finished` exists, remove the directories in `new_dirs` (made by this call).
+
+    A new run or grid that fails before its metadata is written (full disk, Ctrl-C...) then leaves the
+    store as it was. `new_dirs` are the ones that did not exist before, outermost first.
+    """
+    try:
+        yield
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if not finished.exists():
+            for d in reversed(new_dirs):
+                shutil.rmtree(d, ignore_errors=True)
         raise
 
 
@@ -175,12 +212,7 @@ class Store:
             raise StoreError(
                 f"cannot create the store {self.root} ({e.strerror}): pass --store with a writable directory"
             ) from e
-        probe = self.root / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        try:
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise os_error(e, self.root) from e
+        check_writable(self.root)
 
     # -- runs --
 
@@ -236,11 +268,16 @@ class Store:
 
     def check_name(self, name: str, run_id: str) -> None:
         """A run name must be unique in the store and not empty."""
-        if not name.strip() or any(c in name for c in "\n\r\t/"):
-            raise UsageError(f"bad run name {name!r}: use a non-empty label without '/', tabs or newlines")
+        check_label(name, "run")
         for r in self.runs():
             if r.get("name") == name and r.get("id") != run_id:
                 raise UsageError(f"the name {name!r} is taken by run {r['id']}: choose another --name")
+
+
+def check_label(name: str, what: str) -> None:
+    """A --name must be non-empty and free of '/', tabs and newlines."""
+    if not name.strip() or any(c in name for c in "\n\r\t/"):
+        raise UsageError(f"bad {what} name {name!r}: use a non-empty label without '/', tabs or newlines")
 
 
 def _label(run: dict[str, Any]) -> str:

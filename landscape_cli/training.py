@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .data import Dataset, load_dataset
 from .errors import IntegrityError
 from .locks import FileLock
 from .models import count_parameters, create_model
-from .store import Store, file_sha256, make_dirs, now, remove_partials
+from .store import RUN_FILE, Store, file_sha256, leave_no_trace, make_dirs, now, remove_partials
 
 LOCK_FILE = ".lock"
 MAX_EPOCHS = 100_000
@@ -73,7 +72,7 @@ def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.de
     total_loss, correct = 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(y_all), batch_size):
-            x = _prepare(data, x_all[start:start + batch_size], device, channels_last)
+            x = data.prepare(x_all[start:start + batch_size], device, channels_last)
             y = y_all[start:start + batch_size].to(device)
             out = model(x)
             total_loss += F.cross_entropy(out, y, reduction="sum").item()
@@ -81,11 +80,6 @@ def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.de
     model.train(was_training)
     n = len(y_all)
     return total_loss / n, correct / n
-
-
-def _prepare(data: Dataset, x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    x = data.normalize(x.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def train(
@@ -127,19 +121,14 @@ def train(
     st.ensure_writable()
     data = load_dataset(dataset, data_dir)  # before the run directory exists: a missing dataset changes nothing
     run_dir = st.run_dir(run_id)
-    created = not run_dir.exists()
-    make_dirs(run_dir / "checkpoints")
-    try:
+    new_dirs = [] if run_dir.exists() else [run_dir]
+    with leave_no_trace(new_dirs, run_dir / RUN_FILE):
+        make_dirs(run_dir / "checkpoints")
         with FileLock(run_dir / LOCK_FILE, f"run {run_id}").acquire(
             "wait for that training to finish, or stop it and run this command again"
         ):
             remove_partials(run_dir / "checkpoints")
             return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
-    except BaseException:
-        # a new run that failed (full disk, Ctrl-C...) before its first checkpoint leaves no trace
-        if created and not st.has_run(run_id):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
@@ -223,7 +212,7 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
     with progress_bar(f"epoch {epoch}", steps, unit="batches", enabled=progress) as bar:
         for step in range(steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = _prepare(data, x_all[idx], device, channels_last)
+            x = data.prepare(x_all[idx], device, channels_last)
             y = y_all[idx].to(device)
             out = net(x)
             loss = F.cross_entropy(out, y)
@@ -259,7 +248,7 @@ def _save_epoch(st: Store, run_id: str, meta: dict[str, Any], net: nn.Module,
 
 def _restore(run_dir: Path, meta: dict[str, Any], net: nn.Module, opt: torch.optim.Optimizer) -> None:
     last = meta["epochs"][-1]
-    ckpt = checkpoints.load(run_dir / last["checkpoint"], last["sha256"], f"checkpoint of epoch {last['epoch']}")
+    ckpt = checkpoints.load_epoch(run_dir, last)
     net.load_state_dict(ckpt["state_dict"])
     resume = meta.get("resume")
     if not resume or resume.get("epoch") != last["epoch"]:
