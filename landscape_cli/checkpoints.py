@@ -15,18 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._io import atomic_file, check_hash
+from .meta import EpochRecord
 from .models import create_model
-from .store import atomic_file, check_hash
+from .store import Store
 
 FORMAT = "landscape-checkpoint/1"
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"checkpoints/epoch-{epoch:04d}.pt"
-
-
-def optimizer_name(epoch: int) -> str:
-    return f"checkpoints/epoch-{epoch:04d}.optim.pt"
 
 
 def save(path: Path, obj: dict[str, Any]) -> None:
@@ -71,9 +65,9 @@ def load(path: Path, sha256: str | None = None, what: str = "checkpoint") -> dic
     return obj
 
 
-def load_epoch(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+def load_epoch(store: Store, run_id: str, record: EpochRecord) -> dict[str, Any]:
     """The checkpoint an epoch record of run.json names, checked against its recorded hash."""
-    return load(run_dir / record["checkpoint"], record["sha256"], f"checkpoint of epoch {record['epoch']}")
+    return load(store.file(run_id, record.checkpoint), record.sha256, f"checkpoint of epoch {record.epoch}")
 
 
 def build_model(checkpoint: dict[str, Any]) -> nn.Module:

@@ -94,11 +94,11 @@ def train(
     """
     from .training import train as train_run
 
-    def report(record: dict[str, Any]) -> None:
+    def report(record: Any) -> None:
         if not quiet:
             err().print(
-                f"epoch {record['epoch']:>3}  train loss {num(record['train_loss'])} acc {pct(record['train_accuracy'])}"
-                f"  val loss {num(record['val_loss'])} acc {pct(record['val_accuracy'])}  ({record['seconds']:.1f} s)"
+                f"epoch {record.epoch:>3}  train loss {num(record.train_loss)} acc {pct(record.train_accuracy)}"
+                f"  val loss {num(record.val_loss)} acc {pct(record.val_accuracy)}  ({record.seconds:.1f} s)"
             )
 
     try:
@@ -113,26 +113,26 @@ def train(
         ) from None
     meta = result.meta
     if json_output:
-        print_json({"id": result.run_id, "path": result.path, "trained": result.trained, **meta})
+        print_json({"id": result.run_id, "path": result.path, "trained": result.trained, **meta.to_json()})
         return
     if result.existed:
-        err().print(f"run {result.run_id} already has epochs 0-{len(meta['epochs']) - 1}: nothing to train")
+        err().print(f"run {result.run_id} already has epochs 0-{len(meta.epochs) - 1}: nothing to train")
     stdout().print(_epochs_table(meta))
-    stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta)} in {result.path}")
+    stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta.name)} in {result.path}")
 
 
-def _name(meta: dict[str, Any]) -> str:
-    return f" ({meta['name']})" if meta.get("name") else ""
+def _name(name: str | None) -> str:
+    return f" ({name})" if name else ""
 
 
-def _epochs_table(meta: dict[str, Any]) -> Table:
-    cfg = meta["config"]
-    table = Table(title=f"{cfg['model']} / {cfg['dataset']} / {cfg['activation']}  ({cfg['optimizer']}, lr {cfg['lr']})")
+def _epochs_table(meta: Any) -> Table:
+    cfg = meta.config
+    table = Table(title=f"{cfg.model} / {cfg.dataset} / {cfg.activation}  ({cfg.optimizer}, lr {cfg.lr})")
     for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
         table.add_column(col, justify="right")
-    for r in meta["epochs"]:
-        table.add_row(str(r["epoch"]), num(r["train_loss"]), pct(r["train_accuracy"]), num(r["val_loss"]),
-                      pct(r["val_accuracy"]), f"{r['seconds']:.1f}")
+    for r in meta.epochs:
+        table.add_row(str(r.epoch), num(r.train_loss), pct(r.train_accuracy), num(r.val_loss), pct(r.val_accuracy),
+                      f"{r.seconds:.1f}")
     return table
 
 
@@ -255,21 +255,21 @@ def grid(
         ) from None
     summary = {
         "id": result.grid_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
-        "name": result.meta.get("name"), "epochs": result.meta["epochs"], "config": result.meta["config"],
+        "name": result.meta.name, "epochs": result.meta.epochs, "config": result.meta.config.identity(),
         "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
         "diverged_points": result.diverged, "repaired": result.repaired,
     }
     if json_output:
         print_json(summary)
         return
-    cfg = result.meta["config"]
+    cfg = result.meta.config
     state = "complete" if result.complete else f"{100 * result.rows_done / max(result.rows_total, 1):.0f}% done"
     if result.computed_rows == 0 and result.complete:
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
     stdout().print(
-        f"grid [bold]{result.grid_id}[/bold]{_name(result.meta)} of run {result.run_id}: "
-        f"epochs {','.join(map(str, result.meta['epochs']))}, {cfg['pairs']} pairs x {cfg['batches']} batches x "
-        f"{cfg['width']}x{cfg['width']} points, span ±{cfg['span']:g}, {state}"
+        f"grid [bold]{result.grid_id}[/bold]{_name(result.meta.name)} of run {result.run_id}: "
+        f"epochs {','.join(map(str, result.meta.epochs))}, {cfg.pairs} pairs x {cfg.batches} batches x "
+        f"{cfg.width}x{cfg.width} points, span ±{cfg.span:g}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
     stdout().print(f"  {result.zarr_path}")

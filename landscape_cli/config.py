@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._io import short_hash
 from .errors import UnknownNameError, UsageError
-from .store import short_hash
 
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -133,5 +133,11 @@ class GridConfig:
         return short_hash(self.identity())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GridConfig:
+    def from_identity(cls, d: dict[str, Any]) -> GridConfig:
+        """The configuration whose `identity()` is `d` (as grid.json stores it)."""
+        if d.get("format") != GRID_FORMAT:
+            raise ValueError(f"unknown grid configuration format {d.get('format')!r}")
+        unknown = set(d) - set(cls.__dataclass_fields__) - {"format"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})

@@ -9,10 +9,7 @@ its variants) and masking it (bias/BatchNorm, one layer, one kernel) is cheap an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,9 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
 from .config import NORMS
 from .errors import IntegrityError, UnknownNameError, UsageError
-from .store import PARTIAL_SUFFIX, check_hash, file_sha256, make_dirs, os_error, read_json, short_hash, write_json
+from .meta import DirectionRecord
+from .store import Store, direction_name
 
 FORMAT = "landscape-directions/1"
 Direction = dict[str, Tensor]
@@ -52,46 +51,40 @@ def draw_random(shapes: Mapping[str, tuple[int, ...]], seed: int, pair: int) -> 
     return out[0], out[1]
 
 
-def ensure_stored(directory: Path, shapes: Mapping[str, tuple[int, ...]], seed: int, pair: int) -> dict[str, Any]:
-    """Store the raw pair for (seed, pair) in `directory` unless it is there; its record {pair, id, file, sha256}.
+def ensure_stored(store: Store, run_id: str, shapes: Mapping[str, tuple[int, ...]], seed: int,
+                  pair: int) -> DirectionRecord:
+    """Store the raw pair for (seed, pair) in the run unless it is there; its record (pair, id, file, sha256).
 
     A stored file is written once (created exclusively), so concurrent grids never replace each
     other's, and an existing file is checked against the hash recorded when it was made.
     """
     spec = direction_spec(shapes, seed, pair)
     did = direction_id(spec)
-    path, sidecar = directory / f"{did}.pt", directory / f"{did}.json"
+    name = direction_name(did)
+    path = store.file(run_id, name)
+    sidecar = path.with_suffix(".json")
     if not path.exists():
         d1, d2 = draw_random(shapes, seed, pair)
-        created = _create_once(path, {"format": FORMAT, "spec": spec, "d1": d1, "d2": d2})
+        created = create_once(path, lambda f: torch.save({"format": FORMAT, "spec": spec, "d1": d1, "d2": d2}, f))
         del d1, d2
         if created:
             write_json(sidecar, {"id": did, "spec": spec, "sha256": file_sha256(path)})
     sha = file_sha256(path)
     if sidecar.exists():
         check_hash(path, read_json(sidecar)["sha256"], f"direction pair {pair} ({did})")
-    record = {"pair": pair, "id": did, "file": f"directions/{path.name}", "sha256": sha}
     obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     _check_loaded(obj, spec, shapes, path)
-    return record
+    return DirectionRecord(pair, did, name, sha)
 
 
-def load_or_create(directory: Path, shapes: Mapping[str, tuple[int, ...]], seed: int,
-                   pair: int) -> tuple[Direction, Direction, dict[str, Any]]:
-    """The raw pair for (seed, pair) (stored first if needed) and its record."""
-    record = ensure_stored(directory, shapes, seed, pair)
-    raw = load_recorded(directory.parent, record, shapes)
-    return raw["d1"], raw["d2"], record
-
-
-def load_recorded(run_dir: Path, record: dict[str, Any], shapes: Mapping[str, tuple[int, ...]],
+def load_recorded(store: Store, run_id: str, record: DirectionRecord, shapes: Mapping[str, tuple[int, ...]],
                   ) -> dict[str, Direction]:
     """A raw pair a grid recorded ({"d1": ..., "d2": ...}), refused if the file no longer matches its hash.
 
     The tensors are memory-mapped: pop each direction once normalized and its pages are released.
     """
-    path = run_dir / record["file"]
-    check_hash(path, record["sha256"], f"direction pair {record['pair']} ({record['id']})")
+    path = store.file(run_id, record.file)
+    check_hash(path, record.sha256, f"direction pair {record.pair} ({record.id})")
     obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     _check_loaded(obj, obj.get("spec", {}), shapes, path)
     return {"d1": obj["d1"], "d2": obj["d2"]}
@@ -101,25 +94,6 @@ def _check_loaded(obj: dict[str, Any], spec: dict[str, Any], shapes: Mapping[str
                   path: Path) -> None:
     if obj.get("spec") != spec or [tuple(t.shape) for t in obj["d1"].values()] != [tuple(s) for s in shapes.values()]:
         raise IntegrityError(f"{path} does not hold the directions its name says: delete it and rerun the grid")
-
-
-def _create_once(path: Path, obj: dict[str, Any]) -> bool:
-    """Write `path` unless it exists (atomically, never replacing); True if this call made it."""
-    make_dirs(path.parent)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:  # another process made it first: keep theirs
-            return False
-        return True
-    except OSError as e:
-        raise os_error(e, path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
 
 
 # --- normalization and masks ----------------------------------------------------------------------

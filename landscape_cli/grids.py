@@ -20,18 +20,16 @@ from typing import Any
 import torch
 
 from . import __version__, checkpoints, directions, gridstore
+from ._io import leave_no_trace, make_dirs, now, short_hash
 from ._perf import select_device, tune_allocator, use_channels_last
 from ._progress import progress_bar, stderr_console
 from .config import GridConfig, positive_int
 from .data import load_dataset
 from .errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
 from .evaluate import PlaneEvaluator
-from .inventory import GRID_FILE, GRIDS_DIR, find_grid
-from .locks import FileLock, is_locked
-from .store import Store, check_label, leave_no_trace, make_dirs, now, read_json, short_hash, write_json
-
-LOCKS_DIR = "locks"
-STRUCTURE_LOCK = ".lock"
+from .locks import is_locked
+from .meta import EpochRecord, GridMeta, RunMeta
+from .store import Store
 
 
 @dataclass
@@ -39,17 +37,14 @@ class GridResult:
     grid_id: str
     run_id: str
     path: Path
-    meta: dict[str, Any]
+    zarr_path: Path
+    meta: GridMeta
     computed_rows: int = 0
     rows_done: int = 0
     rows_total: int = 0
     diverged: int = 0
     repaired: list[str] = field(default_factory=list)
     seconds_rows: float = 0.0  # time spent evaluating and writing rows (excludes set-up)
-
-    @property
-    def zarr_path(self) -> Path:
-        return self.path / gridstore.ZARR_DIR
 
     @property
     def complete(self) -> bool:
@@ -102,56 +97,55 @@ def grid(
     configuration (and, unless `epochs` is given, epochs) to use instead of the other options.
     Returns where the grid is and how far it got.
     """
-    st = store if isinstance(store, Store) else Store(store)
+    st = Store.of(store)
     run_id = st.resolve(run)
     run_meta = st.read_run(run_id)
-    run_dir = st.run_dir(run_id)
-    recorded = {int(e["epoch"]): e for e in run_meta.get("epochs", [])}
+    recorded = {r.epoch: r for r in run_meta.epochs}
     if not recorded:
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
     if from_grid is not None:
-        _, gid = find_grid(st, from_grid, run_id)
-        source = read_json(run_dir / GRIDS_DIR / gid / GRID_FILE)
-        c = source["config"]
-        width, span, pairs, batches, batch_size = c["width"], c["span"], c["pairs"], c["batches"], c["batch_size"]
-        seed, norm, perturb_biasbn, layer = c["seed"], c["norm"], c["perturb_biasbn"], c["layer"]
-        single_kernel, bn, directions_from = c["single_kernel"], c["bn"], None
+        _, gid = st.find_grid(from_grid, run_id)
+        source = st.read_grid(run_id, gid)
+        c = source.config
+        width, span, pairs, batches, batch_size = c.width, c.span, c.pairs, c.batches, c.batch_size
+        seed, norm, perturb_biasbn, layer = c.seed, c.norm, c.perturb_biasbn, c.layer
+        single_kernel, bn, directions_from = c.single_kernel, c.bn, None
         if epochs is None:
-            epochs = source["epochs"] or None
+            epochs = source.epochs or None
     wanted = _epochs(epochs, recorded, run_id)
 
     seed, norm = _inherit_directions(st, run_meta, directions_from, seed, norm)
     cfg = GridConfig(run_id, width, span, pairs, batches, batch_size, seed, norm, perturb_biasbn, layer,
                      single_kernel, bn).validate()
-    train_size = int(run_meta["dataset"]["train_size"])
+    train_size = int(run_meta.dataset["train_size"])
     if batches * batch_size > train_size:
         raise UsageError(
             f"--batches {batches} x --batch-size {batch_size} = {batches * batch_size} images, but "
-            f"{run_meta['dataset']['name']} has {train_size} training images: at most "
+            f"{run_meta.dataset['name']} has {train_size} training images: at most "
             f"{train_size // batch_size} batches of {batch_size}"
         )
     dev = select_device(device)
-    first = checkpoints.load_epoch(run_dir, recorded[wanted[0]])
+    first = checkpoints.load_epoch(st, run_id, recorded[wanted[0]])
     weights = _parameters(first)
     names = directions.perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=layer,
                                        single_kernel=single_kernel)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     del first, weights  # only their names and shapes are needed from here on
     grid_id = cfg.grid_id
-    grid_dir = run_dir / GRIDS_DIR / grid_id
+    grid_dir = st.grid_dir(run_id, grid_id)
     if name is not None:
-        _check_grid_name(st, run_id, grid_id, name)
+        st.check_grid_name(run_id, grid_id, name)
     try:
-        existing = _read_meta(grid_dir, cfg)
-        status = _status(grid_dir, existing, wanted, gradient) if existing is not None else None
+        existing = _read_meta(st, run_id, cfg)
+        status = _status(st, run_id, existing, wanted, gradient) if existing is not None else None
     except IntegrityError:
         if not resume:
             raise
         existing, status = None, None  # --resume rebuilds the damaged metadata below
 
     if existing is not None and status is not None:
-        if status["complete"] and not resume and (name is None or existing.get("name") == name):
-            return _result(grid_dir, existing, run_id)  # (--resume goes on to check every chunk)
+        if status["complete"] and not resume and (name is None or existing.name == name):
+            return _result(st, existing)  # (--resume goes on to check every chunk)
         if status["partial"] and not resume:
             busy = " (another process is computing it: --resume joins in)" if status["busy"] else ""
             raise GridStateError(
@@ -160,18 +154,18 @@ def grid(
             )
 
     st.ensure_writable()
-    data = load_dataset(run_meta["dataset"]["name"], data_dir)  # before anything is written
+    data = load_dataset(run_meta.dataset["name"], data_dir)  # before anything is written
     new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
-    with leave_no_trace(new_dirs, grid_dir / GRID_FILE):
-        make_dirs(grid_dir / LOCKS_DIR)
-        with _structure_lock(grid_dir, grid_id):
-            meta = _prepare(st, run_id, run_meta, grid_dir, cfg, wanted, shapes, name)
+    with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):
+        make_dirs(st.locks_dir(run_id, grid_id))
+        with _structure_lock(st, run_id, grid_id):
+            meta = _prepare(st, run_meta, cfg, wanted, shapes, name)
 
     tune_allocator()
-    return _compute(st, run_id, run_meta, grid_dir, meta, cfg, wanted, names, shapes, data, dev, progress, gradient)
+    return _compute(st, run_meta, meta, cfg, wanted, names, shapes, data, dev, progress, gradient)
 
 
-def _epochs(epochs: list[int] | None, recorded: dict[int, Any], run_id: str) -> list[int]:
+def _epochs(epochs: list[int] | None, recorded: dict[int, EpochRecord], run_id: str) -> list[int]:
     available = sorted(recorded)
     if epochs is None:
         return available
@@ -187,29 +181,29 @@ def _epochs(epochs: list[int] | None, recorded: dict[int, Any], run_id: str) -> 
     return list(dict.fromkeys(epochs))
 
 
-def _inherit_directions(st: Store, run_meta: dict[str, Any], directions_from: str | None, seed: int | None,
+def _inherit_directions(st: Store, run_meta: RunMeta, directions_from: str | None, seed: int | None,
                         norm: str | None) -> tuple[int, str]:
     """--directions-from GRID: use that grid's random draw (and normalization unless given)."""
     if directions_from is None:
         return (0 if seed is None else seed), (norm or "filter")
     try:  # a grid of this run first (names like "main" repeat across runs), then any run's
-        src_run, src_grid = find_grid(st, directions_from, run_meta["id"])
+        src_run, src_grid = st.find_grid(directions_from, run_meta.id)
     except RunNotFoundError:
-        src_run, src_grid = find_grid(st, directions_from)
-    src_meta = read_json(st.run_dir(src_run) / GRIDS_DIR / src_grid / GRID_FILE)
-    src_model = st.read_run(src_run)["model"]
-    mine = run_meta["model"]
-    same = src_model["name"] == mine["name"] and {k: v for k, v in src_model["args"].items() if k != "activation"} == {
-        k: v for k, v in mine["args"].items() if k != "activation"}
+        src_run, src_grid = st.find_grid(directions_from)
+    src_meta = st.read_grid(src_run, src_grid)
+    src_name, src_args = st.read_run(src_run).architecture
+    name, args = run_meta.architecture
+    same = src_name == name and {k: v for k, v in src_args.items() if k != "activation"} == {
+        k: v for k, v in args.items() if k != "activation"}
     if not same:
         raise UsageError(
-            f"--directions-from {directions_from}: that grid is of a {src_model['name']} {src_model['args']}, this run "
-            f"is a {mine['name']} {mine['args']}: directions must come from a grid of the same architecture"
+            f"--directions-from {directions_from}: that grid is of a {src_name} {src_args}, this run "
+            f"is a {name} {args}: directions must come from a grid of the same architecture"
         )
-    src_cfg = src_meta["config"]
-    if seed is not None and seed != src_cfg["seed"]:
-        raise UsageError(f"--seed {seed} contradicts --directions-from {directions_from} (seed {src_cfg['seed']})")
-    return int(src_cfg["seed"]), norm or str(src_cfg["norm"])
+    src_cfg = src_meta.config
+    if seed is not None and seed != src_cfg.seed:
+        raise UsageError(f"--seed {seed} contradicts --directions-from {directions_from} (seed {src_cfg.seed})")
+    return int(src_cfg.seed), norm or str(src_cfg.norm)
 
 
 def _parameters(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -218,22 +212,19 @@ def _parameters(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.named_parameters()}
 
 
-def _check_grid_name(st: Store, run_id: str, grid_id: str, name: str) -> None:
-    from .inventory import grid_metas
-
-    check_label(name, "grid")
-    for gdir, meta in grid_metas(st.run_dir(run_id)):
-        if meta.get("name") == name and gdir.name != grid_id:
-            raise UsageError(f"the name {name!r} is taken by grid {gdir.name} of run {run_id}: choose another --name")
-
-
-def _read_meta(grid_dir: Path, cfg: GridConfig) -> dict[str, Any] | None:
+def _read_meta(st: Store, run_id: str, cfg: GridConfig) -> GridMeta | None:
     """The grid's grid.json (None if there is none yet); damaged or edited is an IntegrityError."""
-    path = grid_dir / GRID_FILE
-    if not path.is_file():
+    if not st.has_grid(run_id, cfg.grid_id):
         return None
-    meta: dict[str, Any] = read_json(path)
-    if meta.get("config") != cfg.identity() or meta.get("id") != cfg.grid_id:
+    path = st.grid_file(run_id, cfg.grid_id)
+    try:
+        meta = st.read_grid(run_id, cfg.grid_id)
+    except IntegrityError as e:
+        raise IntegrityError(
+            f"{path} does not match the grid's configuration (edited or damaged): the same `landscape grid` "
+            "command with --resume rebuilds it"
+        ) from e
+    if meta.config.identity() != cfg.identity():
         raise IntegrityError(
             f"{path} does not match the grid's configuration (edited or damaged): the same `landscape grid` "
             "command with --resume rebuilds it"
@@ -241,23 +232,23 @@ def _read_meta(grid_dir: Path, cfg: GridConfig) -> dict[str, Any] | None:
     return meta
 
 
-def _status(grid_dir: Path, meta: dict[str, Any], wanted: list[int], gradient: bool) -> dict[str, Any]:
-    rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR, "r")
+def _status(st: Store, run_id: str, meta: GridMeta, wanted: list[int], gradient: bool) -> dict[str, Any]:
+    rows = gridstore.Rows(st.zarr_path(run_id, meta.id), "r")
     have = rows.epochs
-    cfg = meta["config"]
-    per_epoch = cfg["pairs"] * cfg["width"]
+    cfg = meta.config
+    per_epoch = cfg.pairs * cfg.width
     rows_done = 0
     old_complete = centers = True
     for e in wanted:
         if e in have:
             ei = have.index(e)
-            n = sum(int(rows.done(ei, p).sum()) for p in range(cfg["pairs"]))
+            n = sum(int(rows.done(ei, p).sum()) for p in range(cfg.pairs))
             rows_done += n
             old_complete &= n == per_epoch
-            centers &= all(rows.center_done(ei, p, gradient) for p in range(cfg["pairs"]))
+            centers &= all(rows.center_done(ei, p, gradient) for p in range(cfg.pairs))
     new = [e for e in wanted if e not in have]
     rows_total = len(wanted) * per_epoch
-    busy = any(is_locked(p) for p in (grid_dir / LOCKS_DIR).glob("*.lock"))
+    busy = any(is_locked(p) for p in st.locks_dir(run_id, meta.id).glob("*.lock"))
     return {
         "complete": not new and old_complete and centers,  # (gradients missing after --no-gradient: more to do)
         "partial": not old_complete,  # rows already started for a requested epoch are unfinished
@@ -269,9 +260,9 @@ def _status(grid_dir: Path, meta: dict[str, Any], wanted: list[int], gradient: b
 
 
 @contextlib.contextmanager
-def _structure_lock(grid_dir: Path, grid_id: str) -> Any:
+def _structure_lock(st: Store, run_id: str, grid_id: str) -> Any:
     """Creating or growing the arrays is brief: wait for another process doing it."""
-    lock = FileLock(grid_dir / STRUCTURE_LOCK, f"grid {grid_id}")
+    lock = st.grid_lock(run_id, grid_id)
     deadline = time.monotonic() + 120
     while not lock.try_acquire():
         if time.monotonic() > deadline:
@@ -283,23 +274,22 @@ def _structure_lock(grid_dir: Path, grid_id: str) -> Any:
         lock.release()
 
 
-def _prepare(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, cfg: GridConfig,
-             wanted: list[int], shapes: dict[str, tuple[int, ...]], name: str | None) -> dict[str, Any]:
+def _prepare(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], shapes: dict[str, tuple[int, ...]],
+             name: str | None) -> GridMeta:
     """Create the grid (directions, arrays, grid.json) or add the new epochs; metadata last."""
-    meta_path = grid_dir / GRID_FILE
-    zarr_path = grid_dir / gridstore.ZARR_DIR
-    attrs = {"grid": cfg.grid_id, "run": run_id, "config": cfg.identity(),
-             "model": run_meta["model"], "dataset": run_meta["dataset"]["name"]}
+    run_id, grid_id = run_meta.id, cfg.grid_id
+    zarr_path = st.zarr_path(run_id, grid_id)
+    attrs = {"grid": grid_id, "run": run_id, "config": cfg.identity(),
+             "model": run_meta.model, "dataset": run_meta.dataset["name"]}
     try:
-        meta = _read_meta(grid_dir, cfg)
+        meta = _read_meta(st, run_id, cfg)
     except IntegrityError:  # only with --resume: grid() refused otherwise
         meta = None
         damaged_meta = True
     else:
         damaged_meta = False
     if meta is None:
-        records = [directions.ensure_stored(st.run_dir(run_id) / "directions", shapes, cfg.seed, p)
-                   for p in range(cfg.pairs)]
+        records = [directions.ensure_stored(st, run_id, shapes, cfg.seed, p) for p in range(cfg.pairs)]
         epochs_so_far: list[int] = []
         if damaged_meta and (zarr_path / "zarr.json").exists():
             # rebuild grid.json around the arrays that exist: their epochs come from the Zarr group
@@ -307,49 +297,47 @@ def _prepare(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, c
             epochs_so_far = gridstore.stored_epochs(zarr_path)
             if gridstore.open_group(zarr_path)["loss"].shape[0] != len(epochs_so_far):  # type: ignore[union-attr]
                 raise IntegrityError(
-                    f"grid {cfg.grid_id}: grid.json and the epoch coordinates are both damaged, so which epoch "
-                    f"each slice holds is unknown: delete {grid_dir} and compute the grid again"
+                    f"grid {grid_id}: grid.json and the epoch coordinates are both damaged, so which epoch "
+                    f"each slice holds is unknown: delete {st.grid_dir(run_id, grid_id)} and compute the grid again"
                 )
-            stderr_console().print(f"[yellow]grid {cfg.grid_id}: rebuilt damaged grid.json from the command and arrays[/]")
+            stderr_console().print(f"[yellow]grid {grid_id}: rebuilt damaged grid.json from the command and arrays[/]")
         else:
             gridstore.create(zarr_path, cfg, attrs)
-        meta = {
-            "format": 1,
-            "id": cfg.grid_id,
-            "name": name,
-            "run": run_id,
-            "config": cfg.identity(),
-            "epochs": epochs_so_far,
-            "directions": records,
-            "parameters": short_hash(directions.parameter_signature(shapes)),
-            "versions": {"landscape": __version__, "torch": torch.__version__, "python": platform.python_version()},
-            "created": now(),
-        }
+        meta = GridMeta(
+            id=grid_id,
+            name=name,
+            run=run_id,
+            config=cfg,
+            epochs=epochs_so_far,
+            directions=records,
+            parameters=short_hash(directions.parameter_signature(shapes)),
+            versions={"landscape": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            created=now(),
+        )
         if damaged_meta:
-            write_json(meta_path, meta)
-    for what in gridstore.repair(zarr_path, cfg, attrs, list(meta["epochs"])):
-        stderr_console().print(f"[yellow]grid {cfg.grid_id}: rebuilt damaged {what} from grid.json[/]")
-    epochs = list(meta["epochs"]) + [e for e in wanted if e not in meta["epochs"]]
-    changed = epochs != meta["epochs"] or (name is not None and meta.get("name") != name)
+            st.write_grid(meta)
+    for what in gridstore.repair(zarr_path, cfg, attrs, list(meta.epochs)):
+        stderr_console().print(f"[yellow]grid {grid_id}: rebuilt damaged {what} from grid.json[/]")
+    epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
+    changed = epochs != meta.epochs or (name is not None and meta.name != name)
     gridstore.grow(zarr_path, epochs)
-    if changed or not meta_path.is_file():
-        meta["epochs"] = epochs
+    if changed or not st.has_grid(run_id, grid_id):
+        meta.epochs = epochs
         if name is not None:
-            meta["name"] = name
-        meta["updated"] = now()
-        write_json(meta_path, meta)
+            meta.name = name
+        meta.updated = now()
+        st.write_grid(meta)
     return meta
 
 
-def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, meta: dict[str, Any],
-             cfg: GridConfig, wanted: list[int], names: list[str], shapes: dict[str, tuple[int, ...]],
-             data: Any, device: torch.device, progress: bool, gradient: bool) -> GridResult:
-    rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR)
+def _compute(st: Store, run_meta: RunMeta, meta: GridMeta, cfg: GridConfig, wanted: list[int], names: list[str],
+             shapes: dict[str, tuple[int, ...]], data: Any, device: torch.device, progress: bool,
+             gradient: bool) -> GridResult:
+    run_id, grid_id = run_meta.id, meta.id
+    rows = gridstore.Rows(st.zarr_path(run_id, grid_id))
     index = {e: i for i, e in enumerate(rows.epochs)}
     xs = [float(v) for v in rows["x"][:]]
     ys = [float(v) for v in rows["y"][:]]
-    run_dir = st.run_dir(run_id)
-    recorded = {int(e["epoch"]): e for e in run_meta["epochs"]}
     total = len(wanted) * cfg.pairs * cfg.width
     repaired: list[str] = []
 
@@ -363,7 +351,7 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
          data.train_y[i * cfg.batch_size:(i + 1) * cfg.batch_size])
         for i in range(cfg.batches)
     ]
-    with progress_bar(f"grid {cfg.grid_id}", total * cfg.width, unit="points", enabled=progress,
+    with progress_bar(f"grid {grid_id}", total * cfg.width, unit="points", enabled=progress,
                       completed=count_done() * cfg.width) as bar:
         while True:
             made, waiting = 0, 0
@@ -373,12 +361,14 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                 for p in range(cfg.pairs):
                     missing = _rows_todo(rows, ei, e, p, repaired)
                     # rows another process holds right now are not ours to load the model for
-                    todo[p] = [y for y in missing if not is_locked(_row_lock(grid_dir, e, p, y))]
+                    todo[p] = [y for y in missing if not is_locked(st.row_lock(run_id, grid_id, e, p, y).path)]
                     waiting += len(missing) - len(todo[p])
                 need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
                 if not any(todo.values()) and not need_center:
                     continue
-                ckpt = checkpoints.load_epoch(run_dir, recorded[e])
+                record = run_meta.record(e)
+                assert record is not None
+                ckpt = checkpoints.load_epoch(st, run_id, record)
                 model = checkpoints.build_model(ckpt).to(device)
                 del ckpt
                 channels_last = use_channels_last(model, device)
@@ -390,13 +380,13 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
                 for p in range(cfg.pairs):
                     if not todo[p] and p not in need_center:
                         continue
-                    raw = directions.load_recorded(run_dir, meta["directions"][p], shapes)
+                    raw = directions.load_recorded(st, run_id, meta.directions[p], shapes)
                     # one raw direction in memory at a time, normalized into the parameters' layout
                     d1 = directions.normalize(raw.pop("d1"), weights, names, cfg.norm, cfg.single_kernel, like=True)
                     d2 = directions.normalize(raw.pop("d2"), weights, names, cfg.norm, cfg.single_kernel, like=True)
                     with evaluator.plane(d1, d2) as plane:
                         for y in todo[p]:
-                            lock = FileLock(_row_lock(grid_dir, e, p, y), "row")
+                            lock = st.row_lock(run_id, grid_id, e, p, y)
                             if not lock.try_acquire():
                                 waiting += 1
                                 continue
@@ -420,17 +410,13 @@ def _compute(st: Store, run_id: str, run_meta: dict[str, Any], grid_dir: Path, m
             if not waiting:
                 break
             # rows held by other processes: wait for them, or take them over if their holder dies
-            bar.set_description(f"grid {cfg.grid_id} (sharing)")
+            bar.set_description(f"grid {grid_id} (sharing)")
             bar.set_completed(count_done() * cfg.width)
             if not made:
                 time.sleep(0.2)
     done_rows, total_rows, diverged = rows.progress()
-    return GridResult(cfg.grid_id, run_id, grid_dir, meta, computed, done_rows, total_rows, diverged, repaired,
-                      seconds_rows)
-
-
-def _row_lock(grid_dir: Path, epoch: int, pair: int, y: int) -> Path:
-    return grid_dir / LOCKS_DIR / f"e{epoch}-p{pair}-y{y}.lock"
+    return GridResult(grid_id, run_id, st.grid_dir(run_id, grid_id), st.zarr_path(run_id, grid_id), meta, computed,
+                      done_rows, total_rows, diverged, repaired, seconds_rows)
 
 
 def _rows_todo(rows: gridstore.Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
@@ -448,21 +434,20 @@ def _rows_todo(rows: gridstore.Rows, ei: int, epoch: int, p: int, repaired: list
     return todo
 
 
-def _result(grid_dir: Path, meta: dict[str, Any], run_id: str) -> GridResult:
-    rows = gridstore.Rows(grid_dir / gridstore.ZARR_DIR, "r")
-    done, total, diverged = rows.progress()
-    return GridResult(meta["id"], run_id, grid_dir, meta, 0, done, total, diverged)
+def _result(st: Store, meta: GridMeta) -> GridResult:
+    zarr_path = st.zarr_path(meta.run, meta.id)
+    done, total, diverged = gridstore.Rows(zarr_path, "r").progress()
+    return GridResult(meta.id, meta.run, st.grid_dir(meta.run, meta.id), zarr_path, meta, 0, done, total, diverged)
 
 
 def list_layers(run: str, store: Store | str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """The parameter tensors of a run's model: what `--layer` accepts."""
-    st = store if isinstance(store, Store) else Store(store)
+    st = Store.of(store)
     run_id = st.resolve(run)
     meta = st.read_run(run_id)
-    if not meta.get("epochs"):
+    if not meta.epochs:
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first")
-    last = meta["epochs"][-1]
-    weights = _parameters(checkpoints.load_epoch(st.run_dir(run_id), last))
+    weights = _parameters(checkpoints.load_epoch(st, run_id, meta.epochs[-1]))
     return [
         {"name": n, "shape": list(w.shape), "parameters": w.numel(),
          "kind": "bias/batchnorm" if directions.is_bias_or_bn(w) else ("conv" if w.dim() == 4 else "weight"),

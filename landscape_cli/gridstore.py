@@ -29,14 +29,13 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
+from ._io import os_error
 from .config import GridConfig
 from .errors import IntegrityError
-from .store import os_error
 
 if TYPE_CHECKING:  # plotting reads grids without importing torch
     from .evaluate import Center
 
-ZARR_DIR = "landscape.zarr"
 CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
 EPOCH_ARRAYS = ("loss", "accuracy", "done", "diverged", "center_loss", "center_accuracy", "grad_a", "grad_b",

@@ -18,8 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ._io import os_error
 from .errors import LockedError
-from .store import os_error
 
 
 class FileLock:

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_path, check_writable, os_error
 from .errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
-from .gridstore import DECODE_ERRORS, ZARR_DIR, Rows
-from .inventory import GRID_FILE, GRIDS_DIR, find_grid, grid_metas
-from .store import Store, atomic_path, check_writable, os_error, read_json, short_hash
+from .gridstore import DECODE_ERRORS, Rows
+from .meta import EpochRecord, GridMeta, RunMeta
+from .store import Store
 
 METRICS = ("loss", "accuracy")
 REDUCTIONS = ("none", "mean", "batches", "pairs")
@@ -37,19 +38,21 @@ class Source:
     """One grid of one run, as read from the store."""
 
     run_id: str
-    run: dict[str, Any]
+    run: RunMeta
     grid_id: str
-    grid: dict[str, Any]
-    path: Path
+    grid: GridMeta
+    path: Path  # the grid's directory
+    zarr_path: Path
+    plots_dir: Path
 
     @property
     def label(self) -> str:
-        cfg = self.run["config"]
-        name = self.run.get("name") or self.run_id[:8]
-        return f"{name}: {cfg['model']}/{cfg['activation']}/{cfg['dataset']}"
+        cfg = self.run.config
+        name = self.run.name or self.run_id[:8]
+        return f"{name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
 
-    def epoch_record(self, epoch: int) -> dict[str, Any]:
-        return next((e for e in self.run.get("epochs", []) if e["epoch"] == epoch), {})
+    def epoch_record(self, epoch: int) -> EpochRecord | None:
+        return self.run.record(epoch)
 
 
 @dataclass
@@ -100,57 +103,43 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) ->
             run_id = st.resolve(ref)
             grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
             if grid_ref is None:
-                grid_id = _newest_grid(st, run_id)
+                newest = st.newest_grid(run_id)
+                if newest is None:
+                    raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
+                grid_id = newest
             else:
-                run_id, grid_id = find_grid(st, grid_ref, run_id)
+                run_id, grid_id = st.find_grid(grid_ref, run_id)
         except RunNotFoundError:
             if grids:
                 raise
-            run_id, grid_id = find_grid(st, ref)  # a grid named directly
-        gdir = st.run_dir(run_id) / GRIDS_DIR / grid_id
-        meta = read_json(gdir / GRID_FILE)
-        _check_grid_meta(meta, gdir)
-        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, gdir))
+            run_id, grid_id = st.find_grid(ref)  # a grid named directly
+        meta = st.read_grid(run_id, grid_id)
+        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
+                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
     if len(sources) > 1:
-        first = sources[0].grid["config"]
+        first = sources[0].grid.config
         for s in sources[1:]:
-            cfg = s.grid["config"]
-            if (cfg["width"], cfg["span"]) != (first["width"], first["span"]):
+            cfg = s.grid.config
+            if (cfg.width, cfg.span) != (first.width, first.span):
                 raise UsageError(
-                    f"cannot compare grid {sources[0].grid_id} ({first['width']}x{first['width']}, span ±{first['span']:g}) "
-                    f"with grid {s.grid_id} ({cfg['width']}x{cfg['width']}, span ±{cfg['span']:g}): compared grids "
+                    f"cannot compare grid {sources[0].grid_id} ({first.width}x{first.width}, span ±{first.span:g}) "
+                    f"with grid {s.grid_id} ({cfg.width}x{cfg.width}, span ±{cfg.span:g}): compared grids "
                     "need the same --width and --span"
                 )
     return sources
 
 
-def _newest_grid(st: Store, run_id: str) -> str:
-    metas = [m for _d, m in grid_metas(st.run_dir(run_id)) if "damaged" not in m]
-    if not metas:
-        raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
-    return str(max(metas, key=lambda m: (m.get("updated") or m.get("created") or "", m["id"]))["id"])
-
-
-def _check_grid_meta(meta: dict[str, Any], gdir: Path) -> None:
-    """The grid id is the hash of its configuration: a mismatch means grid.json was changed."""
-    if short_hash(meta.get("config", {})) != meta.get("id") or meta.get("id") != gdir.name:
-        raise IntegrityError(
-            f"{gdir / GRID_FILE} does not match its grid id (it was edited or damaged): "
-            "run `landscape verify`, then delete the grid and compute it again"
-        )
-
-
 def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool) -> list[int]:
     if epochs is None:
         if animate:
-            return sorted(sources[0].grid["epochs"])
-        return [max(sources[0].grid["epochs"])] if sources[0].grid["epochs"] else []
+            return sorted(sources[0].grid.epochs)
+        return [max(sources[0].grid.epochs)] if sources[0].grid.epochs else []
     if not epochs:
         raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
     for s in sources:
-        missing = [e for e in epochs if e not in s.grid["epochs"]]
+        missing = [e for e in epochs if e not in s.grid.epochs]
         if missing:
-            have = ",".join(map(str, s.grid["epochs"]))
+            have = ",".join(map(str, s.grid.epochs))
             raise UsageError(
                 f"epoch {','.join(map(str, missing))} is not in grid {s.grid_id} (it has epochs {have}): "
                 f"`landscape grid {s.run_id[:8]} --epochs {','.join(map(str, missing))}` with the same options adds it"
@@ -171,7 +160,7 @@ class _EpochData:
 
 
 def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
-    rows = Rows(source.path / ZARR_DIR, "r")
+    rows = Rows(source.zarr_path, "r")
     ei = rows.epochs.index(epoch)
     pairs, height = rows["done"].shape[1], rows["done"].shape[2]
     # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
@@ -202,19 +191,19 @@ def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
 def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
                  reduce: str) -> tuple[list[Panel], tuple[int, int]]:
     """The panels of one figure (one frame) and their rows x columns layout."""
-    cfg = sources[0].grid["config"]
+    cfg = sources[0].grid.config
     for s in sources:
-        c = s.grid["config"]
-        if pair is not None and pair >= c["pairs"]:
-            raise UsageError(f"--pair {pair}: grid {s.grid_id} has pairs 0..{c['pairs'] - 1}")
-        if batch is not None and batch >= c["batches"]:
-            raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c['batches'] - 1}")
+        c = s.grid.config
+        if pair is not None and pair >= c.pairs:
+            raise UsageError(f"--pair {pair}: grid {s.grid_id} has pairs 0..{c.pairs - 1}")
+        if batch is not None and batch >= c.batches:
+            raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c.batches - 1}")
     panels: list[Panel] = []
     if len(sources) == 1 and len(epochs) == 1:
         s, e = sources[0], epochs[0]
         data = _read_epoch(s, e, metric)
-        pairs = [pair] if pair is not None else list(range(cfg["pairs"]))
-        batches = [batch] if batch is not None else list(range(cfg["batches"]))
+        pairs = [pair] if pair is not None else list(range(cfg.pairs))
+        batches = [batch] if batch is not None else list(range(cfg.batches))
         if reduce == "mean":
             panels.append(_panel(s, e, data, pairs, batches, "mean over pairs and batches"))
             return panels, (1, 1)
@@ -229,9 +218,9 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
     for s in sources:
         for e in epochs:
             data = _read_epoch(s, e, metric)
-            c = s.grid["config"]
-            p_sel = list(range(c["pairs"])) if reduce in ("mean", "pairs") else [pair or 0]
-            b_sel = list(range(c["batches"])) if reduce in ("mean", "batches") else [batch or 0]
+            c = s.grid.config
+            p_sel = list(range(c.pairs)) if reduce in ("mean", "pairs") else [pair or 0]
+            b_sel = list(range(c.batches)) if reduce in ("mean", "batches") else [batch or 0]
             what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
                     "pairs": f"batch {b_sel[0]}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, batch {b_sel[0]}")
             title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
@@ -401,19 +390,19 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
 def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
     if len(sources) == 1 and len(epochs) == 1:
         s, e = sources[0], epochs[0]
-        cfg, rec, g = s.run["config"], s.epoch_record(e), s.grid["config"]
+        cfg, rec, g = s.run.config, s.epoch_record(e), s.grid.config
         metrics = ""
         if rec:
-            metrics = (f" — train loss {rec['train_loss']:.3g}, acc {100 * rec['train_accuracy']:.1f}%; "
-                       f"val loss {rec['val_loss']:.3g}, acc {100 * rec['val_accuracy']:.1f}%")
-        where = f"layer {g['layer']}" if g.get("layer") else f"{g['norm']}-normalized"
-        return (f"{cfg['model']} / {cfg['activation']} / {cfg['dataset']}, epoch {e}{metrics}\n"
-                f"{style.metric}, span ±{g['span']:g}, {where}, BatchNorm {g['bn']}\nrun {s.run_id}, grid {s.grid_id}")
+            metrics = (f" — train loss {rec.train_loss:.3g}, acc {100 * rec.train_accuracy:.1f}%; "
+                       f"val loss {rec.val_loss:.3g}, acc {100 * rec.val_accuracy:.1f}%")
+        where = f"layer {g.layer}" if g.layer else f"{g.norm}-normalized"
+        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
+                f"{style.metric}, span ±{g.span:g}, {where}, BatchNorm {g.bn}\nrun {s.run_id}, grid {s.grid_id}")
     if len(sources) == 1:
-        cfg, g = sources[0].run["config"], sources[0].grid["config"]
-        return (f"{cfg['model']} / {cfg['activation']} / {cfg['dataset']}: {style.metric}, epochs "
-                f"{','.join(map(str, epochs))}, span ±{g['span']:g} (grid {sources[0].grid_id})")
-    return f"{style.metric}, span ±{sources[0].grid['config']['span']:g}: " + " vs ".join(s.label for s in sources)
+        cfg, g = sources[0].run.config, sources[0].grid.config
+        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
+                f"{','.join(map(str, epochs))}, span ±{g.span:g} (grid {sources[0].grid_id})")
+    return f"{style.metric}, span ±{sources[0].grid.config.span:g}: " + " vs ".join(s.label for s in sources)
 
 
 # --- the entry point ------------------------------------------------------------------------------
@@ -459,12 +448,12 @@ def plot(
     for option, value in (("--pair", pair), ("--batch", batch)):
         if value is not None and value < 0:
             raise UsageError(f"{option} must be at least 0, got {value}")
-    st = store if isinstance(store, Store) else Store(store)
+    st = Store.of(store)
     out_path = _check_out(out, animate)
     sources = select_sources(st, runs, grids)
     chosen = _epochs_for(sources, epochs, animate)
     style = Style(metric, contour, surface, log, clip)
-    span = float(sources[0].grid["config"]["span"])
+    span = float(sources[0].grid.config.span)
 
     frames = [[e] for e in chosen] if animate else [chosen]
     built = [build_panels(sources, f, metric, pair, batch, reduce) for f in frames]
@@ -533,4 +522,4 @@ def _default_path(source: Source, epochs: list[int], style: Style, pair: int | N
         parts.append(f"{reduce}")
     if n_sources > 1:
         parts.append(f"vs{n_sources - 1}")
-    return source.path / "plots" / ("_".join(parts) + (".gif" if animate else ".png"))
+    return source.plots_dir / ("_".join(parts) + (".gif" if animate else ".png"))

@@ -1,187 +1,40 @@
-"""The run store: content-addressed run directories, atomic writes, hashes and references.
+"""The run store: the one module that knows where things are on disk.
 
-Layout (see ../shared/DESIGN.md): ``<root>/<run-id>/run.json``, ``checkpoints/``, ``directions/``,
-``grids/<grid-id>/``. Every file is written under a temporary name and renamed into place, and
-metadata is written last, so a reader never sees a half-written file.
+Layout::
+
+    <root>/<run-id>/run.json                      RunMeta (written last)
+    <root>/<run-id>/checkpoints/epoch-0000.pt     one per epoch (and the last epoch's optimizer state)
+    <root>/<run-id>/directions/<dir-id>.pt        direction vectors, shared by every grid that uses them
+    <root>/<run-id>/grids/<grid-id>/grid.json     GridMeta (written last)
+    <root>/<run-id>/grids/<grid-id>/landscape.zarr
+    <root>/<run-id>/grids/<grid-id>/locks/        one lock file per row being computed
+    <root>/<run-id>/grids/<grid-id>/plots/        figures drawn by `landscape plot`
+
+Every other module asks a `Store` for paths, metadata and locks; files are written atomically
+(see `_io`), metadata last, so a reader never sees a half-written run or grid.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
-import errno
-import hashlib
-import json
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
+from ._io import read_json, short_hash, write_json
 from .errors import AmbiguousReferenceError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from .locks import FileLock
+from .meta import Damaged, GridMeta, RunMeta
 
 STORE_ENV = "LANDSCAPE_STORE"
 DEFAULT_STORE = "runs"
 RUN_FILE = "run.json"
-ID_LENGTH = 12
-PARTIAL_SUFFIX = ".partial"
-
-
-# --- hashing -----------------------------------------------------------------------------------
-
-
-def canonical_json(obj: Any) -> str:
-    """The one JSON spelling of `obj` that ids are computed from (sorted keys, no spaces)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def short_hash(obj: Any) -> str:
-    """A short sha256 of the canonical JSON of `obj`: the id of a run or grid."""
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:ID_LENGTH]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def check_hash(path: Path, expected: str, what: str) -> None:
-    """Refuse a file that is missing or no longer matches the hash recorded when it was written."""
-    if not path.exists():
-        raise IntegrityError(f"{what} is missing: {path}; run `landscape verify` to see what else is damaged")
-    actual = file_sha256(path)
-    if actual != expected:
-        raise IntegrityError(
-            f"{what} was modified or damaged since it was written: {path} "
-            f"(sha256 {actual[:12]}, recorded {expected[:12]}); run `landscape verify`, then delete "
-            "the damaged file and rerun the command that made it"
-        )
-
-
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# --- atomic writes -----------------------------------------------------------------------------
-
-
-def os_error(e: OSError, path: Path | str) -> StoreError:
-    """Turn an OSError while writing `path` into one line that says what to do."""
-    if e.errno == errno.ENOSPC:
-        return StoreError(
-            f"disk full while writing {path}: free some space, then run the same command again "
-            "(finished work was kept)"
-        )
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(
-            f"cannot write {path} ({e.strerror.lower() if e.strerror else 'permission denied'}): "
-            "pass --store with a writable directory or set LANDSCAPE_STORE"
-        )
-    return StoreError(f"cannot write {path}: {e.strerror or e}")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
-    """Yield a temporary name to write; it replaces `path` only if the block finishes without error.
-
-    `keep_suffix` ends the temporary name in `path`'s suffix too, for writers that pick the file
-    format from the name (matplotlib, Pillow).
-    """
-    tail = path.suffix if keep_suffix else ""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{tail}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except StoreError:
-        raise
-    except OSError as e:
-        raise os_error(e, path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a file to write; it replaces `path` only if the block finishes without error."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        yield f
-
-
-def check_writable(directory: Path) -> None:
-    """Fail with one clear line (a StoreError) if files cannot be created in `directory`."""
-    probe = directory / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise os_error(e, directory) from e
-
-
-@contextlib.contextmanager
-def leave_no_trace(new_dirs: list[Path], finished: Path) -> Iterator[None]:
-    """On any failure before `finished` exists, remove the directories in `new_dirs` (made by this call).
-
-    A new run or grid that fails before its metadata is written (full disk, Ctrl-C...) then leaves the
-    store as it was. `new_dirs` are the ones that did not exist before, outermost first.
-    """
-    try:
-        yield
-    except BaseException:
-        if not finished.exists():
-            for d in reversed(new_dirs):
-                shutil.rmtree(d, ignore_errors=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise IntegrityError(
-            f"{path} is not valid JSON ({e.msg} at line {e.lineno}): it was damaged; "
-            "run `landscape verify`"
-        ) from e
-
-
-def make_dirs(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise os_error(e, path) from e
-
-
-def remove_partials(directory: Path) -> None:
-    """Delete temporary files left by a killed writer (call only while holding the lock)."""
-    if directory.is_dir():
-        for p in directory.glob(f"*{PARTIAL_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                p.unlink()
-
-
-def dir_size(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
-# --- the store ---------------------------------------------------------------------------------
+CHECKPOINTS_DIR = "checkpoints"
+DIRECTIONS_DIR = "directions"
+GRIDS_DIR = "grids"
+GRID_FILE = "grid.json"
+ZARR_DIR = "landscape.zarr"
+PLOTS_DIR = "plots"
+LOCKS_DIR = "locks"
+LOCK_FILE = ".lock"  # the run's training lock, and a grid's lock for creating or growing its arrays
 
 
 def store_root(path: str | os.PathLike[str] | None = None) -> Path:
@@ -189,6 +42,19 @@ def store_root(path: str | os.PathLike[str] | None = None) -> Path:
     if path is None or str(path) == "":
         path = os.environ.get(STORE_ENV) or DEFAULT_STORE
     return Path(path).expanduser()
+
+
+def checkpoint_name(epoch: int) -> str:
+    """A checkpoint's path relative to its run directory (what run.json records)."""
+    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.pt"
+
+
+def optimizer_name(epoch: int) -> str:
+    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.optim.pt"
+
+
+def direction_name(direction_id: str) -> str:
+    return f"{DIRECTIONS_DIR}/{direction_id}.pt"
 
 
 class Store:
@@ -200,10 +66,71 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
+    @classmethod
+    def of(cls, store: Store | str | os.PathLike[str] | None) -> Store:
+        """`store` itself, or the store at that path (None: the default store)."""
+        return store if isinstance(store, Store) else cls(store)
+
+    # -- layout --
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def run_file(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / RUN_FILE
+
+    def file(self, run_id: str, relative: str) -> Path:
+        """A file that run.json or grid.json records by its path relative to the run directory."""
+        return self.run_dir(run_id) / relative
+
+    def checkpoints_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / CHECKPOINTS_DIR
+
+    def directions_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / DIRECTIONS_DIR
+
+    def grids_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / GRIDS_DIR
+
+    def grid_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grids_dir(run_id) / grid_id
+
+    def grid_file(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / GRID_FILE
+
+    def zarr_path(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / ZARR_DIR
+
+    def plots_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / PLOTS_DIR
+
+    def locks_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / LOCKS_DIR
+
+    # -- locks --
+
+    def run_lock(self, run_id: str) -> FileLock:
+        """Held while a run trains (one `train` per run at a time)."""
+        return FileLock(self.run_dir(run_id) / LOCK_FILE, f"run {run_id}")
+
+    def run_lock_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / LOCK_FILE
+
+    def grid_lock(self, run_id: str, grid_id: str) -> FileLock:
+        """Held briefly while a grid's arrays and metadata are created or grown."""
+        return FileLock(self.grid_dir(run_id, grid_id) / LOCK_FILE, f"grid {grid_id}")
+
+    def row_lock(self, run_id: str, grid_id: str, epoch: int, pair: int, row: int) -> FileLock:
+        """Held while one row (work unit) of a grid is computed; a second process skips it."""
+        name = f"e{epoch}-p{pair}-y{row}.lock"
+        return FileLock(self.locks_dir(run_id, grid_id) / name, "row")
+
     # -- writing --
 
     def ensure_writable(self) -> None:
         """Fail with one clear line, before any work, if the store cannot be written."""
+        from ._io import check_writable
+
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} is a file, not a directory: pass --store with a directory")
         try:
@@ -216,36 +143,34 @@ class Store:
 
     # -- runs --
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / run_id
-
     def has_run(self, run_id: str) -> bool:
-        return (self.run_dir(run_id) / RUN_FILE).is_file()
+        return self.run_file(run_id).is_file()
 
     def run_ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / RUN_FILE).is_file())
 
-    def read_run(self, run_id: str) -> dict[str, Any]:
-        path = self.run_dir(run_id) / RUN_FILE
+    def read_run(self, run_id: str) -> RunMeta:
+        path = self.run_file(run_id)
         if not path.is_file():
             raise RunNotFoundError(f"no run {run_id} in store {self.root}; `landscape ls` lists the runs")
-        meta: dict[str, Any] = read_json(path)
-        return meta
+        return RunMeta.from_json(read_json(path), path)
 
-    def write_run(self, run_id: str, meta: dict[str, Any]) -> None:
-        meta["updated"] = now()
-        write_json(self.run_dir(run_id) / RUN_FILE, meta)
+    def write_run(self, meta: RunMeta) -> None:
+        from ._io import now
 
-    def runs(self) -> list[dict[str, Any]]:
+        meta.updated = now()
+        write_json(self.run_file(meta.id), meta.to_json())
+
+    def runs(self) -> list[RunMeta | Damaged]:
         """Metadata of every run; a run whose run.json cannot be read is listed as damaged."""
-        out = []
+        out: list[RunMeta | Damaged] = []
         for run_id in self.run_ids():
             try:
                 out.append(self.read_run(run_id))
             except (IntegrityError, OSError) as e:
-                out.append({"id": run_id, "damaged": str(e)})
+                out.append(Damaged(run_id, str(e)))
         return out
 
     def resolve(self, ref: str) -> str:
@@ -253,10 +178,10 @@ class Store:
         if not ref or not ref.strip():
             raise UsageError("empty run reference: give a run id (or prefix) or name; `landscape ls` lists them")
         runs = self.runs()
-        by_name = [r["id"] for r in runs if r.get("name") == ref]
+        by_name = [r.id for r in runs if isinstance(r, RunMeta) and r.name == ref]
         if by_name:
-            return str(by_name[0])
-        matches = [str(r["id"]) for r in runs if str(r["id"]).startswith(ref)]
+            return by_name[0]
+        matches = [r.id for r in runs if r.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         if not matches:
@@ -270,8 +195,84 @@ class Store:
         """A run name must be unique in the store and not empty."""
         check_label(name, "run")
         for r in self.runs():
-            if r.get("name") == name and r.get("id") != run_id:
-                raise UsageError(f"the name {name!r} is taken by run {r['id']}: choose another --name")
+            if isinstance(r, RunMeta) and r.name == name and r.id != run_id:
+                raise UsageError(f"the name {name!r} is taken by run {r.id}: choose another --name")
+
+    # -- grids --
+
+    def grid_ids(self, run_id: str, with_metadata: bool = True) -> list[str]:
+        """Every grid directory of the run that has a grid.json (or every one, `with_metadata=False`)."""
+        grids = self.grids_dir(run_id)
+        if not grids.is_dir():
+            return []
+        return sorted(d.name for d in grids.iterdir()
+                      if d.is_dir() and (not with_metadata or (d / GRID_FILE).is_file()))
+
+    def has_grid(self, run_id: str, grid_id: str) -> bool:
+        return self.grid_file(run_id, grid_id).is_file()
+
+    def read_grid(self, run_id: str, grid_id: str) -> GridMeta:
+        """grid.json, refused (IntegrityError) if it is damaged or no longer matches its id."""
+        path = self.grid_file(run_id, grid_id)
+        raw = read_json(path)
+        if not isinstance(raw, dict) or short_hash(raw.get("config", {})) != raw.get("id") or raw.get("id") != grid_id:
+            raise IntegrityError(
+                f"{path} does not match its grid id (it was edited or damaged): run `landscape verify`; the grid's "
+                "own `landscape grid` command with --resume rebuilds it"
+            )
+        meta = GridMeta.from_json(raw, path)
+        if meta.config.identity() != raw["config"]:
+            raise IntegrityError(f"{path}: its configuration does not read back as written (damaged): run `landscape verify`")
+        return meta
+
+    def write_grid(self, meta: GridMeta) -> None:
+        write_json(self.grid_file(meta.run, meta.id), meta.to_json())
+
+    def grids(self, run_id: str) -> list[GridMeta | Damaged]:
+        """Every grid of a run; one whose grid.json cannot be read is listed as damaged."""
+        out: list[GridMeta | Damaged] = []
+        for grid_id in self.grid_ids(run_id):
+            try:
+                out.append(self.read_grid(run_id, grid_id))
+            except (IntegrityError, OSError) as e:
+                out.append(Damaged(grid_id, str(e)))
+        return out
+
+    def find_grid(self, ref: str, run_id: str | None = None) -> tuple[str, str]:
+        """(run id, grid id) of a grid named by its name or a unique id prefix, in one run or all."""
+        if not ref or not ref.strip():
+            raise UsageError("empty grid reference: give a grid id (or prefix) or name; `landscape ls` lists them")
+        run_ids = [run_id] if run_id else self.run_ids()
+        grids = [(r, g) for r in run_ids for g in self.grids(r)]
+        by_name = [(r, g.id) for r, g in grids if isinstance(g, GridMeta) and g.name == ref]
+        if len(by_name) == 1:
+            return by_name[0]
+        matches = by_name or [(r, g.id) for r, g in grids if g.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        where = f"run {run_id}" if run_id else f"store {self.root}"
+        if not matches:
+            raise RunNotFoundError(
+                f"no grid {ref!r} in {where}: `landscape ls` lists the grids, `landscape grid RUN` makes one"
+            )
+        raise AmbiguousReferenceError(
+            f"grid reference {ref!r} matches {len(matches)} grids ({', '.join(g for _r, g in matches)}): "
+            "give more characters"
+        )
+
+    def newest_grid(self, run_id: str) -> str | None:
+        """The id of the run's most recently created or extended readable grid (None: no grid)."""
+        metas = [m for m in self.grids(run_id) if isinstance(m, GridMeta)]
+        if not metas:
+            return None
+        return max(metas, key=lambda m: (m.updated or m.created or "", m.id)).id
+
+    def check_grid_name(self, run_id: str, grid_id: str, name: str) -> None:
+        """A grid name must be unique among the run's grids."""
+        check_label(name, "grid")
+        for g in self.grids(run_id):
+            if isinstance(g, GridMeta) and g.name == name and g.id != grid_id:
+                raise UsageError(f"the name {name!r} is taken by grid {g.id} of run {run_id}: choose another --name")
 
 
 def check_label(name: str, what: str) -> None:
@@ -280,5 +281,5 @@ def check_label(name: str, what: str) -> None:
         raise UsageError(f"bad {what} name {name!r}: use a non-empty label without '/', tabs or newlines")
 
 
-def _label(run: dict[str, Any]) -> str:
-    return f"{run['id']} ({run['name']})" if run.get("name") else str(run["id"])
+def _label(run: RunMeta | Damaged) -> str:
+    return f"{run.id} ({run.name})" if isinstance(run, RunMeta) and run.name else run.id

@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__, checkpoints
+from ._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from ._perf import select_device, tune_allocator, use_channels_last
 from ._progress import progress_bar
 from .config import TrainConfig, positive_int
 from .data import Dataset, load_dataset
 from .errors import IntegrityError
-from .locks import FileLock
+from .meta import EpochRecord, FileRecord, RunMeta
 from .models import count_parameters, create_model
-from .store import RUN_FILE, Store, file_sha256, leave_no_trace, make_dirs, now, remove_partials
+from .store import Store, checkpoint_name, optimizer_name
 
-LOCK_FILE = ".lock"
 MAX_EPOCHS = 100_000
 
 
@@ -39,17 +39,12 @@ MAX_EPOCHS = 100_000
 class TrainResult:
     run_id: str
     path: Path
-    meta: dict[str, Any]
+    meta: RunMeta
     trained: list[int] = field(default_factory=list)  # epochs trained (or evaluated) by this call
 
     @property
     def existed(self) -> bool:
         return not self.trained
-
-
-def epochs_done(meta: dict[str, Any]) -> int:
-    """Number of complete epochs (epoch 0 included)."""
-    return len(meta.get("epochs", []))
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -99,7 +94,7 @@ def train(
     store: Store | str | os.PathLike[str] | None = None,
     name: str | None = None,
     progress: bool = True,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset`, checkpointing epochs 0..`epochs` into a content-addressed run.
 
@@ -110,30 +105,28 @@ def train(
     config.validate()
     positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
     dev = select_device(device)
-    st = store if isinstance(store, Store) else Store(store)
+    st = Store.of(store)
     run_id = config.run_id
     if name is not None:
         st.check_name(name, run_id)
     if st.has_run(run_id):
         meta = st.read_run(run_id)
-        if epochs_done(meta) > epochs and (name is None or meta.get("name") == name):
+        if len(meta.epochs) > epochs and (name is None or meta.name == name):
             return TrainResult(run_id, st.run_dir(run_id), meta)
     st.ensure_writable()
     data = load_dataset(dataset, data_dir)  # before the run directory exists: a missing dataset changes nothing
     run_dir = st.run_dir(run_id)
     new_dirs = [] if run_dir.exists() else [run_dir]
-    with leave_no_trace(new_dirs, run_dir / RUN_FILE):
-        make_dirs(run_dir / "checkpoints")
-        with FileLock(run_dir / LOCK_FILE, f"run {run_id}").acquire(
-            "wait for that training to finish, or stop it and run this command again"
-        ):
-            remove_partials(run_dir / "checkpoints")
+    with leave_no_trace(new_dirs, st.run_file(run_id)):
+        make_dirs(st.checkpoints_dir(run_id))
+        with st.run_lock(run_id).acquire("wait for that training to finish, or stop it and run this command again"):
+            remove_partials(st.checkpoints_dir(run_id))
             return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
 
 
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
                   data: Dataset, name: str | None, progress: bool,
-                  on_epoch: Callable[[dict[str, Any]], None] | None) -> TrainResult:
+                  on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
     run_dir = st.run_dir(run_id)
     info = data.info
     model_args: dict[str, Any] = {"in_channels": info.channels, "num_classes": info.num_classes,
@@ -144,33 +137,30 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     if st.has_run(run_id):
         meta = st.read_run(run_id)
     else:
-        meta = {
-            "format": 1,
-            "id": run_id,
-            "name": None,
-            "config": config.identity(),
-            "model": {"name": config.model, "args": model_args, "parameters": count_parameters(net)},
-            "dataset": {"name": info.name, "channels": info.channels, "size": info.size,
-                        "num_classes": info.num_classes, "train_size": len(data.train_y),
-                        "val_size": len(data.val_y)},
-            "epochs_requested": epochs,
-            "epochs": [],
-            "resume": None,
-            "versions": {"landscape": __version__, "torch": torch.__version__,
-                         "python": platform.python_version()},
-            "created": now(),
-        }
+        meta = RunMeta(
+            id=run_id,
+            name=None,
+            config=config,
+            model={"name": config.model, "args": model_args, "parameters": count_parameters(net)},
+            dataset={"name": info.name, "channels": info.channels, "size": info.size,
+                     "num_classes": info.num_classes, "train_size": len(data.train_y), "val_size": len(data.val_y)},
+            epochs_requested=epochs,
+            epochs=[],
+            resume=None,
+            versions={"landscape": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            created=now(),
+        )
     if name is not None:
-        meta["name"] = name
-    meta["epochs_requested"] = max(epochs, int(meta.get("epochs_requested", 0)))
-    start = epochs_done(meta)
+        meta.name = name
+    meta.epochs_requested = max(epochs, meta.epochs_requested)
+    start = len(meta.epochs)
     if start > epochs:
-        st.write_run(run_id, meta)
+        st.write_run(meta)
         return TrainResult(run_id, run_dir, meta)
 
     opt = make_optimizer(config, net.parameters())
     if start > 0:
-        _restore(run_dir, meta, net, opt)
+        _restore(st, meta, net, opt)
     tune_allocator()
     channels_last = use_channels_last(net, device)
     net.to(device)
@@ -178,7 +168,7 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         net.to(memory_format=torch.channels_last)
     _move_optimizer_state(opt, device)
     if start > 0 or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
-        st.write_run(run_id, meta)
+        st.write_run(meta)
 
     trained = []
     for epoch in range(start, epochs + 1):
@@ -188,11 +178,9 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         else:
             train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress)
         val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last)
-        record = {
-            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-            "val_loss": val_loss, "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3),
-        }
-        _save_epoch(st, run_id, meta, net, opt, record)
+        metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+                   "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3)}
+        record = _save_epoch(st, meta, net, opt, epoch, metrics)
         trained.append(epoch)
         if on_epoch is not None:
             on_epoch(record)
@@ -225,38 +213,38 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
     return total_loss.item() / n, correct.item() / n
 
 
-def _save_epoch(st: Store, run_id: str, meta: dict[str, Any], net: nn.Module,
-                opt: torch.optim.Optimizer, record: dict[str, Any]) -> None:
+def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
+                metrics: dict[str, float]) -> EpochRecord:
     """Checkpoint, optimizer state, then metadata: a kill at any point leaves a resumable run."""
-    run_dir = st.run_dir(run_id)
-    epoch = record["epoch"]
-    ckpt = checkpoints.make_checkpoint(net, meta["model"], meta["dataset"], meta["config"], epoch)
-    ckpt_path = run_dir / checkpoints.checkpoint_name(epoch)
+    ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch)
+    ckpt_path = st.file(meta.id, checkpoint_name(epoch))
     checkpoints.save(ckpt_path, ckpt)
-    optim_path = run_dir / checkpoints.optimizer_name(epoch)
+    optim_path = st.file(meta.id, optimizer_name(epoch))
     checkpoints.save(optim_path, {"epoch": epoch, "optimizer": _cpu_state(opt.state_dict())})
-    previous = meta.get("resume")
-    record["checkpoint"] = checkpoints.checkpoint_name(epoch)
-    record["sha256"] = file_sha256(ckpt_path)
-    record["weights_sha256"] = checkpoints.state_hash(ckpt["state_dict"])
-    meta["epochs"].append(record)
-    meta["resume"] = {"epoch": epoch, "file": checkpoints.optimizer_name(epoch), "sha256": file_sha256(optim_path)}
-    st.write_run(run_id, meta)
-    if previous and previous["file"] != meta["resume"]["file"]:
-        (run_dir / previous["file"]).unlink(missing_ok=True)
+    previous = meta.resume
+    record = EpochRecord(epoch=epoch, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
+                         val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
+                         seconds=metrics["seconds"], checkpoint=checkpoint_name(epoch), sha256=file_sha256(ckpt_path),
+                         weights_sha256=checkpoints.state_hash(ckpt["state_dict"]))
+    meta.epochs.append(record)
+    meta.resume = FileRecord(optimizer_name(epoch), file_sha256(optim_path), epoch)
+    st.write_run(meta)
+    if previous and previous.file != meta.resume.file:
+        st.file(meta.id, previous.file).unlink(missing_ok=True)
+    return record
 
 
-def _restore(run_dir: Path, meta: dict[str, Any], net: nn.Module, opt: torch.optim.Optimizer) -> None:
-    last = meta["epochs"][-1]
-    ckpt = checkpoints.load_epoch(run_dir, last)
+def _restore(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+    last = meta.epochs[-1]
+    ckpt = checkpoints.load_epoch(st, meta.id, last)
     net.load_state_dict(ckpt["state_dict"])
-    resume = meta.get("resume")
-    if not resume or resume.get("epoch") != last["epoch"]:
+    resume = meta.resume
+    if not resume or resume.epoch != last.epoch:
         raise IntegrityError(
-            f"run {meta['id']}: the optimizer state of epoch {last['epoch']} is missing, so training cannot "
+            f"run {meta.id}: the optimizer state of epoch {last.epoch} is missing, so training cannot "
             "continue exactly; train a new run (e.g. with another --seed) or keep the epochs it has"
         )
-    state = checkpoints.load(run_dir / resume["file"], resume["sha256"], f"optimizer state of epoch {last['epoch']}")
+    state = checkpoints.load(st.file(meta.id, resume.file), resume.sha256, f"optimizer state of epoch {last.epoch}")
     opt.load_state_dict(state["optimizer"])
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ._io import PARTIAL_SUFFIX, file_sha256, read_json
 from .errors import IntegrityError
-from .gridstore import DECODE_ERRORS, ZARR_DIR, Rows
-from .inventory import GRID_FILE, GRIDS_DIR
-from .store import PARTIAL_SUFFIX, RUN_FILE, Store, file_sha256, read_json, short_hash
+from .gridstore import DECODE_ERRORS, Rows
+from .meta import GridMeta, RunMeta
+from .store import Store
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Report:
 
 def verify(store: Store | str | os.PathLike[str] | None = None, run: str | None = None) -> Report:
     """Check every run of the store (or one run) and report each mismatch with what to do."""
-    st = store if isinstance(store, Store) else Store(store)
+    st = Store.of(store)
     report = Report()
     run_ids = [st.resolve(run)] if run else st.run_ids()
     for run_id in run_ids:
@@ -63,24 +63,24 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
     report.checked["runs"] += 1
     retrain = (f"delete {run_dir} and run its `landscape train` command again (on CPU it reproduces the same "
                "weights), or restore the file from a backup")
+    meta: RunMeta | None = None
     try:
-        meta = read_json(run_dir / RUN_FILE)
+        meta = st.read_run(run_id)
     except IntegrityError as e:
-        report.problems.append(Problem(run_id, str(run_dir / RUN_FILE), str(e).split(":")[0] + ": not valid JSON",
+        what = "not valid JSON" if "not valid JSON" in str(e) else "damaged"
+        report.problems.append(Problem(run_id, str(st.run_file(run_id)), f"{st.run_file(run_id)}: {what}",
                                        f"restore it from a backup, or {retrain}"))
-        meta = None
     if meta is not None:
-        for rec in meta.get("epochs", []):
+        for rec in meta.epochs:
             report.checked["checkpoints"] += 1
-            _file(report, run_id, run_dir / rec["checkpoint"], rec.get("sha256"),
-                  f"checkpoint of epoch {rec['epoch']}", retrain)
-        resume = meta.get("resume")
-        if resume:
+            _file(report, run_id, st.file(run_id, rec.checkpoint), rec.sha256, f"checkpoint of epoch {rec.epoch}",
+                  retrain)
+        if meta.resume:
             report.checked["optimizer_states"] += 1
-            _file(report, run_id, run_dir / resume["file"], resume.get("sha256"),
-                  f"optimizer state of epoch {resume['epoch']}",
+            _file(report, run_id, st.file(run_id, meta.resume.file), meta.resume.sha256,
+                  f"optimizer state of epoch {meta.resume.epoch}",
                   "training cannot be continued exactly; the checkpoints and grids are unaffected")
-    directions_dir = run_dir / "directions"
+    directions_dir = st.directions_dir(run_id)
     if directions_dir.is_dir():
         for sidecar in sorted(directions_dir.glob("*.json")):
             report.checked["directions"] += 1
@@ -90,47 +90,44 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
                       f"direction pair {record['spec']['pair']} ({record['id']})",
                       f"delete {sidecar.with_suffix('.pt')} and {sidecar}, then rerun the grids that use it "
                       "with --resume (the seeded draw is made again, identical)")
-            except (IntegrityError, KeyError) as e:
+            except (IntegrityError, KeyError, TypeError) as e:
                 report.problems.append(Problem(run_id, str(sidecar), f"damaged direction record ({e})",
                                                f"delete {sidecar}: it is written again from the direction file"))
-    grids_dir = run_dir / GRIDS_DIR
-    if grids_dir.is_dir():
-        for gdir in sorted(d for d in grids_dir.iterdir() if d.is_dir()):
-            _verify_grid(run_id, run_dir, gdir, report)
+    for grid_id in st.grid_ids(run_id, with_metadata=False):
+        _verify_grid(st, run_id, grid_id, report)
 
 
-def _verify_grid(run_id: str, run_dir: Path, gdir: Path, report: Report) -> None:
+def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
     report.checked["grids"] += 1
-    rerun = (f"`landscape grid {run_id} --grid {gdir.name} --resume` recomputes damaged rows and rebuilds Zarr "
+    rerun = (f"`landscape grid {run_id} --grid {grid_id} --resume` recomputes damaged rows and rebuilds Zarr "
              "metadata (for a damaged grid.json, rerun the grid's original command with --resume)")
-    meta: dict[str, Any] | None = None
-    if not (gdir / GRID_FILE).is_file():
-        if (gdir / ZARR_DIR).exists():
-            report.problems.append(Problem(run_id, str(gdir / GRID_FILE), "grid.json is missing", rerun))
+    meta: GridMeta | None = None
+    grid_file, zarr_path = st.grid_file(run_id, grid_id), st.zarr_path(run_id, grid_id)
+    if not grid_file.is_file():
+        if zarr_path.exists():
+            report.problems.append(Problem(run_id, str(grid_file), "grid.json is missing", rerun))
         return
     try:
-        meta = read_json(gdir / GRID_FILE)
-        if short_hash(meta.get("config", {})) != meta.get("id") or meta.get("id") != gdir.name:
-            report.problems.append(Problem(run_id, str(gdir / GRID_FILE),
-                                           "grid.json does not match its grid id (edited or damaged)", rerun))
-            meta = None
-    except IntegrityError:
-        report.problems.append(Problem(run_id, str(gdir / GRID_FILE), "grid.json is not valid JSON", rerun))
+        meta = st.read_grid(run_id, grid_id)
+    except IntegrityError as e:
+        problem = ("grid.json is not valid JSON" if "not valid JSON" in str(e) else
+                   "grid.json does not match its grid id (edited or damaged)" if "grid id" in str(e) else
+                   f"grid.json is damaged ({e})")
+        report.problems.append(Problem(run_id, str(grid_file), problem, rerun))
     if meta is not None:
-        for rec in meta.get("directions", []):
-            _file(report, run_id, run_dir / rec["file"], rec["sha256"], f"direction pair {rec['pair']} of the grid",
+        for rec in meta.directions:
+            _file(report, run_id, st.file(run_id, rec.file), rec.sha256, f"direction pair {rec.pair} of the grid",
                   "delete the direction file and its .json record, then rerun the grid with --resume")
     try:
-        rows = Rows(gdir / ZARR_DIR, "r")
+        rows = Rows(zarr_path, "r")
     except IntegrityError as e:
-        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR), str(e).split(":")[0] + ": metadata damaged",
-                                       rerun))
+        report.problems.append(Problem(run_id, str(zarr_path), str(e).split(":")[0] + ": metadata damaged", rerun))
         return
-    recorded = list(meta.get("epochs", [])) if meta is not None else []
+    recorded = list(meta.epochs) if meta is not None else []
     # an axis longer than grid.json lists is a growth a kill interrupted (grid.json is written last)
     if meta is not None and rows.epochs[:len(recorded)] != recorded:
-        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
-                                       f"epoch axis {rows.epochs} differs from grid.json {meta.get('epochs')}", rerun))
+        report.problems.append(Problem(run_id, str(zarr_path),
+                                       f"epoch axis {rows.epochs} differs from grid.json {meta.epochs}", rerun))
     n_epochs = len(rows.epochs)
     pairs, height = rows["done"].shape[1], rows["done"].shape[2]
     for ei in range(n_epochs):
@@ -140,18 +137,16 @@ def _verify_grid(run_id: str, run_dir: Path, gdir: Path, report: Report) -> None
                 damaged: list[str] = []
                 if not rows.row_done(ei, p, y, damaged.append):
                     if damaged:
-                        report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
-                                                       f"damaged {damaged[0]}", rerun))
+                        report.problems.append(Problem(run_id, str(zarr_path), f"damaged {damaged[0]}", rerun))
                     continue
                 report.checked["chunks"] += 3
                 if not rows.row_readable(ei, p, y):
                     report.problems.append(Problem(
-                        run_id, str(gdir / ZARR_DIR),
-                        f"damaged chunk: row {y} of pair {p}, epoch {rows.epochs[ei]}", rerun))
+                        run_id, str(zarr_path), f"damaged chunk: row {y} of pair {p}, epoch {rows.epochs[ei]}", rerun))
             try:
                 flag = rows["center_done"][ei, p]
             except DECODE_ERRORS:
                 flag = 1
             if flag and not rows.center_done(ei, p, gradient=False):
-                report.problems.append(Problem(run_id, str(gdir / ZARR_DIR),
+                report.problems.append(Problem(run_id, str(zarr_path),
                                                f"damaged centre values of pair {p}, epoch {rows.epochs[ei]}", rerun))

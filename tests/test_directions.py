@@ -9,13 +9,14 @@ import torch
 
 from landscape_cli.directions import (
     draw_random,
-    load_or_create,
+    ensure_stored,
     load_recorded,
     normalize,
     perturbed_names,
 )
 from landscape_cli.errors import IntegrityError, UnknownNameError, UsageError
 from landscape_cli.models import create_model
+from landscape_cli.store import Store
 
 
 @pytest.fixture
@@ -106,16 +107,19 @@ def test_layer_errors(weights: dict[str, torch.Tensor]) -> None:
 
 def test_stored_once_and_refused_when_damaged(weights: dict[str, torch.Tensor], tmp_path: Path) -> None:
     s = shapes(weights)
-    d1, d2, record = load_or_create(tmp_path / "directions", s, 0, 0)
-    again1, _, again = load_or_create(tmp_path / "directions", s, 0, 0)
-    assert again == record and torch.equal(d1["classifier.weight"], again1["classifier.weight"])
+    st = Store(tmp_path)
+    record = ensure_stored(st, "run", s, 0, 0)
+    raw = load_recorded(st, "run", record, s)
+    again = ensure_stored(st, "run", s, 0, 0)
+    assert again == record and torch.equal(raw["d1"]["classifier.weight"],
+                                            load_recorded(st, "run", again, s)["d1"]["classifier.weight"])
     fresh1, fresh2 = draw_random(s, 0, 0)
-    assert all(torch.equal(d1[k], fresh1[k]) and torch.equal(d2[k], fresh2[k]) for k in s)
-    path = tmp_path / record["file"]
+    assert all(torch.equal(raw["d1"][k], fresh1[k]) and torch.equal(raw["d2"][k], fresh2[k]) for k in s)
+    path = st.file("run", record.file)
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="direction pair 0"):
-        load_recorded(tmp_path, record, s)
+        load_recorded(st, "run", record, s)
     with pytest.raises(IntegrityError, match="direction pair 0"):
-        load_or_create(tmp_path / "directions", s, 0, 0)
+        ensure_stored(st, "run", s, 0, 0)

@@ -176,7 +176,7 @@ def test_same_grid_again_computes_nothing_and_more_epochs_extend_it(store: Path)
     again = grid("tiny", store=store, epochs=[2, 0], **SMALL)
     assert again.computed_rows == 0 and again.grid_id == first.grid_id
     more = grid("tiny", store=store, epochs=[0, 1, 2], **SMALL)
-    assert more.grid_id == first.grid_id and more.computed_rows == 2 * 5 and more.meta["epochs"] == [0, 2, 1]
+    assert more.grid_id == first.grid_id and more.computed_rows == 2 * 5 and more.meta.epochs == [0, 2, 1]
     assert len(list((store).glob("*/grids/*"))) == 1
 
 
@@ -198,7 +198,7 @@ def test_zoom_and_layer_grids_share_the_directions(store: Path) -> None:
     zoom = grid("tiny", store=store, span=0.01, **SMALL)
     layer = grid("tiny", store=store, layer="features.4.weight", **SMALL)
     assert zoom.grid_id != base.grid_id != layer.grid_id
-    assert base.meta["directions"] == zoom.meta["directions"] == layer.meta["directions"]
+    assert base.meta.directions == zoom.meta.directions == layer.meta.directions
     run_dir = base.path.parent.parent
     assert len(list((run_dir / "directions").glob("*.pt"))) == 2
 
@@ -222,8 +222,8 @@ def test_directions_from_another_run_of_the_same_model(store: Path) -> None:
     source = grid("tiny", store=store, seed=7, norm="filter-std", name="src", **SMALL)
     tanh = train("cnn", "digits", epochs=1, activation="tanh", store=store, progress=False)
     reused = grid(tanh.run_id, store=store, directions_from="src", **SMALL)
-    assert reused.meta["config"]["seed"] == 7 and reused.meta["config"]["norm"] == "filter-std"
-    assert [d["id"] for d in reused.meta["directions"]] == [d["id"] for d in source.meta["directions"]]
+    assert reused.meta.config.seed == 7 and reused.meta.config.norm == "filter-std"
+    assert [d.id for d in reused.meta.directions] == [d.id for d in source.meta.directions]
     mlp = train("mlp", "digits", epochs=0, store=store, progress=False)
     with pytest.raises(UsageError, match="same architecture"):
         grid(mlp.run_id, store=store, directions_from="src", **SMALL)

@@ -110,7 +110,7 @@ def test_epochs_side_by_side_and_reduce(store: Path) -> None:
 def test_runs_side_by_side_share_one_scale(store: Path) -> None:
     result = plot(["relu", "tanh"], grids=["main"], epochs=[0, 2], store=store)
     assert result.shape == (2, 2)
-    assert [p.source.run["name"] for p in result.panels] == ["relu", "relu", "tanh", "tanh"]
+    assert [p.source.run.name for p in result.panels] == ["relu", "relu", "tanh", "tanh"]
     assert len({(im.norm.vmin, im.norm.vmax) for im in _images(result)}) == 1
     assert np.array_equal(result.panels[3].values, _ds(store, "tanh", "main").loss.sel(epoch=2, pair=0, batch=0).values)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from landscape_cli._io import atomic_file, canonical_json, check_hash, file_sha256, short_hash, write_json
+from landscape_cli.config import TrainConfig
 from landscape_cli.errors import (
     AmbiguousReferenceError,
     IntegrityError,
@@ -15,16 +17,8 @@ from landscape_cli.errors import (
     StoreError,
     UsageError,
 )
-from landscape_cli.store import (
-    Store,
-    atomic_file,
-    canonical_json,
-    check_hash,
-    file_sha256,
-    short_hash,
-    store_root,
-    write_json,
-)
+from landscape_cli.meta import Damaged, RunMeta
+from landscape_cli.store import Store, store_root
 
 
 def test_ids_are_canonical() -> None:
@@ -83,9 +77,32 @@ def test_check_hash(tmp_path: Path) -> None:
         check_hash(p, digest, "thing")
 
 
+def _run_meta(run_id: str, name: str | None = None) -> RunMeta:
+    return RunMeta(id=run_id, name=name, config=TrainConfig("mlp", "digits"),
+                   model={"name": "mlp", "args": {}, "parameters": 1}, dataset={"name": "digits", "train_size": 10},
+                   epochs_requested=0, epochs=[], resume=None, versions={}, created="")
+
+
 def _fake_run(store: Store, run_id: str, name: str | None = None) -> None:
     store.run_dir(run_id).mkdir(parents=True)
-    write_json(store.run_dir(run_id) / "run.json", {"id": run_id, "name": name})
+    store.write_run(_run_meta(run_id, name))
+
+
+def test_metadata_round_trips_and_checks_its_format(tmp_path: Path) -> None:
+    st = Store(tmp_path)
+    _fake_run(st, "abc111111111", "first")
+    meta = st.read_run("abc111111111")
+    assert meta.to_json() == json.loads(st.run_file("abc111111111").read_text())
+    raw = meta.to_json()
+    write_json(st.run_file("abc111111111"), {**raw, "format": 9})
+    with pytest.raises(IntegrityError, match=r"format 9.*newer release; upgrade landscape"):
+        st.read_run("abc111111111")
+    write_json(st.run_file("abc111111111"), {k: v for k, v in raw.items() if k != "epochs"})
+    with pytest.raises(IntegrityError, match="has no 'epochs'"):
+        st.read_run("abc111111111")
+    write_json(st.run_file("abc111111111"), {**raw, "epochs_requested": "3"})
+    with pytest.raises(IntegrityError, match="'epochs_requested' is '3'"):
+        st.read_run("abc111111111")
 
 
 def test_references(tmp_path: Path) -> None:
@@ -113,7 +130,7 @@ def test_damaged_run_json_is_reported_not_fatal(tmp_path: Path) -> None:
     _fake_run(st, "abc111111111")
     (st.run_dir("abc111111111") / "run.json").write_text('{"id": "abc1')
     [run] = st.runs()
-    assert "damaged" in run and "not valid JSON" in run["damaged"]
+    assert isinstance(run, Damaged) and "not valid JSON" in run.error
     with pytest.raises(IntegrityError):
         st.read_run("abc111111111")
 

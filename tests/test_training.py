@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from conftest import REPO, run_cli, subprocess_env
 
 from landscape_cli import train
+from landscape_cli._io import file_sha256
 from landscape_cli.checkpoints import state_hash
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import IntegrityError, LockedError
 from landscape_cli.locks import FileLock
+from landscape_cli.meta import RunMeta
 from landscape_cli.models import create_model
-from landscape_cli.store import Store, file_sha256
+from landscape_cli.store import Store
 
 
 def _independent_eval(path: Path) -> tuple[float, float]:
@@ -92,19 +94,19 @@ def test_continuing_equals_training_in_one_go(tmp_path: Path) -> None:
     train("cnn", "digits", epochs=1, store=tmp_path / "b", progress=False, batch_size=64)
     resumed = train("cnn", "digits", epochs=3, store=tmp_path / "b", progress=False, batch_size=64)
     assert resumed.trained == [2, 3]
-    assert [e["weights_sha256"] for e in resumed.meta["epochs"]] == [
-        e["weights_sha256"] for e in straight.meta["epochs"]]
+    assert [e.weights_sha256 for e in resumed.meta.epochs] == [
+        e.weights_sha256 for e in straight.meta.epochs]
 
 
 def test_sgd_with_momentum_trains(store: Path) -> None:
     result = train("mlp", "digits", epochs=3, store=store, progress=False, optimizer="sgd", lr=0.05, momentum=0.9)
-    losses = [e["val_loss"] for e in result.meta["epochs"]]
+    losses = [e.val_loss for e in result.meta.epochs]
     assert losses[-1] < losses[0] * 0.5
 
 
 def test_resnet_reaches_90_percent_on_digits(store: Path) -> None:
     result = train("resnet", "digits", epochs=5, store=store, progress=False)
-    assert result.meta["epochs"][-1]["val_accuracy"] >= 0.90
+    assert result.meta.epochs[-1].val_accuracy >= 0.90
 
 
 def test_damaged_checkpoint_is_refused_on_resume(store: Path) -> None:
@@ -133,11 +135,12 @@ def test_a_run_in_training_is_not_trained_twice(store: Path) -> None:
 def _checkpoint_hashes(store: Path) -> list[str]:
     """Hashes of every checkpoint's tensors, recomputed from the files."""
     [run] = Store(store).runs()
+    assert isinstance(run, RunMeta)
     out = []
-    for e in run["epochs"]:
-        ckpt = torch.load(Store(store).run_dir(run["id"]) / e["checkpoint"], weights_only=True)
-        assert state_hash(ckpt["state_dict"]) == e["weights_sha256"]
-        out.append(e["weights_sha256"])
+    for e in run.epochs:
+        ckpt = torch.load(Store(store).file(run.id, e.checkpoint), weights_only=True)
+        assert state_hash(ckpt["state_dict"]) == e.weights_sha256
+        out.append(e.weights_sha256)
     return out
 
 
@@ -158,7 +161,7 @@ def test_killed_training_resumes_bitwise(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     [run] = Store(killed).runs()
-    assert 2 <= len(run["epochs"]) < 5, "the kill should land mid-training"
+    assert isinstance(run, RunMeta) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
     resumed = run_cli(*TRAIN_ARGS, "--store", str(killed))
     assert resumed.returncode == 0, resumed.stderr
     assert _checkpoint_hashes(killed) == _checkpoint_hashes(tmp_path / "ref")

@@ -1,0 +1,196 @@
+"""File primitives of the store: canonical ids, hashes, atomic writes and one-line OS errors.
+
+Every file is written under a temporary name and renamed into place (``os.replace``), so a reader
+never sees a half-written file; a failed write leaves the old file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import IntegrityError, StoreError
+
+ID_LENGTH = 12
+PARTIAL_SUFFIX = ".partial"
+
+
+# --- hashing -----------------------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> str:
+    """The one JSON spelling of `obj` that ids are computed from (sorted keys, no spaces)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def short_hash(obj: Any) -> str:
+    """A short sha256 of the canonical JSON of `obj`: the id of a run or grid."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:ID_LENGTH]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_hash(path: Path, expected: str, what: str) -> None:
+    """Refuse a file that is missing or no longer matches the hash recorded when it was written."""
+    if not path.exists():
+        raise IntegrityError(f"{what} is missing: {path}; run `landscape verify` to see what else is damaged")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise IntegrityError(
+            f"{what} was modified or damaged since it was written: {path} "
+            f"(sha256 {actual[:12]}, recorded {expected[:12]}); run `landscape verify`, then delete "
+            "the damaged file and rerun the command that made it"
+        )
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def os_error(e: OSError, path: Path | str) -> StoreError:
+    """Turn an OSError while writing `path` into one line that says what to do."""
+    if e.errno == errno.ENOSPC:
+        return StoreError(
+            f"disk full while writing {path}: free some space, then run the same command again "
+            "(finished work was kept)"
+        )
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(
+            f"cannot write {path} ({e.strerror.lower() if e.strerror else 'permission denied'}): "
+            "pass --store with a writable directory or set LANDSCAPE_STORE"
+        )
+    return StoreError(f"cannot write {path}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary name to write; it replaces `path` only if the block finishes without error.
+
+    `keep_suffix` ends the temporary name in `path`'s suffix too, for writers that pick the file
+    format from the name (matplotlib, Pillow).
+    """
+    tail = path.suffix if keep_suffix else ""
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{tail}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise os_error(e, path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a file to write; it replaces `path` only if the block finishes without error."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def check_writable(directory: Path) -> None:
+    """Fail with one clear line (a StoreError) if files cannot be created in `directory`."""
+    probe = directory / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise os_error(e, directory) from e
+
+
+@contextlib.contextmanager
+def leave_no_trace(new_dirs: list[Path], finished: Path) -> Iterator[None]:
+    """On any failure before `finished` exists, remove the directories in `new_dirs` (made by this call).
+
+    A new run or grid that fails before its metadata is written (full disk, Ctrl-C...) then leaves the
+    store as it was. `new_dirs` are the ones that did not exist before, outermost first.
+    """
+    try:
+        yield
+    except BaseException:
+        if not finished.exists():
+            for d in reversed(new_dirs):
+                shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IntegrityError(
+            f"{path} is not valid JSON ({e.msg} at line {e.lineno}): it was damaged; "
+            "run `landscape verify`"
+        ) from e
+
+
+def make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, path) from e
+
+
+def remove_partials(directory: Path) -> None:
+    """Delete temporary files left by a killed writer (call only while holding the lock)."""
+    if directory.is_dir():
+        for p in directory.glob(f"*{PARTIAL_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def create_once(path: Path, write: Callable[[IO[bytes]], None]) -> bool:
+    """Write `path` with `write` unless it exists (atomically, never replacing); True if this call made it."""
+    make_dirs(path.parent)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process made it first: keep theirs
+            return False
+        return True
+    except OSError as e:
+        raise os_error(e, path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
