@@ -80,13 +80,13 @@ def child(store_path: str, mode: str, width: int) -> dict[str, float]:
         from landscape_cli import evaluate
 
         rows_peak = []
-        center = evaluate.Plane.center
+        center = evaluate.Affine.center
 
         def center_after_rows(plane, *args):  # type: ignore[no-untyped-def]
             rows_peak.append((status_kb("VmHWM") - start_rss) / 1024)
             return center(plane, *args)
 
-        evaluate.Plane.center = center_after_rows  # type: ignore[method-assign]
+        evaluate.Affine.center = center_after_rows  # type: ignore[method-assign]
         t0 = time.perf_counter()
         result = grid(run.run_id, width=width, pairs=1, batches=BATCHES, batch_size=BATCH_SIZE, store=store,
                       progress=False, device="cpu", gradient=mode == "grid")

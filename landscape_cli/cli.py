@@ -191,8 +191,8 @@ def grid(
         str | None, typer.Option(help="Checkpoints to use, e.g. 0,1,9 or 0-9 (default: all of the run's).",
                                  show_default=False)
     ] = None,
-    width: Annotated[int, typer.Option(help="Points per axis.")] = GridConfig.width,
-    span: Annotated[float, typer.Option(help="The grid covers a, b in [-span, span] (0.01: the 100x zoom).")] = GridConfig.span,
+    width: Annotated[int, typer.Option(help="Points per axis.")] = 41,
+    span: Annotated[float, typer.Option(help="The grid covers a, b in [-span, span] (0.01: the 100x zoom).")] = 1.0,
     pairs: Annotated[int, typer.Option(help="Random direction pairs.")] = GridConfig.pairs,
     batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (unshuffled).")] = GridConfig.batches,
     batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = GridConfig.batch_size,
@@ -239,8 +239,8 @@ def grid(
 
     Example: `landscape grid quickstart --epochs 0,5 --width 21`
     """
+    from .config import parse_epochs
     from .grids import grid as compute_grid
-    from .grids import parse_epochs
 
     try:
         result = compute_grid(
@@ -339,7 +339,7 @@ def plot(
 
     Example: `landscape plot quickstart --epochs 0,5 --reduce mean`
     """
-    from .grids import parse_epochs
+    from .config import parse_epochs
     from .plotting import plot as draw_plot
 
     if epoch is not None and epochs is not None:

@@ -86,21 +86,60 @@ class TrainConfig:
 
 NORMS = ("filter", "filter-std", "layer", "none")
 BN_MODES = ("train", "eval")
-GRID_FORMAT = 1
+IDENTITY_FORMAT = 1  # part of every grid id: never change it (ids of existing grids would change)
 MAX_WIDTH = 1001
+RANDOM = "random"
+# the identity spelling of each direction kind (the first release wrote "random-normal")
+KIND_IDENTITY = {RANDOM: "random-normal"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a grid: coefficients from `lo` to `hi` (`count` points) along a direction of `kind`.
+
+    `lo`/`hi` are None when the kind chooses the range when the grid is made (a PCA plane covers
+    its projected path); the chosen range is recorded in grid.json and the Zarr coordinates.
+    """
+
+    kind: str
+    count: int
+    lo: float | None
+    hi: float | None
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count, "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> Axis:
+        lo, hi = d["lo"], d["hi"]
+        return cls(str(d["kind"]), int(d["count"]), None if lo is None else float(lo), None if hi is None else float(hi))
+
+    @property
+    def symmetric_span(self) -> float | None:
+        """s when the axis covers [-s, s] exactly, else None."""
+        if self.lo is None or self.hi is None or self.lo != -self.hi:
+            return None
+        return self.hi
+
+
+def square_axes(kind: str, width: int, span: float, dims: int = 2) -> tuple[Axis, ...]:
+    """`dims` axes of `width` points each covering [-span, span] (the first release's only shape)."""
+    return tuple(Axis(kind, width, -span, span) for _ in range(dims))
 
 
 @dataclass(frozen=True)
 class GridConfig:
     """Everything that determines a grid's values except which epochs it covers.
 
-    The epoch axis grows: asking an existing grid for more epochs adds them to the same grid, so
-    epochs computed once are never computed again.
+    A grid is its axes (1 or 2, x first): each a direction kind, a range and a number of points;
+    the Zarr layout, coordinates, id and plot type follow from them. The epoch axis grows: asking
+    an existing grid for more epochs adds them to the same grid, so epochs computed once are never
+    computed again. Kind options (`target_*` for interpolation, `trajectory` for PCA) are None for
+    kinds that do not use them and then stay out of the id.
     """
 
     run: str
-    width: int = 41
-    span: float = 1.0
+    axes: tuple[Axis, ...] = square_axes(RANDOM, 41, 1.0)
     pairs: int = 3
     batches: int = 3
     batch_size: int = 256
@@ -110,11 +149,48 @@ class GridConfig:
     layer: str | None = None
     single_kernel: bool = False
     bn: str = "train"
-    directions: str = "random-normal"
+    target_run: str | None = None  # interpolate: the run and epoch the line ends at (t = 1)
+    target_epoch: int | None = None
+    trajectory: tuple[int, ...] | None = None  # pca: the checkpoints whose trajectory defines the plane
+
+    @property
+    def kind(self) -> str:
+        """The direction kind of the grid's axes (mixed kinds are not supported yet)."""
+        return self.axes[0].kind
+
+    @property
+    def dims(self) -> int:
+        return len(self.axes)
+
+    @property
+    def width(self) -> int:
+        """Points along x."""
+        return self.axes[0].count
+
+    @property
+    def rows(self) -> int:
+        """Work units per (epoch, pair): the points along y (1 for a line)."""
+        return self.axes[1].count if self.dims == 2 else 1
+
+    @property
+    def points_per_row(self) -> int:
+        return self.axes[0].count
+
+    @property
+    def span(self) -> float | None:
+        """s when every axis covers [-s, s] (random grids), else None."""
+        spans = {a.symmetric_span for a in self.axes}
+        return spans.pop() if len(spans) == 1 else None
 
     def validate(self) -> GridConfig:
-        positive_int(self.width, "--width", minimum=2, maximum=MAX_WIDTH)
-        finite(self.span, "--span", positive=True)
+        if self.dims not in (1, 2):
+            raise UsageError(f"--dims must be 1 or 2, got {self.dims}")
+        if len({a.kind for a in self.axes}) != 1:
+            raise UsageError("axes of different direction kinds are not supported yet: use one --directions for both")
+        for axis, name in zip(self.axes, ("--width", "--width"), strict=False):
+            positive_int(axis.count, name, minimum=2, maximum=MAX_WIDTH)
+            if axis.lo is not None and axis.hi is not None:
+                check_range(axis.lo, axis.hi, "--range")
         positive_int(self.pairs, "--pairs", maximum=1000)
         positive_int(self.batches, "--batches")
         positive_int(self.batch_size, "--batch-size")
@@ -126,7 +202,23 @@ class GridConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        return {**asdict(self), "format": GRID_FORMAT}
+        """What the grid id is the hash of. A 2-D square random grid is spelled as the first release spelled
+        it (width, span), so its id is unchanged; every key added since is left out at its old default."""
+        out: dict[str, Any] = {"run": self.run}
+        span = self.span
+        if self.kind == RANDOM and self.dims == 2 and span is not None and self.axes[0].count == self.axes[1].count:
+            out.update(width=self.axes[0].count, span=span)
+        else:
+            out["axes"] = [a.identity() for a in self.axes]
+        out.update(pairs=self.pairs, batches=self.batches, batch_size=self.batch_size, seed=self.seed, norm=self.norm,
+                   perturb_biasbn=self.perturb_biasbn, layer=self.layer, single_kernel=self.single_kernel, bn=self.bn,
+                   directions=KIND_IDENTITY.get(self.kind, self.kind))
+        if self.target_run is not None:
+            out["target"] = {"run": self.target_run, "epoch": self.target_epoch}
+        if self.trajectory is not None:
+            out["trajectory"] = list(self.trajectory)
+        out["format"] = IDENTITY_FORMAT
+        return out
 
     @property
     def grid_id(self) -> str:
@@ -135,9 +227,65 @@ class GridConfig:
     @classmethod
     def from_identity(cls, d: dict[str, Any]) -> GridConfig:
         """The configuration whose `identity()` is `d` (as grid.json stores it)."""
-        if d.get("format") != GRID_FORMAT:
+        if d.get("format") != IDENTITY_FORMAT:
             raise ValueError(f"unknown grid configuration format {d.get('format')!r}")
-        unknown = set(d) - set(cls.__dataclass_fields__) - {"format"}
+        kinds = {v: k for k, v in KIND_IDENTITY.items()}
+        kind = kinds.get(d["directions"], d["directions"])
+        if "axes" in d:
+            axes = tuple(Axis.from_identity(a) for a in d["axes"])
+        else:
+            axes = square_axes(kind, int(d["width"]), float(d["span"]))
+        known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
+                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "format"}
+        unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        target = d.get("target") or {}
+        trajectory = d.get("trajectory")
+        return cls(run=str(d["run"]), axes=axes, pairs=int(d["pairs"]), batches=int(d["batches"]),
+                   batch_size=int(d["batch_size"]), seed=int(d["seed"]), norm=str(d["norm"]),
+                   perturb_biasbn=bool(d["perturb_biasbn"]), layer=d["layer"], single_kernel=bool(d["single_kernel"]),
+                   bn=str(d["bn"]), target_run=target.get("run"), target_epoch=target.get("epoch"),
+                   trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None)
+
+
+def check_range(lo: float, hi: float, option: str) -> tuple[float, float]:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise UsageError(f"{option} {lo:g},{hi:g}: both ends must be finite numbers")
+    if lo >= hi:
+        raise UsageError(f"{option} {lo:g},{hi:g}: the low end must be below the high end")
+    return lo, hi
+
+
+def parse_range(text: str | None, option: str = "--range") -> tuple[float, float] | None:
+    """'LO,HI' -> (LO, HI), both finite and LO < HI; None -> None."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lo, hi = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UsageError(f"bad {option} {text!r}: give two numbers LO,HI like -0.5,1.5") from None
+    return check_range(lo, hi, option)
+
+
+def parse_epochs(text: str | None) -> list[int] | None:
+    """'0,1,9' or '0-3,9' -> [0, 1, 9] / [0, 1, 2, 3, 9]; None -> None (all)."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"bad --epochs {text!r}: give epoch numbers like 0,1,9 or a range like 0-9") from None
+    for e in out:
+        positive_int(e, "an epoch number", minimum=0)
+    return out

@@ -1,10 +1,13 @@
-"""The compute kernel: loss and accuracy of a model at points w + a·d1 + b·d2 on fixed batches.
+"""The compute kernel: loss and accuracy of a model at points of a low-dimensional slice of its weights.
 
-A grid point costs one forward pass per batch. The perturbed weights are written in place
-(``torch._foreach_*``: no state_dict copies), every point from the saved centre weights so that a
-point's value never depends on which points came before it (resuming gives bitwise the same
-numbers), and the batches stay on the device. On exit the model's weights, BatchNorm buffers and
-train/eval modes are exactly as they were.
+A slice maps coordinates to weights: `Affine` is w + Σ c_k·d_k (random, PCA and later Hessian
+directions, one or two of them), `Segment` is (1 − t)·w_a + t·w_b (interpolation between two
+checkpoints: in this form t = 0 and t = 1 give each checkpoint's weights exactly). A grid point
+costs one forward pass per batch. The weights are written in place (``torch._foreach_*``: no
+state_dict copies), every point from the saved starting weights so that a point's value never
+depends on which points came before it (resuming gives bitwise the same numbers), and the batches
+stay on the device. On exit the model's weights, BatchNorm buffers and train/eval modes are
+exactly as they were.
 
 BatchNorm modes: ``train`` (the default, as in the reference experiment) normalizes with the batch's
 own statistics, i.e. the loss of one training step on that batch, without updating the running
@@ -25,16 +28,24 @@ from torch import Tensor, nn
 from .config import BN_MODES, choice
 
 Batch = tuple[Tensor, Tensor]
+Point = Sequence[float]
 
 
 @dataclass
 class Center:
-    """Loss, accuracy and the loss gradient projected on (d1, d2) at the centre, per batch."""
+    """Loss, accuracy and the loss gradient projected on each direction at the centre, per batch."""
 
-    loss: np.ndarray
-    accuracy: np.ndarray
-    grad_a: np.ndarray  # d/da L(w + a·d1 + b·d2) at a = b = 0
-    grad_b: np.ndarray
+    loss: np.ndarray  # [batch]
+    accuracy: np.ndarray  # [batch]
+    grads: np.ndarray  # [direction, batch]: d/dc_k L(w + Σ c·d) at c = 0 (NaN when not computed)
+
+    @property
+    def grad_a(self) -> np.ndarray:
+        return self.grads[0]
+
+    @property
+    def grad_b(self) -> np.ndarray:
+        return self.grads[1]
 
 
 def _like(p: Tensor, t: Tensor) -> Tensor:
@@ -44,44 +55,41 @@ def _like(p: Tensor, t: Tensor) -> Tensor:
     return torch.empty_like(p).copy_(t)
 
 
-class Plane:
-    """A model whose weights can be set to any point of one plane (inside `PlaneEvaluator.plane`)."""
+class Slice:
+    """A model whose tensors (`self.tensors`) can be set to any point of the slice (inside `Evaluator`)."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], names: list[str],
-                 d1: Mapping[str, Tensor], d2: Mapping[str, Tensor]) -> None:
-        params = dict(model.named_parameters())
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], dims: int) -> None:
         self.model = model
         self.batches = batches
-        self.params: list[Tensor] = [params[n] for n in names]
-        # the centre weights, copied at the first move and dropped by `center()`, so that the
+        self.tensors = tensors
+        self.dims = dims
+        # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
-        self.d1 = [_like(p, d1[n]) for p, n in zip(self.params, names, strict=True)]
-        self.d2 = [_like(p, d2[n]) for p, n in zip(self.params, names, strict=True)]
 
-    @torch.no_grad()
-    def _set(self, a: float, b: float) -> None:
+    def _save(self) -> list[Tensor]:
         if self.base is None:
-            self.base = [p.detach().clone() for p in self.params]
-        torch._foreach_copy_(self.params, self.base)
-        if a != 0.0:
-            torch._foreach_add_(self.params, self.d1, alpha=a)
-        if b != 0.0:
-            torch._foreach_add_(self.params, self.d2, alpha=b)
+            self.base = [t.detach().clone() for t in self.tensors]
+        return self.base
+
+    def _set(self, point: Point) -> None:
+        raise NotImplementedError
 
     def restore(self) -> None:
         if self.base is not None:
             with torch.no_grad():
-                torch._foreach_copy_(self.params, self.base)
+                torch._foreach_copy_(self.tensors, self.base)
 
-    def evaluate(self, points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
-        """Loss and accuracy at each (a, b): two float32 arrays [len(points), len(batches)]."""
-        device = self.params[0].device if self.params else torch.device("cpu")
+    def evaluate(self, points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and accuracy at each point: two float32 arrays [len(points), len(batches)]."""
+        device = self.tensors[0].device if self.tensors else torch.device("cpu")
         loss = torch.empty(len(points), len(self.batches), device=device)
         acc = torch.empty(len(points), len(self.batches), device=device)
         with torch.no_grad():
-            for i, (a, b) in enumerate(points):
-                self._set(a, b)
+            for i, point in enumerate(points):
+                if len(point) != self.dims:
+                    raise ValueError(f"a point of this slice has {self.dims} coordinates, got {tuple(point)}")
+                self._set(point)
                 for j, (x, y) in enumerate(self.batches):
                     out = self.model(x)
                     loss[i, j] = F.cross_entropy(out, y)
@@ -89,23 +97,52 @@ class Plane:
             self.restore()
         return loss.cpu().numpy(), acc.cpu().numpy()
 
+    def _values(self) -> tuple[np.ndarray, np.ndarray]:
+        losses, accs = [], []
+        with torch.no_grad():
+            for x, y in self.batches:
+                out = self.model(x)
+                losses.append(F.cross_entropy(out, y).item())
+                accs.append((out.argmax(1) == y).float().mean().item())
+        return np.array(losses, np.float32), np.array(accs, np.float32)
+
     def center(self, gradient: bool = True) -> Center:
-        """Values and projected gradients at the centre (the gradient of the 2-D slice at 0).
+        """Values at the centre (all coordinates 0); gradients are NaN unless the slice defines them."""
+        self.restore()
+        self.base = None
+        loss, acc = self._values()
+        return Center(loss, acc, np.full((self.dims, len(loss)), np.nan, np.float32))
+
+
+class Affine(Slice):
+    """w + Σ c_k·d_k over the parameters named in the directions (1 or 2 directions)."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], directions: Sequence[Mapping[str, Tensor]]) -> None:
+        params = dict(model.named_parameters())
+        names = list(directions[0])
+        self.params: list[Tensor] = [params[n] for n in names]
+        super().__init__(model, batches, self.params, len(directions))
+        self.directions = [[_like(p, d[n]) for p, n in zip(self.params, names, strict=True)] for d in directions]
+
+    @torch.no_grad()
+    def _set(self, point: Point) -> None:
+        base = self._save()
+        torch._foreach_copy_(self.params, base)
+        for c, d in zip(point, self.directions, strict=True):
+            if c != 0.0:
+                torch._foreach_add_(self.params, d, alpha=c)
+
+    def center(self, gradient: bool = True) -> Center:
+        """Values and projected gradients at the centre (the gradient of the slice at 0).
 
         The gradient costs one backward pass per batch, i.e. the memory of one training step; with
         `gradient=False` only the values are computed (forward passes) and the gradients are NaN.
         """
-        losses, accs, ga, gb = [], [], [], []
+        if not gradient:
+            return super().center(False)
         self.restore()
         self.base = None
-        if not gradient:
-            with torch.no_grad():
-                for x, y in self.batches:
-                    out = self.model(x)
-                    losses.append(F.cross_entropy(out, y).item())
-                    accs.append((out.argmax(1) == y).float().mean().item())
-            nan = np.full(len(losses), np.nan, np.float32)
-            return Center(np.array(losses, np.float32), np.array(accs, np.float32), nan, nan.copy())
+        losses, accs, grads = [], [], []
         flags = [p.requires_grad for p in self.params]
         for p in self.params:
             p.requires_grad_(True)
@@ -114,17 +151,43 @@ class Plane:
                 with torch.enable_grad():
                     out = self.model(x)
                     loss = F.cross_entropy(out, y)
-                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                    g = torch.autograd.grad(loss, self.params, allow_unused=True)
                 losses.append(loss.item())
                 accs.append((out.argmax(1) == y).float().mean().item())
-                ga.append(_dot(grads, self.d1))
-                gb.append(_dot(grads, self.d2))
-                del out, loss, grads
+                grads.append([_dot(g, d) for d in self.directions])
+                del out, loss, g
         finally:
             for p, flag in zip(self.params, flags, strict=True):
                 p.requires_grad_(flag)
         f32 = np.float32
-        return Center(np.array(losses, f32), np.array(accs, f32), np.array(ga, f32), np.array(gb, f32))
+        return Center(np.array(losses, f32), np.array(accs, f32), np.array(grads, f32).T.copy())
+
+
+class Segment(Slice):
+    """(1 − t)·a + t·b for each tensor (parameters, and buffers such as BatchNorm statistics)."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], start: Sequence[Tensor],
+                 end: Sequence[Tensor]) -> None:
+        super().__init__(model, batches, tensors, 1)
+        self.start = [_like(t, s) for t, s in zip(tensors, start, strict=True)]
+        self.end = [_like(t, e) for t, e in zip(tensors, end, strict=True)]
+
+    @torch.no_grad()
+    def _set(self, point: Point) -> None:
+        (t,) = point
+        self._save()
+        torch._foreach_copy_(self.tensors, self.start)
+        if t != 0.0:
+            torch._foreach_mul_(self.tensors, 1.0 - t)
+            torch._foreach_add_(self.tensors, self.end, alpha=t)
+
+    def center(self, gradient: bool = True) -> Center:
+        """Values at t = 0 (the start); the slice has no gradient along t of its own."""
+        self._set((0.0,))
+        loss, acc = self._values()
+        self.restore()
+        self.base = None
+        return Center(loss, acc, np.full((1, len(loss)), np.nan, np.float32))
 
 
 def _dot(grads: Sequence[Tensor | None], direction: list[Tensor]) -> float:
@@ -135,7 +198,7 @@ def _dot(grads: Sequence[Tensor | None], direction: list[Tensor]) -> float:
     return float(total)
 
 
-class PlaneEvaluator:
+class Evaluator:
     """Evaluates `model` on fixed `batches` (already on the model's device) in a BatchNorm mode."""
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train") -> None:
@@ -144,9 +207,8 @@ class PlaneEvaluator:
         self.bn = choice(bn, BN_MODES, "--bn mode")
 
     @contextlib.contextmanager
-    def plane(self, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor]) -> Iterator[Plane]:
-        """Set the modes, yield a `Plane` over the parameters named in d1, then restore everything."""
-        names = list(d1)
+    def _modes(self) -> Iterator[None]:
+        """Set the BatchNorm mode for the block, then restore every mode and buffer of the model."""
         modes = {m: (m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()}
         buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         self.model.eval()
@@ -155,11 +217,9 @@ class PlaneEvaluator:
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.train()
                     m.track_running_stats = False  # batch statistics, running buffers untouched
-        plane = Plane(self.model, self.batches, names, d1, d2)
         try:
-            yield plane
+            yield
         finally:
-            plane.restore()
             for m, (training, track) in modes.items():
                 m.training = training
                 if track is not None:
@@ -167,6 +227,32 @@ class PlaneEvaluator:
             with torch.no_grad():
                 for k, v in self.model.named_buffers():
                     v.copy_(buffers[k])
+
+    @contextlib.contextmanager
+    def slice(self, s: Slice) -> Iterator[Slice]:
+        """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
+        with self._modes():
+            try:
+                yield s
+            finally:
+                s.restore()
+
+    def affine(self, directions: Sequence[Mapping[str, Tensor]]) -> contextlib.AbstractContextManager[Slice]:
+        """w + Σ c_k·d_k, for the parameters named in the directions (those not named stay put)."""
+        return self.slice(Affine(self.model, self.batches, directions))
+
+    def segment(self, tensors: list[Tensor], start: Sequence[Tensor],
+                end: Sequence[Tensor]) -> contextlib.AbstractContextManager[Slice]:
+        """(1 − t)·start + t·end written into `tensors` (parameters or buffers of the model)."""
+        return self.slice(Segment(self.model, self.batches, tensors, start, end))
+
+    def plane(self, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor]) -> contextlib.AbstractContextManager[Slice]:
+        return self.affine([d1, d2])
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's own loss and accuracy on each batch (in this evaluator's BatchNorm mode)."""
+        with self._modes():
+            return Slice(self.model, self.batches, [], 0)._values()
 
 
 def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, Tensor],
@@ -177,10 +263,9 @@ def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, 
     For notebook use with any model: `d1`/`d2` map parameter names to direction tensors (e.g. from
     `landscape_cli.directions.normalize`); parameters not named are not perturbed.
     """
-    evaluator = PlaneEvaluator(model, batches, bn)
     loss = np.empty((len(batches), len(b_values), len(a_values)), np.float32)
     acc = np.empty_like(loss)
-    with evaluator.plane(d1, d2) as plane:
+    with Evaluator(model, batches, bn).plane(d1, d2) as plane:
         for row, b in enumerate(b_values):
             l_row, a_row = plane.evaluate([(float(a), float(b)) for a in a_values])
             loss[:, row, :], acc[:, row, :] = l_row.T, a_row.T

@@ -185,9 +185,9 @@ class DirectionRecord:
 class GridMeta:
     """grid.json: the grid's configuration (its id is the hash of it), epochs and direction files.
 
-    `kind` holds what the grid's direction kind recorded when the grid was made (e.g. the resolved
-    ranges of a PCA plane, the checkpoint an interpolation ends at); `axes` the coordinate range
-    of each axis as created.
+    `ranges` is the [lo, hi] of each axis as created (a kind may choose them, e.g. a PCA plane
+    covers its path); `kind` holds what the grid's direction kind recorded when the grid was made
+    (e.g. a PCA plane's explained variance and path, the checkpoint an interpolation ends at).
     """
 
     id: str
@@ -200,6 +200,7 @@ class GridMeta:
     versions: dict[str, str]
     created: str
     updated: str | None = None
+    ranges: list[tuple[float, float]] = field(default_factory=list)
     kind: dict[str, Any] = field(default_factory=dict)
     format: int = GRID_FORMAT
 
@@ -212,6 +213,12 @@ class GridMeta:
         except (TypeError, ValueError, KeyError) as e:
             raise IntegrityError(f"{where}: the grid configuration cannot be read ({e}): damaged") from e
         name = d.get("name")
+        if fmt >= 2:
+            ranges = [(float(lo), float(hi)) for lo, hi in _need(d, "ranges", list, where)]
+        else:  # the first release made square random grids only: the ranges are in the configuration
+            ranges = [(float(a.lo), float(a.hi)) for a in cfg.axes if a.lo is not None and a.hi is not None]
+        if len(ranges) != cfg.dims:
+            raise IntegrityError(f"{where}: {len(ranges)} axis ranges for a {cfg.dims}-D grid (damaged)")
         return cls(
             id=str(_need(d, "id", str, where)),
             name=str(name) if name is not None else None,
@@ -223,6 +230,7 @@ class GridMeta:
             versions=dict(d.get("versions") or {}),
             created=str(d.get("created") or ""),
             updated=d.get("updated"),
+            ranges=ranges,
             kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
             format=GRID_FORMAT,
         )
@@ -237,6 +245,7 @@ class GridMeta:
             "epochs": self.epochs,
             "directions": [r.to_json() for r in self.directions],
             "parameters": self.parameters,
+            "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
             "versions": self.versions,
             "created": self.created,

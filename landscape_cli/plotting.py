@@ -453,7 +453,7 @@ def plot(
     sources = select_sources(st, runs, grids)
     chosen = _epochs_for(sources, epochs, animate)
     style = Style(metric, contour, surface, log, clip)
-    span = float(sources[0].grid.config.span)
+    span = float(sources[0].grid.config.span or 1.0)
 
     frames = [[e] for e in chosen] if animate else [chosen]
     built = [build_panels(sources, f, metric, pair, batch, reduce) for f in frames]

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from landscape_cli.config import GridConfig, TrainConfig
+from landscape_cli.plan import GridOptions, resolve
+from landscape_cli.store import Store
 
 LEGACY = Path(__file__).parent / "data" / "legacy-0.1.0"
 FULL = ["grid", "legacy", "--epochs", "0,2", "--width", "5", "--pairs", "2", "--batches", "2", "--batch-size", "64",
@@ -47,9 +49,14 @@ def _grid_id(store: Path, name: str) -> str:
 
 
 def test_ids_of_first_release_configurations_are_unchanged() -> None:
+    """The first release's grid options, through the one place configurations are built, give its ids."""
     ids = json.loads((LEGACY / "ids.json").read_text())
+    st = Store(LEGACY / "store")
+    run = st.read_run(ids["run_id"])
     for g in ids["grids"]:
-        assert GridConfig(ids["run_id"], **g["config"]).grid_id == g["grid_id"], g
+        cfg, _ = resolve(st, run, GridOptions(**g["config"]))
+        assert cfg.grid_id == g["grid_id"], g
+        assert GridConfig.from_identity(cfg.identity()) == cfg
     for r in ids["runs"]:
         assert TrainConfig(**r["config"]).run_id == r["run_id"], r
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from landscape_cli.data import load_dataset
 from landscape_cli.directions import draw_random, normalize, perturbed_names
-from landscape_cli.evaluate import PlaneEvaluator, evaluate_plane
+from landscape_cli.evaluate import Evaluator, evaluate_plane
 from landscape_cli.models import create_model
 
 
@@ -46,7 +46,7 @@ def _manual(model: nn.Module, d1: dict, d2: dict, a: float, b: float, batch: tup
 def test_points_match_hand_set_weights(setup: tuple, bn: str) -> None:
     model, batches, d1, d2 = setup
     points = [(0.0, 0.0), (0.3, -0.7), (-1.0, 1.0)]
-    with PlaneEvaluator(model, batches, bn).plane(d1, d2) as plane:
+    with Evaluator(model, batches, bn).plane(d1, d2) as plane:
         loss, acc = plane.evaluate(points)
     assert loss.shape == acc.shape == (3, 3)
     for i, (a, b) in enumerate(points):
@@ -58,9 +58,9 @@ def test_points_match_hand_set_weights(setup: tuple, bn: str) -> None:
 
 def test_train_and_eval_modes_differ(setup: tuple) -> None:
     model, batches, d1, d2 = setup
-    with PlaneEvaluator(model, batches, "train").plane(d1, d2) as plane:
+    with Evaluator(model, batches, "train").plane(d1, d2) as plane:
         tr, _ = plane.evaluate([(0.5, 0.5)])
-    with PlaneEvaluator(model, batches, "eval").plane(d1, d2) as plane:
+    with Evaluator(model, batches, "eval").plane(d1, d2) as plane:
         ev, _ = plane.evaluate([(0.5, 0.5)])
     assert abs(tr[0, 0] - ev[0, 0]) > 1e-3
 
@@ -70,10 +70,10 @@ def test_model_is_left_exactly_as_it_was(setup: tuple, bn: str) -> None:
     model, batches, d1, d2 = setup
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(RuntimeError, match="stop"), PlaneEvaluator(model, batches, bn).plane(d1, d2) as plane:
+    with pytest.raises(RuntimeError, match="stop"), Evaluator(model, batches, bn).plane(d1, d2) as plane:
         plane.evaluate([(0.9, 0.9)])
         plane.center()
-        plane._set(0.4, 0.1)  # weights moved when the error comes
+        plane._set((0.4, 0.1))  # weights moved when the error comes
         raise RuntimeError("stop")
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BatchNorm buffers
@@ -83,7 +83,7 @@ def test_model_is_left_exactly_as_it_was(setup: tuple, bn: str) -> None:
 
 def test_point_values_do_not_depend_on_order(setup: tuple) -> None:
     model, batches, d1, d2 = setup
-    with PlaneEvaluator(model, batches).plane(d1, d2) as plane:
+    with Evaluator(model, batches).plane(d1, d2) as plane:
         forward, _ = plane.evaluate([(0.1, 0.2), (0.7, -0.4), (0.3, 0.3)])
         backward, _ = plane.evaluate([(0.3, 0.3), (0.7, -0.4), (0.1, 0.2)])
     assert (forward == backward[::-1]).all()  # bitwise
@@ -91,7 +91,7 @@ def test_point_values_do_not_depend_on_order(setup: tuple) -> None:
 
 def test_center_gradient_is_the_projected_gradient(setup: tuple) -> None:
     model, batches, d1, d2 = setup
-    with PlaneEvaluator(model, batches, "train").plane(d1, d2) as plane:
+    with Evaluator(model, batches, "train").plane(d1, d2) as plane:
         c = plane.center()
         h = 1e-3
         plus, _ = plane.evaluate([(h, 0.0), (0.0, h)])

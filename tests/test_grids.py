@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from conftest import REPO, private_copy, run_cli, subprocess_env
 
 from landscape_cli import train
+from landscape_cli.config import parse_epochs
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
-from landscape_cli.grids import grid, parse_epochs
+from landscape_cli.grids import grid
 from landscape_cli.gridstore import Rows
 from landscape_cli.models import create_model
 from landscape_cli.store import Store

@@ -1,4 +1,4 @@
-"""Direction vectors in parameter space: drawn once, normalized against each epoch's weights.
+"""Random directions (the `random` kind): drawn once per run, normalized against each epoch's weights.
 
 A *raw* direction pair is a seeded Gaussian draw over every parameter of the model; it is defined
 by (kind, seed, pair index, parameter names and shapes) and stored content-addressed in the run
@@ -9,22 +9,23 @@ its variants) and masking it (bias/BatchNorm, one layer, one kernel) is cheap an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from ._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from .config import NORMS
-from .errors import IntegrityError, UnknownNameError, UsageError
-from .meta import DirectionRecord
-from .store import Store, direction_name
+from .._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from ..errors import IntegrityError
+from ..evaluate import Slice
+from ..meta import DirectionRecord, GridMeta
+from ..store import Store, direction_name
+from ._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from .normalize import Direction, normalize
 
 FORMAT = "landscape-directions/1"
-Direction = dict[str, Tensor]
 
 
 def parameter_signature(shapes: Mapping[str, tuple[int, ...]]) -> list[list[Any]]:
@@ -96,70 +97,33 @@ def _check_loaded(obj: dict[str, Any], spec: dict[str, Any], shapes: Mapping[str
         raise IntegrityError(f"{path} does not hold the directions its name says: delete it and rerun the grid")
 
 
-# --- normalization and masks ----------------------------------------------------------------------
+@register_kind
+class RandomKind(DirectionKind):
+    """Li et al.'s random directions: a seeded Gaussian pair per --pairs, filter-normalized per epoch.
 
-
-def is_bias_or_bn(tensor: Tensor) -> bool:
-    """Biases and BatchNorm weights: the 1-D parameters (Li et al.'s `ignore='biasbn'` rule)."""
-    return tensor.dim() <= 1
-
-
-def perturbed_names(weights: Mapping[str, Tensor], *, perturb_biasbn: bool = False,
-                    layer: str | None = None, single_kernel: bool = False) -> list[str]:
-    """The parameters a grid moves, checking --layer / --single-kernel against the model."""
-    if layer is not None:
-        if layer not in weights:
-            raise UnknownNameError(
-                f"unknown --layer {layer!r}: choose one of {', '.join(weights)} (`landscape layers RUN` lists them)"
-            )
-        if is_bias_or_bn(weights[layer]) and not perturb_biasbn:
-            raise UsageError(f"--layer {layer} is a bias or BatchNorm parameter: add --perturb-biasbn to perturb it")
-        names = [layer]
-    else:
-        names = [n for n, w in weights.items() if perturb_biasbn or not is_bias_or_bn(w)]
-    if single_kernel and (layer is None or weights[layer].dim() != 4):
-        raise UsageError("--single-kernel needs --layer naming a convolution weight (a 4-D tensor)")
-    return names
-
-
-def normalize(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], names: list[str],
-              norm: str = "filter", single_kernel: bool = False, like: bool = False) -> Direction:
-    """The direction restricted to `names`, scaled against `weights`.
-
-    - filter: each filter (conv output channel, row of a linear weight) rescaled to the norm of the
-      same filter of the weights (Li et al. 2018);
-    - filter-std: each filter of the Gaussian draw times the standard deviation of that weight filter
-      (the reference code's variant);
-    - layer: the same per tensor; none: the raw draw.
-    1-D parameters (biases, BatchNorm), when perturbed, take the weights themselves as direction,
-    as Li et al.'s code does. With `single_kernel`, only the first kernel [0, 0] of the layer moves.
-    With `like`, each result has its weight's device, dtype and memory layout (no later copy).
+    A 1-D grid follows each pair's first direction, so it is exactly the middle row (b = 0) of the
+    2-D grid with the same seed.
     """
-    if norm not in NORMS:
-        raise UnknownNameError(f"unknown --norm {norm!r}: choose one of {', '.join(NORMS)}")
-    out: Direction = {}
-    for name in names:
-        d, w = direction[name].float(), weights[name].detach().float().cpu()
-        if is_bias_or_bn(w):
-            nd = w.clone()
-            out[name] = torch.empty_like(weights[name]).copy_(nd) if like else nd
-            continue
-        if norm == "filter":
-            scale = _rows(w).norm(dim=1) / (_rows(d).norm(dim=1) + 1e-10)
-            nd = d * scale.view(-1, *[1] * (d.dim() - 1))
-        elif norm == "filter-std":
-            nd = d * _rows(w).std(dim=1, correction=0).view(-1, *[1] * (d.dim() - 1))
-        elif norm == "layer":
-            nd = d * (w.norm() / (d.norm() + 1e-10))
-        else:
-            nd = d.clone()
-        if single_kernel:
-            mask = torch.zeros_like(nd)
-            mask[0, 0] = 1
-            nd = nd * mask
-        out[name] = torch.empty_like(weights[name]).copy_(nd) if like else nd
-    return out
 
+    name = "random"
+    description = "seeded Gaussian directions, drawn once per run and normalized against each epoch (Li et al.)"
+    made = "once per run"
+    normalized = True
+    default_norm = "filter"
+    several_pairs = True
+    seeded = True
 
-def _rows(t: Tensor) -> Tensor:
-    return t.reshape(t.shape[0], -1)
+    def prepare(self, ctx: GridContext, checkpoint_loss: Any) -> Prepared:
+        cfg = ctx.config
+        records = [ensure_stored(ctx.store, ctx.run.id, ctx.shapes, cfg.seed, p) for p in range(cfg.pairs)]
+        ranges = [(float(a.lo), float(a.hi)) for a in cfg.axes if a.lo is not None and a.hi is not None]
+        return Prepared(records, ranges)
+
+    def slice(self, ctx: GridContext, meta: GridMeta, em: EpochModel, pair: int) -> contextlib.AbstractContextManager[Slice]:
+        cfg = ctx.config
+        raw = load_recorded(ctx.store, ctx.run.id, meta.directions[pair], ctx.shapes)
+        weights = dict(em.model.named_parameters())
+        # one raw direction in memory at a time, normalized into the parameters' layout
+        dirs = [normalize(raw.pop(key), weights, ctx.names, cfg.norm, cfg.single_kernel, like=True)
+                for key in ("d1", "d2")[:cfg.dims]]
+        return em.evaluator.affine(dirs)

@@ -1,0 +1,37 @@
+"""Directions in parameter space: the registry of direction kinds and the vectors they make.
+
+Importing this package registers every built-in kind.
+"""
+
+from . import random  # noqa: F401  (registration)
+from ._registry import (
+    CheckpointLoss,
+    DirectionKind,
+    EpochModel,
+    GridContext,
+    Prepared,
+    get_kind,
+    list_kinds,
+    register_kind,
+)
+from .normalize import Direction, is_bias_or_bn, normalize, perturbed_names
+from .random import draw_random, ensure_stored, load_recorded, parameter_signature
+
+__all__ = [
+    "CheckpointLoss",
+    "Direction",
+    "DirectionKind",
+    "EpochModel",
+    "GridContext",
+    "Prepared",
+    "draw_random",
+    "ensure_stored",
+    "get_kind",
+    "is_bias_or_bn",
+    "list_kinds",
+    "load_recorded",
+    "normalize",
+    "parameter_signature",
+    "perturbed_names",
+    "register_kind",
+]

@@ -1,0 +1,142 @@
+"""The direction-kind registry: how each kind of grid axis is made, stored and evaluated.
+
+A kind is a subclass of `DirectionKind` registered under its `--directions` name. It says
+
+- how its vectors are made (`made`: once per run, once per grid, or per epoch) and whether they
+  are normalized against each epoch's weights (`normalized`, `default_norm`);
+- what it needs of a configuration (`check`: dims, pairs, options) and its default range;
+- what it stores when a grid is created (`prepare`: direction files, the resolved axis ranges,
+  extra Zarr arrays such as a PCA path, facts for grid.json);
+- how one (epoch, pair) of the grid becomes an evaluator slice (`slice`).
+
+Adding a kind is one module with one registered class, plus its tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import Tensor, nn
+
+from ..config import Axis, GridConfig
+from ..errors import UnknownNameError, UsageError
+from ..evaluate import Evaluator, Slice
+from ..gridstore import ExtraArray, Layout
+from ..meta import DirectionRecord, GridMeta, RunMeta
+from ..store import Store
+from .normalize import perturbed_names
+
+
+@dataclass
+class GridContext:
+    """What a kind needs to know about the grid it serves."""
+
+    store: Store
+    run: RunMeta
+    config: GridConfig
+    shapes: dict[str, tuple[int, ...]]  # every parameter of the model, in the model's order
+    names: list[str]  # the parameters the grid moves
+
+
+@dataclass
+class Prepared:
+    """What a kind made when its grid was created (recorded in grid.json)."""
+
+    directions: list[DirectionRecord]
+    ranges: list[tuple[float, float]]  # the resolved [lo, hi] of each axis
+    info: dict[str, Any] = field(default_factory=dict)  # facts for grid.json's "kind" (and `extras`)
+
+
+@dataclass
+class EpochModel:
+    """One epoch's model, loaded on the grid's device, and its evaluator on the grid's batches."""
+
+    epoch: int
+    model: nn.Module
+    evaluator: Evaluator
+
+
+# (epoch) -> (loss [batch], accuracy [batch]) of that checkpoint on the grid's batches, in its BatchNorm mode
+CheckpointLoss = Callable[[int], tuple[np.ndarray, np.ndarray]]
+
+
+class DirectionKind:
+    """Base class of the kinds; subclasses set the class attributes and implement `prepare` and `slice`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    made: ClassVar[str]  # "once per run" | "once per grid" | "per epoch"
+    dims: ClassVar[tuple[int, ...]] = (1, 2)
+    normalized: ClassVar[bool] = False  # --norm rescales the vectors against each epoch's weights
+    default_norm: ClassVar[str] = "none"
+    default_range: ClassVar[tuple[float, float] | None] = (-1.0, 1.0)  # None: chosen by `prepare`
+    gradient: ClassVar[bool] = True  # the loss gradient along the axes at the centre is defined
+    several_pairs: ClassVar[bool] = False  # --pairs > 1 draws other directions
+    seeded: ClassVar[bool] = False  # --seed chooses the directions
+
+    def check(self, cfg: GridConfig, run: RunMeta) -> None:
+        """Refuse (UsageError) what this kind cannot do with `cfg`; the generic checks are done already."""
+        if cfg.dims not in self.dims:
+            raise UsageError(f"--directions {self.name} makes grids of {' or '.join(map(str, self.dims))} "
+                             f"dimensions, not --dims {cfg.dims}")
+        if cfg.pairs != 1 and not self.several_pairs:
+            raise UsageError(f"--pairs {cfg.pairs}: --directions {self.name} has one set of directions per grid")
+        if cfg.seed != 0 and not self.seeded:
+            raise UsageError(f"--seed applies to random directions, not to --directions {self.name}")
+        if cfg.single_kernel and self.name != "random":
+            raise UsageError(f"--single-kernel applies to random directions, not to --directions {self.name}")
+
+    def names(self, weights: Mapping[str, Tensor], cfg: GridConfig) -> list[str]:
+        """The parameters the grid moves (checking --layer / --single-kernel against the model)."""
+        return perturbed_names(weights, perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer,
+                               single_kernel=cfg.single_kernel)
+
+    def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
+        """The coefficients along an axis: `axis.count` points from lo to hi."""
+        return np.linspace(lo, hi, axis.count)
+
+    def formula(self, cfg: GridConfig) -> str:
+        """What the stored values are the loss at, in words (the arrays' descriptions)."""
+        return "w + x·d1 + y·d2" if cfg.dims == 2 else "w + x·d1"
+
+    def extras(self, info: dict[str, Any]) -> tuple[dict[str, ExtraArray], dict[str, tuple[np.ndarray, str]]]:
+        """Arrays (and their coordinates) stored once in the Zarr group, rebuilt from grid.json's "kind"."""
+        return {}, {}
+
+    def layout(self, cfg: GridConfig, ranges: list[tuple[float, float]], info: dict[str, Any]) -> Layout:
+        """The grid's Zarr layout: from its configuration and what `prepare` recorded."""
+        coords = [self.coordinates(axis, lo, hi) for axis, (lo, hi) in zip(cfg.axes, ranges, strict=True)]
+        extras, extra_coords = self.extras(info)
+        return Layout(cfg, coords, self.formula(cfg), extras, extra_coords)
+
+    def prepare(self, ctx: GridContext, checkpoint_loss: CheckpointLoss) -> Prepared:
+        raise NotImplementedError
+
+    def slice(self, ctx: GridContext, meta: GridMeta, em: EpochModel,
+              pair: int) -> contextlib.AbstractContextManager[Slice]:
+        raise NotImplementedError
+
+
+_KINDS: dict[str, DirectionKind] = {}
+
+
+def register_kind(cls: type[DirectionKind]) -> type[DirectionKind]:
+    """Class decorator: register a direction kind under its `name` (a duplicate name is an error)."""
+    if cls.name in _KINDS:
+        raise ValueError(f"direction kind {cls.name!r} is registered twice")
+    _KINDS[cls.name] = cls()
+    return cls
+
+
+def list_kinds() -> list[str]:
+    return list(_KINDS)
+
+
+def get_kind(name: str) -> DirectionKind:
+    if name not in _KINDS:
+        raise UnknownNameError(f"unknown --directions {name!r}: choose one of {', '.join(list_kinds())}")
+    return _KINDS[name]

@@ -1,0 +1,137 @@
+"""Executing a grid's plan: who computes which rows, on which device, with which evaluator.
+
+One process takes the missing rows one by one: each is claimed with a lock file, computed by the
+direction kind's slice of that epoch's model, written, and marked done. Several processes on one
+grid (`grid --resume` twice) share the rows between them; a row whose holder died is taken over.
+Rows held by another process are waited for, so every process returns with the grid complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import checkpoints
+from ._perf import use_channels_last
+from ._progress import progress_bar, stderr_console
+from .data import Dataset
+from .directions import EpochModel, GridContext, get_kind
+from .evaluate import Batch, Evaluator
+from .gridstore import Rows
+from .locks import is_locked
+from .meta import GridMeta
+from .plan import Plan, epoch_record
+
+
+@dataclass
+class Outcome:
+    computed_rows: int = 0
+    repaired: list[str] = field(default_factory=list)
+    seconds_rows: float = 0.0  # time spent evaluating and writing rows (excludes set-up)
+
+
+class Batches:
+    """The grid's batches: the training set's first `batches` slices of `batch_size`, loaded once."""
+
+    def __init__(self, data: Dataset, batches: int, batch_size: int) -> None:
+        self.data = data
+        self.cpu = [(data.train_x[i * batch_size:(i + 1) * batch_size], data.train_y[i * batch_size:(i + 1) * batch_size])
+                    for i in range(batches)]
+
+    def on(self, device: torch.device, channels_last: bool) -> list[Batch]:
+        return [(self.data.prepare(x, device, channels_last), y.to(device)) for x, y in self.cpu]
+
+
+def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device) -> EpochModel:
+    """The checkpoint of `epoch` as a model on `device`, with an evaluator on the grid's batches."""
+    ckpt = checkpoints.load_epoch(ctx.store, ctx.run.id, epoch_record(ctx.run, epoch))
+    model = checkpoints.build_model(ckpt).to(device)
+    del ckpt
+    channels_last = use_channels_last(model, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn))
+
+
+def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpoint's own loss and accuracy on the grid's batches, in the grid's BatchNorm mode."""
+    return load_epoch_model(ctx, epoch, batches, device).evaluator.values()
+
+
+def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: Batches, device: torch.device,
+            progress: bool, gradient: bool) -> Outcome:
+    """Compute every missing row and centre of the plan's epochs (sharing them with other processes)."""
+    st, run_id, cfg = ctx.store, ctx.run.id, ctx.config
+    kind = get_kind(cfg.kind)
+    gradient = gradient and kind.gradient
+    per_row = len(plan.xs)
+    out = Outcome()
+    with progress_bar(f"grid {meta.id}", plan.total_rows * per_row, unit="points", enabled=progress,
+                      completed=plan.rows_done(rows) * per_row) as bar:
+        while True:
+            made, waiting = 0, 0
+            for e in plan.epochs:
+                ei = plan.index[e]
+                todo = {}
+                for p in range(cfg.pairs):
+                    missing = _rows_todo(rows, ei, e, p, out.repaired)
+                    # rows another process holds right now are not ours to load the model for
+                    todo[p] = [y for y in missing if not is_locked(st.row_lock(run_id, meta.id, e, p, y).path)]
+                    waiting += len(missing) - len(todo[p])
+                need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
+                if not any(todo.values()) and not need_center:
+                    continue
+                em = load_epoch_model(ctx, e, batches, device)
+                for p in range(cfg.pairs):
+                    if not todo[p] and p not in need_center:
+                        continue
+                    with kind.slice(ctx, meta, em, p) as s:
+                        for y in todo[p]:
+                            lock = st.row_lock(run_id, meta.id, e, p, y)
+                            if not lock.try_acquire():
+                                waiting += 1
+                                continue
+                            try:
+                                if rows.row_done(ei, p, y):
+                                    continue
+                                t0 = time.perf_counter()
+                                loss, acc = s.evaluate(plan.points(y))
+                                rows.write_row(ei, p, y, loss.T, acc.T)
+                                out.seconds_rows += time.perf_counter() - t0
+                                out.computed_rows += 1
+                                made += 1
+                                bar.advance(per_row)
+                            finally:
+                                lock.release()
+                                with contextlib.suppress(OSError):
+                                    lock.path.unlink()
+                        if p in need_center:  # after the rows: its backward pass never overlaps them
+                            rows.write_center(ei, p, s.center(gradient), gradient)
+                del em
+            if not waiting:
+                break
+            # rows held by other processes: wait for them, or take them over if their holder dies
+            bar.set_description(f"grid {meta.id} (sharing)")
+            bar.set_completed(plan.rows_done(rows) * per_row)
+            if not made:
+                time.sleep(0.2)
+    return out
+
+
+def _rows_todo(rows: Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
+    """Rows not done yet; a done row whose chunks no longer decode is reported and redone."""
+    done = rows.done(ei, p, repaired.append)
+    todo = []
+    for y, is_done in enumerate(done):
+        if not is_done:
+            todo.append(y)
+        elif not rows.row_readable(ei, p, y):
+            repaired.append(f"row {y} of pair {p}, epoch {epoch}")
+            stderr_console().print(f"[yellow]damaged chunk in row {y} of pair {p}, epoch {epoch}: recomputing[/]")
+            rows.clear_row(ei, p, y)
+            todo.append(y)
+    return todo
