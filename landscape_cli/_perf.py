@@ -1,4 +1,4 @@
-"""Process-level speed settings measured on CPU (see ../shared/DESIGN.md, "Performance").
+"""Process-level speed settings, each measured on CPU by `benchmarks/grid_speed.py`.
 
 - glibc returns activation buffers to the kernel after every forward pass (mmap/munmap, trimming);
   raising M_MMAP_THRESHOLD and M_TRIM_THRESHOLD keeps them in the heap.
