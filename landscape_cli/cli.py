@@ -28,7 +28,7 @@ from ._cli_utils import (
     print_json,
     stdout,
 )
-from .config import GridConfig, TrainConfig
+from .config import TrainConfig
 from .errors import IntegrityError, Interrupted, UsageError
 from .store import Store
 
@@ -174,11 +174,10 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
 def _grid_cells(g: dict[str, Any]) -> list[str]:
     if g.get("status") == "damaged":
         return ["grid", "", "", "", "[red]damaged[/red]", "", ""]
-    shape = "x".join(str(s) for s in g["shape"])
     epochs = ",".join(str(e) for e in g["epochs"])
     diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
-    return [f"grid {shape}", f"±{g['span']:g} {g['norm']}", f"bn {g['bn']}", f"ep {epochs}",
-            f"{pct(g['done'])} done{diverged}", "", ""]
+    return [f"grid {g['description']}", g["norm"] if g["kind"] != "interpolate" else "", f"bn {g['bn']}",
+            f"ep {epochs}", f"{pct(g['done'])} done{diverged}", "", ""]
 
 
 # --- grid --------------------------------------------------------------------------------------
@@ -188,18 +187,40 @@ def _grid_cells(g: dict[str, Any]) -> list[str]:
 def grid(
     run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
     epochs: Annotated[
-        str | None, typer.Option(help="Checkpoints to use, e.g. 0,1,9 or 0-9 (default: all of the run's).",
+        str | None, typer.Option(help="Checkpoints to use, e.g. 0,1,9 or 0-9 (default: all of the run's). With "
+                                 "--directions interpolate: where each line starts; with pca: the trajectory.",
                                  show_default=False)
     ] = None,
+    directions: Annotated[
+        str, typer.Option(help="random (Li et al.'s filter-normalized planes), interpolate (the line between two "
+                          "checkpoints, Goodfellow et al.) or pca (the plane of the training trajectory).")
+    ] = "random",
+    dims: Annotated[
+        int | None, typer.Option(help="1 (a line along the first direction) or 2 (a plane) [default: 2; 1 for "
+                                 "interpolate].", show_default=False)
+    ] = None,
     width: Annotated[int, typer.Option(help="Points per axis.")] = 41,
-    span: Annotated[float, typer.Option(help="The grid covers a, b in [-span, span] (0.01: the 100x zoom).")] = 1.0,
-    pairs: Annotated[int, typer.Option(help="Random direction pairs.")] = GridConfig.pairs,
-    batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (unshuffled).")] = GridConfig.batches,
-    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = GridConfig.batch_size,
+    span: Annotated[
+        float | None, typer.Option(help="Random grids cover a, b in [-span, span] (0.01: the 100x zoom) [default: 1].",
+                                   show_default=False)
+    ] = None,
+    range_: Annotated[
+        str | None, typer.Option("--range", help="LO,HI of the first axis (interpolate: t, default -0.5,1.5; pca: "
+                                 "default covers the path).", show_default=False)
+    ] = None,
+    yrange: Annotated[
+        str | None, typer.Option(help="LO,HI of the second axis [default: --range, or the path for pca].",
+                                 show_default=False)
+    ] = None,
+    pairs: Annotated[
+        int | None, typer.Option(help="Random direction pairs [default: 3; 1 for other directions].", show_default=False)
+    ] = None,
+    batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (unshuffled).")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = 256,
     seed: Annotated[int | None, typer.Option(help="Seed of the random directions [default: 0].", show_default=False)] = None,
     norm: Annotated[
-        str | None, typer.Option(help="filter (Li et al.), filter-std, layer or none [default: filter].",
-                                 show_default=False)
+        str | None, typer.Option(help="filter (Li et al.), filter-std, layer or none [default: filter for random, none "
+                                 "for pca].", show_default=False)
     ] = None,
     perturb_biasbn: Annotated[bool, typer.Option(help="Also perturb biases and BatchNorm weights.")] = False,
     layer: Annotated[
@@ -208,11 +229,21 @@ def grid(
     ] = None,
     single_kernel: Annotated[bool, typer.Option(help="With --layer: perturb only its first kernel.")] = False,
     directions_from: Annotated[
-        str | None, typer.Option(help="Reuse the directions (seed, normalization) of this grid.", show_default=False)
+        str | None, typer.Option(help="Reuse the random directions (seed, normalization) of this grid.",
+                                 show_default=False)
+    ] = None,
+    to_epoch: Annotated[
+        int | None, typer.Option(help="--directions interpolate: the epoch the line ends at (t = 1).", show_default=False)
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option(help="--directions interpolate: end at RUN2[:EPOCH], a run of the same model "
+                                 "[default epoch: its last].", show_default=False)
     ] = None,
     bn: Annotated[
-        str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step) or eval.")
-    ] = GridConfig.bn,
+        str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step), eval (running "
+                          "statistics; interpolated along interpolation lines) or recompute (running statistics "
+                          "re-estimated on the grid's batches at every point: twice the forward passes).")
+    ] = "train",
     grid_ref: Annotated[
         str | None,
         typer.Option("--grid", help="Continue or extend this grid of RUN (id, prefix or name), with its own options "
@@ -230,46 +261,55 @@ def grid(
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compute the loss landscape around RUN's checkpoints: L(w + a·d1 + b·d2) on a width x width grid.
+    """Compute the loss landscape around RUN's checkpoints, along random, interpolation or PCA directions.
 
-    Directions are seeded random draws, normalized against each epoch's weights (so grids compare
-    across epochs); BatchNorm and bias parameters stay put unless --perturb-biasbn. The result is a
-    Zarr array [epoch, pair, batch, y, x] in the run's grids/ directory. Kill it at any moment and
-    continue with --resume; run it twice at once with --resume and the two share the work.
+    Random (default): L(w + a·d1 + b·d2) on a width x width grid along seeded random directions,
+    normalized against each epoch's weights (so grids compare across epochs); --dims 1 gives the
+    line along d1. Interpolate: L((1 − t)·w_A + t·w_B) from each --epochs A to --to-epoch B (or
+    --to another run). PCA: the plane of the trajectory's top two principal components, centred at
+    its last checkpoint, with the path projected onto it. BatchNorm and bias parameters stay put
+    unless --perturb-biasbn (interpolation moves every parameter). The result is a Zarr array
+    [epoch, pair, batch, y, x] (a line: [epoch, pair, batch, x]) in the run's grids/ directory. Kill
+    it at any moment and continue with --resume; run it twice at once with --resume and the two
+    share the work.
 
     Example: `landscape grid quickstart --epochs 0,5 --width 21`
     """
-    from .config import parse_epochs
+    from .config import parse_epochs, parse_range
     from .grids import grid as compute_grid
+    from .inventory import describe_grid
 
     try:
         result = compute_grid(
-            run, epochs=parse_epochs(epochs), width=width, span=span, pairs=pairs, batches=batches,
-            batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
-            single_kernel=single_kernel, bn=bn, directions_from=directions_from, from_grid=grid_ref, gradient=gradient,
-            device=device, name=name, resume=resume, store=store, data_dir=data_dir, progress=not quiet,
+            run, epochs=parse_epochs(epochs), directions=directions, dims=dims, width=width, span=span,
+            range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs,
+            batches=batches, batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
+            single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
+            from_grid=grid_ref, gradient=gradient, device=device, name=name, resume=resume, store=store,
+            data_dir=data_dir, progress=not quiet,
         )
     except KeyboardInterrupt:
         raise Interrupted(
             "grid interrupted: finished rows are kept; run the same command with --resume to continue"
         ) from None
+    meta = result.meta
+    cfg = meta.config
     summary = {
         "id": result.grid_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
-        "name": result.meta.name, "epochs": result.meta.epochs, "config": result.meta.config.identity(),
+        "name": meta.name, "kind": cfg.kind, "dims": cfg.dims, "epochs": meta.epochs,
+        "ranges": [list(r) for r in meta.ranges], "config": cfg.identity(), "facts": meta.kind,
         "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
         "diverged_points": result.diverged, "repaired": result.repaired,
     }
     if json_output:
         print_json(summary)
         return
-    cfg = result.meta.config
     state = "complete" if result.complete else f"{100 * result.rows_done / max(result.rows_total, 1):.0f}% done"
     if result.computed_rows == 0 and result.complete:
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
     stdout().print(
-        f"grid [bold]{result.grid_id}[/bold]{_name(result.meta.name)} of run {result.run_id}: "
-        f"epochs {','.join(map(str, result.meta.epochs))}, {cfg.pairs} pairs x {cfg.batches} batches x "
-        f"{cfg.width}x{cfg.width} points, span ±{cfg.span:g}, {state}"
+        f"grid [bold]{result.grid_id}[/bold]{_name(meta.name)} of run {result.run_id}: {describe_grid(meta)}, "
+        f"epochs {','.join(map(str, meta.epochs))}, {cfg.pairs} pairs x {cfg.batches} batches, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
     stdout().print(f"  {result.zarr_path}")

@@ -85,7 +85,7 @@ class TrainConfig:
 
 
 NORMS = ("filter", "filter-std", "layer", "none")
-BN_MODES = ("train", "eval")
+BN_MODES = ("train", "eval", "recompute")
 IDENTITY_FORMAT = 1  # part of every grid id: never change it (ids of existing grids would change)
 MAX_WIDTH = 1001
 RANDOM = "random"
@@ -247,6 +247,32 @@ class GridConfig:
                    perturb_biasbn=bool(d["perturb_biasbn"]), layer=d["layer"], single_kernel=bool(d["single_kernel"]),
                    bn=str(d["bn"]), target_run=target.get("run"), target_epoch=target.get("epoch"),
                    trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None)
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """What the user asked for (None: the direction kind's default)."""
+
+    epochs: tuple[int, ...] | None = None
+    directions: str = "random"
+    dims: int | None = None  # the kind's largest
+    width: int = 41
+    span: float | None = None
+    range: tuple[float, float] | None = None
+    yrange: tuple[float, float] | None = None
+    pairs: int | None = None
+    batches: int = 3
+    batch_size: int = 256
+    seed: int | None = None
+    norm: str | None = None
+    perturb_biasbn: bool = False
+    layer: str | None = None
+    single_kernel: bool = False
+    bn: str = "train"
+    directions_from: str | None = None
+    to_epoch: int | None = None
+    to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
+    from_grid: str | None = None  # continue this grid of the run with its own configuration
 
 
 def check_range(lo: float, hi: float, option: str) -> tuple[float, float]:

@@ -11,7 +11,11 @@ exactly as they were.
 
 BatchNorm modes: ``train`` (the default, as in the reference experiment) normalizes with the batch's
 own statistics, i.e. the loss of one training step on that batch, without updating the running
-statistics; ``eval`` uses the running statistics.
+statistics; ``eval`` uses the running statistics; ``recompute`` re-estimates the running statistics
+at every point from the batches themselves (their cumulative average, as a pass over them in
+training mode with ``momentum=None`` gives), then evaluates in eval mode: twice the forward passes.
+Weights moved far from a checkpoint make its running statistics meaningless; recomputing them is
+what mode-connectivity studies do.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Slice:
         self.batches = batches
         self.tensors = tensors
         self.dims = dims
+        self.recompute_bn = False  # set by `Evaluator` for BatchNorm mode "recompute"
         # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
@@ -90,6 +95,8 @@ class Slice:
                 if len(point) != self.dims:
                     raise ValueError(f"a point of this slice has {self.dims} coordinates, got {tuple(point)}")
                 self._set(point)
+                if self.recompute_bn:
+                    self._recompute_bn()
                 for j, (x, y) in enumerate(self.batches):
                     out = self.model(x)
                     loss[i, j] = F.cross_entropy(out, y)
@@ -97,8 +104,22 @@ class Slice:
             self.restore()
         return loss.cpu().numpy(), acc.cpu().numpy()
 
+    @torch.no_grad()
+    def _recompute_bn(self) -> None:
+        """Running statistics of every BatchNorm = the cumulative average over the batches at these weights."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.reset_running_stats()
+            m.train()
+        for x, _ in self.batches:
+            self.model(x)
+        for m in norms:
+            m.eval()
+
     def _values(self) -> tuple[np.ndarray, np.ndarray]:
         losses, accs = [], []
+        if self.recompute_bn:
+            self._recompute_bn()
         with torch.no_grad():
             for x, y in self.batches:
                 out = self.model(x)
@@ -142,6 +163,8 @@ class Affine(Slice):
             return super().center(False)
         self.restore()
         self.base = None
+        if self.recompute_bn:
+            self._recompute_bn()
         losses, accs, grads = [], [], []
         flags = [p.requires_grad for p in self.params]
         for p in self.params:
@@ -166,27 +189,27 @@ class Affine(Slice):
 class Segment(Slice):
     """(1 − t)·a + t·b for each tensor (parameters, and buffers such as BatchNorm statistics)."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], start: Sequence[Tensor],
-                 end: Sequence[Tensor]) -> None:
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], end: Sequence[Tensor]) -> None:
         super().__init__(model, batches, tensors, 1)
-        self.start = [_like(t, s) for t, s in zip(tensors, start, strict=True)]
+        self.start = [t.detach().clone() for t in tensors]  # the tensors' values now: t = 0
         self.end = [_like(t, e) for t, e in zip(tensors, end, strict=True)]
 
     @torch.no_grad()
     def _set(self, point: Point) -> None:
         (t,) = point
-        self._save()
         torch._foreach_copy_(self.tensors, self.start)
         if t != 0.0:
             torch._foreach_mul_(self.tensors, 1.0 - t)
             torch._foreach_add_(self.tensors, self.end, alpha=t)
 
+    def restore(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.start)
+
     def center(self, gradient: bool = True) -> Center:
         """Values at t = 0 (the start); the slice has no gradient along t of its own."""
-        self._set((0.0,))
-        loss, acc = self._values()
         self.restore()
-        self.base = None
+        loss, acc = self._values()
         return Center(loss, acc, np.full((1, len(loss)), np.nan, np.float32))
 
 
@@ -209,21 +232,27 @@ class Evaluator:
     @contextlib.contextmanager
     def _modes(self) -> Iterator[None]:
         """Set the BatchNorm mode for the block, then restore every mode and buffer of the model."""
-        modes = {m: (m.training, getattr(m, "track_running_stats", None)) for m in self.model.modules()}
+        modes = {m: (m.training, getattr(m, "track_running_stats", None), getattr(m, "momentum", None))
+                 for m in self.model.modules()}
         buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         self.model.eval()
-        if self.bn == "train":
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if self.bn == "train":
                     m.train()
                     m.track_running_stats = False  # batch statistics, running buffers untouched
+                elif self.bn == "recompute":
+                    m.track_running_stats = True
+                    m.momentum = None  # a pass over the batches gives their cumulative average
         try:
             yield
         finally:
-            for m, (training, track) in modes.items():
+            for m, (training, track, momentum) in modes.items():
                 m.training = training
                 if track is not None:
                     m.track_running_stats = track
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = momentum
             with torch.no_grad():
                 for k, v in self.model.named_buffers():
                     v.copy_(buffers[k])
@@ -231,6 +260,7 @@ class Evaluator:
     @contextlib.contextmanager
     def slice(self, s: Slice) -> Iterator[Slice]:
         """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
+        s.recompute_bn = self.bn == "recompute"
         with self._modes():
             try:
                 yield s
@@ -241,18 +271,19 @@ class Evaluator:
         """w + Σ c_k·d_k, for the parameters named in the directions (those not named stay put)."""
         return self.slice(Affine(self.model, self.batches, directions))
 
-    def segment(self, tensors: list[Tensor], start: Sequence[Tensor],
-                end: Sequence[Tensor]) -> contextlib.AbstractContextManager[Slice]:
-        """(1 − t)·start + t·end written into `tensors` (parameters or buffers of the model)."""
-        return self.slice(Segment(self.model, self.batches, tensors, start, end))
+    def segment(self, tensors: list[Tensor], end: Sequence[Tensor]) -> contextlib.AbstractContextManager[Slice]:
+        """(1 − t)·start + t·end written into `tensors` (parameters or buffers of the model; start: their values now)."""
+        return self.slice(Segment(self.model, self.batches, tensors, end))
 
     def plane(self, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor]) -> contextlib.AbstractContextManager[Slice]:
         return self.affine([d1, d2])
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's own loss and accuracy on each batch (in this evaluator's BatchNorm mode)."""
+        s = Slice(self.model, self.batches, [], 0)
+        s.recompute_bn = self.bn == "recompute"
         with self._modes():
-            return Slice(self.model, self.batches, [], 0)._values()
+            return s._values()
 
 
 def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, Tensor],

@@ -69,7 +69,7 @@ def grid(
     *,
     epochs: list[int] | None = None,
     directions: str = "random",
-    dims: int = 2,
+    dims: int | None = None,
     width: int = 41,
     span: float | None = None,
     range: tuple[float, float] | None = None,
@@ -231,6 +231,7 @@ def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any
     if meta is None:
         prepared = kind.prepare(ctx, loss_of)
         layout = kind.layout(cfg, prepared.ranges, prepared.info)
+        attrs.update(kind.attributes(prepared.info))
         epochs_so_far: list[int] = []
         if damaged_meta and (zarr_path / "zarr.json").exists():
             # rebuild grid.json around the arrays that exist: their epochs come from the Zarr group
@@ -260,6 +261,7 @@ def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any
         if damaged_meta:
             st.write_grid(meta)
     layout = kind.layout(cfg, meta.ranges, meta.kind)
+    attrs.update(kind.attributes(meta.kind))
     for what in repair(zarr_path, layout, attrs, list(meta.epochs)):
         stderr_console().print(f"[yellow]grid {grid_id}: rebuilt damaged {what} from grid.json[/]")
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]

@@ -56,16 +56,23 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         rows_done, rows_total, diverged = Rows(zarr_path, "r").progress()
     except (OSError, ValueError, KeyError, IntegrityError) as e:
         return {"id": meta.id, "status": "damaged", "error": f"cannot read {zarr_path}: {e}"}
+    shape = [len(meta.epochs), cfg.pairs, cfg.batches, *(a.count for a in reversed(cfg.axes))]
     return {
         "id": meta.id,
         "name": meta.name,
+        "kind": cfg.kind,
+        "dims": cfg.dims,
+        "description": describe_grid(meta),
         "epochs": meta.epochs,
-        "shape": [len(meta.epochs), cfg.pairs, cfg.batches, cfg.width, cfg.width],
+        "dimensions": ["epoch", "pair", "batch", *(("y", "x") if cfg.dims == 2 else ("x",))],
+        "shape": shape,
         "width": cfg.width,
         "span": cfg.span,
+        "ranges": [list(r) for r in meta.ranges],
         "norm": cfg.norm,
         "bn": cfg.bn,
         "layer": cfg.layer,
+        "facts": meta.kind,
         "rows_done": rows_done,
         "rows_total": rows_total,
         "done": rows_done / rows_total if rows_total else 0.0,
@@ -73,6 +80,19 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         "status": "complete" if rows_total and rows_done == rows_total else "partial",
         "path": str(store.grid_dir(run_id, meta.id)),
     }
+
+
+def describe_grid(meta: GridMeta) -> str:
+    """A grid's kind and shape in a few words: "random 2-D 41x41 ±1", "interpolate 1-D 41 t∈[-0.5, 1.5] to epoch 9"."""
+    cfg = meta.config
+    shape = "x".join(str(a.count) for a in reversed(cfg.axes))
+    spans = f"±{cfg.span:g}" if cfg.span is not None else " ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in meta.ranges)
+    out = f"{cfg.kind} {cfg.dims}-D {shape} {spans}"
+    if cfg.kind == "interpolate":
+        target = meta.kind.get("target", {})
+        where = "" if target.get("run") == meta.run else f" of run {target.get('label') or target.get('run')}"
+        out += f" to epoch {target.get('epoch')}{where}"
+    return out
 
 
 def list_runs(store: Store) -> list[dict[str, Any]]:

@@ -15,38 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Axis, GridConfig, finite, positive_int
+from .config import Axis, GridConfig, GridOptions, finite, positive_int
 from .directions import get_kind
 from .errors import GridStateError, RunNotFoundError, UsageError
 from .gridstore import Rows
 from .meta import EpochRecord, RunMeta
 from .store import Store
-
-
-@dataclass(frozen=True)
-class GridOptions:
-    """What the user asked for (None: the direction kind's default)."""
-
-    epochs: tuple[int, ...] | None = None
-    directions: str = "random"
-    dims: int = 2
-    width: int = 41
-    span: float | None = None
-    range: tuple[float, float] | None = None
-    yrange: tuple[float, float] | None = None
-    pairs: int | None = None
-    batches: int = 3
-    batch_size: int = 256
-    seed: int | None = None
-    norm: str | None = None
-    perturb_biasbn: bool = False
-    layer: str | None = None
-    single_kernel: bool = False
-    bn: str = "train"
-    directions_from: str | None = None
-    to_epoch: int | None = None
-    to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
-    from_grid: str | None = None  # continue this grid of the run with its own configuration
 
 
 def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, list[int]]:
@@ -59,13 +33,19 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
         epochs = list(opts.epochs) if opts.epochs is not None else (source.epochs or None)
         return source.config, _epochs(epochs, run)
     kind = get_kind(opts.directions)
-    positive_int(opts.dims, "--dims", minimum=1, maximum=2)
+    if opts.dims is not None:
+        positive_int(opts.dims, "--dims", minimum=1, maximum=2)
+        if opts.dims not in kind.dims:
+            raise UsageError(f"--directions {kind.name} makes grids of {' or '.join(map(str, kind.dims))} "
+                             f"dimension{'s' if kind.dims != (1,) else ''}, not --dims {opts.dims}")
+    dims = opts.dims if opts.dims is not None else max(kind.dims)
     seed, norm = _inherit_directions(st, run, opts)
     pairs = opts.pairs if opts.pairs is not None else (3 if kind.several_pairs else 1)
     cfg = GridConfig(
-        run=run.id, axes=_axes(kind.name, kind.default_range, opts), pairs=pairs, batches=opts.batches,
+        run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs, batches=opts.batches,
         batch_size=opts.batch_size, seed=seed if seed is not None else 0, norm=norm or kind.default_norm,
         perturb_biasbn=opts.perturb_biasbn, layer=opts.layer, single_kernel=opts.single_kernel, bn=opts.bn,
+        **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:
         raise UsageError(f"--norm applies to directions that are normalized per epoch, not to --directions {kind.name}")
@@ -77,22 +57,23 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
             f"{run.dataset['name']} has {train_size} training images: at most "
             f"{train_size // cfg.batch_size} batches of {cfg.batch_size}"
         )
-    return cfg, _epochs(list(opts.epochs) if opts.epochs is not None else None, run)
+    wanted = _epochs(list(opts.epochs) if opts.epochs is not None else None, run)
+    return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None)
 
 
-def _axes(kind: str, default: tuple[float, float] | None, opts: GridOptions) -> tuple[Axis, ...]:
+def _axes(kind: str, default: tuple[float, float] | None, opts: GridOptions, dims: int) -> tuple[Axis, ...]:
     if opts.span is not None:
         if opts.range is not None:
             raise UsageError("give --span or --range, not both (--span S is --range -S,S)")
         finite(opts.span, "--span", positive=True)
-    if opts.yrange is not None and opts.dims == 1:
+    if opts.yrange is not None and dims == 1:
         raise UsageError("--yrange is the range of the second axis: a --dims 1 grid has one axis")
     if opts.span is not None:
         x: tuple[float, float] | None = (-opts.span, opts.span)
     else:
         x = opts.range if opts.range is not None else default
     y = opts.yrange if opts.yrange is not None else (x if opts.range is not None or opts.span is not None else default)
-    ranges = [x, y][:opts.dims]
+    ranges = [x, y][:dims]
     return tuple(Axis(kind, opts.width, r[0] if r else None, r[1] if r else None) for r in ranges)
 
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor, nn
 
-from ..config import Axis, GridConfig
+from ..config import Axis, GridConfig, GridOptions
 from ..errors import UnknownNameError, UsageError
 from ..evaluate import Evaluator, Slice
 from ..gridstore import ExtraArray, Layout
@@ -81,14 +81,22 @@ class DirectionKind:
     def check(self, cfg: GridConfig, run: RunMeta) -> None:
         """Refuse (UsageError) what this kind cannot do with `cfg`; the generic checks are done already."""
         if cfg.dims not in self.dims:
-            raise UsageError(f"--directions {self.name} makes grids of {' or '.join(map(str, self.dims))} "
-                             f"dimensions, not --dims {cfg.dims}")
+            raise UsageError(f"--directions {self.name} makes {' or '.join(map(str, self.dims))}-D grids, not --dims "
+                             f"{cfg.dims}")
         if cfg.pairs != 1 and not self.several_pairs:
             raise UsageError(f"--pairs {cfg.pairs}: --directions {self.name} has one set of directions per grid")
         if cfg.seed != 0 and not self.seeded:
             raise UsageError(f"--seed applies to random directions, not to --directions {self.name}")
         if cfg.single_kernel and self.name != "random":
             raise UsageError(f"--single-kernel applies to random directions, not to --directions {self.name}")
+
+    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+        """The kind's own GridConfig fields from the user's options (e.g. an interpolation's target)."""
+        return {}
+
+    def grid_epochs(self, cfg: GridConfig, epochs: list[int], given: bool) -> list[int]:
+        """The epochs the grid computes, from the requested (or, `given` False, all the run's) epochs."""
+        return epochs
 
     def names(self, weights: Mapping[str, Tensor], cfg: GridConfig) -> list[str]:
         """The parameters the grid moves (checking --layer / --single-kernel against the model)."""
@@ -106,6 +114,10 @@ class DirectionKind:
     def extras(self, info: dict[str, Any]) -> tuple[dict[str, ExtraArray], dict[str, tuple[np.ndarray, str]]]:
         """Arrays (and their coordinates) stored once in the Zarr group, rebuilt from grid.json's "kind"."""
         return {}, {}
+
+    def attributes(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Attributes of the grid's Zarr group beyond the configuration (e.g. a PCA's explained variance)."""
+        return {}
 
     def layout(self, cfg: GridConfig, ranges: list[tuple[float, float]], info: dict[str, Any]) -> Layout:
         """The grid's Zarr layout: from its configuration and what `prepare` recorded."""
