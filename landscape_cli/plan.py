@@ -36,8 +36,8 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
     if opts.dims is not None:
         positive_int(opts.dims, "--dims", minimum=1, maximum=2)
         if opts.dims not in kind.dims:
-            raise UsageError(f"--directions {kind.name} makes grids of {' or '.join(map(str, kind.dims))} "
-                             f"dimension{'s' if kind.dims != (1,) else ''}, not --dims {opts.dims}")
+            raise UsageError(f"--directions {kind.name} makes {' or '.join(map(str, kind.dims))}-D grids, "
+                             f"not --dims {opts.dims}")
     dims = opts.dims if opts.dims is not None else max(kind.dims)
     seed, norm = _inherit_directions(st, run, opts)
     pairs = opts.pairs if opts.pairs is not None else (3 if kind.several_pairs else 1)

@@ -129,7 +129,7 @@ def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
         report.problems.append(Problem(run_id, str(zarr_path),
                                        f"epoch axis {rows.epochs} differs from grid.json {meta.epochs}", rerun))
     n_epochs = len(rows.epochs)
-    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
+    pairs, height = rows.pairs, rows.height
     for ei in range(n_epochs):
         for p in range(pairs):
             for y in range(height):

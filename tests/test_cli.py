@@ -197,6 +197,18 @@ BAD_GRID = [
     (["grid", "tiny", "--directions-from", "nogrid"], 2, ["nogrid"]),
     (["grid", "tiny", "--directions-from", "mlpgrid"], 2, ["same architecture"]),
     (["layers", "nosuchrun"], 2, ["nosuchrun"]),
+    (["grid", "tiny", "--dims", "3"], 2, ["--dims", "3"]),
+    (["grid", "tiny", "--directions", "sideways"], 2, ["sideways", "random, interpolate, pca"]),
+    (["grid", "tiny", "--directions", "interpolate", "--epochs", "0"], 2, ["--to-epoch"]),
+    (["grid", "tiny", "--directions", "interpolate", "--epochs", "1", "--to-epoch", "1"], 2, ["two different"]),
+    (["grid", "tiny", "--directions", "interpolate", "--epochs", "0", "--to", "mlp"], 2, ["--to mlp", "same model"]),
+    (["grid", "tiny", "--directions", "interpolate", "--epochs", "0", "--to-epoch", "1", "--range", "1,0"], 2,
+     ["--range", "low end"]),
+    (["grid", "tiny", "--directions", "interpolate", "--epochs", "0", "--to-epoch", "1", "--range", "-inf,2"], 2,
+     ["--range", "finite"]),
+    (["grid", "tiny", "--range", "0.5"], 2, ["--range", "LO,HI"]),
+    (["grid", "tiny", "--directions", "pca"], 2, ["at least 4 checkpoints", "2"]),
+    (["grid", "tiny", "--dims", "1", "--yrange", "-1,1"], 2, ["--yrange", "one axis"]),
 ]
 
 

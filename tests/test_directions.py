@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from landscape_cli.directions import (
     draw_random,
     ensure_stored,
+    get_kind,
+    list_kinds,
     load_recorded,
     normalize,
     perturbed_names,
@@ -123,3 +126,45 @@ def test_stored_once_and_refused_when_damaged(weights: dict[str, torch.Tensor], 
         load_recorded(st, "run", record, s)
     with pytest.raises(IntegrityError, match="direction pair 0"):
         ensure_stored(st, "run", s, 0, 0)
+
+
+@pytest.fixture(scope="module")
+def five_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from landscape_cli import train
+
+    store = tmp_path_factory.mktemp("kinds") / "store"
+    train("cnn", "digits", epochs=4, store=store, progress=False, name="r")
+    return store
+
+
+@pytest.mark.parametrize("kind", list_kinds())
+def test_every_kind_makes_a_grid_centred_on_its_checkpoints(five_epochs: Path, kind: str, tmp_path: Path) -> None:
+    """Registry-driven: each kind's grid is complete, stable (same call: nothing to compute) and its centre
+    (all coordinates 0) is each grid epoch's checkpoint, whose loss is computed here by hand."""
+    import torch.nn.functional as F
+
+    from landscape_cli import grid
+    from landscape_cli.data import load_dataset
+    from landscape_cli.models import create_model
+
+    store = tmp_path / "store"
+    shutil.copytree(five_epochs, store)
+    st = Store(store)
+    run = st.read_run(st.resolve("r"))
+    k = get_kind(kind)
+    assert k.name == kind and k.description and k.made
+    options = {"width": 5, "batches": 1, "batch_size": 64, "progress": False, "directions": kind, **k.example(run)}
+    g = grid("r", store=store, **options)
+    assert g.complete and g.meta.config.kind == kind and len(g.meta.ranges) == g.meta.config.dims
+    assert grid("r", store=store, **options).computed_rows == 0
+    data = load_dataset("digits")
+    x = (data.train_x[:64].float() / 255 - data.info.mean[0]) / data.info.std[0]
+    ds = g.to_xarray()
+    for epoch in g.meta.epochs:
+        ckpt = torch.load(st.file(run.id, f"checkpoints/epoch-{epoch:04d}.pt"), weights_only=True)
+        model = create_model(ckpt["model"], **ckpt["model_args"])
+        model.load_state_dict(ckpt["state_dict"])
+        model.train()
+        with torch.no_grad():
+            expected = F.cross_entropy(model(x), data.train_y[:64]).item()
+        assert float(ds.center_loss.sel(epoch=epoch, batch=0)) == pytest.approx(expected, rel=1e-5)

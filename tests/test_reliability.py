@@ -138,6 +138,76 @@ def test_random_kills_never_lose_or_damage_work(reference: Path, tmp_path: Path)
     assert landed >= 20
 
 
+KINDS = {
+    "line": ["--dims", "1", "--epochs", "0,2,4", "--width", "41", "--pairs", "2"],
+    "interpolate": ["--directions", "interpolate", "--epochs", "0,1,2", "--to-epoch", "4", "--width", "41", "--bn", "eval"],
+    "pca": ["--directions", "pca", "--width", "15"],
+}
+
+
+def kind_args(kind: str) -> list[str]:
+    return ["grid", "k", *KINDS[kind], "--batches", "2", "--batch-size", "128", "--name", kind, "-q"]
+
+
+def kind_arrays(store: Path, kind: str) -> dict[str, np.ndarray]:
+    import xarray as xr
+
+    [path] = [p for p in store.glob("*/grids/*/landscape.zarr") if json.loads((p.parent / "grid.json").read_text())[
+        "name"] == kind]
+    ds = xr.open_zarr(path)
+    return {name: ds[name].values for name in ds.data_vars}
+
+
+@pytest.fixture(scope="module")
+def kinds_reference(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each new grid kind computed by one uninterrupted process."""
+    store = tmp_path_factory.mktemp("kinds") / "store"
+    shutil.copytree(reference, store)
+    shutil.rmtree(next(store.glob("*/grids")))
+    for kind in KINDS:
+        ok(run_cli(*kind_args(kind), "--store", str(store)))
+    return store
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_grid_kind_resumes_bitwise_after_a_kill(kinds_reference: Path, reference: Path, tmp_path: Path,
+                                                    kind: str) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    shutil.rmtree(next(store.glob("*/grids")))
+    proc = start(*kind_args(kind), store=store)
+    _wait_for("*/grids/*/landscape.zarr/done/c/*", store)
+    time.sleep(random.Random(kind).uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    COUNTS["kills"] += 1
+    readable(store)
+    assert not kind_arrays(store, kind)["done"].all(), "the kill should land mid-grid"
+    ok(run_cli(*kind_args(kind), "--resume", "--store", str(store)))
+    ours, theirs = kind_arrays(store, kind), kind_arrays(kinds_reference, kind)
+    assert sorted(ours) == sorted(theirs)
+    for name, values in theirs.items():
+        assert np.array_equal(ours[name], values, equal_nan=True), name
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_pca_grid(kinds_reference: Path, reference: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    shutil.rmtree(next(store.glob("*/grids")))
+    procs = [start(*kind_args("pca"), "--resume", "--json", store=store) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    COUNTS["concurrent_processes"] += 2
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    computed = [json.loads(out)["rows_computed"] for out, _ in outs]
+    assert sum(computed) == 15 and min(computed) > 0, computed
+    for name, values in kind_arrays(kinds_reference, "pca").items():
+        assert np.array_equal(kind_arrays(store, "pca")[name], values, equal_nan=True), name
+    readable(store)
+
+
 def _wait_for(pattern: str, root: Path, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not list(root.glob(pattern)):

@@ -77,6 +77,11 @@ class DirectionKind:
     gradient: ClassVar[bool] = True  # the loss gradient along the axes at the centre is defined
     several_pairs: ClassVar[bool] = False  # --pairs > 1 draws other directions
     seeded: ClassVar[bool] = False  # --seed chooses the directions
+    order: ClassVar[int] = 100  # where `list_kinds` (and the error messages) list it
+
+    def example(self, run: RunMeta) -> dict[str, Any]:
+        """Options of a small grid of this kind on `run` (for the registry's tests and `--help`)."""
+        return {}
 
     def check(self, cfg: GridConfig, run: RunMeta) -> None:
         """Refuse (UsageError) what this kind cannot do with `cfg`; the generic checks are done already."""
@@ -145,7 +150,7 @@ def register_kind(cls: type[DirectionKind]) -> type[DirectionKind]:
 
 
 def list_kinds() -> list[str]:
-    return list(_KINDS)
+    return sorted(_KINDS, key=lambda name: (_KINDS[name].order, name))
 
 
 def get_kind(name: str) -> DirectionKind:

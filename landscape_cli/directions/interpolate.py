@@ -36,6 +36,7 @@ class InterpolateKind(DirectionKind):
     dims = (1,)
     default_range = (-0.5, 1.5)
     gradient = False
+    order = 1
 
     def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
         target_run, target_epoch = run, opts.to_epoch
@@ -75,6 +76,9 @@ class InterpolateKind(DirectionKind):
                                  "range is --range LO,HI in t)")
         return {"target_run": target_run.id, "target_epoch": target_epoch}
 
+    def example(self, run: RunMeta) -> dict[str, Any]:
+        return {"epochs": [run.epochs[0].epoch], "to_epoch": run.epochs[-1].epoch}
+
     def check(self, cfg: GridConfig, run: RunMeta) -> None:
         super().check(cfg, run)
         for lo, hi in ((a.lo, a.hi) for a in cfg.axes):
@@ -88,10 +92,16 @@ class InterpolateKind(DirectionKind):
         return list(weights)
 
     def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
-        """`count` points from lo to hi, the nearest ones to 0 and 1 replaced by exactly 0 and 1."""
+        """`count` points from lo to hi; the inner points nearest to 0 and 1 become exactly 0 and 1 (the
+        range's ends stay where they are unless they are 0 or 1 themselves)."""
         t = np.linspace(lo, hi, axis.count)
+        t[0], t[-1] = lo, hi
         for exact in (0.0, 1.0):
-            t[int(np.argmin(np.abs(t - exact)))] = exact
+            if exact in (lo, hi):
+                continue
+            inner = np.abs(t[1:-1] - exact)
+            if inner.size:
+                t[1 + int(np.argmin(inner))] = exact
         if not (np.all(np.diff(t) > 0) and (t == 0.0).sum() == 1 and (t == 1.0).sum() == 1):
             raise UsageError(f"--width {axis.count} is too small to place t = 0 and t = 1 in [{lo:g}, {hi:g}]")
         return t

@@ -172,6 +172,7 @@ class PCAKind(DirectionKind):
     normalized = True
     default_norm = "none"
     default_range = None
+    order = 2
 
     def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
         trajectory = sorted(set(opts.epochs)) if opts.epochs is not None else run.epoch_numbers

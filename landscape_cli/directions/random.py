@@ -112,6 +112,7 @@ class RandomKind(DirectionKind):
     default_norm = "filter"
     several_pairs = True
     seeded = True
+    order = 0
 
     def prepare(self, ctx: GridContext, checkpoint_loss: Any) -> Prepared:
         cfg = ctx.config
