@@ -121,6 +121,10 @@ def train(
     stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta.name)} in {result.path}")
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}{'es' if what.endswith('ch') else 's'}"
+
+
 def _name(name: str | None) -> str:
     return f" ({name})" if name else ""
 
@@ -309,7 +313,7 @@ def grid(
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
     stdout().print(
         f"grid [bold]{result.grid_id}[/bold]{_name(meta.name)} of run {result.run_id}: {describe_grid(meta)}, "
-        f"epochs {','.join(map(str, meta.epochs))}, {cfg.pairs} pairs x {cfg.batches} batches, {state}"
+        f"epochs {','.join(map(str, meta.epochs))}, {_count(cfg.pairs, 'pair')} x {_count(cfg.batches, 'batch')}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
     stdout().print(f"  {result.zarr_path}")
@@ -352,18 +356,23 @@ def plot(
                      "[default: each run's newest].", show_default=False),
     ] = None,
     epochs: Annotated[
-        str | None, typer.Option(help="Epochs side by side, e.g. 0,1,9 [default: the grid's last].", show_default=False)
+        str | None, typer.Option(help="Epochs side by side (curves of a line), e.g. 0,1,9 [default: the grid's last; "
+                                 "all of a line's].",
+                                 show_default=False)
     ] = None,
     epoch: Annotated[int | None, typer.Option(help="One epoch (same as --epochs E).", show_default=False)] = None,
     pair: Annotated[int | None, typer.Option(help="Only this direction pair.", show_default=False)] = None,
     batch: Annotated[int | None, typer.Option(help="Only this batch.", show_default=False)] = None,
     metric: Annotated[str, typer.Option(help="loss or accuracy.")] = "loss",
-    contour: Annotated[bool, typer.Option(help="Labelled contour lines instead of a heatmap.")] = False,
-    surface: Annotated[bool, typer.Option(help="3-D surfaces.")] = False,
-    log: Annotated[bool, typer.Option(help="Logarithmic colour (or height) scale.")] = False,
+    contour: Annotated[bool, typer.Option(help="Labelled contour lines instead of a heatmap (2-D grids; a PCA "
+                                          "plane always).")] = False,
+    surface: Annotated[bool, typer.Option(help="3-D surfaces (2-D grids).")] = False,
+    log: Annotated[bool, typer.Option(help="Logarithmic colour (or height, or y) scale.")] = False,
     clip: Annotated[float | None, typer.Option(help="Cap values above this (e.g. high losses).", show_default=False)] = None,
-    reduce: Annotated[str, typer.Option(help="none, mean (over pairs and batches), batches or pairs.")] = "none",
-    animate: Annotated[bool, typer.Option(help="A GIF over the epochs.")] = False,
+    reduce: Annotated[str, typer.Option(help="none, mean (over pairs and batches), batches or pairs. A line's curves "
+                                        "are means over pairs and batches unless batches (one per pair) or pairs "
+                                        "(one per batch).")] = "none",
+    animate: Annotated[bool, typer.Option(help="A GIF over the epochs (2-D grids).")] = False,
     out: Annotated[Path | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",
                                              show_default=False)] = None,
     show: Annotated[bool, typer.Option(help="Also open a window.")] = False,
@@ -372,10 +381,17 @@ def plot(
 ) -> None:
     """Draw the loss landscape of a run's grid, or compare several epochs or runs side by side.
 
-    One epoch of one grid gives the reference figure: a panel per (direction pair, batch), heatmaps of
-    the loss minus its centre value on one colour scale, and a red arrow for the negative gradient at
-    the centre. Several epochs or runs are laid out side by side on one scale (their grids need the
-    same --width and --span). Diverged points (NaN/Inf) are magenta; rows not computed yet are hatched.
+    A 2-D grid, one epoch: the reference figure, a panel per (direction pair, batch), heatmaps of the
+    loss minus its centre value on one colour scale, and a red arrow for the negative gradient at the
+    centre. Several epochs or runs are laid out side by side on one scale (their grids need the same
+    --width and --span, or --range and --yrange). A PCA plane is drawn as contours with the training
+    path on it (axes: each component's share of the variance).
+
+    A 1-D grid (--dims 1, interpolate, pca --dims 1) is drawn as curves against its coordinate: one
+    per epoch (and run), the mean over pairs and batches with a min–max band. An interpolation marks
+    its checkpoints at t = 0 and t = 1; a PCA line shows each checkpoint at its own loss.
+
+    Diverged points (NaN/Inf) are magenta; rows not computed yet are hatched (curves: left out).
 
     Example: `landscape plot quickstart --epochs 0,5 --reduce mean`
     """
@@ -394,14 +410,29 @@ def plot(
          "batch": p.batch, "diverged": p.diverged, "computed": bool(p.computed.all())}
         for p in result.panels
     ]
+    curves = [
+        {"label": c.label, "run": c.source.run_id, "grid": c.source.grid_id, "epoch": c.epoch, "pair": c.pair,
+         "batch": c.batch, "diverged": c.diverged, "computed": c.computed}
+        for c in result.curves
+    ]
+    complete = all(p["computed"] for p in panels) and all(c["computed"] for c in curves)
     if json_output:
-        print_json({"path": result.path, "rows": result.shape[0], "columns": result.shape[1],
-                    "diverged_points": result.diverged, "arrow_scale": result.arrow_scale, "panels": panels})
+        grids = [{"run": s.run_id, "grid": s.grid_id, "kind": s.kind, "dims": s.dims} for s in result.sources]
+        paths = [{"run": t.source.run_id, "grid": t.source.grid_id, "epochs": t.epochs, "off_plane": t.off_plane}
+                 for t in {id(t.source): t for t in result.paths}.values()]
+        print_json({"path": result.path, "grids": grids, "rows": result.shape[0], "columns": result.shape[1],
+                    "diverged_points": result.diverged, "arrow_scale": result.arrow_scale, "panels": panels,
+                    "curves": curves, "paths": paths, "notes": result.notes})
         return
     if result.diverged:
         err().print(f"{result.diverged} diverged points (NaN/Inf) are drawn in magenta")
-    if not all(p["computed"] for p in panels):
-        err().print("the grid is not complete: rows not computed yet are hatched (`landscape grid ... --resume`)")
+    if not complete:
+        hidden = "curves not computed yet are left out" if curves else "rows not computed yet are hatched"
+        err().print(f"the grid is not complete: {hidden} (`landscape grid ... --resume`)")
+    for t in {id(t.source): t for t in result.paths}.values():
+        if t.far:
+            err().print(f"the training path lies far from the PCA {'plane' if t.y is not None else 'line'} "
+                        f"(up to {100 * t.off_plane:.0f}% of a checkpoint's distance is off it)")
     stdout().print(str(result.path))
 
 

@@ -1,19 +1,31 @@
-"""Figures from grids: the reference panels, comparisons across epochs and runs, 3-D and GIF views.
+"""Figures from grids: planes as heatmaps, contours and 3-D surfaces, lines as curves, a PCA plane
+with its trajectory, comparisons across epochs and runs, and GIFs over epochs.
 
-Reads run.json, grid.json and the Zarr arrays; never imports torch. Works headless (Agg) and opens
-a window only when asked to (`show=True`).
+Reads run.json, grid.json and the Zarr arrays; never imports torch. Figures are built with
+`matplotlib.figure.Figure` on an Agg canvas: the process's backend is never switched and pyplot
+never holds them, except with `show=True`, which opens a window through pyplot and closes it after.
 
-Layouts:
+Every view takes its axes from the grid's stored coordinates (x, and y for a plane).
+
+Layouts of a 2-D grid (a plane):
 - one grid, one epoch: the reference figure, one panel per (direction pair, batch), rows = pairs,
   columns = batches (`pair=` / `batch=` keep one row / column; `reduce=` averages);
 - several epochs or several runs: rows = runs, columns = epochs, each panel one (pair, batch)
-  (default 0, 0) or an average (`reduce="mean"` over pairs and batches, "batches", "pairs").
+  (default 0, 0) or an average (`reduce="mean"` over pairs and batches, "batches", "pairs");
+- a PCA plane: labelled contours of the metric (or a surface) with the trajectory drawn on it, one
+  marker per checkpoint, arrows in training order, axes labelled with their explained variance.
 Compared panels always share one colour scale.
+
+A 1-D grid (a line: random `--dims 1`, an interpolation, a PCA line) is one axes of curves of the
+metric against the coordinate: one per epoch (and run), the mean over pairs and batches with its
+min–max band (`reduce="batches"`: one per pair, `"pairs"`: one per batch). An interpolation marks
+its two checkpoints (t = 0 and t = 1); a PCA line shows each checkpoint at its own loss.
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +43,8 @@ METRICS = ("loss", "accuracy")
 REDUCTIONS = ("none", "mean", "batches", "pairs")
 FORMATS = (".png", ".pdf", ".svg")
 DIVERGED_COLOUR = "magenta"
+FAR_FROM_PLANE = 0.5  # a checkpoint's residual/distance above which the path is said to lie far from the plane
+PATH_COLOUR = "black"
 
 
 @dataclass
@@ -44,15 +58,66 @@ class Source:
     path: Path  # the grid's directory
     zarr_path: Path
     plots_dir: Path
+    _coords: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         cfg = self.run.config
-        name = self.run.name or self.run_id[:8]
-        return f"{name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
+        return f"{self.name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
+
+    @property
+    def name(self) -> str:
+        return self.run.name or self.run_id[:8]
+
+    @property
+    def kind(self) -> str:
+        return self.grid.config.kind
+
+    @property
+    def dims(self) -> int:
+        return self.grid.config.dims
+
+    @property
+    def coords(self) -> list[np.ndarray]:
+        """The grid's stored coordinates: [x] for a line, [x, y] for a plane."""
+        if self._coords is None:
+            rows = Rows(self.zarr_path, "r")
+            try:
+                self._coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:rows.dims]]
+            except DECODE_ERRORS as e:
+                raise IntegrityError(
+                    f"grid {self.grid_id} has damaged coordinates: `landscape grid {self.run_id} --grid "
+                    f"{self.grid_id} --resume` rebuilds them (`landscape verify` lists everything that is damaged)"
+                ) from e
+        return self._coords
 
     def epoch_record(self, epoch: int) -> EpochRecord | None:
         return self.run.record(epoch)
+
+
+@dataclass
+class TrajectoryPath:
+    """A PCA grid's trajectory as drawn: each checkpoint's coordinates on the plane (or line), its
+    distance from the plane (`residual`) and from the final checkpoint (`distance`), and its own
+    metric (`values`, the mean over the batches of the panel or curves it is drawn with)."""
+
+    source: Source
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None  # None on a line
+    residual: np.ndarray
+    distance: np.ndarray
+    values: np.ndarray
+
+    @property
+    def off_plane(self) -> float:
+        """The largest residual/distance over the checkpoints other than the final one (0: all on the plane)."""
+        away = self.distance > 0
+        return float(np.max(self.residual[away] / self.distance[away])) if away.any() else 0.0
+
+    @property
+    def far(self) -> bool:
+        return self.off_plane > FAR_FROM_PLANE
 
 
 @dataclass
@@ -68,6 +133,7 @@ class Panel:
     epoch: int
     pair: int | None
     batch: int | None
+    path: TrajectoryPath | None = None  # a PCA plane's trajectory, drawn on the panel
 
     @property
     def diverged(self) -> int:
@@ -75,17 +141,44 @@ class Panel:
 
 
 @dataclass
-class PlotResult:
-    path: Path | None
-    figure: Any
-    panels: list[Panel]
-    shape: tuple[int, int]  # rows, columns of panels
-    panel_axes: list[Any] = field(default_factory=list)
-    arrow_scale: float | None = None
+class Curve:
+    """One curve of a line: `values` [x] the mean of the metric over the chosen pairs and batches, `lo`/`hi`
+    their min and max (the band; None for a single pair and batch). NaN/Inf where diverged; all NaN, and
+    not drawn, while a row it averages is not computed yet (`computed` False)."""
+
+    label: str
+    x: np.ndarray
+    values: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    computed: bool
+    source: Source
+    epoch: int
+    pair: int | None  # the one pair it shows, None for a mean over several
+    batch: int | None
+    over: str  # what the mean is over ("pairs and batches", "batches", "pairs"; "" for none)
 
     @property
     def diverged(self) -> int:
-        return sum(p.diverged for p in self.panels)
+        return int(np.count_nonzero(~np.isfinite(self.values))) if self.computed else 0
+
+
+@dataclass
+class PlotResult:
+    path: Path | None
+    figure: Any
+    panels: list[Panel]  # 2-D grids (empty for a line)
+    shape: tuple[int, int]  # rows, columns of panels
+    panel_axes: list[Any] = field(default_factory=list)
+    arrow_scale: float | None = None
+    curves: list[Curve] = field(default_factory=list)  # 1-D grids (empty for a plane)
+    paths: list[TrajectoryPath] = field(default_factory=list)  # PCA trajectories drawn
+    sources: list[Source] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the figure's note line says
+
+    @property
+    def diverged(self) -> int:
+        return sum(p.diverged for p in self.panels) + sum(c.diverged for c in self.curves)
 
 
 # --- choosing what to plot ------------------------------------------------------------------------
@@ -116,22 +209,43 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) ->
         meta = st.read_grid(run_id, grid_id)
         sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
                               st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
-    if len(sources) > 1:
-        first = sources[0].grid.config
-        for s in sources[1:]:
-            cfg = s.grid.config
-            if (cfg.width, cfg.span) != (first.width, first.span):
-                raise UsageError(
-                    f"cannot compare grid {sources[0].grid_id} ({first.width}x{first.width}, span ±{first.span:g}) "
-                    f"with grid {s.grid_id} ({cfg.width}x{cfg.width}, span ±{cfg.span:g}): compared grids "
-                    "need the same --width and --span"
-                )
+    _check_comparable(sources)
     return sources
+
+
+def _check_comparable(sources: list[Source]) -> None:
+    """Compared grids are drawn on one set of axes: the same kind, dimensions and coordinates."""
+    first = sources[0]
+    for s in sources[1:]:
+        a, b = first.grid.config, s.grid.config
+        if (a.kind, a.dims) != (b.kind, b.dims):
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --directions and --dims"
+            )
+        same = len(first.coords) == len(s.coords) and all(
+            c.shape == d.shape and np.allclose(c, d, rtol=1e-9, atol=1e-12) for c, d in zip(first.coords, s.coords, strict=True)
+        )
+        if not same:
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --width and --span (or --range and --yrange): the same "
+                + ("x and y coordinates" if a.dims == 2 else "x coordinates")
+            )
+
+
+def _shape_text(s: Source) -> str:
+    cfg = s.grid.config
+    counts = "x".join(str(a.count) for a in cfg.axes)
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"{counts}, span ±{cfg.span:g}" if cfg.dims == 2 else f"{counts} points, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    return f"{_kind_text(s)}, {counts}{' points' if cfg.dims == 1 else ''}, {ranges}"
 
 
 def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool) -> list[int]:
     if epochs is None:
-        if animate:
+        if animate or sources[0].dims == 1:  # a line's epochs are curves in one panel: all of them
             return sorted(sources[0].grid.epochs)
         return [max(sources[0].grid.epochs)] if sources[0].grid.epochs else []
     if not epochs:
@@ -147,7 +261,25 @@ def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bo
     return list(dict.fromkeys(epochs))
 
 
+def _check_selection(sources: list[Source], pair: int | None, batch: int | None) -> None:
+    for s in sources:
+        c = s.grid.config
+        if pair is not None and pair >= c.pairs:
+            raise UsageError(f"--pair {pair}: grid {s.grid_id} has pairs 0..{c.pairs - 1}")
+        if batch is not None and batch >= c.batches:
+            raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c.batches - 1}")
+
+
 # --- reading ------------------------------------------------------------------------------------
+
+
+def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
+    where = f", epoch {epoch}" if epoch is not None else ""
+    return IntegrityError(
+        f"grid {source.grid_id} has a damaged chunk ({what}{where}): "
+        f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
+        "(`landscape verify` lists everything that is damaged)"
+    )
 
 
 @dataclass
@@ -180,42 +312,102 @@ def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
                 if done[p, y]:
                     values[p, :, y, :] = rows[metric][ei, p, :, y, :]
     except DECODE_ERRORS as e:
-        raise IntegrityError(
-            f"grid {source.grid_id} has a damaged chunk ({what}, epoch {epoch}): "
-            f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
-            "(`landscape verify` lists everything that is damaged)"
-        ) from e
+        raise _damaged(source, what, epoch) from e
     return _EpochData(values, done, center, ga, gb)
+
+
+@dataclass
+class _LineData:
+    values: np.ndarray  # [P, B, W]
+    done: np.ndarray  # [P]
+
+
+def _read_line(source: Source, epoch: int, metric: str) -> _LineData:
+    rows = Rows(source.zarr_path, "r")
+    ei = rows.epochs.index(epoch)
+    pairs, batches, width = rows["loss"].shape[1:4]
+    values = np.full((pairs, batches, width), np.nan)
+    done = np.zeros(pairs, bool)
+    what = ""
+    try:
+        for p in range(pairs):
+            what = f"the line of pair {p}"
+            done[p] = rows["done"][ei, p] > 0
+            if done[p]:
+                values[p] = rows.read_row(metric, ei, p, 0)
+    except DECODE_ERRORS as e:
+        raise _damaged(source, what, epoch) from e
+    return _LineData(values, done)
+
+
+@dataclass
+class _PathData:
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None
+    residual: np.ndarray
+    distance: np.ndarray
+    own: np.ndarray  # [checkpoint, batch]: each checkpoint's own metric
+
+
+def _read_path(source: Source, metric: str) -> _PathData | None:
+    """A PCA grid's trajectory, from its Zarr arrays (distances from the final checkpoint: grid.json)."""
+    if source.kind != "pca":
+        return None
+    rows = Rows(source.zarr_path, "r")
+    try:
+        root: Any = rows.root  # (zarr types a group's member as an array or a group)
+        epochs = [int(e) for e in np.asarray(root["path_epoch"][:])]
+        x = np.asarray(root["path_x"][:], np.float64)
+        y = np.asarray(root["path_y"][:], np.float64) if source.dims == 2 else None
+        residual = np.asarray(root["path_residual"][:], np.float64)
+        own = np.asarray(root["path_loss" if metric == "loss" else "path_accuracy"][...], np.float64)
+    except (*DECODE_ERRORS, KeyError) as e:
+        raise IntegrityError(
+            f"grid {source.grid_id} has damaged or missing trajectory arrays (path_*): `landscape grid "
+            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
+        ) from e
+    recorded = (source.grid.kind.get("path") or {}).get("distance")
+    if isinstance(recorded, list) and len(recorded) == len(x):
+        distance = np.asarray(recorded, np.float64)
+    else:  # orthonormal components (--norm none): the in-plane and off-plane parts
+        distance = np.sqrt(x**2 + (y**2 if y is not None else 0.0) + residual**2)
+    return _PathData(epochs, x, y, residual, distance, own)
+
+
+def _trajectory(source: Source, data: _PathData | None, batches: list[int]) -> TrajectoryPath | None:
+    if data is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        values = data.own[:, batches].mean(axis=1)
+    return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
 
 
 def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
                  reduce: str) -> tuple[list[Panel], tuple[int, int]]:
-    """The panels of one figure (one frame) and their rows x columns layout."""
+    """The panels of one figure (one frame) of planes and their rows x columns layout."""
     cfg = sources[0].grid.config
-    for s in sources:
-        c = s.grid.config
-        if pair is not None and pair >= c.pairs:
-            raise UsageError(f"--pair {pair}: grid {s.grid_id} has pairs 0..{c.pairs - 1}")
-        if batch is not None and batch >= c.batches:
-            raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c.batches - 1}")
+    _check_selection(sources, pair, batch)
     panels: list[Panel] = []
     if len(sources) == 1 and len(epochs) == 1:
         s, e = sources[0], epochs[0]
         data = _read_epoch(s, e, metric)
+        path = _read_path(s, metric)
         pairs = [pair] if pair is not None else list(range(cfg.pairs))
         batches = [batch] if batch is not None else list(range(cfg.batches))
         if reduce == "mean":
-            panels.append(_panel(s, e, data, pairs, batches, "mean over pairs and batches"))
+            panels.append(_panel(s, e, data, pairs, batches, "mean over pairs and batches", path))
             return panels, (1, 1)
         if reduce == "batches":
-            panels += [_panel(s, e, data, [p], batches, f"pair {p}, mean over batches") for p in pairs]
+            panels += [_panel(s, e, data, [p], batches, f"pair {p}, mean over batches", path) for p in pairs]
             return panels, (len(pairs), 1)
         if reduce == "pairs":
-            panels += [_panel(s, e, data, pairs, [b], f"batch {b}, mean over pairs") for b in batches]
+            panels += [_panel(s, e, data, pairs, [b], f"batch {b}, mean over pairs", path) for b in batches]
             return panels, (1, len(batches))
-        panels += [_panel(s, e, data, [p], [b], f"pair {p}, batch {b}") for p in pairs for b in batches]
+        panels += [_panel(s, e, data, [p], [b], f"pair {p}, batch {b}", path) for p in pairs for b in batches]
         return panels, (len(pairs), len(batches))
     for s in sources:
+        path = _read_path(s, metric)
         for e in epochs:
             data = _read_epoch(s, e, metric)
             c = s.grid.config
@@ -224,11 +416,12 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
             what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
                     "pairs": f"batch {b_sel[0]}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, batch {b_sel[0]}")
             title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
-            panels.append(_panel(s, e, data, p_sel, b_sel, title))
+            panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
     return panels, (len(sources), len(epochs))
 
 
-def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: list[int], title: str) -> Panel:
+def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: list[int], title: str,
+           path: _PathData | None = None) -> Panel:
     v = data.values[np.ix_(pairs, batches)]  # [p, b, H, W]
     done = np.asarray(data.done[pairs])  # [p, H]
     computed_rows = np.asarray(done.all(axis=0))
@@ -244,7 +437,44 @@ def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: l
         if not all(np.isfinite(grad)):
             grad = None
     return Panel(title, values, computed, center, grad, s, epoch, pairs[0] if len(pairs) == 1 else None,
-                 batches[0] if len(batches) == 1 else None)
+                 batches[0] if len(batches) == 1 else None, _trajectory(s, path, batches))
+
+
+def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
+                 reduce: str) -> list[Curve]:
+    """The curves of lines: per run and epoch the mean over pairs and batches (with its min–max band), or
+    with `reduce` "batches" one per pair, "pairs" one per batch; `pair`/`batch` keep one."""
+    _check_selection(sources, pair, batch)
+    curves: list[Curve] = []
+    for s in sources:
+        c = s.grid.config
+        pairs = [pair] if pair is not None else list(range(c.pairs))
+        batches = [batch] if batch is not None else list(range(c.batches))
+        if reduce == "batches":
+            groups = [([p], batches, f" · pair {p}") for p in pairs]
+        elif reduce == "pairs":
+            groups = [(pairs, [b], f" · batch {b}") for b in batches]
+        else:
+            groups = [(pairs, batches, "")]
+        for e in epochs:
+            data = _read_line(s, e, metric)
+            for ps, bs, what in groups:
+                who = f"{s.name} " if len(sources) > 1 else ""
+                curves.append(_curve(s, e, data, ps, bs, f"{who}epoch {e}{what}"))
+    return curves
+
+
+def _curve(s: Source, epoch: int, data: _LineData, pairs: list[int], batches: list[int], label: str) -> Curve:
+    v = data.values[np.ix_(pairs, batches)].reshape(len(pairs) * len(batches), -1)  # [n, W]
+    computed = bool(data.done[pairs].all())
+    with np.errstate(invalid="ignore"):
+        values, lo, hi = v.mean(axis=0), v.min(axis=0), v.max(axis=0)  # NaN/Inf stay: a diverged point is a gap
+    if not computed:
+        values = lo = hi = np.full(v.shape[1], np.nan)
+    over = " and ".join(name for name, n in (("pairs", len(pairs)), ("batches", len(batches))) if n > 1)
+    return Curve(label, s.coords[0], values, lo if v.shape[0] > 1 else None, hi if v.shape[0] > 1 else None,
+                 computed, s, epoch, pairs[0] if len(pairs) == 1 else None, batches[0] if len(batches) == 1 else None,
+                 over)
 
 
 # --- drawing ------------------------------------------------------------------------------------
@@ -274,6 +504,17 @@ def _displayed(panel: Panel, style: Style) -> np.ndarray:
     return v
 
 
+def _shown(values: np.ndarray, style: Style) -> np.ndarray:
+    """What a curve draws: non-finite values as gaps, clipped, non-positive values gaps on a log scale."""
+    v = np.where(np.isfinite(values), values, np.nan)
+    with np.errstate(invalid="ignore"):
+        if style.clip is not None:
+            v = np.where(v > style.clip, style.clip, v)
+        if style.log:
+            v = np.where(v > 0, v, np.nan)
+    return v
+
+
 def _scale(panels: list[Panel], style: Style) -> tuple[float, float]:
     finite = [d[np.isfinite(d)] for d in (_displayed(p, style) for p in panels)]
     finite = [f for f in finite if f.size]
@@ -285,10 +526,15 @@ def _scale(panels: list[Panel], style: Style) -> tuple[float, float]:
     return lo, hi
 
 
-def _arrow_scale(panels: list[Panel], span: float) -> float | None:
+def _reach(source: Source) -> float:
+    """Half the extent of the grid's shorter axis (the span of a square random grid)."""
+    return min(float(c[-1] - c[0]) / 2 for c in source.coords)
+
+
+def _arrow_scale(panels: list[Panel], reach: float) -> float | None:
     norms = [float(np.hypot(*p.grad)) for p in panels if p.grad is not None]
     norms = [n for n in norms if n > 0]
-    return 0.3 * span / max(norms) if norms else None
+    return 0.3 * reach / max(norms) if norms else None
 
 
 def _label(style: Style) -> str:
@@ -300,11 +546,59 @@ def _label(style: Style) -> str:
     return f"{name} − {name} at the centre"
 
 
-def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, span: float,
-         scale: tuple[float, float], arrow_scale: float | None, suptitle: str) -> list[Any]:
-    """Draw `panels` on `fig` (cleared first); returns the panel axes."""
-    from matplotlib import colors
-    from matplotlib import pyplot as plt
+def _axis_names(s: Source) -> tuple[str, ...]:
+    return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
+
+
+def _axis_labels(s: Source) -> list[str]:
+    """The label of each axis: what its coordinate is."""
+    if s.kind == "interpolate":
+        return ["t"]
+    if s.kind == "pca":
+        ratios = s.grid.kind.get("explained_variance_ratio") or []
+        return [f"PC{j + 1} ({100 * float(ratios[j]):.1f}% of variance)" if j < len(ratios) else f"PC{j + 1}"
+                for j in range(s.dims)]
+    return ["x (along d1)", "y (along d2)"][:s.dims]
+
+
+def _step(c: np.ndarray) -> float:
+    return float(c[-1] - c[0]) / (len(c) - 1)
+
+
+def _far_note(paths: list[TrajectoryPath], style: Style) -> str | None:
+    far = [p for p in paths if p.far]
+    if not far:
+        return None
+    worst = max(p.off_plane for p in far)
+    where = "plane" if far[0].y is not None else "line"
+    drawn = "the contours are" if where == "plane" and not style.surface else \
+        "the surface is" if where == "plane" else "the curve is"
+    return (f"the path lies far from this {where}: up to {100 * worst:.0f}% of a checkpoint's distance is off the "
+            f"{where}, so {drawn} not the {style.metric} along the path")
+
+
+def _write_title(fig: Any, title: str) -> None:
+    """The figure's title, each line wrapped to the figure's width."""
+    width = max(40, int(fig.get_figwidth() * 72 / 5.2))  # characters of 9-point text
+    lines = [part for line in title.split("\n") for part in textwrap.wrap(line, width, break_long_words=False) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=9)
+
+
+def _write_notes(fig: Any, notes: list[str]) -> None:
+    """The note line(s) under the panels, with room made for them."""
+    lines = textwrap.wrap(";  ".join(notes), max(40, int(fig.get_figwidth() * 72 / 4.0))) if notes else []
+    if lines:
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, ha="left", va="bottom")
+    bottom = min(0.3, (len(lines) * 9 + 5) / (fig.get_figheight() * 72)) if lines else 0.03
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.set(rect=(0, bottom, 1, 1 - bottom))
+
+
+def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, scale: tuple[float, float],
+         arrow_scale: float | None, suptitle: str) -> tuple[list[Any], list[str]]:
+    """Draw the `panels` of planes on `fig` (cleared first); returns the panel axes and the notes written."""
+    from matplotlib import colormaps, colors
     from matplotlib.patches import Rectangle
 
     fig.clear()
@@ -312,17 +606,20 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
     lo, hi = scale
     norm = colors.LogNorm(vmin=max(lo, 1e-12), vmax=max(hi, lo * 1.001, 1e-11)) if style.log else \
         colors.Normalize(vmin=lo, vmax=hi)
-    cmap = plt.get_cmap("viridis").with_extremes(bad=DIVERGED_COLOUR)
+    cmap = colormaps["viridis"].with_extremes(bad=DIVERGED_COLOUR)
     axes = []
     mappable = None
-    width = panels[0].values.shape[1]
-    xs = np.linspace(-span, span, width)
-    X, Y = np.meshgrid(xs, xs)
-    step = 2 * span / (width - 1)
-    extent = (-span - step / 2, span + step / 2, -span - step / 2, span + step / 2)
+    source = panels[0].source  # compared grids have the same coordinates
+    xs, ys = source.coords
+    X, Y = np.meshgrid(xs, ys)
+    dx, dy = _step(xs), _step(ys)
+    extent = (xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2)
+    square = bool(np.isclose(extent[1] - extent[0], extent[3] - extent[2]))
+    xlabel, ylabel = _axis_labels(source)
     for i, panel in enumerate(panels):
-        kw = {"projection": "3d"} if style.surface else {}
-        ax = fig.add_subplot(rows, cols, i + 1, **kw)
+        # a path on a surface is drawn over it (never sorted behind it by depth)
+        kw: dict[str, Any] = {"projection": "3d", "computed_zorder": panel.path is None} if style.surface else {}
+        ax: Any = fig.add_subplot(rows, cols, i + 1, **kw)
         axes.append(ax)
         z = _displayed(panel, style)
         diverged = panel.computed & ~np.isfinite(panel.values)
@@ -336,6 +633,10 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
             if diverged.any():
                 ax.scatter(X[diverged], Y[diverged], np.full(int(diverged.sum()), zhi), color=DIVERGED_COLOUR,
                            marker="x", s=12)
+            if panel.path is not None and panel.path.y is not None:
+                pz = _shown(panel.path.values, style)
+                ax.plot(panel.path.x, panel.path.y, np.log10(pz) if style.log else pz, color=PATH_COLOUR, marker="o",
+                        markersize=3, linewidth=0.9, gid="trajectory", zorder=5)
         elif style.contour:
             levels = np.geomspace(norm.vmin or 1e-12, norm.vmax or 1, 12) if style.log else np.linspace(lo, hi, 12)
             masked = np.ma.masked_invalid(z)
@@ -348,11 +649,11 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
         else:
             # diverged points are NaN/Inf and take the colour map's "bad" colour
             mappable = ax.imshow(np.ma.masked_invalid(z), origin="lower", extent=extent, cmap=cmap, norm=norm,
-                                 interpolation="nearest", aspect="equal")
+                                 interpolation="nearest", aspect="equal" if square else "auto")
         if not style.surface:
             missing_rows = np.flatnonzero(~panel.computed[:, 0])
             for r in missing_rows:  # not computed yet: grey, hatched
-                ax.add_patch(Rectangle((-span - step / 2, xs[r] - step / 2), 2 * span + step, step,
+                ax.add_patch(Rectangle((extent[0], ys[r] - dy / 2), extent[1] - extent[0], dy,
                                        facecolor="0.85", edgecolor="0.55", hatch="//", linewidth=0))
             ax.set_xlim(extent[0], extent[1])
             ax.set_ylim(extent[2], extent[3])
@@ -361,19 +662,25 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
                 ax.annotate("", xy=(-ga * arrow_scale, -gb * arrow_scale), xytext=(0, 0),
                             arrowprops={"arrowstyle": "->", "color": "red", "lw": 1.5})
             ax.plot([0], [0], marker="+", color="red", markersize=6)
+            if panel.path is not None:
+                _draw_plane_path(ax, panel.path)
         ax.set_title(panel.title + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
         ax.tick_params(labelsize=7)
         if i // cols == rows - 1:
-            ax.set_xlabel("x (along d1)", fontsize=7)
+            ax.set_xlabel(xlabel, fontsize=7)
         if i % cols == 0:
-            ax.set_ylabel("y (along d2)", fontsize=7)
+            ax.set_ylabel(ylabel, fontsize=7)
     if mappable is not None:
         cb = fig.colorbar(mappable, ax=axes, shrink=0.85, pad=0.02)
         cb.set_label(_label(style), fontsize=8)
         cb.ax.tick_params(labelsize=7)
-    notes = []
+    paths = [p.path for p in panels if p.path is not None]
+    far = _far_note(paths, style)
+    notes = [far] if far else []  # first: it says how to read the figure
     if arrow_scale is not None and style.metric == "loss" and not style.surface:
         notes.append(f"red arrows: −∇L projected on the plane, ×{arrow_scale:.3g}")
+    if paths and not style.surface:
+        notes.append("black: the training path (checkpoints by epoch, arrows in training order)")
     total_div = sum(p.diverged for p in panels)
     if total_div:
         notes.append(f"{DIVERGED_COLOUR}: {total_div} diverged points (NaN/Inf)")
@@ -381,28 +688,172 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sp
         notes.append("hatched grey: not computed yet")
     if style.clip is not None:
         notes.append(f"clipped at {style.clip:g}")
-    fig.suptitle(suptitle, fontsize=9)
-    if notes:
-        fig.text(0.01, 0.005, ";  ".join(notes), fontsize=7, ha="left", va="bottom")
-    return axes
+    _write_title(fig, suptitle)
+    _write_notes(fig, notes)
+    return axes, notes
+
+
+def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
+    """The trajectory on a plane: a marker per checkpoint labelled by its epoch, arrows in training order."""
+    assert path.y is not None
+    ax.plot(path.x, path.y, linestyle="none", marker="o", markersize=3.5, color=PATH_COLOUR, markerfacecolor="white",
+            gid="trajectory", zorder=4)
+    for i in range(len(path.x) - 1):
+        ax.annotate("", xy=(path.x[i + 1], path.y[i + 1]), xytext=(path.x[i], path.y[i]), zorder=4,
+                    arrowprops={"arrowstyle": "-|>", "color": PATH_COLOUR, "lw": 0.8, "shrinkA": 3, "shrinkB": 3,
+                                "mutation_scale": 7})
+    for epoch, x, y in zip(path.epochs, path.x, path.y, strict=True):
+        ax.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=PATH_COLOUR)
+
+
+def _target_text(s: Source) -> str:
+    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's."""
+    target = s.grid.kind.get("target") or {}
+    epoch = target.get("epoch", s.grid.config.target_epoch)
+    run = target.get("run", s.grid.config.target_run)
+    if run is not None and run != s.grid.run:
+        return f"{target.get('label') or str(run)[:8]} epoch {epoch}"
+    return f"epoch {epoch}"
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else "epochs " + ", ".join(map(str, epochs))
+
+
+def _mark_ends(ax: Any, curves: list[Curve]) -> None:
+    """An interpolation's two checkpoints: vertical lines at t = 0 and t = 1, labelled."""
+    sources = list({id(c.source): c.source for c in curves}.values())
+    starts, ends = [], []
+    for s in sources:
+        who = f"{s.name} " if len(sources) > 1 else ""
+        starts.append(who + _epochs_text(sorted({c.epoch for c in curves if c.source is s})))
+        ends.append(_target_text(s))
+    for t, texts in ((0.0, starts), (1.0, ends)):
+        label = "; ".join(dict.fromkeys(texts))
+        ax.axvline(t, color="0.35", linestyle="--", linewidth=0.9, label=label, gid=f"t={t:g}")
+        ax.annotate(label, (t, 0.98), xycoords=ax.get_xaxis_transform(), xytext=(-2, 0), textcoords="offset points",
+                    rotation=90, rotation_mode="anchor", ha="right", va="bottom", fontsize=7, color="0.25")
+
+
+def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], style: Style,
+                suptitle: str) -> tuple[list[Any], list[str]]:
+    """Draw the `curves` of lines on one axes of `fig` (cleared first); returns the axes and the notes written."""
+    fig.clear()
+    ax: Any = fig.add_subplot(1, 1, 1)
+    source = curves[0].source
+    handles = []
+    for c in curves:
+        if not c.computed:
+            continue
+        [line] = ax.plot(c.x, _shown(c.values, style), linewidth=1.4, marker="o" if len(c.x) <= 25 else None,
+                         markersize=2.5, label=c.label)
+        handles.append(line)
+        if c.lo is not None and c.hi is not None:
+            ax.fill_between(c.x, _shown(c.lo, style), _shown(c.hi, style), color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+        bad = ~np.isfinite(c.values)
+        if bad.any():  # diverged: a gap in the curve, and a marker at the bottom
+            ax.plot(c.x[bad], np.full(int(bad.sum()), 0.03), transform=ax.get_xaxis_transform(), linestyle="none",
+                    marker="x", markersize=6, color=DIVERGED_COLOUR, gid="diverged")
+    if source.kind == "interpolate":
+        _mark_ends(ax, curves)
+    for path in paths:
+        y = _shown(path.values, style)
+        [points] = ax.plot(path.x, y, linestyle="none", marker="o", markersize=4, color=PATH_COLOUR,
+                           markerfacecolor="white", gid="trajectory", label=f"checkpoints (their own {style.metric})")
+        if path is paths[0]:
+            handles.append(points)
+        for epoch, x, v in zip(path.epochs, path.x, y, strict=True):
+            if np.isfinite(v):
+                ax.annotate(str(epoch), (x, v), xytext=(3, 3), textcoords="offset points", fontsize=6,
+                            color=PATH_COLOUR)
+    if style.log:
+        ax.set_yscale("log")
+    ax.set_xlabel(_axis_labels(source)[0], fontsize=8)
+    ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
+    title = _curves_title(curves)
+    diverged = sum(c.diverged for c in curves)
+    ax.set_title(title + (f"  ({diverged} diverged)" if diverged else ""), fontsize=8)
+    ax.tick_params(labelsize=7)
+    if handles:
+        ax.legend(handles=handles, fontsize=7)
+    far = _far_note(paths, style)
+    notes = [far] if far else []
+    if diverged:
+        notes.append(f"{DIVERGED_COLOUR} ×: {diverged} diverged points (NaN/Inf), gaps in the curves")
+    missing = [c.label for c in curves if not c.computed]
+    if missing:
+        notes.append(f"not computed yet, left out: {', '.join(missing)}")
+    if style.clip is not None:
+        notes.append(f"clipped at {style.clip:g}")
+    _write_title(fig, suptitle)
+    _write_notes(fig, notes)
+    return [ax], notes
+
+
+def _curves_title(curves: list[Curve]) -> str:
+    """What the curves are: which pair and batch, or what their means (and bands) are over."""
+    parts = []
+    for name in ("pair", "batch"):
+        shown = {getattr(c, name) for c in curves}
+        if len(shown) == 1 and None not in shown:
+            parts.append(f"{name} {shown.pop()}")
+        elif None not in shown:
+            parts.append(f"one curve per {name}")
+    over = curves[0].over
+    if over:
+        parts.append(f"mean over {over} (band: min–max)")
+    return ", ".join(parts)
+
+
+def _kind_text(s: Source) -> str:
+    shape = "plane" if s.dims == 2 else "line"
+    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}"}.get(s.kind,
+                                                                                              f"{s.kind} {shape}")
+
+
+def _geometry(s: Source) -> str:
+    """What the grid's axes are, for titles (a square random plane: "span ±S", as the first release wrote)."""
+    cfg = s.grid.config
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"span ±{cfg.span:g}" if cfg.dims == 2 else f"random line, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    if cfg.kind == "interpolate":
+        return f"interpolation from each epoch to {_target_text(s)}, {ranges}"
+    if cfg.kind == "pca" and cfg.trajectory:
+        t = list(cfg.trajectory)
+        epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
+        return f"{_kind_text(s)} of the path over epochs {epochs}, {ranges}"
+    return f"{_kind_text(s)}, {ranges}"
+
+
+def _directions_text(s: Source) -> str:
+    cfg = s.grid.config
+    if cfg.kind == "interpolate":
+        return ""
+    if cfg.layer:
+        return f"layer {cfg.layer}"
+    return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
 
 
 def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
+    s = sources[0]
+    g = s.grid.config
+    where = ", ".join(t for t in (_geometry(s), _directions_text(s), f"BatchNorm {g.bn}") if t)
     if len(sources) == 1 and len(epochs) == 1:
-        s, e = sources[0], epochs[0]
-        cfg, rec, g = s.run.config, s.epoch_record(e), s.grid.config
+        e = epochs[0]
+        cfg, rec = s.run.config, s.epoch_record(e)
         metrics = ""
         if rec:
             metrics = (f" — train loss {rec.train_loss:.3g}, acc {100 * rec.train_accuracy:.1f}%; "
                        f"val loss {rec.val_loss:.3g}, acc {100 * rec.val_accuracy:.1f}%")
-        where = f"layer {g.layer}" if g.layer else f"{g.norm}-normalized"
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
-                f"{style.metric}, span ±{g.span:g}, {where}, BatchNorm {g.bn}\nrun {s.run_id}, grid {s.grid_id}")
+                f"{style.metric}, {where}\nrun {s.run_id}, grid {s.grid_id}")
     if len(sources) == 1:
-        cfg, g = sources[0].run.config, sources[0].grid.config
+        cfg = s.run.config
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
-                f"{','.join(map(str, epochs))}, span ±{g.span:g} (grid {sources[0].grid_id})")
-    return f"{style.metric}, span ±{sources[0].grid.config.span:g}: " + " vs ".join(s.label for s in sources)
+                f"{','.join(map(str, epochs))}, {_geometry(s)} (grid {s.grid_id})")
+    return f"{style.metric}, {_geometry(s)}: " + " vs ".join(x.label for x in sources)
 
 
 # --- the entry point ------------------------------------------------------------------------------
@@ -429,14 +880,11 @@ def plot(
 ) -> PlotResult:
     """Draw the landscape of one or more runs' grids and save it (PNG by default, in the grid's plots/).
 
-    Returns the saved path, the matplotlib figure and the panels (with the arrays they show).
+    A plane (2-D grid) is drawn as heatmaps (or `contour`, `surface`; a PCA plane as contours with its
+    path), a line (1-D grid) as curves. Returns the saved path, the matplotlib figure, and what was
+    drawn with the arrays it shows: the panels of a plane, the curves of a line, a PCA path. The figure
+    is not registered with pyplot (the backend is left as it is); `show=True` opens it in a window.
     """
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
     if reduce not in REDUCTIONS:
@@ -451,42 +899,102 @@ def plot(
     st = Store.of(store)
     out_path = _check_out(out, animate)
     sources = select_sources(st, runs, grids)
+    first = sources[0]
+    if first.dims == 1:
+        refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate)) if v]
+        if refused:
+            verb = "applies" if len(refused) == 1 else "apply"
+            raise UsageError(f"{' and '.join(refused)} {verb} to 2-D grids only: grid {first.grid_id} is a line "
+                             f"({_kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
     chosen = _epochs_for(sources, epochs, animate)
-    style = Style(metric, contour, surface, log, clip)
-    span = float(sources[0].grid.config.span or 1.0)
+    # a PCA plane: contours of the metric by default (its path is drawn on them)
+    style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip)
+    path = out_path or _default_path(first, chosen, style, pair, batch, reduce, len(sources), animate)
+
+    def prepare_dir() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            check_writable(path.parent)
+        except OSError as e:  # (a StoreError too)
+            message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
+            raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+
+    if first.dims == 1:
+        curves = build_curves(sources, chosen, metric, pair, batch, reduce)
+        batches = [batch] if batch is not None else list(range(first.grid.config.batches))
+        paths = [p for p in (_trajectory(s, _read_path(s, metric), batches) for s in sources) if p is not None]
+        fig = _figure((7.5, 5.0), dpi, show)
+        try:
+            prepare_dir()
+            line_axes, line_notes = draw_curves(fig, curves, paths, style, _suptitle(sources, chosen, style))
+            _save(fig, path, dpi)
+            _show(fig, show)
+        finally:
+            _close(fig, show)
+        return PlotResult(path, fig, [], (1, 1), line_axes, None, curves, paths, sources, line_notes)
 
     frames = [[e] for e in chosen] if animate else [chosen]
     built = [build_panels(sources, f, metric, pair, batch, reduce) for f in frames]
     every = [p for panels, _ in built for p in panels]
     scale = _scale(every, style)
-    arrow = _arrow_scale(every, span) if metric == "loss" else None
+    arrow = _arrow_scale(every, _reach(first)) if metric == "loss" else None
     rows, cols = built[0][1]
-    fig = plt.figure(figsize=(max(3.2 * cols + 1.4, 7.0), 3.0 * rows + 1.5), dpi=dpi, layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.03, 1, 0.97))  # type: ignore[union-attr, call-arg]  # notes line
-    path = out_path or _default_path(sources[0], chosen, style, pair, batch, reduce, len(sources), animate)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(path.parent)
-    except OSError as e:  # (a StoreError too)
-        message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+    fig = _figure((max(3.2 * cols + 1.4, 7.0), 3.0 * rows + 1.5), dpi, show)
     axes: list[Any] = []
-    if animate:
-        from matplotlib.animation import PillowWriter
+    notes: list[str] = []
+    try:
+        prepare_dir()
+        if animate:
+            from matplotlib.animation import PillowWriter
 
-        writer = PillowWriter(fps=2)
-        with atomic_path(path, keep_suffix=True) as tmp, writer.saving(fig, str(tmp), dpi):
-            for (panels, shape), frame in zip(built, frames, strict=True):
-                axes = draw(fig, panels, shape, style, span, scale, arrow, _suptitle(sources, frame, style))
-                writer.grab_frame()
-    else:
-        panels, shape = built[0]
-        axes = draw(fig, panels, shape, style, span, scale, arrow, _suptitle(sources, chosen, style))
-        with atomic_path(path, keep_suffix=True) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+            writer = PillowWriter(fps=2)
+            with atomic_path(path, keep_suffix=True) as tmp, writer.saving(fig, str(tmp), dpi):
+                for (panels, shape), frame in zip(built, frames, strict=True):
+                    axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, frame, style))
+                    writer.grab_frame()
+        else:
+            panels, shape = built[0]
+            axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, chosen, style))
+            _save(fig, path, dpi)
+        _show(fig, show)
+    finally:
+        _close(fig, show)
+    last = built[-1][0]
+    paths = list({id(p.path): p.path for p in last if p.path is not None}.values())
+    return PlotResult(path, fig, last, built[-1][1], axes, arrow, [], paths, sources, notes)
+
+
+def _figure(size: tuple[float, float], dpi: int, show: bool) -> Any:
+    """A figure with constrained layout: pyplot's only for `show` (a window), else a bare Figure on Agg."""
     if show:
+        from matplotlib import pyplot as plt
+
+        return plt.figure(figsize=size, dpi=dpi, layout="constrained")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+
+
+def _show(fig: Any, show: bool) -> None:
+    if show:
+        from matplotlib import pyplot as plt
+
         plt.show()
-    return PlotResult(path, fig, built[-1][0], built[-1][1], axes, arrow)
+
+
+def _close(fig: Any, show: bool) -> None:
+    if show:  # the window's figure: pyplot no longer holds it
+        from matplotlib import pyplot as plt
+
+        plt.close(fig)
 
 
 def _check_out(out: str | os.PathLike[str] | None, animate: bool) -> Path | None:
@@ -507,7 +1015,7 @@ def _check_out(out: str | os.PathLike[str] | None, animate: bool) -> Path | None
 
 def _default_path(source: Source, epochs: list[int], style: Style, pair: int | None, batch: int | None,
                   reduce: str, n_sources: int, animate: bool) -> Path:
-    mode = "surface" if style.surface else "contour" if style.contour else "heatmap"
+    mode = "curve" if source.dims == 1 else "surface" if style.surface else "contour" if style.contour else "heatmap"
     parts = [style.metric, mode]
     if style.log:
         parts.append("log")
