@@ -29,5 +29,27 @@ def test_quickstart_script(tmp_path: Path) -> None:
     assert run["epochs"][-1]["val_accuracy"] >= 0.9
 
 
+@pytest.mark.slow
+def test_analyses_script(tmp_path: Path) -> None:
+    """README's pictures of the new grid kinds come from this script: lines, interpolation, PCA plane."""
+    env = subprocess_env(threads=2)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
+    out = tmp_path / "figures"
+    out.mkdir()
+    done = subprocess.run([str(REPO / "examples" / "analyses.sh"), str(out)], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["interpolation.png", "lines.png", "pca.png"]
+    import json
+
+    listing = subprocess.run([sys.executable, "-m", "landscape_cli", "ls", "--json"], env=env, capture_output=True,
+                             text=True, check=True)
+    [run] = json.loads(listing.stdout)["runs"]
+    kinds = {g["name"]: (g["kind"], g["dims"], g["status"]) for g in run["grids"]}
+    assert kinds == {"lines": ("random", 1, "complete"), "interpolation": ("interpolate", 1, "complete"),
+                     "pca": ("pca", 2, "complete")}
+
+
 def test_reference_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(REPO / "examples" / "reference_experiments.sh")], check=True)
