@@ -275,6 +275,64 @@ class GridOptions:
     from_grid: str | None = None  # continue this grid of the run with its own configuration
 
 
+HESSIAN_BN_MODES = ("train", "eval")
+MAX_TOP = 100
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """Everything that determines a run's curvature results except which epochs they cover.
+
+    The Hessian is that of the mean of the batches' losses (the average of the per-batch values a
+    grid stores), over the parameters a grid with the same --perturb-biasbn / --layer perturbs.
+    """
+
+    run: str
+    top: int = 2  # eigenpairs with the largest eigenvalues
+    batches: int = 3
+    batch_size: int = 256
+    bn: str = "train"
+    perturb_biasbn: bool = False
+    layer: str | None = None
+    tol: float = 1e-3  # eigenpairs whose residual ‖Hv − λv‖/|λ| exceeds it are marked not converged
+    probes: int = 100  # Hutchinson probes for the trace
+    density: bool = False
+    density_probes: int = 4
+    density_steps: int = 60
+    bins: int = 200
+    seed: int = 0
+
+    def validate(self) -> HessianConfig:
+        positive_int(self.top, "--top", maximum=MAX_TOP)
+        positive_int(self.batches, "--batches")
+        positive_int(self.batch_size, "--batch-size")
+        choice(self.bn, HESSIAN_BN_MODES, "--bn mode")
+        finite(self.tol, "--tol", positive=True, below=1.0)
+        positive_int(self.probes, "--probes", minimum=2, maximum=100_000)
+        positive_int(self.density_probes, "--density-probes", maximum=1000)
+        positive_int(self.density_steps, "--steps", minimum=2, maximum=1000)
+        positive_int(self.bins, "--bins", minimum=2, maximum=100_000)
+        positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        out = {**asdict(self), "format": 1}
+        if not self.density:  # the density's settings do not change the other results
+            for key in ("density_probes", "density_steps", "bins"):
+                out.pop(key)
+        return out
+
+    @property
+    def hessian_id(self) -> str:
+        return short_hash({"hessian": self.identity()})
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> HessianConfig:
+        if d.get("format") != 1:
+            raise ValueError(f"unknown Hessian configuration format {d.get('format')!r}")
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
 def check_range(lo: float, hi: float, option: str) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise UsageError(f"{option} {lo:g},{hi:g}: both ends must be finite numbers")

@@ -158,6 +158,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], *,
 
     st.ensure_writable()
     data = load_dataset(run_meta.dataset["name"], data_dir)  # before anything is written
+    kind.before_prepare(ctx, wanted, device, data_dir, progress)
     batches = Batches(data, cfg.batches, cfg.batch_size)
     grid_dir = st.grid_dir(run_id, grid_id)
     new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
@@ -265,7 +266,11 @@ def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any
     for what in repair(zarr_path, layout, attrs, list(meta.epochs)):
         stderr_console().print(f"[yellow]grid {grid_id}: rebuilt damaged {what} from grid.json[/]")
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
-    changed = epochs != meta.epochs or (name is not None and meta.name != name)
+    known = meta.kind.get("epochs", {})
+    facts = kind.epoch_facts(ctx, meta, [e for e in epochs if str(e) not in known])
+    if facts:
+        meta.kind = {**meta.kind, "epochs": {**known, **facts}}
+    changed = epochs != meta.epochs or bool(facts) or (name is not None and meta.name != name)
     grow(zarr_path, epochs)
     if changed or not st.has_grid(run_id, grid_id):
         meta.epochs = epochs

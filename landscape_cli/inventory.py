@@ -7,7 +7,7 @@ from typing import Any
 from ._io import dir_size
 from .errors import IntegrityError
 from .locks import holder
-from .meta import Damaged, GridMeta, RunMeta
+from .meta import Damaged, GridMeta, HessianMeta, RunMeta
 from .store import Store
 
 
@@ -41,6 +41,7 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "size_bytes": dir_size(store.run_dir(meta.id)),
         "path": str(store.run_dir(meta.id)),
         "grids": [grid_summary(store, meta.id, g) for g in store.grids(meta.id)],
+        "hessians": [hessian_summary(store, meta.id, h) for h in store.hessians(meta.id)],
     }
 
 
@@ -49,6 +50,7 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
     if isinstance(meta, Damaged):
         return {"id": meta.id, "status": "damaged", "error": meta.error}
     from .gridstore import Rows
+    from .stats import summary
 
     cfg = meta.config
     zarr_path = store.zarr_path(run_id, meta.id)
@@ -79,6 +81,7 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         "diverged": diverged,
         "status": "complete" if rows_total and rows_done == rows_total else "partial",
         "path": str(store.grid_dir(run_id, meta.id)),
+        "stats": summary(store, run_id, meta),  # per epoch: the mean landscape's metrics (None while incomplete)
     }
 
 
@@ -93,6 +96,25 @@ def describe_grid(meta: GridMeta) -> str:
         where = "" if target.get("run") == meta.run else f" of run {target.get('label') or target.get('run')}"
         out += f" to epoch {target.get('epoch')}{where}"
     return out
+
+
+def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> dict[str, Any]:
+    """What `ls --json` shows of a run's curvature results (`landscape hessian`)."""
+    if isinstance(meta, Damaged):
+        return {"id": meta.id, "status": "damaged", "error": meta.error}
+    import numpy as np
+    import zarr
+
+    try:
+        done = np.asarray(zarr.open_array(store.hessian_zarr(run_id, meta.id) / "done", mode="r")[:]) > 0
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        return {"id": meta.id, "status": "damaged", "error": f"cannot read its done-marks: {e}"}
+    cfg = meta.config
+    return {"id": meta.id, "name": meta.name, "epochs": meta.epochs,
+            "epochs_done": [e for e, d in zip(meta.epochs, done, strict=False) if d], "top": cfg.top,
+            "batches": cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
+            "status": "complete" if done.size and done.all() else "partial",
+            "path": str(store.hessian_dir(run_id, meta.id))}
 
 
 def list_runs(store: Store) -> list[dict[str, Any]]:

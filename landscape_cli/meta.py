@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import GridConfig, TrainConfig
+from .config import GridConfig, HessianConfig, TrainConfig
 from .errors import IntegrityError
 
 RUN_FORMAT = 1
@@ -247,6 +247,66 @@ class GridMeta:
             "parameters": self.parameters,
             "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
+            "versions": self.versions,
+            "created": self.created,
+            **({"updated": self.updated} if self.updated is not None else {}),
+        }
+
+
+HESSIAN_FORMAT = 1
+
+
+@dataclass
+class HessianMeta:
+    """hessian.json: curvature results of a run (eigenpairs, trace, density) for a growing set of epochs.
+
+    `eigenvectors` maps each finished epoch to the direction file holding its top eigenvectors.
+    """
+
+    id: str
+    name: str | None
+    run: str
+    config: HessianConfig
+    epochs: list[int]
+    eigenvectors: dict[int, DirectionRecord]
+    parameters: str
+    versions: dict[str, str]
+    created: str
+    updated: str | None = None
+    format: int = HESSIAN_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> HessianMeta:
+        _format(d, (HESSIAN_FORMAT,), where)
+        try:
+            cfg = HessianConfig.from_identity(_need(d, "config", dict, where))
+        except (TypeError, ValueError) as e:
+            raise IntegrityError(f"{where}: the configuration cannot be read ({e}): damaged") from e
+        vectors = _need(d, "eigenvectors", dict, where)
+        name = d.get("name")
+        return cls(
+            id=str(_need(d, "id", str, where)),
+            name=str(name) if name is not None else None,
+            run=str(_need(d, "run", str, where)),
+            config=cfg,
+            epochs=[int(e) for e in _need(d, "epochs", list, where)],
+            eigenvectors={int(e): DirectionRecord.from_json(r, where) for e, r in vectors.items()},
+            parameters=str(d.get("parameters") or ""),
+            versions=dict(d.get("versions") or {}),
+            created=str(d.get("created") or ""),
+            updated=d.get("updated"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "name": self.name,
+            "run": self.run,
+            "config": self.config.identity(),
+            "epochs": self.epochs,
+            "eigenvectors": {str(e): r.to_json() for e, r in sorted(self.eigenvectors.items())},
+            "parameters": self.parameters,
             "versions": self.versions,
             "created": self.created,
             **({"updated": self.updated} if self.updated is not None else {}),

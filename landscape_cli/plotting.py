@@ -550,10 +550,20 @@ def _axis_names(s: Source) -> tuple[str, ...]:
     return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
 
 
-def _axis_labels(s: Source) -> list[str]:
-    """The label of each axis: what its coordinate is."""
+def _eigenvalues(s: Source, epoch: int | None) -> list[float]:
+    """A Hessian grid's top eigenvalues at `epoch` (its axes), as grid.json recorded them."""
+    facts = (s.grid.kind.get("epochs") or {}).get(str(epoch)) if epoch is not None else None
+    return [float(v) for v in facts["eigenvalues"]] if facts else []
+
+
+def _axis_labels(s: Source, epoch: int | None = None) -> list[str]:
+    """The label of each axis: what its coordinate is (a Hessian grid's: its eigenvalue at `epoch`)."""
     if s.kind == "interpolate":
         return ["t"]
+    if s.kind == "hessian":
+        values = _eigenvalues(s, epoch)
+        return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
+                for j in range(s.dims)]
     if s.kind == "pca":
         ratios = s.grid.kind.get("explained_variance_ratio") or []
         return [f"PC{j + 1} ({100 * float(ratios[j]):.1f}% of variance)" if j < len(ratios) else f"PC{j + 1}"
@@ -615,7 +625,8 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
     dx, dy = _step(xs), _step(ys)
     extent = (xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2)
     square = bool(np.isclose(extent[1] - extent[0], extent[3] - extent[2]))
-    xlabel, ylabel = _axis_labels(source)
+    one_epoch = {p.epoch for p in panels}
+    xlabel, ylabel = _axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)
     for i, panel in enumerate(panels):
         # a path on a surface is drawn over it (never sorted behind it by depth)
         kw: dict[str, Any] = {"projection": "3d", "computed_zorder": panel.path is None} if style.surface else {}
@@ -664,7 +675,9 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
             ax.plot([0], [0], marker="+", color="red", markersize=6)
             if panel.path is not None:
                 _draw_plane_path(ax, panel.path)
-        ax.set_title(panel.title + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
+        values = _eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
+        eigen = " · " + ", ".join(f"λ{j + 1} {v:.3g}" for j, v in enumerate(values)) if values else ""
+        ax.set_title(panel.title + eigen + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
         ax.tick_params(labelsize=7)
         if i // cols == rows - 1:
             ax.set_xlabel(xlabel, fontsize=7)
@@ -769,7 +782,8 @@ def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], styl
                             color=PATH_COLOUR)
     if style.log:
         ax.set_yscale("log")
-    ax.set_xlabel(_axis_labels(source)[0], fontsize=8)
+    one_epoch = {c.epoch for c in curves}
+    ax.set_xlabel(_axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0], fontsize=8)
     ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
     title = _curves_title(curves)
     diverged = sum(c.diverged for c in curves)
@@ -808,7 +822,8 @@ def _curves_title(curves: list[Curve]) -> str:
 
 def _kind_text(s: Source) -> str:
     shape = "plane" if s.dims == 2 else "line"
-    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}"}.get(s.kind,
+    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
+            "hessian": f"Hessian eigenvector {shape}"}.get(s.kind,
                                                                                               f"{s.kind} {shape}")
 
 
@@ -847,13 +862,26 @@ def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
         if rec:
             metrics = (f" — train loss {rec.train_loss:.3g}, acc {100 * rec.train_accuracy:.1f}%; "
                        f"val loss {rec.val_loss:.3g}, acc {100 * rec.val_accuracy:.1f}%")
+        stats = _stats_text(s, e) if s.dims == 2 else ""
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
-                f"{style.metric}, {where}\nrun {s.run_id}, grid {s.grid_id}")
+                f"{style.metric}, {where}{stats}\nrun {s.run_id}, grid {s.grid_id}")
     if len(sources) == 1:
         cfg = s.run.config
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
                 f"{','.join(map(str, epochs))}, {_geometry(s)} (grid {s.grid_id})")
     return f"{style.metric}, {_geometry(s)}: " + " vs ".join(x.label for x in sources)
+
+
+def _stats_text(s: Source, epoch: int) -> str:
+    """The title's "; ε-sharpness …, flat radius … (δ …)" of the epoch's mean landscape (`landscape stats`,
+    cached in the grid), or "" while the epoch is incomplete or its stats cannot be read."""
+    from .stats import summary, title_text
+
+    st = Store(s.path.parents[2])
+    if st.grid_dir(s.run_id, s.grid_id) != s.path:
+        return ""
+    mean = summary(st, s.run_id, s.grid, [epoch]).get(epoch)
+    return f"; {title_text(mean)}" if mean else ""
 
 
 # --- the entry point ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 from ._io import read_json, short_hash, write_json
 from .errors import AmbiguousReferenceError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from .locks import FileLock
-from .meta import Damaged, GridMeta, RunMeta
+from .meta import Damaged, GridMeta, HessianMeta, RunMeta
 
 STORE_ENV = "LANDSCAPE_STORE"
 DEFAULT_STORE = "runs"
@@ -34,6 +34,9 @@ GRID_FILE = "grid.json"
 ZARR_DIR = "landscape.zarr"
 PLOTS_DIR = "plots"
 LOCKS_DIR = "locks"
+HESSIANS_DIR = "hessians"
+HESSIAN_FILE = "hessian.json"
+HESSIAN_ZARR = "hessian.zarr"
 LOCK_FILE = ".lock"  # the run's training lock, and a grid's lock for creating or growing its arrays
 
 
@@ -107,6 +110,21 @@ class Store:
     def locks_dir(self, run_id: str, grid_id: str) -> Path:
         return self.grid_dir(run_id, grid_id) / LOCKS_DIR
 
+    def stats_file(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / "stats.json"
+
+    def hessians_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / HESSIANS_DIR
+
+    def hessian_dir(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessians_dir(run_id) / hessian_id
+
+    def hessian_file(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessian_dir(run_id, hessian_id) / HESSIAN_FILE
+
+    def hessian_zarr(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessian_dir(run_id, hessian_id) / HESSIAN_ZARR
+
     # -- locks --
 
     def run_lock(self, run_id: str) -> FileLock:
@@ -119,6 +137,10 @@ class Store:
     def grid_lock(self, run_id: str, grid_id: str) -> FileLock:
         """Held briefly while a grid's arrays and metadata are created or grown."""
         return FileLock(self.grid_dir(run_id, grid_id) / LOCK_FILE, f"grid {grid_id}")
+
+    def hessian_lock(self, run_id: str, hessian_id: str) -> FileLock:
+        """Held while curvature results of the run are computed (one process at a time)."""
+        return FileLock(self.hessian_dir(run_id, hessian_id) / LOCK_FILE, f"Hessian results {hessian_id}")
 
     def row_lock(self, run_id: str, grid_id: str, epoch: int, pair: int, row: int) -> FileLock:
         """Held while one row (work unit) of a grid is computed; a second process skips it."""
@@ -266,6 +288,35 @@ class Store:
         if not metas:
             return None
         return max(metas, key=lambda m: (m.updated or m.created or "", m.id)).id
+
+    # -- curvature results --
+
+    def hessian_ids(self, run_id: str) -> list[str]:
+        hessians = self.hessians_dir(run_id)
+        if not hessians.is_dir():
+            return []
+        return sorted(d.name for d in hessians.iterdir() if (d / HESSIAN_FILE).is_file())
+
+    def read_hessian(self, run_id: str, hessian_id: str) -> HessianMeta:
+        path = self.hessian_file(run_id, hessian_id)
+        raw = read_json(path)
+        meta = HessianMeta.from_json(raw, path)
+        if meta.id != hessian_id or meta.config.hessian_id != hessian_id:
+            raise IntegrityError(f"{path} does not match its id (edited or damaged): run `landscape verify`; the same "
+                                 "`landscape hessian` command rebuilds it")
+        return meta
+
+    def write_hessian(self, meta: HessianMeta) -> None:
+        write_json(self.hessian_file(meta.run, meta.id), meta.to_json())
+
+    def hessians(self, run_id: str) -> list[HessianMeta | Damaged]:
+        out: list[HessianMeta | Damaged] = []
+        for hid in self.hessian_ids(run_id):
+            try:
+                out.append(self.read_hessian(run_id, hid))
+            except (IntegrityError, OSError) as e:
+                out.append(Damaged(hid, str(e)))
+        return out
 
     def check_grid_name(self, run_id: str, grid_id: str, name: str) -> None:
         """A grid name must be unique among the run's grids."""

@@ -208,6 +208,36 @@ def test_two_processes_share_a_pca_grid(kinds_reference: Path, reference: Path, 
     readable(store)
 
 
+HESSIAN = ["hessian", "k", "--epochs", "0,1,2,3,4", "--batches", "1", "--batch-size", "64", "--probes", "10", "-q"]
+
+
+@pytest.mark.slow
+def test_killed_hessian_keeps_finished_epochs_and_resumes_bitwise(reference: Path, tmp_path: Path) -> None:
+    import xarray as xr
+
+    alone = tmp_path / "alone"
+    shutil.copytree(reference, alone)
+    ok(run_cli(*HESSIAN, "--store", str(alone)))
+    store = tmp_path / "store"
+    shutil.copytree(reference, store)
+    proc = start(*HESSIAN, store=store)
+    _wait_for("*/hessians/*/hessian.zarr/done/c/0", store)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    COUNTS["kills"] += 1
+    [zarr_path] = store.glob("*/hessians/*/hessian.zarr")
+    kept = xr.open_zarr(zarr_path)
+    finished = [int(e) for e, d in zip(kept.epoch.values, kept.done.values, strict=True) if d]
+    assert finished and len(finished) < 5, "the kill should land after the first epoch and before the last"
+    readable(store)
+    again = json.loads(ok(run_cli(*HESSIAN, "--json", "--store", str(store))).stdout)
+    assert sorted(again["computed"]) == sorted(set(range(5)) - set(finished))  # finished epochs were kept
+    [reference_path] = alone.glob("*/hessians/*/hessian.zarr")
+    ours, theirs = xr.open_zarr(zarr_path), xr.open_zarr(reference_path)
+    for name in theirs.data_vars:
+        assert np.array_equal(ours[name].values, theirs[name].values, equal_nan=True), name
+
+
 def _wait_for(pattern: str, root: Path, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and not list(root.glob(pattern)):

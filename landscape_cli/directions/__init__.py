@@ -3,7 +3,7 @@
 Importing this package registers every built-in kind.
 """
 
-from . import interpolate, pca, random  # noqa: F401  (registration)
+from . import hessian, interpolate, pca, random  # noqa: F401  (registration)
 from ._registry import (
     CheckpointLoss,
     DirectionKind,

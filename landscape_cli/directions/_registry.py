@@ -15,6 +15,7 @@ Adding a kind is one module with one registered class, plus its tests.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -102,6 +103,14 @@ class DirectionKind:
     def grid_epochs(self, cfg: GridConfig, epochs: list[int], given: bool) -> list[int]:
         """The epochs the grid computes, from the requested (or, `given` False, all the run's) epochs."""
         return epochs
+
+    def before_prepare(self, ctx: GridContext, epochs: list[int], device: str,
+                       data_dir: str | os.PathLike[str] | None, progress: bool) -> None:
+        """Long work the grid needs before it is created or grown (outside its lock; e.g. Hessian eigenvectors)."""
+
+    def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
+        """Facts about epochs new to the grid, for grid.json's "kind" → "epochs" (per-epoch directions)."""
+        return {}
 
     def names(self, weights: Mapping[str, Tensor], cfg: GridConfig) -> list[str]:
         """The parameters the grid moves (checking --layer / --single-kernel against the model)."""

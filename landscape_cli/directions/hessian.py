@@ -1,0 +1,99 @@
+"""Hessian eigenvector directions (the `hessian` kind): the plane of the top two eigenvectors at each epoch.
+
+The eigenvectors differ per epoch: they come from the run's curvature results (`landscape hessian`
+with --top 2 and the grid's --batches/--batch-size/--bn/--perturb-biasbn/--layer, computed here if
+missing, reused if present). Each unit eigenvector is scaled by one scalar only, the norm of the
+perturbed weights of its epoch, never filter-normalized, so the axes stay orthogonal eigenvectors
+and a coordinate of 1 moves the weights by their own norm. A `--dims 1` line follows the top
+eigenvector: the sharpest direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from .._io import check_hash
+from ..config import GridConfig, GridOptions, HessianConfig
+from ..errors import IntegrityError, UsageError
+from ..evaluate import Slice
+from ..meta import GridMeta, RunMeta
+from ..store import Store
+from ._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+
+TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so lines and planes share them
+
+
+def hessian_config(cfg: GridConfig) -> HessianConfig:
+    """The curvature results a Hessian grid uses: --top 2 with the grid's batches, BatchNorm mode and parameters."""
+    return HessianConfig(cfg.run, top=TOP, batches=cfg.batches, batch_size=cfg.batch_size, bn=cfg.bn,
+                         perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer)
+
+
+@register_kind
+class HessianKind(DirectionKind):
+    name = "hessian"
+    description = "the top Hessian eigenvectors at each epoch, scaled by the norm of the weights"
+    made = "per epoch (from `landscape hessian`)"
+    order = 3
+
+    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+        if opts.bn == "recompute":
+            raise UsageError("--directions hessian needs --bn train or eval (the Hessian of the grid's own loss)")
+        return {}
+
+    def before_prepare(self, ctx: GridContext, epochs: list[int], device: str,
+                       data_dir: str | os.PathLike[str] | None, progress: bool) -> None:
+        """Compute the curvature results of the epochs that lack them (outside the grid's lock: minutes)."""
+        from ..hessians import hessian
+
+        h = hessian_config(ctx.config)
+        hessian(ctx.run.id, epochs=epochs, top=h.top, batches=h.batches, batch_size=h.batch_size, bn=h.bn,
+                perturb_biasbn=h.perturb_biasbn, layer=h.layer, device=device, store=ctx.store, data_dir=data_dir,
+                progress=progress)
+
+    def prepare(self, ctx: GridContext, checkpoint_loss: Any) -> Prepared:
+        ranges = [(float(a.lo), float(a.hi)) for a in ctx.config.axes if a.lo is not None and a.hi is not None]
+        return Prepared([], ranges, {"hessian": hessian_config(ctx.config).hessian_id, "epochs": {}})
+
+    def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
+        """For each new epoch: its top eigenvalues and the direction file holding its eigenvectors."""
+        from ..hessians import read_results
+
+        h = hessian_config(ctx.config)
+        if not ctx.store.hessian_file(ctx.run.id, h.hessian_id).is_file():
+            raise IntegrityError(f"the curvature results {h.hessian_id} this grid uses are missing: run the same "
+                                 "`landscape grid` command again")
+        results = ctx.store.read_hessian(ctx.run.id, h.hessian_id)
+        numbers = {r["epoch"]: r for r in read_results(ctx.store.hessian_zarr(ctx.run.id, h.hessian_id),
+                                                       results.epochs)}
+        out = {}
+        for e in epochs:
+            if e not in numbers or e not in results.eigenvectors:
+                raise IntegrityError(f"the curvature results {h.hessian_id} lack epoch {e}: run the same "
+                                     "`landscape grid` command again")
+            record = results.eigenvectors[e]
+            out[str(e)] = {"eigenvalues": numbers[e]["eigenvalues"][:TOP], "residual": numbers[e]["residual"][:TOP],
+                           "file": record.file, "sha256": record.sha256}
+        return out
+
+    def formula(self, cfg: GridConfig) -> str:
+        return "w + ‖w‖·(x·v1 + y·v2) (v1, v2: top Hessian eigenvectors)" if cfg.dims == 2 else "w + ‖w‖·x·v1"
+
+    def slice(self, ctx: GridContext, meta: GridMeta, em: EpochModel,
+              pair: int) -> contextlib.AbstractContextManager[Slice]:
+        facts = meta.kind.get("epochs", {}).get(str(em.epoch))
+        if facts is None:
+            raise IntegrityError(f"grid {meta.id} has no eigenvectors recorded for epoch {em.epoch}: run the same "
+                                 "`landscape grid` command with --resume")
+        path = ctx.store.file(ctx.run.id, facts["file"])
+        check_hash(path, facts["sha256"], f"Hessian eigenvectors of epoch {em.epoch}")
+        vectors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        params = dict(em.model.named_parameters())
+        scale = float(torch.stack([(params[n].detach().double() ** 2).sum() for n in ctx.names]).sum().sqrt())  # ‖w‖
+        directions = [{n: torch.empty_like(params[n]).copy_(vectors[f"v{j + 1}"][n] * scale) for n in ctx.names}
+                      for j in range(ctx.config.dims)]
+        return em.evaluator.affine(directions)
