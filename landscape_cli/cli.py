@@ -219,7 +219,11 @@ def grid(
     pairs: Annotated[
         int | None, typer.Option(help="Random direction pairs [default: 3; 1 for other directions].", show_default=False)
     ] = None,
-    batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (unshuffled).")] = 3,
+    batches: Annotated[
+        str, typer.Option(help="The split's first N mini-batches (unshuffled), one value each; or all: the whole split "
+                          "at every point, streamed in --batch-size pieces, the loss averaged over samples.")
+    ] = "3",
+    split: Annotated[str, typer.Option(help="The data the points see: train or val.")] = "train",
     batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = 256,
     seed: Annotated[int | None, typer.Option(help="Seed of the random directions [default: 0].", show_default=False)] = None,
     norm: Annotated[
@@ -279,7 +283,7 @@ def grid(
 
     Example: `landscape grid quickstart --epochs 0,5 --width 21`
     """
-    from .config import parse_epochs, parse_range
+    from .config import parse_batches, parse_epochs, parse_range
     from .grids import grid as compute_grid
     from .inventory import describe_grid
 
@@ -287,7 +291,8 @@ def grid(
         result = compute_grid(
             run, epochs=parse_epochs(epochs), directions=directions, dims=dims, width=width, span=span,
             range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs,
-            batches=batches, batch_size=batch_size, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
+            batches=parse_batches(batches), batch_size=batch_size, split=split, seed=seed, norm=norm,
+            perturb_biasbn=perturb_biasbn, layer=layer,
             single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
             from_grid=grid_ref, gradient=gradient, device=device, name=name, resume=resume, store=store,
             data_dir=data_dir, progress=not quiet,
@@ -313,7 +318,8 @@ def grid(
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
     stdout().print(
         f"grid [bold]{result.grid_id}[/bold]{_name(meta.name)} of run {result.run_id}: {describe_grid(meta)}, "
-        f"epochs {','.join(map(str, meta.epochs))}, {_count(cfg.pairs, 'pair')} x {_count(cfg.batches, 'batch')}, {state}"
+        f"epochs {','.join(map(str, meta.epochs))}, {_count(cfg.pairs, 'pair')} x "
+        f"{'all of the ' + cfg.split + ' split' if cfg.whole else _count(cfg.batches, 'batch')}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
     stdout().print(f"  {result.zarr_path}")
@@ -326,7 +332,11 @@ def hessian(
         str | None, typer.Option(help="Checkpoints, e.g. 0,1,9 or 0-9 (default: all of the run's).", show_default=False)
     ] = None,
     top: Annotated[int, typer.Option(help="Eigenpairs with the largest eigenvalues (K).")] = 2,
-    batches: Annotated[int, typer.Option(help="The training set's first N mini-batches (as for grids).")] = 3,
+    batches: Annotated[
+        str, typer.Option(help="The split's first N mini-batches, or all (the whole split, the loss averaged over "
+                          "samples), as for grids.")
+    ] = "3",
+    split: Annotated[str, typer.Option(help="train or val, as for grids.")] = "train",
     batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = 256,
     bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics) or eval.")] = "train",
     perturb_biasbn: Annotated[bool, typer.Option(help="Include biases and BatchNorm weights (as grids do).")] = False,
@@ -359,12 +369,13 @@ def hessian(
 
     Example: `landscape hessian quickstart --epochs 0,5 --top 3`
     """
-    from .config import parse_epochs
+    from .config import parse_batches, parse_epochs
     from .hessians import hessian as compute_hessian
 
     try:
         result = compute_hessian(
-            run, epochs=parse_epochs(epochs), top=top, batches=batches, batch_size=batch_size, bn=bn,
+            run, epochs=parse_epochs(epochs), top=top, batches=parse_batches(batches), batch_size=batch_size,
+            split=split, bn=bn,
             perturb_biasbn=perturb_biasbn, layer=layer, tol=tol, probes=probes, density=density,
             density_probes=density_probes, steps=steps, bins=bins, seed=seed, device=device, name=name, store=store,
             data_dir=data_dir, progress=not quiet,
@@ -380,8 +391,9 @@ def hessian(
     if not result.computed:
         err().print(f"Hessian results {result.hessian_id} already hold epochs {','.join(map(str, result.meta.epochs))}:"
                     " nothing to compute")
-    table = Table(title=f"Hessian of run {result.run_id} ({result.meta.config.batches} batches of "
-                        f"{result.meta.config.batch_size}, BatchNorm {result.meta.config.bn})")
+    h = result.meta.config
+    data = f"all of the {h.split} split" if h.whole else f"{h.batches} {h.split} batches of {h.batch_size}"
+    table = Table(title=f"Hessian of run {result.run_id} ({data}, BatchNorm {h.bn})")
     for col in ("epoch", "top eigenvalues", "λmin", "|λmin/λmax|", "trace (± s.e.)", "not converged"):
         table.add_column(col, justify="right")
     for r in rows:

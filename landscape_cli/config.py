@@ -86,6 +86,7 @@ class TrainConfig:
 
 NORMS = ("filter", "filter-std", "layer", "none")
 BN_MODES = ("train", "eval", "recompute")
+SPLITS = ("train", "val")
 IDENTITY_FORMAT = 1  # part of every grid id: never change it (ids of existing grids would change)
 MAX_WIDTH = 1001
 RANDOM = "random"
@@ -149,6 +150,8 @@ class GridConfig:
     layer: str | None = None
     single_kernel: bool = False
     bn: str = "train"
+    split: str = "train"  # the data the points are evaluated on
+    whole: bool = False  # --batches all: the whole split at every point, streamed in batch_size pieces
     target_run: str | None = None  # interpolate: the run and epoch the line ends at (t = 1)
     target_epoch: int | None = None
     trajectory: tuple[int, ...] | None = None  # pca: the checkpoints whose trajectory defines the plane
@@ -197,6 +200,9 @@ class GridConfig:
         positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
         choice(self.norm, NORMS, "--norm")
         choice(self.bn, BN_MODES, "--bn mode")
+        choice(self.split, SPLITS, "--split")
+        if self.whole and self.batches != 1:
+            raise UsageError("--batches all is stored as one batch entry")
         if self.single_kernel and self.layer is None:
             raise UsageError("--single-kernel needs --layer naming a convolution weight")
         return self
@@ -213,6 +219,10 @@ class GridConfig:
         out.update(pairs=self.pairs, batches=self.batches, batch_size=self.batch_size, seed=self.seed, norm=self.norm,
                    perturb_biasbn=self.perturb_biasbn, layer=self.layer, single_kernel=self.single_kernel, bn=self.bn,
                    directions=KIND_IDENTITY.get(self.kind, self.kind))
+        if self.whole:
+            out["batches"] = "all"
+        if self.split != "train":
+            out["split"] = self.split
         if self.target_run is not None:
             out["target"] = {"run": self.target_run, "epoch": self.target_epoch}
         if self.trajectory is not None:
@@ -236,16 +246,18 @@ class GridConfig:
         else:
             axes = square_axes(kind, int(d["width"]), float(d["span"]))
         known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
-                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "format"}
+                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "format"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
         target = d.get("target") or {}
         trajectory = d.get("trajectory")
-        return cls(run=str(d["run"]), axes=axes, pairs=int(d["pairs"]), batches=int(d["batches"]),
+        whole = d["batches"] == "all"
+        return cls(run=str(d["run"]), axes=axes, pairs=int(d["pairs"]), batches=1 if whole else int(d["batches"]),
                    batch_size=int(d["batch_size"]), seed=int(d["seed"]), norm=str(d["norm"]),
                    perturb_biasbn=bool(d["perturb_biasbn"]), layer=d["layer"], single_kernel=bool(d["single_kernel"]),
-                   bn=str(d["bn"]), target_run=target.get("run"), target_epoch=target.get("epoch"),
+                   bn=str(d["bn"]), split=str(d.get("split", "train")), whole=whole,
+                   target_run=target.get("run"), target_epoch=target.get("epoch"),
                    trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None)
 
 
@@ -261,8 +273,9 @@ class GridOptions:
     range: tuple[float, float] | None = None
     yrange: tuple[float, float] | None = None
     pairs: int | None = None
-    batches: int = 3
+    batches: int | str = 3  # or "all"
     batch_size: int = 256
+    split: str = "train"
     seed: int | None = None
     norm: str | None = None
     perturb_biasbn: bool = False
@@ -301,10 +314,13 @@ class HessianConfig:
     density_steps: int = 60
     bins: int = 200
     seed: int = 0
+    split: str = "train"
+    whole: bool = False  # --batches all
 
     def validate(self) -> HessianConfig:
         positive_int(self.top, "--top", maximum=MAX_TOP)
         positive_int(self.batches, "--batches")
+        choice(self.split, SPLITS, "--split")
         positive_int(self.batch_size, "--batch-size")
         choice(self.bn, HESSIAN_BN_MODES, "--bn mode")
         finite(self.tol, "--tol", positive=True, below=1.0)
@@ -320,6 +336,11 @@ class HessianConfig:
         if not self.density:  # the density's settings do not change the other results
             for key in ("density_probes", "density_steps", "bins"):
                 out.pop(key)
+        out.pop("whole")
+        if self.whole:
+            out["batches"] = "all"
+        if self.split == "train":
+            out.pop("split")
         return out
 
     @property
@@ -330,7 +351,10 @@ class HessianConfig:
     def from_identity(cls, d: dict[str, Any]) -> HessianConfig:
         if d.get("format") != 1:
             raise ValueError(f"unknown Hessian configuration format {d.get('format')!r}")
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if fields.get("batches") == "all":
+            fields.update(batches=1, whole=True)
+        return cls(**fields)
 
 
 def check_range(lo: float, hi: float, option: str) -> tuple[float, float]:
@@ -353,6 +377,32 @@ def parse_range(text: str | None, option: str = "--range") -> tuple[float, float
     except ValueError:
         raise UsageError(f"bad {option} {text!r}: give two numbers LO,HI like -0.5,1.5") from None
     return check_range(lo, hi, option)
+
+
+def parse_batches(text: str | int) -> int | str:
+    """--batches: a number of mini-batches, or "all" (the whole split)."""
+    if isinstance(text, int) or text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"bad --batches {text!r}: give a number of mini-batches, or all (the whole split)") from None
+
+
+def data_size(dataset: dict[str, Any], split: str) -> int:
+    """The number of samples of a split, from a run's dataset record."""
+    return int(dataset["train_size" if split == "train" else "val_size"])
+
+
+def check_batches(batches: int, batch_size: int, whole: bool, split: str, dataset: dict[str, Any]) -> None:
+    """Refuse more images than the split has (the grid's batches are its first ones)."""
+    size = data_size(dataset, split)
+    if not whole and batches * batch_size > size:
+        raise UsageError(
+            f"--batches {batches} x --batch-size {batch_size} = {batches * batch_size} images, but "
+            f"{dataset['name']} has {size} {'training' if split == 'train' else 'validation'} images: at most "
+            f"{size // batch_size} batches of {batch_size} (or --batches all)"
+        )
 
 
 def parse_epochs(text: str | None) -> list[int] | None:

@@ -68,6 +68,7 @@ class Slice:
         self.tensors = tensors
         self.dims = dims
         self.recompute_bn = False  # set by `Evaluator` for BatchNorm mode "recompute"
+        self.weights: np.ndarray | None = None  # set by `Evaluator`: pool the batches into one sample mean
         # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
@@ -102,7 +103,14 @@ class Slice:
                     loss[i, j] = F.cross_entropy(out, y)
                     acc[i, j] = (out.argmax(1) == y).float().mean()
             self.restore()
-        return loss.cpu().numpy(), acc.cpu().numpy()
+        return self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy())
+
+    def _pool(self, values: np.ndarray) -> np.ndarray:
+        """[..., batch] values, or with `weights` their sample-weighted mean as one batch [..., 1] (float32)."""
+        if self.weights is None:
+            return values
+        pooled = (values.astype(np.float64) * self.weights).sum(axis=-1, keepdims=True) / self.weights.sum()
+        return pooled.astype(np.float32)
 
     @torch.no_grad()
     def _recompute_bn(self) -> None:
@@ -125,7 +133,7 @@ class Slice:
                 out = self.model(x)
                 losses.append(F.cross_entropy(out, y).item())
                 accs.append((out.argmax(1) == y).float().mean().item())
-        return np.array(losses, np.float32), np.array(accs, np.float32)
+        return self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32))
 
     def center(self, gradient: bool = True) -> Center:
         """Values at the centre (all coordinates 0); gradients are NaN unless the slice defines them."""
@@ -182,8 +190,9 @@ class Affine(Slice):
         finally:
             for p, flag in zip(self.params, flags, strict=True):
                 p.requires_grad_(flag)
-        f32 = np.float32
-        return Center(np.array(losses, f32), np.array(accs, f32), np.array(grads, f32).T.copy())
+        # (per batch in float64 until pooled: the gradient of a sample mean is the weighted mean of the gradients)
+        return Center(self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32)),
+                      self._pool(np.array(grads, np.float64).T).astype(np.float32))
 
 
 class Segment(Slice):
@@ -222,12 +231,18 @@ def _dot(grads: Sequence[Tensor | None], direction: list[Tensor]) -> float:
 
 
 class Evaluator:
-    """Evaluates `model` on fixed `batches` (already on the model's device) in a BatchNorm mode."""
+    """Evaluates `model` on fixed `batches` (already on the model's device) in a BatchNorm mode.
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train") -> None:
+    With `weights` (each batch's number of samples) the batches are pieces of one set (--batches all)
+    and every value is pooled into their sample-weighted mean: one batch entry.
+    """
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train",
+                 weights: np.ndarray | None = None) -> None:
         self.model = model
         self.batches = list(batches)
         self.bn = choice(bn, BN_MODES, "--bn mode")
+        self.weights = weights
 
     @contextlib.contextmanager
     def _modes(self) -> Iterator[None]:
@@ -236,7 +251,7 @@ class Evaluator:
                  for m in self.model.modules()}
         buffers = {k: v.clone() for k, v in self.model.named_buffers()}
         self.model.eval()
-        for m in self.model.modules():
+        for m in self.model.modules():  # (a pooled --batches all uses the same modes, piece by piece)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if self.bn == "train":
                     m.train()
@@ -261,6 +276,7 @@ class Evaluator:
     def slice(self, s: Slice) -> Iterator[Slice]:
         """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
         s.recompute_bn = self.bn == "recompute"
+        s.weights = self.weights
         with self._modes():
             try:
                 yield s
@@ -282,6 +298,7 @@ class Evaluator:
         """The model's own loss and accuracy on each batch (in this evaluator's BatchNorm mode)."""
         s = Slice(self.model, self.batches, [], 0)
         s.recompute_bn = self.bn == "recompute"
+        s.weights = self.weights
         with self._modes():
             return s._values()
 

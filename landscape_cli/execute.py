@@ -9,8 +9,10 @@ Rows held by another process are waited for, so every process returns with the g
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,12 +37,31 @@ class Outcome:
 
 
 class Batches:
-    """The grid's batches: the training set's first `batches` slices of `batch_size`, loaded once."""
+    """The data a grid point sees, loaded once: the split's first `batches` slices of `batch_size` (one
+    value each), or with `whole` the whole split in `batch_size` pieces pooled into one value, the
+    mean over samples (`weights`: each piece's size). With BatchNorm computing batch statistics, a
+    last piece smaller than half a batch is merged into the one before it."""
 
-    def __init__(self, data: Dataset, batches: int, batch_size: int) -> None:
+    def __init__(self, data: Dataset, split: str, batches: int, batch_size: int, whole: bool = False,
+                 bn: str = "train") -> None:
         self.data = data
-        self.cpu = [(data.train_x[i * batch_size:(i + 1) * batch_size], data.train_y[i * batch_size:(i + 1) * batch_size])
-                    for i in range(batches)]
+        x, y = data.split(split)
+        if whole:
+            bounds = [*list(range(0, len(y), batch_size)), len(y)]
+            if bn != "eval" and len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size / 2:
+                del bounds[-2]
+            self.cpu = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+            self.weights: np.ndarray | None = np.array([b - a for a, b in itertools.pairwise(bounds)],
+                                                       np.float64)
+        else:
+            self.cpu = [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+                        for i in range(batches)]
+            self.weights = None
+
+    @classmethod
+    def of(cls, data: Dataset, cfg: Any) -> Batches:
+        """The batches of a grid's (or curvature results') configuration."""
+        return cls(data, cfg.split, cfg.batches, cfg.batch_size, cfg.whole, cfg.bn)
 
     def on(self, device: torch.device, channels_last: bool) -> list[Batch]:
         return [(self.data.prepare(x, device, channels_last), y.to(device)) for x, y in self.cpu]
@@ -54,7 +75,7 @@ def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: tor
     channels_last = use_channels_last(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn))
+    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights))
 
 
 def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:

@@ -75,8 +75,9 @@ def grid(
     range: tuple[float, float] | None = None,
     yrange: tuple[float, float] | None = None,
     pairs: int | None = None,
-    batches: int = 3,
+    batches: int | str = 3,
     batch_size: int = 256,
+    split: str = "train",
     seed: int | None = None,
     norm: str | None = None,
     perturb_biasbn: bool = False,
@@ -99,7 +100,8 @@ def grid(
 
     By default the grid covers a, b in [-1, 1] (`width` points each, `span` or `range`/`yrange` to
     change it) along `pairs` seeded random direction pairs, normalized against each epoch's weights
-    (`norm`), for the training set's first `batches` mini-batches; `dims=1` makes lines along each
+    (`norm`), for the `split`'s first `batches` mini-batches (or "all": the whole split, the loss
+    averaged over samples); `dims=1` makes lines along each
     pair's first direction. `directions="interpolate"` gives the line (1 − t)·w_A + t·w_B from each
     epoch A to `to_epoch` (or to `to`, another run "RUN[:EPOCH]"); `directions="pca"` the plane of the
     top two principal components of the trajectory of `epochs`, centred at its last checkpoint.
@@ -111,7 +113,7 @@ def grid(
     """
     opts = GridOptions(
         epochs=tuple(epochs) if epochs is not None else None, directions=directions, dims=dims, width=width, span=span,
-        range=range, yrange=yrange, pairs=pairs, batches=batches, batch_size=batch_size, seed=seed, norm=norm,
+        range=range, yrange=yrange, pairs=pairs, batches=batches, batch_size=batch_size, split=split, seed=seed, norm=norm,
         perturb_biasbn=perturb_biasbn, layer=layer, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
         to_epoch=to_epoch, to=to, from_grid=from_grid,
     )
@@ -159,7 +161,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], *,
     st.ensure_writable()
     data = load_dataset(run_meta.dataset["name"], data_dir)  # before anything is written
     kind.before_prepare(ctx, wanted, device, data_dir, progress)
-    batches = Batches(data, cfg.batches, cfg.batch_size)
+    batches = Batches.of(data, cfg)
     grid_dir = st.grid_dir(run_id, grid_id)
     new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
     with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):

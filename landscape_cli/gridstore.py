@@ -100,7 +100,10 @@ class Layout:
         cfg = self.cfg
         out = {
             "pair": (np.arange(cfg.pairs), "direction pair"),
-            "batch": (np.arange(cfg.batches), f"training mini-batch ({cfg.batch_size} images, unshuffled)"),
+            "batch": (np.arange(cfg.batches), f"all of the {cfg.split} split, pooled (the loss averaged over samples; "
+                      f"pieces of {cfg.batch_size})" if cfg.whole else
+                      f"{'training' if cfg.split == 'train' else 'validation'} mini-batch ({cfg.batch_size} images, "
+                      "unshuffled)"),
         }
         if cfg.dims == 2:
             out["y"] = (np.asarray(self.coords[1], np.float64), "coefficient of d2")

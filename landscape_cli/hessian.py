@@ -1,9 +1,10 @@
 """The curvature kernel: Hessian-vector products, extreme eigenpairs, trace and spectral density.
 
 The Hessian is that of L(w) = mean over the batches of each batch's loss (the average of the
-per-batch values a grid stores), over the parameters a grid perturbs, at the model's weights, in a
-BatchNorm mode (as `evaluate.Evaluator` sets it). A Hessian-vector product is one double backward
-per batch (Pearlmutter's trick: Hv = ∇(∇L·v)), about 3-4.5 times a forward and backward pass.
+per-batch values a grid stores; with --batches all the mean over the split's samples), over the
+parameters a grid perturbs, at the model's weights, in a BatchNorm mode (as `evaluate.Evaluator`
+sets it). A Hessian-vector product is one double backward per batch (Pearlmutter's trick:
+Hv = ∇(∇L·v)), about 3-4.5 times a forward and backward pass.
 
 - Eigenpairs: scipy's ARPACK Lanczos (`eigsh`, implicitly restarted, with reorthogonalization) on
   the products, in float64, from a seeded start vector, for the K largest algebraic eigenvalues and
@@ -42,10 +43,14 @@ def _generator(seed: int, what: str) -> np.random.Generator:
 class HessianOperator:
     """v -> H v for the loss of `model` on `batches` (flat float64 numpy vectors over the named parameters)."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], names: Sequence[str],
+                 weights: np.ndarray | None = None) -> None:
         params = dict(model.named_parameters())
         self.model = model
         self.batches = list(batches)
+        # L = Σ w_b L_b: the mean over batches, or (--batches all) over samples
+        sizes = np.ones(len(self.batches)) if weights is None else np.asarray(weights, np.float64)
+        self.weights = sizes / sizes.sum()
         self.params = [params[n] for n in names]
         self.shapes = [p.shape for p in self.params]
         self.sizes = [p.numel() for p in self.params]
@@ -62,18 +67,18 @@ class HessianOperator:
     def gradient(self) -> np.ndarray:
         """∇L (float64)."""
         total = np.zeros(self.size)
-        for x, y in self.batches:
+        for (x, y), w in zip(self.batches, self.weights, strict=True):
             with torch.enable_grad():
                 loss = F.cross_entropy(self.model(x), y)
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-            total += self._flat(grads)
-        return total / len(self.batches)
+            total += w * self._flat(grads)
+        return total
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """H v (float64 in and out; the products themselves run in the parameters' dtype)."""
         vs = self._split(np.asarray(v, np.float64).reshape(-1))
         total = np.zeros(self.size)
-        for x, y in self.batches:
+        for (x, y), w in zip(self.batches, self.weights, strict=True):
             with torch.enable_grad():
                 loss = F.cross_entropy(self.model(x), y)
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
@@ -81,9 +86,9 @@ class HessianOperator:
                           torch.zeros((), device=vs[0].device if vs else None))
                 hv = torch.autograd.grad(dot, self.params, allow_unused=True) if dot.requires_grad else \
                     [None] * len(self.params)
-            total += self._flat(hv)
+            total += w * self._flat(hv)
         self.products += 1
-        return total / len(self.batches)
+        return total
 
     def _flat(self, tensors: Sequence[Tensor | None]) -> np.ndarray:
         parts = [np.zeros(n) if t is None else t.detach().double().cpu().reshape(-1).numpy()
@@ -100,7 +105,8 @@ class HessianOperator:
 
 
 @contextlib.contextmanager
-def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], bn: str) -> Iterator[HessianOperator]:
+def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], bn: str,
+             weights: np.ndarray | None = None) -> Iterator[HessianOperator]:
     """The Hessian operator at the model's weights in BatchNorm mode `bn`; modes and buffers restored after."""
     evaluator = Evaluator(model, batches, bn)
     if evaluator.bn == "recompute":
@@ -111,7 +117,7 @@ def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], b
         for n in names:
             params[n].requires_grad_(True)
         try:
-            yield HessianOperator(model, evaluator.batches, names)
+            yield HessianOperator(model, evaluator.batches, names, weights)
         finally:
             for n, flag in flags.items():
                 params[n].requires_grad_(flag)

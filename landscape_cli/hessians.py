@@ -35,7 +35,7 @@ from . import __version__, checkpoints
 from ._io import create_once, file_sha256, leave_no_trace, make_dirs, now, os_error, short_hash
 from ._perf import select_device, tune_allocator
 from ._progress import progress_bar
-from .config import HessianConfig
+from .config import HessianConfig, check_batches, parse_batches
 from .data import load_dataset
 from .directions import perturbed_names
 from .errors import GridStateError, UsageError
@@ -75,8 +75,9 @@ def hessian(
     *,
     epochs: list[int] | None = None,
     top: int = 2,
-    batches: int = 3,
+    batches: int | str = 3,
     batch_size: int = 256,
+    split: str = "train",
     bn: str = "train",
     perturb_biasbn: bool = False,
     layer: str | None = None,
@@ -106,10 +107,12 @@ def hessian(
     run_meta = st.read_run(run_id)
     if not run_meta.epochs:
         raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
-    cfg = HessianConfig(run_id, top, batches, batch_size, bn, perturb_biasbn, layer, tol, probes, density,
-                        density_probes, steps, bins, seed).validate()
+    parsed = parse_batches(batches)
+    whole = parsed == "all"
+    cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, layer, tol, probes,
+                        density, density_probes, steps, bins, seed, split, whole).validate()
     wanted = _epochs(epochs, run_meta)
-    _check_batches(cfg, run_meta)
+    check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run_meta.dataset)
     dev = select_device(device)
     first = checkpoints.build_model(checkpoints.load_epoch(st, run_id, epoch_record(run_meta, wanted[0])))
     weights = {k: v.detach() for k, v in first.named_parameters()}
@@ -131,7 +134,7 @@ def hessian(
             meta = _prepare(st, run_meta, cfg, names, wanted, name)
             tune_allocator()
             t0 = time.perf_counter()
-            computed = _compute(st, run_meta, meta, names, wanted, Batches(data, batches, batch_size), dev, progress)
+            computed = _compute(st, run_meta, meta, names, wanted, Batches.of(data, cfg), dev, progress)
             seconds = time.perf_counter() - t0
         finally:
             lock.release()
@@ -148,16 +151,6 @@ def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
         raise UsageError(f"run {run.id} has no checkpoint for epoch {','.join(map(str, missing))}: it has epochs "
                          f"{','.join(map(str, run.epoch_numbers))}")
     return list(dict.fromkeys(epochs))
-
-
-def _check_batches(cfg: HessianConfig, run: RunMeta) -> None:
-    train_size = int(run.dataset["train_size"])
-    if cfg.batches * cfg.batch_size > train_size:
-        raise UsageError(
-            f"--batches {cfg.batches} x --batch-size {cfg.batch_size} = {cfg.batches * cfg.batch_size} images, but "
-            f"{run.dataset['name']} has {train_size} training images: at most {train_size // cfg.batch_size} batches "
-            f"of {cfg.batch_size}"
-        )
 
 
 def _codecs() -> dict[str, Any]:
@@ -243,7 +236,7 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
             model = checkpoints.build_model(checkpoints.load_epoch(st, run.id, epoch_record(run, e))).to(device)
             # not channels_last: its double backward through convolutions ran 2-3x slower on CPU
             # (benchmarks/hessian_speed.py), unlike the forward passes of a grid
-            with operator(model, batches.on(device, False), names, cfg.bn) as op:
+            with operator(model, batches.on(device, False), names, cfg.bn, batches.weights) as op:
                 bar.set_description(f"hessian {meta.id}: epoch {e}, top {cfg.top}")
                 top = extreme_eigenpairs(op, cfg.top, "LA", cfg.seed, tol=cfg.tol / 10)
                 bar.advance()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Axis, GridConfig, GridOptions, finite, positive_int
+from .config import Axis, GridConfig, GridOptions, check_batches, finite, parse_batches, positive_int
 from .directions import get_kind
 from .errors import GridStateError, RunNotFoundError, UsageError
 from .gridstore import Rows
@@ -41,22 +41,18 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
     dims = opts.dims if opts.dims is not None else max(kind.dims)
     seed, norm = _inherit_directions(st, run, opts)
     pairs = opts.pairs if opts.pairs is not None else (3 if kind.several_pairs else 1)
+    batches = parse_batches(opts.batches)
+    whole = batches == "all"
     cfg = GridConfig(
-        run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs, batches=opts.batches,
-        batch_size=opts.batch_size, seed=seed if seed is not None else 0, norm=norm or kind.default_norm,
-        perturb_biasbn=opts.perturb_biasbn, layer=opts.layer, single_kernel=opts.single_kernel, bn=opts.bn,
-        **kind.configure(st, run, opts),
+        run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs,
+        batches=1 if whole else int(batches), batch_size=opts.batch_size, seed=seed if seed is not None else 0,
+        norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=opts.layer,
+        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:
         raise UsageError(f"--norm applies to directions that are normalized per epoch, not to --directions {kind.name}")
     kind.check(cfg, run)
-    train_size = int(run.dataset["train_size"])
-    if cfg.batches * cfg.batch_size > train_size:
-        raise UsageError(
-            f"--batches {cfg.batches} x --batch-size {cfg.batch_size} = {cfg.batches * cfg.batch_size} images, but "
-            f"{run.dataset['name']} has {train_size} training images: at most "
-            f"{train_size // cfg.batch_size} batches of {cfg.batch_size}"
-        )
+    check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run.dataset)
     wanted = _epochs(list(opts.epochs) if opts.epochs is not None else None, run)
     return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None)
 

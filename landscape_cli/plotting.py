@@ -261,6 +261,11 @@ def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bo
     return list(dict.fromkeys(epochs))
 
 
+def _batch(s: Source, b: int) -> str:
+    """A batch entry's name: "batch 2", or "all" for a grid over the whole split (--batches all)."""
+    return f"all of {s.grid.config.split}" if s.grid.config.whole else f"batch {b}"
+
+
 def _check_selection(sources: list[Source], pair: int | None, batch: int | None) -> None:
     for s in sources:
         c = s.grid.config
@@ -402,9 +407,9 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
             panels += [_panel(s, e, data, [p], batches, f"pair {p}, mean over batches", path) for p in pairs]
             return panels, (len(pairs), 1)
         if reduce == "pairs":
-            panels += [_panel(s, e, data, pairs, [b], f"batch {b}, mean over pairs", path) for b in batches]
+            panels += [_panel(s, e, data, pairs, [b], f"{_batch(s, b)}, mean over pairs", path) for b in batches]
             return panels, (1, len(batches))
-        panels += [_panel(s, e, data, [p], [b], f"pair {p}, batch {b}", path) for p in pairs for b in batches]
+        panels += [_panel(s, e, data, [p], [b], f"pair {p}, {_batch(s, b)}", path) for p in pairs for b in batches]
         return panels, (len(pairs), len(batches))
     for s in sources:
         path = _read_path(s, metric)
@@ -414,7 +419,7 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
             p_sel = list(range(c.pairs)) if reduce in ("mean", "pairs") else [pair or 0]
             b_sel = list(range(c.batches)) if reduce in ("mean", "batches") else [batch or 0]
             what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
-                    "pairs": f"batch {b_sel[0]}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, batch {b_sel[0]}")
+                    "pairs": f"{_batch(s, b_sel[0])}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, {_batch(s, b_sel[0])}")
             title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
             panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
     return panels, (len(sources), len(epochs))
@@ -453,7 +458,7 @@ def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: in
         if reduce == "batches":
             groups = [([p], batches, f" · pair {p}") for p in pairs]
         elif reduce == "pairs":
-            groups = [(pairs, [b], f" · batch {b}") for b in batches]
+            groups = [(pairs, [b], f" · {_batch(s, b)}") for b in batches]
         else:
             groups = [(pairs, batches, "")]
         for e in epochs:

@@ -198,6 +198,8 @@ BAD_GRID = [
     (["grid", "tiny", "--directions-from", "mlpgrid"], 2, ["same architecture"]),
     (["layers", "nosuchrun"], 2, ["nosuchrun"]),
     (["grid", "tiny", "--dims", "3"], 2, ["--dims", "3"]),
+    (["grid", "tiny", "--batches", "many"], 2, ["--batches", "many", "all"]),
+    (["grid", "tiny", "--split", "test"], 2, ["test", "train, val"]),
     (["grid", "tiny", "--directions", "sideways"], 2, ["sideways", "random, interpolate, pca"]),
     (["grid", "tiny", "--directions", "interpolate", "--epochs", "0"], 2, ["--to-epoch"]),
     (["grid", "tiny", "--directions", "interpolate", "--epochs", "1", "--to-epoch", "1"], 2, ["two different"]),

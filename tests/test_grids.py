@@ -319,3 +319,45 @@ def test_a_line_resumes_and_grows_like_a_plane(store: Path) -> None:
         grid("tiny", store=store, epochs=[0], dims=1, **SMALL)
     resumed = grid("tiny", store=store, epochs=[0, 1], dims=1, resume=True, **SMALL)
     assert resumed.grid_id == first.grid_id and resumed.computed_rows == 1 + 2 and resumed.complete
+
+
+def _split_loss(ckpt: dict[str, Any], x: torch.Tensor, y: torch.Tensor, bn: str) -> tuple[float, float]:
+    model = create_model(ckpt["model"], **ckpt["model_args"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.train(bn == "train")
+    with torch.no_grad():
+        out = model(x)
+    return F.cross_entropy(out, y).item(), (out.argmax(1) == y).float().mean().item()
+
+
+def test_batches_all_is_the_sample_mean_over_the_split(store: Path) -> None:
+    """--batches all: one entry, the loss averaged over samples (not batches); with batch statistics a
+    last piece smaller than half a batch is merged into the one before it."""
+    d = load_dataset("digits")
+    x = (d.train_x.float() / 255 - d.info.mean[0]) / d.info.std[0]
+    ckpt = _checkpoint(store, 2)
+    small = {"width": 3, "pairs": 1, "progress": False, "epochs": [2]}
+    # eval mode: each sample's loss is independent of the pieces (500, 500, 437: the last one smaller)
+    g = grid("tiny", store=store, batches="all", batch_size=500, bn="eval", **small)
+    ds = g.to_xarray()
+    assert ds.loss.shape == (1, 1, 1, 3, 3) and g.meta.config.identity()["batches"] == "all"
+    loss, acc = _split_loss(ckpt, x, d.train_y, "eval")  # all 1437 at once
+    assert float(ds.center_loss.sel(epoch=2, batch=0)) == pytest.approx(loss, rel=1e-5)
+    assert float(ds.loss.sel(epoch=2, pair=0, batch=0, x=0.0, y=0.0)) == pytest.approx(loss, rel=1e-5)
+    assert float(ds.accuracy.sel(epoch=2, pair=0, batch=0, x=0.0, y=0.0)) == pytest.approx(acc, abs=1e-6)
+    # train mode: pieces of 450, 450, 450 + 87 (merged: 87 < 225), weighted by their sizes
+    g = grid("tiny", store=store, batches="all", batch_size=450, bn="train", **small)
+    pieces = [(0, 450), (450, 900), (900, 1437)]
+    expected = sum((b - a) * _split_loss(ckpt, x[a:b], d.train_y[a:b], "train")[0] for a, b in pieces) / 1437
+    assert float(g.to_xarray().center_loss.sel(epoch=2, batch=0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_points_can_see_the_validation_split(store: Path) -> None:
+    d = load_dataset("digits")
+    x = (d.val_x.float() / 255 - d.info.mean[0]) / d.info.std[0]
+    g = grid("tiny", store=store, split="val", batches=2, batch_size=64, width=3, pairs=1, epochs=[1], progress=False)
+    assert g.meta.config.identity()["split"] == "val"
+    loss, _ = _split_loss(_checkpoint(store, 1), x[64:128], d.val_y[64:128], "train")
+    assert float(g.to_xarray().center_loss.sel(epoch=1, batch=1)) == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(UsageError, match="360 validation images: at most 1 batches of 256"):
+        grid("tiny", store=store, split="val", batches=2, width=3, progress=False)

@@ -264,3 +264,44 @@ def test_plot_of_curvature_results_shows_the_stored_numbers(run_store: Path, tmp
     assert len(density_axes.lines) == 2 and (tmp_path / "h.svg").read_text().startswith("<?xml")
     bad = CliRunner().invoke(app, ["plot", "m", "--hessian", "--grid", "nothing", "--store", str(store)])
     assert bad.exit_code == 2 and bad.stderr.count("Error:") == 1
+
+
+def test_the_sample_mean_hessian_of_pieces_of_different_sizes(tiny: Any) -> None:
+    """--batches all: the Hessian of the loss averaged over samples, from pieces weighted by their sizes."""
+    model, batches, _ = tiny
+    x = torch.cat([b[0] for b in batches])[:200]
+    y = torch.cat([b[1] for b in batches])[:200]
+    pieces = [(x[:128], y[:128]), (x[128:], y[128:])]  # 128 + 72
+    m64 = _copy(model).double()
+    params = {k: v.detach().clone() for k, v in m64.named_parameters()}
+    flat = torch.cat([p.reshape(-1) for p in params.values()])
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        out, start = {}, 0
+        for k, p in params.items():
+            out[k] = w[start:start + p.numel()].view_as(p)
+            start += p.numel()
+        return F.cross_entropy(torch.func.functional_call(m64, out, (x.double(),)), y)  # all 200 samples at once
+
+    h = torch.autograd.functional.hessian(loss, flat).numpy()
+    v = np.random.default_rng(2).standard_normal(h.shape[0])
+    with operator(model, pieces, _names(model), "train", weights=np.array([128.0, 72.0])) as op:
+        hv = op(v)
+    assert np.allclose(hv, h @ v, rtol=1e-4, atol=1e-5 * np.abs(h @ v).max())
+
+
+def test_the_command_takes_the_whole_split(run_store: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from landscape_cli.cli import app
+
+    store = tmp_path / "store"
+    shutil.copytree(run_store, store)
+    done = CliRunner().invoke(app, ["hessian", "m", "--epochs", "1", "--batches", "all", "--batch-size", "500",
+                                    "--layer", "3.weight", "--probes", "4", "--json", "-q", "--store", str(store)])
+    assert done.exit_code == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["config"]["batches"] == "all" and out["computed"] == [1] and len(out["epochs"][0]["eigenvalues"]) == 2
+    table = CliRunner().invoke(app, ["hessian", "m", "--epochs", "1", "--batches", "all", "--batch-size", "500",
+                                     "--layer", "3.weight", "--probes", "4", "--store", str(store)])
+    assert "all of the train split" in table.stdout and "nothing to compute" in table.stderr

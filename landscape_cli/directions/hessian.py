@@ -30,7 +30,7 @@ TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so l
 def hessian_config(cfg: GridConfig) -> HessianConfig:
     """The curvature results a Hessian grid uses: --top 2 with the grid's batches, BatchNorm mode and parameters."""
     return HessianConfig(cfg.run, top=TOP, batches=cfg.batches, batch_size=cfg.batch_size, bn=cfg.bn,
-                         perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer)
+                         perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer, split=cfg.split, whole=cfg.whole)
 
 
 @register_kind
@@ -51,7 +51,8 @@ class HessianKind(DirectionKind):
         from ..hessians import hessian
 
         h = hessian_config(ctx.config)
-        hessian(ctx.run.id, epochs=epochs, top=h.top, batches=h.batches, batch_size=h.batch_size, bn=h.bn,
+        hessian(ctx.run.id, epochs=epochs, top=h.top, batches="all" if h.whole else h.batches,
+                batch_size=h.batch_size, split=h.split, bn=h.bn,
                 perturb_biasbn=h.perturb_biasbn, layer=h.layer, device=device, store=ctx.store, data_dir=data_dir,
                 progress=progress)
 
