@@ -647,7 +647,7 @@ def verify(
     problems = [vars(p) for p in report.problems]
     if json_output:
         print_json({"ok": report.ok, "checked": report.checked, "problems": problems,
-                    "leftover_temporary_files": report.leftovers})
+                    "leftover_temporary_files": report.leftovers, "unfinished_grids": report.unfinished})
     else:
         checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
         if problems:
@@ -660,6 +660,9 @@ def verify(
         stdout().print(f"checked {checked}")
         if report.leftovers:
             stdout().print(f"{len(report.leftovers)} temporary files left by killed writers (never read; safe to delete)")
+        if report.unfinished:
+            stdout().print(f"{len(report.unfinished)} grids whose creation was stopped before any row (no grid.json; "
+                           "the same `landscape grid` command creates them again, or delete them)")
     if not report.ok:
         raise IntegrityError(f"{len(problems)} damaged or missing files in the store (listed above)")
     if not json_output:

@@ -41,6 +41,16 @@ def _format(d: Any, known: tuple[int, ...], where: Path | str) -> int:
     return int(fmt)
 
 
+def _stamps(d: dict[str, Any]) -> dict[str, Any]:
+    """The versions and times every metadata file carries (absent ones read as empty)."""
+    return {"versions": dict(d.get("versions") or {}), "created": str(d.get("created") or ""),
+            "updated": d.get("updated")}
+
+
+def _stamps_json(versions: dict[str, str], created: str, updated: str | None) -> dict[str, Any]:
+    return {"versions": versions, "created": created, **({"updated": updated} if updated is not None else {})}
+
+
 @dataclass
 class EpochRecord:
     """One checkpoint of a run: its metrics and where its weights are (relative to the run directory)."""
@@ -128,9 +138,7 @@ class RunMeta:
             epochs_requested=int(_need(d, "epochs_requested", int, where)),
             epochs=[EpochRecord.from_json(e, where) for e in _need(d, "epochs", list, where)],
             resume=FileRecord.from_json(resume, where) if resume else None,
-            versions=dict(d.get("versions") or {}),
-            created=str(d.get("created") or ""),
-            updated=d.get("updated"),
+            **_stamps(d),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -144,9 +152,7 @@ class RunMeta:
             "epochs_requested": self.epochs_requested,
             "epochs": [e.to_json() for e in self.epochs],
             "resume": self.resume.to_json() if self.resume else None,
-            "versions": self.versions,
-            "created": self.created,
-            **({"updated": self.updated} if self.updated is not None else {}),
+            **_stamps_json(self.versions, self.created, self.updated),
         }
 
     def record(self, epoch: int) -> EpochRecord | None:
@@ -227,9 +233,7 @@ class GridMeta:
             epochs=[int(e) for e in _need(d, "epochs", list, where)],
             directions=[DirectionRecord.from_json(r, where) for r in _need(d, "directions", list, where)],
             parameters=str(d.get("parameters") or ""),
-            versions=dict(d.get("versions") or {}),
-            created=str(d.get("created") or ""),
-            updated=d.get("updated"),
+            **_stamps(d),
             ranges=ranges,
             kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
             format=GRID_FORMAT,
@@ -247,9 +251,7 @@ class GridMeta:
             "parameters": self.parameters,
             "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
-            "versions": self.versions,
-            "created": self.created,
-            **({"updated": self.updated} if self.updated is not None else {}),
+            **_stamps_json(self.versions, self.created, self.updated),
         }
 
 
@@ -292,9 +294,7 @@ class HessianMeta:
             epochs=[int(e) for e in _need(d, "epochs", list, where)],
             eigenvectors={int(e): DirectionRecord.from_json(r, where) for e, r in vectors.items()},
             parameters=str(d.get("parameters") or ""),
-            versions=dict(d.get("versions") or {}),
-            created=str(d.get("created") or ""),
-            updated=d.get("updated"),
+            **_stamps(d),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -307,9 +307,7 @@ class HessianMeta:
             "epochs": self.epochs,
             "eigenvectors": {str(e): r.to_json() for e, r in sorted(self.eigenvectors.items())},
             "parameters": self.parameters,
-            "versions": self.versions,
-            "created": self.created,
-            **({"updated": self.updated} if self.updated is not None else {}),
+            **_stamps_json(self.versions, self.created, self.updated),
         }
 
 

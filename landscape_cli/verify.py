@@ -30,6 +30,7 @@ class Report:
     checked: dict[str, int] = field(default_factory=lambda: {
         "runs": 0, "checkpoints": 0, "optimizer_states": 0, "directions": 0, "grids": 0, "chunks": 0})
     leftovers: list[str] = field(default_factory=list)  # temporary files of killed writers (never read)
+    unfinished: list[str] = field(default_factory=list)  # grids whose creation was killed before any row
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,14 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
         _verify_grid(st, run_id, grid_id, report)
 
 
+def _rows_done(zarr_path: Path) -> int:
+    """Rows marked done in a grid's arrays (those that a grid.json would be needed to read); 0 if unreadable."""
+    try:
+        return Rows(zarr_path, "r").progress()[0]
+    except (IntegrityError, OSError):
+        return 0
+
+
 def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
     report.checked["grids"] += 1
     rerun = (f"`landscape grid {run_id} --grid {grid_id} --resume` recomputes damaged rows and rebuilds Zarr "
@@ -104,8 +113,10 @@ def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
     meta: GridMeta | None = None
     grid_file, zarr_path = st.grid_file(run_id, grid_id), st.zarr_path(run_id, grid_id)
     if not grid_file.is_file():
-        if zarr_path.exists():
+        if zarr_path.exists() and _rows_done(zarr_path):
             report.problems.append(Problem(run_id, str(grid_file), "grid.json is missing", rerun))
+        elif zarr_path.exists():  # a creation killed before its metadata: nothing computed, nothing lost
+            report.unfinished.append(str(st.grid_dir(run_id, grid_id)))
         return
     try:
         meta = st.read_grid(run_id, grid_id)

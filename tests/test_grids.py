@@ -361,3 +361,22 @@ def test_points_can_see_the_validation_split(store: Path) -> None:
     assert float(g.to_xarray().center_loss.sel(epoch=1, batch=1)) == pytest.approx(loss, rel=1e-5)
     with pytest.raises(UsageError, match="360 validation images: at most 1 batches of 256"):
         grid("tiny", store=store, split="val", batches=2, width=3, progress=False)
+
+
+def test_a_grid_killed_before_its_metadata_is_not_damage(store: Path) -> None:
+    """A SIGKILL between creating the arrays and writing grid.json (nothing computed yet) leaves a grid
+    `verify` lists as unfinished, not damaged; once rows exist, a missing grid.json is damage."""
+    from landscape_cli.verify import verify
+
+    g = grid("tiny", store=store, epochs=[0], **SMALL)
+    (g.path / "grid.json").unlink()
+    report = verify(store)
+    assert not report.ok and report.problems[0].problem == "grid.json is missing"
+    rows = Rows(g.zarr_path)
+    for p in range(2):
+        for y in range(5):
+            rows.clear_row(0, p, y)
+    report = verify(store)
+    assert report.ok and report.unfinished == [str(g.path)]
+    again = grid("tiny", store=store, epochs=[0], **SMALL)  # the same command creates it again
+    assert again.complete and verify(store).ok

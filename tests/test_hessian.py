@@ -36,6 +36,12 @@ def tiny() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], np.ndarr
                     opt.zero_grad()
                     F.cross_entropy(model(xb), yb).backward()
                     opt.step()
+    h = _explicit_hessian(model, lambda f: sum(F.cross_entropy(f(xb), yb) for xb, yb in batches) / len(batches))
+    return model, batches, h
+
+
+def _explicit_hessian(model: nn.Module, loss_of: Any) -> np.ndarray:
+    """The float64 Hessian of `loss_of(forward)` w.r.t. all of `model`'s parameters (forward: inputs -> outputs)."""
     m64 = _copy(model).double()
     params = {k: v.detach().clone() for k, v in m64.named_parameters()}
     flat = torch.cat([p.reshape(-1) for p in params.values()])
@@ -45,11 +51,11 @@ def tiny() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], np.ndarr
         for k, p in params.items():
             out[k] = w[start:start + p.numel()].view_as(p)
             start += p.numel()
-        return sum(F.cross_entropy(torch.func.functional_call(m64, out, (xb.double(),)), yb)
-                   for xb, yb in batches) / len(batches)
+        result: torch.Tensor = loss_of(lambda x: torch.func.functional_call(m64, out, (x.double(),)))
+        return result
 
     h = torch.autograd.functional.hessian(loss, flat).numpy()
-    return model, batches, (h + h.T) / 2
+    return (h + h.T) / 2
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -272,18 +278,7 @@ def test_the_sample_mean_hessian_of_pieces_of_different_sizes(tiny: Any) -> None
     x = torch.cat([b[0] for b in batches])[:200]
     y = torch.cat([b[1] for b in batches])[:200]
     pieces = [(x[:128], y[:128]), (x[128:], y[128:])]  # 128 + 72
-    m64 = _copy(model).double()
-    params = {k: v.detach().clone() for k, v in m64.named_parameters()}
-    flat = torch.cat([p.reshape(-1) for p in params.values()])
-
-    def loss(w: torch.Tensor) -> torch.Tensor:
-        out, start = {}, 0
-        for k, p in params.items():
-            out[k] = w[start:start + p.numel()].view_as(p)
-            start += p.numel()
-        return F.cross_entropy(torch.func.functional_call(m64, out, (x.double(),)), y)  # all 200 samples at once
-
-    h = torch.autograd.functional.hessian(loss, flat).numpy()
+    h = _explicit_hessian(model, lambda f: F.cross_entropy(f(x), y))  # all 200 samples at once
     v = np.random.default_rng(2).standard_normal(h.shape[0])
     with operator(model, pieces, _names(model), "train", weights=np.array([128.0, 72.0])) as op:
         hv = op(v)
