@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import BN_MODES, choice
+from .errors import UsageError
+from .losses import CrossEntropy, Loss, get_loss, loss_for_targets
 
 Batch = tuple[Tensor, Tensor]
 Point = Sequence[float]
@@ -69,6 +70,7 @@ class Slice:
         self.dims = dims
         self.recompute_bn = False  # set by `Evaluator` for BatchNorm mode "recompute"
         self.weights: np.ndarray | None = None  # set by `Evaluator`: pool the batches into one sample mean
+        self.loss: Loss = CrossEntropy()  # set by `Evaluator`
         # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
@@ -100,8 +102,8 @@ class Slice:
                     self._recompute_bn()
                 for j, (x, y) in enumerate(self.batches):
                     out = self.model(x)
-                    loss[i, j] = F.cross_entropy(out, y)
-                    acc[i, j] = (out.argmax(1) == y).float().mean()
+                    loss[i, j] = self.loss(out, y)
+                    acc[i, j] = self.loss.accuracy(out, y)
             self.restore()
         return self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy())
 
@@ -131,8 +133,8 @@ class Slice:
         with torch.no_grad():
             for x, y in self.batches:
                 out = self.model(x)
-                losses.append(F.cross_entropy(out, y).item())
-                accs.append((out.argmax(1) == y).float().mean().item())
+                losses.append(self.loss(out, y).item())
+                accs.append(self.loss.accuracy(out, y).item())
         return self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32))
 
     def center(self, gradient: bool = True) -> Center:
@@ -181,10 +183,10 @@ class Affine(Slice):
             for x, y in self.batches:
                 with torch.enable_grad():
                     out = self.model(x)
-                    loss = F.cross_entropy(out, y)
+                    loss = self.loss(out, y)
                     g = torch.autograd.grad(loss, self.params, allow_unused=True)
                 losses.append(loss.item())
-                accs.append((out.argmax(1) == y).float().mean().item())
+                accs.append(self.loss.accuracy(out, y).item())
                 grads.append([_dot(g, d) for d in self.directions])
                 del out, loss, g
         finally:
@@ -238,11 +240,12 @@ class Evaluator:
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train",
-                 weights: np.ndarray | None = None) -> None:
+                 weights: np.ndarray | None = None, loss: Loss | None = None) -> None:
         self.model = model
         self.batches = list(batches)
         self.bn = choice(bn, BN_MODES, "--bn mode")
         self.weights = weights
+        self.loss = loss or CrossEntropy()
 
     @contextlib.contextmanager
     def _modes(self) -> Iterator[None]:
@@ -277,6 +280,7 @@ class Evaluator:
         """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
         s.recompute_bn = self.bn == "recompute"
         s.weights = self.weights
+        s.loss = self.loss
         with self._modes():
             try:
                 yield s
@@ -299,22 +303,31 @@ class Evaluator:
         s = Slice(self.model, self.batches, [], 0)
         s.recompute_bn = self.bn == "recompute"
         s.weights = self.weights
+        s.loss = self.loss
         with self._modes():
             return s._values()
 
 
 def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, Tensor],
                    d2: Mapping[str, Tensor], a_values: Sequence[float], b_values: Sequence[float],
-                   bn: str = "train") -> tuple[np.ndarray, np.ndarray]:
+                   bn: str = "train", loss: Loss | str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Loss and accuracy over the grid b_values x a_values: arrays [batch, len(b), len(a)].
 
-    For notebook use with any model: `d1`/`d2` map parameter names to direction tensors (e.g. from
-    `landscape_cli.directions.normalize`); parameters not named are not perturbed.
+    For notebook use with any model: `batches` are (inputs, targets) pairs on the model's device;
+    `d1`/`d2` map parameter names to direction tensors (e.g. from `landscape_cli.directions.normalize`);
+    parameters not named are not perturbed. The loss follows the targets (integer class indices:
+    cross-entropy with accuracy; float targets: mean squared error, accuracy NaN) unless `loss`
+    ("cross-entropy", "mse" or a `landscape_cli.losses.Loss`) names it.
     """
-    loss = np.empty((len(batches), len(b_values), len(a_values)), np.float32)
-    acc = np.empty_like(loss)
-    with Evaluator(model, batches, bn).plane(d1, d2) as plane:
+    if not batches:
+        raise UsageError("evaluate_plane needs at least one (inputs, targets) batch")
+    scorer = get_loss(loss) if isinstance(loss, str) else loss or loss_for_targets(batches[0][1])
+    for i, (_x, y) in enumerate(batches):
+        scorer.check_targets(y, f"batch {i}")
+    out = np.empty((len(batches), len(b_values), len(a_values)), np.float32)
+    acc = np.empty_like(out)
+    with Evaluator(model, batches, bn, loss=scorer).plane(d1, d2) as plane:
         for row, b in enumerate(b_values):
             l_row, a_row = plane.evaluate([(float(a), float(b)) for a in a_values])
-            loss[:, row, :], acc[:, row, :] = l_row.T, a_row.T
-    return loss, acc
+            out[:, row, :], acc[:, row, :] = l_row.T, a_row.T
+    return out, acc

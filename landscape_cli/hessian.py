@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .evaluate import Batch, Evaluator
+from .losses import CrossEntropy, Loss
 
 
 def _generator(seed: int, what: str) -> np.random.Generator:
@@ -44,7 +44,7 @@ class HessianOperator:
     """v -> H v for the loss of `model` on `batches` (flat float64 numpy vectors over the named parameters)."""
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], names: Sequence[str],
-                 weights: np.ndarray | None = None) -> None:
+                 weights: np.ndarray | None = None, loss: Loss | None = None) -> None:
         params = dict(model.named_parameters())
         self.model = model
         self.batches = list(batches)
@@ -56,6 +56,7 @@ class HessianOperator:
         self.sizes = [p.numel() for p in self.params]
         self.size = int(sum(self.sizes))
         self.products = 0
+        self.loss = loss or CrossEntropy()
 
     def _split(self, v: np.ndarray) -> list[Tensor]:
         out, start = [], 0
@@ -69,7 +70,7 @@ class HessianOperator:
         total = np.zeros(self.size)
         for (x, y), w in zip(self.batches, self.weights, strict=True):
             with torch.enable_grad():
-                loss = F.cross_entropy(self.model(x), y)
+                loss = self.loss(self.model(x), y)
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
             total += w * self._flat(grads)
         return total
@@ -80,7 +81,7 @@ class HessianOperator:
         total = np.zeros(self.size)
         for (x, y), w in zip(self.batches, self.weights, strict=True):
             with torch.enable_grad():
-                loss = F.cross_entropy(self.model(x), y)
+                loss = self.loss(self.model(x), y)
                 grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
                 dot = sum(((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None),
                           torch.zeros((), device=vs[0].device if vs else None))
@@ -106,7 +107,7 @@ class HessianOperator:
 
 @contextlib.contextmanager
 def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], bn: str,
-             weights: np.ndarray | None = None) -> Iterator[HessianOperator]:
+             weights: np.ndarray | None = None, loss: Loss | None = None) -> Iterator[HessianOperator]:
     """The Hessian operator at the model's weights in BatchNorm mode `bn`; modes and buffers restored after."""
     evaluator = Evaluator(model, batches, bn)
     if evaluator.bn == "recompute":
@@ -117,7 +118,7 @@ def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], b
         for n in names:
             params[n].requires_grad_(True)
         try:
-            yield HessianOperator(model, evaluator.batches, names, weights)
+            yield HessianOperator(model, evaluator.batches, names, weights, loss)
         finally:
             for n, flag in flags.items():
                 params[n].requires_grad_(flag)

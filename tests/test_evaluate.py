@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from torch import nn
 
 from landscape_cli.data import load_dataset
 from landscape_cli.directions import draw_random, normalize, perturbed_names
+from landscape_cli.errors import UsageError
 from landscape_cli.evaluate import Evaluator, evaluate_plane
 from landscape_cli.models import create_model
 
@@ -121,3 +123,35 @@ def test_evaluate_plane_layout(setup: tuple) -> None:
     assert loss.shape == acc.shape == (3, 2, 4)  # [batch, b, a]
     ml, _ = _manual(model, d1, d2, 2.0, 1.0, batches[1], "train")
     assert loss[1, 1, 3] == pytest.approx(ml, rel=1e-5)
+
+
+def test_readme_notebook_recipe_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """README's recipe for a model in a notebook, executed as README shows it, scores a regression with MSE."""
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- recipe: notebook -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    torch.manual_seed(3)
+    ns: dict = {}
+    exec(compile(block, "README.md", "exec"), ns)
+    model, x, y = ns["model"], ns["x"], ns["y"]
+    with torch.no_grad():
+        centre = F.mse_loss(model(x), y.unsqueeze(1)).item()  # nn.MSELoss()'s mean, targets [N] as [N, 1]
+    assert ns["loss"].shape == (1, 3, 3) and ns["loss"][0, 1, 1] == pytest.approx(centre, rel=1e-6)
+    assert np.isnan(ns["accuracy"]).all() and (ns["loss"] > 0).all()
+    assert "[[" in capsys.readouterr().out
+
+
+def test_the_loss_follows_the_targets_or_is_named(setup: tuple) -> None:
+    model, batches, d1, d2 = setup
+    ce, acc = evaluate_plane(model, batches[:1], d1, d2, a_values=[0.0], b_values=[0.0], bn="eval")
+    x, y = batches[0]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert ce[0, 0, 0] == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-6)
+    assert acc[0, 0, 0] == pytest.approx((out.argmax(1) == y).float().mean().item())
+    with pytest.raises(UsageError, match="cross-entropy needs integer class indices"):
+        evaluate_plane(model, [(x, y.float())], d1, d2, a_values=[0.0], b_values=[0.0], loss="cross-entropy")
+    with pytest.raises(UsageError, match="output has shape"):
+        evaluate_plane(model, [(x, torch.randn(len(y)))], d1, d2, a_values=[0.0], b_values=[0.0])

@@ -36,7 +36,7 @@ def perturbed_names(weights: Mapping[str, Tensor], *, perturb_biasbn: bool = Fal
     return names
 
 
-def normalize(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], names: list[str],
+def normalize(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], names: list[str] | None = None,
               norm: str = "filter", single_kernel: bool = False, like: bool = False) -> Direction:
     """The direction restricted to `names`, scaled against `weights`.
 
@@ -48,9 +48,16 @@ def normalize(direction: Mapping[str, Tensor], weights: Mapping[str, Tensor], na
     1-D parameters (biases, BatchNorm), when perturbed, take the weights themselves as direction,
     as Li et al.'s code does. With `single_kernel`, only the first kernel [0, 0] of the layer moves.
     With `like`, each result has its weight's device, dtype and memory layout (no later copy).
+    `names` defaults to what a default grid moves (`perturbed_names(weights)`).
     """
     if norm not in NORMS:
         raise UnknownNameError(f"unknown --norm {norm!r}: choose one of {', '.join(NORMS)}")
+    if names is None:  # what a default grid moves: every parameter but biases and BatchNorm's
+        names = perturbed_names(weights)
+    missing = [n for n in names if n not in direction or n not in weights]
+    if missing:
+        raise UsageError(f"the direction and the weights must both name every perturbed parameter: {missing[0]!r} is "
+                         f"missing from the {'direction' if missing[0] not in direction else 'weights'}")
     out: Direction = {}
     for name in names:
         d, w = direction[name].float(), weights[name].detach().float().cpu()
