@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from ._io import atomic_file, check_hash
+from .errors import IntegrityError
 from .meta import EpochRecord
-from .models import create_model
+from .models import build
+from .plugins import Source
 from .store import Store
 
 FORMAT = "landscape-checkpoint/1"
@@ -36,6 +40,7 @@ def make_checkpoint(model: nn.Module, model_meta: dict[str, Any], dataset: dict[
         "format": FORMAT,
         "model": model_meta["name"],
         "model_args": model_meta["args"],
+        **({"model_source": model_meta["source"]} if model_meta.get("source") else {}),
         "dataset": dataset,
         "epoch": epoch,
         "config": config,
@@ -61,8 +66,24 @@ def load(path: Path, sha256: str | None = None, what: str = "checkpoint") -> dic
     """Load a checkpoint (refusing it if it no longer matches its recorded hash)."""
     if sha256 is not None:
         check_hash(path, sha256, what)
-    obj: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    obj: dict[str, Any] = safe_load(path, what)
     return obj
+
+
+def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
+    """`torch.load(weights_only=True)` of a file the store wrote: a file that is not one (replaced by a pickle
+    that would need arbitrary code, or not a torch file at all) is one IntegrityError line, never unpickled."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        reason = " ".join(str(e).split())
+        if "Unsupported global" in reason or "weights_only" in reason.lower():
+            reason = reason.split(". ")[0].split("Unsupported global:")[-1].strip()
+            reason = f"it holds objects that only arbitrary code could rebuild ({reason[:120]})"
+        raise IntegrityError(
+            f"{what} {path} is not a weights-only file the store wrote: {reason}; it was replaced or damaged: "
+            "run `landscape verify`, restore it from a backup or make it again"
+        ) from e
 
 
 def load_epoch(store: Store, run_id: str, record: EpochRecord) -> dict[str, Any]:
@@ -71,7 +92,11 @@ def load_epoch(store: Store, run_id: str, record: EpochRecord) -> dict[str, Any]
 
 
 def build_model(checkpoint: dict[str, Any]) -> nn.Module:
-    """A model with the checkpoint's architecture and weights, in eval mode on the CPU."""
-    model = create_model(checkpoint["model"], **checkpoint["model_args"])
+    """A model with the checkpoint's architecture and weights, in eval mode on the CPU (a factory's
+    model: from the factory the checkpoint records, refused if its file changed since)."""
+    recorded = checkpoint.get("model_source")
+    source = Source.from_json(recorded) if recorded else Source("builtin", checkpoint["model"], checkpoint["model"])
+    source.check_unchanged(source.sha256, "model")
+    model = build(source, checkpoint["model_args"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

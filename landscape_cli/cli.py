@@ -64,15 +64,23 @@ def _main(
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Argument(help="Model name (`landscape models` lists them).", show_default=False)],
-    dataset: Annotated[str, typer.Argument(help="Dataset name (`landscape datasets` lists them).", show_default=False)],
+    model: Annotated[str, typer.Argument(help="Model name (`landscape models` lists them), pkg.module:factory or "
+                                          "./file.py:factory.", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="Dataset name (`landscape datasets` lists them), pkg.module:factory "
+                                            "or ./file.py:factory.", show_default=False)],
     epochs: Annotated[int, typer.Option(help="Epochs to train (epoch 0, the untrained model, is always kept).")] = 10,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
     optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = TrainConfig.optimizer,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
     weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = TrainConfig.weight_decay,
-    activation: Annotated[str, typer.Option(help="relu, sigmoid or tanh: replaces every activation.")] = TrainConfig.activation,
+    activation: Annotated[
+        str, typer.Option(help="relu, sigmoid or tanh: replaces every activation of a built-in model (a factory's "
+                          "model is never rewritten).")
+    ] = TrainConfig.activation,
+    loss: Annotated[
+        str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the data order.")] = TrainConfig.seed,
     device: DeviceOpt = "auto",
     data_dir: Annotated[
@@ -88,7 +96,9 @@ def train(
     """Train MODEL on DATASET and checkpoint every epoch into a run.
 
     The run's id is a hash of the training configuration: the same command again trains nothing,
-    resumes a stopped run from its last complete epoch, or continues it when --epochs grows.
+    resumes a stopped run from its last complete epoch, or continues it when --epochs grows. Your own
+    model or dataset: pkg.module:factory or ./file.py:factory (README: "Your own model and data");
+    the id then covers the factory file's sha256 and the data's, so edits make a new run.
 
     Example: `landscape train resnet digits --epochs 5 --name quickstart`
     """
@@ -104,7 +114,7 @@ def train(
     try:
         result = train_run(
             model, dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, device=device,
+            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, loss=loss, device=device,
             data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
         )
     except KeyboardInterrupt:
@@ -131,7 +141,8 @@ def _name(name: str | None) -> str:
 
 def _epochs_table(meta: Any) -> Table:
     cfg = meta.config
-    table = Table(title=f"{cfg.model} / {cfg.dataset} / {cfg.activation}  ({cfg.optimizer}, lr {cfg.lr})")
+    how = "imported" if cfg.imported is not None else f"{cfg.optimizer}, lr {cfg.lr}"
+    table = Table(title=f"{cfg.model} / {cfg.dataset} / {cfg.activation}  ({how})")
     for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
         table.add_column(col, justify="right")
     for r in meta.epochs:
@@ -674,53 +685,73 @@ def verify(
 
 @app.command()
 def models(json_output: JsonOpt = False) -> None:
-    """List the registered models with their parameter counts (1x28x28 and 3x32x32 inputs).
+    """List the models: built-in ones with their parameter counts (1x28x28 and 3x32x32 inputs), and those
+    packages register as entry points (group landscape.models), with where they come from.
+
+    Any `pkg.module:factory` or `./file.py:factory` works too: a factory is called with
+    input_shape (a sample's shape) and num_outputs and returns a torch.nn.Module.
 
     Example: `landscape models`
     """
     from .models import count_parameters, create_model, list_models, model_entry
+    from .plugins import entry_points
 
     rows: list[dict[str, Any]] = []
     for name in list_models():
         rows.append({
             "name": name,
+            "origin": "built-in",
             "description": model_entry(name).description,
             "parameters_1x28x28": count_parameters(create_model(name, 1, 10, 28)),
             "parameters_3x32x32": count_parameters(create_model(name, 3, 10, 32)),
         })
+    for name, origin in entry_points("model"):
+        rows.append({"name": name, "origin": origin, "description": "", "parameters_1x28x28": None,
+                     "parameters_3x32x32": None})
     if json_output:
         print_json(rows)
         return
     table = Table(title="models")
-    for col in ("name", "parameters (1x28x28)", "parameters (3x32x32)", "description"):
+    for col in ("name", "parameters (1x28x28)", "parameters (3x32x32)", "from", "description"):
         table.add_column(col, justify="right" if col.startswith("param") else "left")
     for r in rows:
-        table.add_row(r["name"], f"{r['parameters_1x28x28']:,}", f"{r['parameters_3x32x32']:,}", r["description"])
+        sizes = [f"{v:,}" if v is not None else "-" for v in (r["parameters_1x28x28"], r["parameters_3x32x32"])]
+        table.add_row(r["name"], *sizes, r["origin"], r["description"])
     stdout().print(table)
 
 
 @app.command()
 def datasets(json_output: JsonOpt = False) -> None:
-    """List the registered datasets.
+    """List the datasets: built-in ones, and those packages register as entry points (group
+    landscape.datasets), with where they come from.
+
+    Any `pkg.module:factory` or `./file.py:factory` works too: a factory takes no arguments and
+    returns {"train": (x, y), "val": (x, y), "task": "classification" | "regression"}.
 
     Example: `landscape datasets`
     """
     from .data import dataset_info, list_datasets
+    from .plugins import entry_points
 
     rows: list[dict[str, Any]] = []
     for name in list_datasets():
         info = dataset_info(name)
-        rows.append({"name": name, "channels": info.channels, "size": info.size,
+        rows.append({"name": name, "origin": "built-in", "channels": info.channels, "size": info.size,
                      "classes": info.num_classes, "offline": info.offline, "description": info.description})
+    for name, origin in entry_points("dataset"):
+        rows.append({"name": name, "origin": origin, "channels": None, "size": None, "classes": None, "offline": None,
+                     "description": ""})
     if json_output:
         print_json(rows)
         return
     table = Table(title="datasets")
-    for col in ("name", "shape", "classes", "needs download", "description"):
+    for col in ("name", "shape", "classes", "needs download", "from", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], f"{r['channels']}x{r['size']}x{r['size']}", str(r["classes"]),
-                      "no" if r["offline"] else "once", r["description"])
+        builtin = r["origin"] == "built-in"
+        table.add_row(r["name"], f"{r['channels']}x{r['size']}x{r['size']}" if builtin else "-",
+                      str(r["classes"]) if builtin else "-", ("no" if r["offline"] else "once") if builtin else "-",
+                      r["origin"], r["description"])
     stdout().print(table)
 
 

@@ -54,13 +54,15 @@ class TrainConfig:
     weight_decay: float = 0.0
     activation: str = "relu"
     seed: int = 0
+    # added since the first release: in the identity only when set, so no existing run changes id
+    model_sha256: str | None = None  # of the file defining a model factory (an edited model: a new run)
+    data_sha256: str | None = None  # of a dataset factory's tensors (changed data: a new run)
+    loss: str | None = None  # --loss, when given (else the dataset's task chooses)
+    imported: tuple[str, ...] | None = None  # `landscape import`: each epoch's weights hash, in order
 
     def validate(self) -> TrainConfig:
-        from .data import dataset_info
-        from .models import check_activation, model_entry
+        from .models import check_activation
 
-        model_entry(self.model)
-        dataset_info(self.dataset)
         check_activation(self.activation)
         choice(self.optimizer, OPTIMIZERS, "optimizer")
         positive_int(self.batch_size, "--batch-size")
@@ -73,7 +75,11 @@ class TrainConfig:
         return self
 
     def identity(self) -> dict[str, Any]:
-        return {**asdict(self), "procedure": TRAINING_PROCEDURE}
+        out = {k: v for k, v in asdict(self).items()
+               if k not in ("model_sha256", "data_sha256", "loss", "imported") or v is not None}
+        if self.imported is not None:
+            out["imported"] = list(self.imported)
+        return {**out, "procedure": TRAINING_PROCEDURE}
 
     @property
     def run_id(self) -> str:
@@ -81,7 +87,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if fields.get("imported") is not None:
+            fields["imported"] = tuple(fields["imported"])
+        return cls(**fields)
 
 
 NORMS = ("filter", "filter-std", "layer", "none")

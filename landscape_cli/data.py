@@ -9,17 +9,21 @@ are downloaded once into the data directory and fail with one clear line when th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DatasetUnavailableError, UnknownNameError
+from .errors import DatasetUnavailableError, UnknownNameError, UsageError
+from .losses import TASKS, loss_for_task
+from .plugins import Source, resolve
 
 DATA_ENV = "LANDSCAPE_DATA"
 
@@ -41,13 +45,23 @@ class DatasetInfo:
 
 @dataclass
 class Dataset:
-    """A dataset in memory: uint8 images [N, C, H, W] and int64 labels, for train and validation."""
+    """A dataset in memory, train and validation: the built-in ones are uint8 images [N, C, H, W]
+    (normalized per batch) with int64 labels; a factory's are tensors of any shape and dtype, used as
+    they are (integer token ids stay integers)."""
 
     info: DatasetInfo
     train_x: Tensor
     train_y: Tensor
     val_x: Tensor
     val_y: Tensor
+    task: str = "classification"
+    num_outputs: int = 0  # classes, or the regression targets' trailing size
+    images: bool = True  # uint8 images standardized with info.mean / info.std
+    sha256: str | None = None  # of a factory's tensors (a built-in dataset is named by its name)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 images -> float32, scaled to [0, 1] and standardized per channel."""
@@ -56,9 +70,12 @@ class Dataset:
         return (x.float() / 255.0 - mean) / std
 
     def prepare(self, x: Tensor, device: torch.device, channels_last: bool = False) -> Tensor:
-        """uint8 images -> normalized float32 on `device`, NHWC in memory when `channels_last`."""
-        out = self.normalize(x.to(device, non_blocking=True))
-        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+        """A batch on `device`: uint8 images normalized to float32 (a factory's tensors as they are),
+        NHWC in memory when `channels_last` and the batch is 4-D floating point."""
+        out = self.normalize(x.to(device, non_blocking=True)) if self.images else x.to(device, non_blocking=True)
+        if channels_last and out.dim() == 4 and out.is_floating_point():
+            return out.contiguous(memory_format=torch.channels_last)
+        return out
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
         return (self.train_x, self.train_y) if name == "train" else (self.val_x, self.val_y)
@@ -95,13 +112,93 @@ def default_data_dir() -> Path:
     return Path(cache) / "landscape" / "data"
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> Dataset:
-    """Load a registered dataset, downloading it into `data_dir` the first time if it needs to."""
-    info = dataset_info(name)
-    loader = _DATASETS[name][1]
-    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    train_x, train_y, val_x, val_y = loader(root)
-    return Dataset(info, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long())
+def dataset_source(ref: str) -> Source:
+    """Where a dataset reference comes from: built-in, entry point, pkg.module:factory or ./file.py:factory."""
+    return resolve(ref, "dataset", list_datasets())
+
+
+def load_dataset(ref: str | Source, data_dir: str | os.PathLike[str] | None = None,
+                 recorded: dict[str, Any] | None = None) -> Dataset:
+    """Load a dataset: a registered one (downloaded into `data_dir` the first time if it needs to) or a
+    factory's. With `recorded` (a run's dataset record) a factory must return the data the run was made
+    with (same sha256), and is found where the run recorded it."""
+    if recorded is not None and recorded.get("source"):
+        source = Source.from_json(recorded["source"])
+    else:
+        source = ref if isinstance(ref, Source) else dataset_source(ref)
+    if source.builtin:
+        info = dataset_info(source.ref)
+        loader = _DATASETS[source.ref][1]
+        root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        train_x, train_y, val_x, val_y = loader(root)
+        return Dataset(info, train_x.contiguous(), train_y.long(), val_x.contiguous(), val_y.long(),
+                       num_outputs=info.num_classes)
+    data = from_factory(source)
+    if recorded is not None and recorded.get("sha256") and recorded["sha256"] != data.sha256:
+        raise UsageError(
+            f"dataset {source.ref!r} now returns other data than the run was made with (sha256 "
+            f"{str(data.sha256)[:12]}, recorded {str(recorded['sha256'])[:12]}): restore it, or train (or import) a "
+            "new run"
+        )
+    return data
+
+
+def from_factory(source: Source) -> Dataset:
+    """Call a dataset factory and check what it returns against the protocol (one line per problem)."""
+    result = source.load("dataset")()
+    where = f"dataset {source.ref!r}"
+    if not isinstance(result, dict) or not {"train", "val", "task"} <= set(result):
+        keys = f" with keys {', '.join(map(str, result))}" if isinstance(result, dict) else ""
+        raise UsageError(f"{where} must return a dict with keys train, val and task (and optionally num_outputs), "
+                         f"got {type(result).__name__}{keys}")
+    task = result["task"]
+    if task not in TASKS:
+        raise UsageError(f"{where}: task {task!r} must be one of {', '.join(TASKS)}")
+    splits = {}
+    for split in ("train", "val"):
+        pair = result[split]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise UsageError(f"{where}: {split} must be a tuple (x, y) of tensors")
+        x, y = (torch.as_tensor(t) for t in pair)
+        if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+            raise UsageError(f"{where}: {split} has {len(x) if x.dim() else 0} inputs but {len(y) if y.dim() else 0} "
+                             "targets: the first dimension of both is the sample")
+        if len(x) == 0:
+            raise UsageError(f"{where}: the {split} split is empty")
+        splits[split] = (x.contiguous(), y.contiguous())
+    (tx, ty), (vx, vy) = splits["train"], splits["val"]
+    if tx.shape[1:] != vx.shape[1:] or ty.shape[1:] != vy.shape[1:] or tx.dtype != vx.dtype or ty.dtype != vy.dtype:
+        raise UsageError(f"{where}: train and val samples differ in shape or dtype (inputs {list(tx.shape[1:])} "
+                         f"{tx.dtype} vs {list(vx.shape[1:])} {vx.dtype}, targets {list(ty.shape[1:])} vs "
+                         f"{list(vy.shape[1:])})")
+    loss = loss_for_task(task)
+    loss.check_targets(ty, where)
+    if "num_outputs" in result:
+        num_outputs = int(result["num_outputs"])
+    elif task == "classification":
+        if ty.dim() != 1:
+            raise UsageError(f"{where}: classification targets are one class index per sample: shape [N], got "
+                             f"{list(ty.shape)}")
+        num_outputs = int(max(int(ty.max()), int(vy.max()))) + 1
+    else:
+        num_outputs = int(ty.shape[-1]) if ty.dim() > 1 else 1
+    if task == "classification" and (int(min(ty.min(), vy.min())) < 0 or int(max(ty.max(), vy.max())) >= num_outputs):
+        raise UsageError(f"{where}: class indices must lie in 0..{num_outputs - 1}")
+    info = DatasetInfo(source.name, int(tx.shape[1]) if tx.dim() == 4 else 0, int(tx.shape[2]) if tx.dim() == 4 else 0,
+                       num_outputs, (), (), source.origin, True)
+    data = Dataset(info, tx, ty, vx, vy, task=task, num_outputs=num_outputs, images=False)
+    data.sha256 = tensors_sha256([tx, ty, vx, vy], {"task": task, "num_outputs": num_outputs})
+    return data
+
+
+def tensors_sha256(tensors: list[Tensor], extra: dict[str, Any]) -> str:
+    """sha256 of tensors' dtypes, shapes and bytes (and `extra`): equal iff the data is the same."""
+    digest = hashlib.sha256(repr(sorted(extra.items())).encode())
+    for t in tensors:
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{t.dtype}:{tuple(t.shape)}:".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
 
 
 # --- digits: offline, bundled with scikit-learn ---------------------------------------------------

@@ -25,6 +25,7 @@ from .directions import EpochModel, GridContext, get_kind
 from .evaluate import Batch, Evaluator
 from .gridstore import Rows
 from .locks import is_locked
+from .losses import run_loss
 from .meta import GridMeta
 from .plan import Plan, epoch_record
 
@@ -75,7 +76,9 @@ def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: tor
     channels_last = use_channels_last(model, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights))
+    scorer = run_loss(ctx.run.dataset, ctx.run.config.loss)
+    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights,
+                                              scorer))
 
 
 def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:

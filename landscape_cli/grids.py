@@ -159,7 +159,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], *,
             )
 
     st.ensure_writable()
-    data = load_dataset(run_meta.dataset["name"], data_dir)  # before anything is written
+    data = load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset)  # before anything is written
     kind.before_prepare(ctx, wanted, device, data_dir, progress)
     batches = Batches.of(data, cfg)
     grid_dir = st.grid_dir(run_id, grid_id)

@@ -42,6 +42,7 @@ from .errors import GridStateError, UsageError
 from .execute import Batches
 from .gridstore import grow
 from .hessian import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
+from .losses import run_loss
 from .meta import DirectionRecord, HessianMeta, RunMeta
 from .plan import epoch_record
 from .store import Store, direction_name
@@ -124,7 +125,7 @@ def hessian(
     del first, weights
     hid = cfg.hessian_id
     st.ensure_writable()
-    data = load_dataset(run_meta.dataset["name"], data_dir)
+    data = load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset)
     hdir = st.hessian_dir(run_id, hid)
     new_dirs = [d for d in (hdir.parent, hdir) if not d.exists()]
     with leave_no_trace(new_dirs, st.hessian_file(run_id, hid)):
@@ -236,7 +237,8 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
             model = checkpoints.build_model(checkpoints.load_epoch(st, run.id, epoch_record(run, e))).to(device)
             # not channels_last: its double backward through convolutions ran 2-3x slower on CPU
             # (benchmarks/hessian_speed.py), unlike the forward passes of a grid
-            with operator(model, batches.on(device, False), names, cfg.bn, batches.weights) as op:
+            with operator(model, batches.on(device, False), names, cfg.bn, batches.weights,
+                          run_loss(run.dataset, run.config.loss)) as op:
                 bar.set_description(f"hessian {meta.id}: epoch {e}, top {cfg.top}")
                 top = extreme_eigenpairs(op, cfg.top, "LA", cfg.seed, tol=cfg.tol / 10)
                 bar.advance()

@@ -28,7 +28,7 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "name": meta.name,
         "model": cfg.model,
         "dataset": cfg.dataset,
-        "activation": cfg.activation,
+        "activation": cfg.activation if "source" not in meta.model else "-",  # a factory's model is never rewritten
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,

@@ -57,9 +57,9 @@ class EpochRecord:
 
     epoch: int
     train_loss: float
-    train_accuracy: float
+    train_accuracy: float | None  # None for a regression
     val_loss: float
-    val_accuracy: float
+    val_accuracy: float | None
     seconds: float
     checkpoint: str
     sha256: str
@@ -68,9 +68,15 @@ class EpochRecord:
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> EpochRecord:
         num = (int, float)
+        acc = (int, float, type(None))
+
+        def optional(key: str) -> float | None:
+            value = _need(d, key, acc, where)
+            return None if value is None else float(value)
+
         return cls(int(_need(d, "epoch", int, where)), float(_need(d, "train_loss", num, where)),
-                   float(_need(d, "train_accuracy", num, where)), float(_need(d, "val_loss", num, where)),
-                   float(_need(d, "val_accuracy", num, where)), float(_need(d, "seconds", num, where)),
+                   optional("train_accuracy"), float(_need(d, "val_loss", num, where)),
+                   optional("val_accuracy"), float(_need(d, "seconds", num, where)),
                    str(_need(d, "checkpoint", str, where)), str(_need(d, "sha256", str, where)),
                    str(_need(d, "weights_sha256", str, where)))
 

@@ -865,8 +865,11 @@ def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
         cfg, rec = s.run.config, s.epoch_record(e)
         metrics = ""
         if rec:
-            metrics = (f" — train loss {rec.train_loss:.3g}, acc {100 * rec.train_accuracy:.1f}%; "
-                       f"val loss {rec.val_loss:.3g}, acc {100 * rec.val_accuracy:.1f}%")
+            def acc(value: float | None) -> str:
+                return "" if value is None else f", acc {100 * value:.1f}%"
+
+            metrics = (f" — train loss {rec.train_loss:.3g}{acc(rec.train_accuracy)}; "
+                       f"val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}")
         stats = _stats_text(s, e) if s.dims == 2 else ""
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
                 f"{style.metric}, {where}{stats}\nrun {s.run_id}, grid {s.grid_id}")
@@ -932,6 +935,11 @@ def plot(
     st = Store.of(store)
     out_path = _check_out(out, animate)
     sources = select_sources(st, runs, grids)
+    if metric == "accuracy":
+        for s in sources:
+            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
+                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
+                                 "a loss")
     first = sources[0]
     if first.dims == 1:
         refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate)) if v]

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__, checkpoints
@@ -26,10 +25,12 @@ from ._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from ._perf import select_device, tune_allocator, use_channels_last
 from ._progress import progress_bar
 from .config import TrainConfig, positive_int
-from .data import Dataset, load_dataset
-from .errors import IntegrityError
+from .data import Dataset, dataset_source, load_dataset
+from .errors import IntegrityError, UsageError
+from .losses import CrossEntropy, Loss, get_loss, loss_for_task
 from .meta import EpochRecord, FileRecord, RunMeta
-from .models import count_parameters, create_model
+from .models import build, count_parameters, model_source
+from .plugins import Source, one_line
 from .store import Store, checkpoint_name, optimizer_name
 
 MAX_EPOCHS = 100_000
@@ -59,22 +60,24 @@ def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
 
 
 def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.device,
-                   batch_size: int = 1024, channels_last: bool = False) -> tuple[float, float]:
-    """Mean loss and accuracy over a whole split, in eval mode."""
+                   batch_size: int = 1024, channels_last: bool = False,
+                   scorer: Loss | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for a regression) over a whole split, in eval mode."""
+    scorer = scorer or CrossEntropy()
     x_all, y_all = data.split(split)
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
+    total_loss, correct = 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, len(y_all), batch_size):
             x = data.prepare(x_all[start:start + batch_size], device, channels_last)
             y = y_all[start:start + batch_size].to(device)
             out = model(x)
-            total_loss += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
+            total_loss += scorer(out, y).item() * len(y)
+            correct += scorer.correct(out, y).item()
     model.train(was_training)
     n = len(y_all)
-    return total_loss / n, correct / n
+    return total_loss / n, (correct / n if scorer.has_accuracy else None)
 
 
 def train(
@@ -89,6 +92,7 @@ def train(
     weight_decay: float = 0.0,
     activation: str = "relu",
     seed: int = 0,
+    loss: str | None = None,
     device: str = "auto",
     data_dir: str | os.PathLike[str] | None = None,
     store: Store | str | os.PathLike[str] | None = None,
@@ -101,7 +105,16 @@ def train(
     Running it again with the same configuration trains nothing (or resumes where a stopped run
     left off; more epochs continue the run). Returns the run's id, directory and metadata.
     """
-    config = TrainConfig(model, dataset, batch_size, optimizer, lr, momentum, weight_decay, activation, seed)
+    model_src, data_src = model_source(model), dataset_source(dataset)
+    if not model_src.builtin and activation != TrainConfig.activation:
+        raise UsageError(f"--activation replaces the activations of the built-in models only: {model_src.ref!r} is "
+                         "your model and is never rewritten (build the activation into its factory)")
+    if loss is not None:
+        get_loss(loss)
+    # a factory's data is part of the run's identity: load it first (a built-in dataset is named by its name)
+    data = None if data_src.builtin else load_dataset(data_src, data_dir)
+    config = TrainConfig(model_src.name, data_src.name, batch_size, optimizer, lr, momentum, weight_decay, activation,
+                         seed, model_sha256=model_src.sha256, data_sha256=data.sha256 if data else None, loss=loss)
     config.validate()
     positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
     dev = select_device(device)
@@ -111,29 +124,81 @@ def train(
         st.check_name(name, run_id)
     if st.has_run(run_id):
         meta = st.read_run(run_id)
+        if meta.config.imported is not None:
+            raise UsageError(f"run {run_id} was imported (`landscape import`): it has no training to continue")
         if len(meta.epochs) > epochs and (name is None or meta.name == name):
             return TrainResult(run_id, st.run_dir(run_id), meta)
     st.ensure_writable()
-    data = load_dataset(dataset, data_dir)  # before the run directory exists: a missing dataset changes nothing
+    if data is None:
+        data = load_dataset(data_src, data_dir)  # before the run directory exists: a missing dataset changes nothing
+    scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
+    scorer.check_targets(data.train_y, f"dataset {data_src.ref!r}")
+    probe(model_src, data_src, data, config.activation, scorer)
     run_dir = st.run_dir(run_id)
     new_dirs = [] if run_dir.exists() else [run_dir]
     with leave_no_trace(new_dirs, st.run_file(run_id)):
         make_dirs(st.checkpoints_dir(run_id))
         with st.run_lock(run_id).acquire("wait for that training to finish, or stop it and run this command again"):
             remove_partials(st.checkpoints_dir(run_id))
-            return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch)
+            return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch, model_src, data_src,
+                                 scorer)
+
+
+def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
+    """Score the model on the first two training samples before anything is written: a model that does not
+    fit the data (shapes, dtypes) fails here with one line instead of a traceback in the middle of an epoch."""
+    if model_src.builtin and data_src.builtin:
+        return
+    net = build(model_src, model_args(model_src, data, activation))
+    x, y = data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2]
+    try:
+        with torch.no_grad():
+            scorer(net.eval()(x), y)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"model {model_src.ref!r} failed on the first samples of dataset {data_src.ref!r} "
+                         f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
+
+
+def model_args(source: Source, data: Dataset, activation: str) -> dict[str, Any]:
+    """The arguments a model is built with for `data`: a built-in's (images [C, H, W] only) or a factory's."""
+    if not source.builtin:
+        return {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    shape = data.input_shape
+    if len(shape) != 3 or shape[1] != shape[2] or (not data.train_x.is_floating_point() and not data.images):
+        raise UsageError(f"the built-in model {source.ref!r} takes square images [N, C, H, H]; the dataset's inputs are "
+                         f"{[len(data.train_x), *shape]} {data.train_x.dtype}: use a model factory for other inputs")
+    return {"in_channels": shape[0], "num_classes": data.num_outputs, "image_size": shape[1], "activation": activation}
+
+
+def dataset_record(source: Source, data: Dataset) -> dict[str, Any]:
+    """What run.json records of a dataset (a built-in's keys as the first release wrote them, and more)."""
+    record: dict[str, Any] = {"name": source.ref, "channels": data.info.channels, "size": data.info.size,
+                              "num_classes": data.num_outputs, "train_size": len(data.train_y),
+                              "val_size": len(data.val_y), "task": data.task, "num_outputs": data.num_outputs,
+                              "input_shape": list(data.input_shape)}
+    if not source.builtin:
+        record.update(sha256=data.sha256, source=source.to_json())
+    return record
+
+
+def model_record(source: Source, args: dict[str, Any], net: nn.Module) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": source.ref, "args": args, "parameters": count_parameters(net)}
+    if not source.builtin:
+        record["source"] = source.to_json()
+    return record
 
 
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
                   data: Dataset, name: str | None, progress: bool,
-                  on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
+                  on_epoch: Callable[[EpochRecord], None] | None, model_src: Source, data_src: Source,
+                  scorer: Loss) -> TrainResult:
     run_dir = st.run_dir(run_id)
-    info = data.info
-    model_args: dict[str, Any] = {"in_channels": info.channels, "num_classes": info.num_classes,
-                  "image_size": info.size, "activation": config.activation}
+    args = model_args(model_src, data, config.activation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        net = create_model(config.model, **model_args)
+        net = build(model_src, args)
     if st.has_run(run_id):
         meta = st.read_run(run_id)
     else:
@@ -141,9 +206,8 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
             id=run_id,
             name=None,
             config=config,
-            model={"name": config.model, "args": model_args, "parameters": count_parameters(net)},
-            dataset={"name": info.name, "channels": info.channels, "size": info.size,
-                     "num_classes": info.num_classes, "train_size": len(data.train_y), "val_size": len(data.val_y)},
+            model=model_record(model_src, args, net),
+            dataset=dataset_record(data_src, data),
             epochs_requested=epochs,
             epochs=[],
             resume=None,
@@ -174,10 +238,12 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         if epoch == 0:
-            train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last)
+            train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last,
+                                                   scorer=scorer)
         else:
-            train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress)
-        val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last)
+            train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress,
+                                                 scorer)
+        val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last, scorer=scorer)
         metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3)}
         record = _save_epoch(st, meta, net, opt, epoch, metrics)
@@ -188,7 +254,8 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
 
 
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
-                 epoch: int, device: torch.device, channels_last: bool, progress: bool) -> tuple[float, float]:
+                 epoch: int, device: torch.device, channels_last: bool, progress: bool,
+                 scorer: Loss) -> tuple[float, float | None]:
     """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy."""
     x_all, y_all = data.train_x, data.train_y
     n = len(y_all)
@@ -196,25 +263,25 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
     steps = (n + config.batch_size - 1) // config.batch_size
     net.train()
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct = torch.zeros((), device=device)
     with progress_bar(f"epoch {epoch}", steps, unit="batches", enabled=progress) as bar:
         for step in range(steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x = data.prepare(x_all[idx], device, channels_last)
             y = y_all[idx].to(device)
             out = net(x)
-            loss = F.cross_entropy(out, y)
+            loss = scorer(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total_loss += loss.detach() * len(idx)
-            correct += (out.detach().argmax(1) == y).sum()
+            correct += scorer.correct(out.detach(), y)
             bar.advance()
-    return total_loss.item() / n, correct.item() / n
+    return total_loss.item() / n, (correct.item() / n if scorer.has_accuracy else None)
 
 
 def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                metrics: dict[str, float]) -> EpochRecord:
+                metrics: dict[str, Any]) -> EpochRecord:
     """Checkpoint, optimizer state, then metadata: a kill at any point leaves a resumable run."""
     ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch)
     ckpt_path = st.file(meta.id, checkpoint_name(epoch))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .._io import check_hash
+from ..checkpoints import safe_load
 from ..config import GridConfig, GridOptions, HessianConfig
 from ..errors import IntegrityError, UsageError
 from ..evaluate import Slice
@@ -92,7 +93,7 @@ class HessianKind(DirectionKind):
                                  "`landscape grid` command with --resume")
         path = ctx.store.file(ctx.run.id, facts["file"])
         check_hash(path, facts["sha256"], f"Hessian eigenvectors of epoch {em.epoch}")
-        vectors = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        vectors = safe_load(path, "direction file", mmap=True)
         params = dict(em.model.named_parameters())
         scale = float(torch.stack([(params[n].detach().double() ** 2).sum() for n in ctx.names]).sum().sqrt())  # ‖w‖
         directions = [{n: torch.empty_like(params[n]).copy_(vectors[f"v{j + 1}"][n] * scale) for n in ctx.names}

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from ..checkpoints import safe_load
 from ..config import GridConfig, GridOptions
 from ..errors import IntegrityError, UsageError
 from ..evaluate import Slice
@@ -59,7 +60,7 @@ def _open(store: Store, run: RunMeta, epochs: Sequence[int]) -> list[dict[str, T
         assert record is not None
         path = store.file(run.id, record.checkpoint)
         check_hash(path, record.sha256, f"checkpoint of epoch {e}")
-        states.append(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["state_dict"])
+        states.append(safe_load(path, f"checkpoint of epoch {e}", mmap=True)["state_dict"])
     return states
 
 
@@ -158,7 +159,7 @@ def _store(store: Store, run: RunMeta, spec: dict[str, Any], pca: PCA) -> Direct
 def _load(store: Store, run_id: str, record: DirectionRecord, k: int) -> list[dict[str, Tensor]]:
     path = store.file(run_id, record.file)
     check_hash(path, record.sha256, f"PCA directions ({record.id})")
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj = safe_load(path, "direction file", mmap=True)
     if obj.get("format") != FORMAT:
         raise IntegrityError(f"{path} does not hold PCA directions: delete it and rerun the grid")
     return [obj[f"d{j + 1}"] for j in range(k)]

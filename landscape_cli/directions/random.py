@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from ..checkpoints import safe_load
 from ..errors import IntegrityError
 from ..evaluate import Slice
 from ..meta import DirectionRecord, GridMeta
@@ -73,7 +74,7 @@ def ensure_stored(store: Store, run_id: str, shapes: Mapping[str, tuple[int, ...
     sha = file_sha256(path)
     if sidecar.exists():
         check_hash(path, read_json(sidecar)["sha256"], f"direction pair {pair} ({did})")
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj = safe_load(path, "direction file", mmap=True)
     _check_loaded(obj, spec, shapes, path)
     return DirectionRecord(pair, did, name, sha)
 
@@ -86,7 +87,7 @@ def load_recorded(store: Store, run_id: str, record: DirectionRecord, shapes: Ma
     """
     path = store.file(run_id, record.file)
     check_hash(path, record.sha256, f"direction pair {record.pair} ({record.id})")
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj = safe_load(path, "direction file", mmap=True)
     _check_loaded(obj, obj.get("spec", {}), shapes, path)
     return {"d1": obj["d1"], "d2": obj["d2"]}
 

@@ -3,22 +3,26 @@
 from . import resnet, small, vgg  # noqa: F401  (registration)
 from ._registry import (
     ACTIVATIONS,
+    build,
     check_activation,
     count_parameters,
     create_model,
     list_models,
     model_entry,
+    model_source,
     register_model,
     replace_activations,
 )
 
 __all__ = [
     "ACTIVATIONS",
+    "build",
     "check_activation",
     "count_parameters",
     "create_model",
     "list_models",
     "model_entry",
+    "model_source",
     "register_model",
     "replace_activations",
 ]

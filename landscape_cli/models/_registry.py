@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UsageError
+from ..plugins import Source, resolve
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),  # as torchvision: one activation buffer less
@@ -79,6 +81,23 @@ def create_model(
     check_activation(activation)
     model = entry.factory(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     return replace_activations(model, activation)
+
+
+def model_source(ref: str) -> Source:
+    """Where a model reference comes from: built-in, entry point, pkg.module:factory or ./file.py:factory."""
+    return resolve(ref, "model", list_models())
+
+
+def build(source: Source, args: dict[str, Any]) -> nn.Module:
+    """A model from its source: a built-in with its arguments, or a factory called with input_shape and
+    num_outputs (a factory's model is used as it is: never rewritten)."""
+    if source.builtin:
+        return create_model(source.ref, **args)
+    factory = source.load("model")
+    model = factory(input_shape=tuple(args["input_shape"]), num_outputs=int(args["num_outputs"]))
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model factory {source.ref!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:
