@@ -151,6 +151,54 @@ def _epochs_table(meta: Any) -> Table:
     return table
 
 
+@app.command("import")
+def import_(
+    model: Annotated[str, typer.Argument(help="The model the weights are of: a built-in name, pkg.module:factory or "
+                                          "./file.py:factory.", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="The dataset to score them on (as for train).", show_default=False)],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files (.pt, .pth, .ckpt, .bin, .safetensors) "
+                                                       "or folders of them.", show_default=False)],
+    epochs: Annotated[
+        str | None, typer.Option(help="Each file's epoch, in the order given (e.g. 0,5,9) [default: the single number "
+                                 "in each file name].", show_default=False)
+    ] = None,
+    activation: Annotated[str, typer.Option(help="A built-in model's activation, as it was trained.")] = "relu",
+    loss: Annotated[
+        str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
+    ] = None,
+    device: DeviceOpt = "auto",
+    data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make a run from weights trained elsewhere: then grid, hessian, plot, ls and verify work on it.
+
+    Each file holds a plain state_dict, a dict with one under "state_dict" or "model" (Lightning and
+    most training scripts; a common key prefix such as "model." or "module." is stripped), or is a
+    .safetensors file. Files are read without running any code they hold: objects other than
+    tensors (Lightning's hyper-parameters...) are replaced by inert placeholders. The run's id is a
+    hash of the weights: importing the same files again changes nothing.
+
+    Example: `landscape import resnet digits ckpts/epoch=*.ckpt --epochs 0,1,5 --name theirs`
+    """
+    from .config import parse_epochs
+    from .importer import import_run
+
+    result = import_run(model, dataset, list(checkpoints), epochs=parse_epochs(epochs), activation=activation,
+                        loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
+    meta = result.meta
+    if json_output:
+        print_json({"id": result.run_id, "path": result.path, "imported": result.imported,
+                    "files": meta.model.get("imported", []), **meta.to_json()})
+        return
+    if result.existed:
+        err().print(f"run {result.run_id} already holds these weights: nothing to import")
+    stdout().print(_epochs_table(meta))
+    stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta.name)} in {result.path}")
+
+
 # --- ls ----------------------------------------------------------------------------------------
 
 
