@@ -51,5 +51,22 @@ def test_analyses_script(tmp_path: Path) -> None:
                      "pca": ("pca", 2, "complete")}
 
 
+@pytest.mark.slow
+def test_custom_model_script(tmp_path: Path) -> None:
+    """README's own-model example: factories from examples/custom_model.py trained, gridded and plotted."""
+    env = subprocess_env(threads=2)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
+    done = subprocess.run([str(REPO / "examples" / "custom_model.sh")], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
+    assert plots == ["loss_curve_epochs-0-5.png", "loss_heatmap_epochs-0-5-20_mean.png"]
+    import json
+
+    [run] = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/run.json")]
+    assert run["model"]["source"]["kind"] == "file" and run["epochs"][-1]["val_accuracy"] >= 0.9
+
+
 def test_reference_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(REPO / "examples" / "reference_experiments.sh")], check=True)
