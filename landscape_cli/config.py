@@ -95,6 +95,7 @@ class TrainConfig:
 
 NORMS = ("filter", "filter-std", "layer", "none")
 BN_MODES = ("train", "eval", "recompute")
+PRECISIONS = ("fp32", "tf32", "bf16")  # fp32: TF32 off on CUDA; tf32: allowed for matmuls and convolutions
 SPLITS = ("train", "val")
 IDENTITY_FORMAT = 1  # part of every grid id: never change it (ids of existing grids would change)
 MAX_WIDTH = 1001
@@ -164,6 +165,7 @@ class GridConfig:
     target_run: str | None = None  # interpolate: the run and epoch the line ends at (t = 1)
     target_epoch: int | None = None
     trajectory: tuple[int, ...] | None = None  # pca: the checkpoints whose trajectory defines the plane
+    precision: str = "fp32"  # the forward passes' arithmetic (PRECISIONS)
 
     @property
     def kind(self) -> str:
@@ -210,6 +212,7 @@ class GridConfig:
         choice(self.norm, NORMS, "--norm")
         choice(self.bn, BN_MODES, "--bn mode")
         choice(self.split, SPLITS, "--split")
+        choice(self.precision, PRECISIONS, "--precision")
         if self.whole and self.batches != 1:
             raise UsageError("--batches all is stored as one batch entry")
         if self.single_kernel and self.layer is None:
@@ -236,6 +239,8 @@ class GridConfig:
             out["target"] = {"run": self.target_run, "epoch": self.target_epoch}
         if self.trajectory is not None:
             out["trajectory"] = list(self.trajectory)
+        if self.precision != "fp32":
+            out["precision"] = self.precision
         out["format"] = IDENTITY_FORMAT
         return out
 
@@ -255,7 +260,7 @@ class GridConfig:
         else:
             axes = square_axes(kind, int(d["width"]), float(d["span"]))
         known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
-                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "format"}
+                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "precision", "format"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -267,7 +272,8 @@ class GridConfig:
                    perturb_biasbn=bool(d["perturb_biasbn"]), layer=d["layer"], single_kernel=bool(d["single_kernel"]),
                    bn=str(d["bn"]), split=str(d.get("split", "train")), whole=whole,
                    target_run=target.get("run"), target_epoch=target.get("epoch"),
-                   trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None)
+                   trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None,
+                   precision=str(d.get("precision", "fp32")))
 
 
 @dataclass(frozen=True)
@@ -295,6 +301,7 @@ class GridOptions:
     to_epoch: int | None = None
     to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
     from_grid: str | None = None  # continue this grid of the run with its own configuration
+    precision: str = "fp32"
 
 
 HESSIAN_BN_MODES = ("train", "eval")

@@ -16,6 +16,11 @@ at every point from the batches themselves (their cumulative average, as a pass 
 training mode with ``momentum=None`` gives), then evaluates in eval mode: twice the forward passes.
 Weights moved far from a checkpoint make its running statistics meaningless; recomputing them is
 what mode-connectivity studies do.
+
+`points_per_pass` > 1 evaluates that many points per forward pass (`landscape_cli.batched`:
+torch.func.vmap over stacked weights; the model's tensors are never written). `precision` is the
+arithmetic of the forward passes: ``fp32``, ``tf32`` (CUDA matmuls and convolutions in TF32) or
+``bf16`` (autocast to bfloat16; the loss in float32).
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import BN_MODES, choice
+from . import batched
+from .config import BN_MODES, PRECISIONS, choice, positive_int
 from .errors import UsageError
 from .losses import CrossEntropy, Loss, get_loss, loss_for_targets
 
@@ -71,6 +77,8 @@ class Slice:
         self.recompute_bn = False  # set by `Evaluator` for BatchNorm mode "recompute"
         self.weights: np.ndarray | None = None  # set by `Evaluator`: pool the batches into one sample mean
         self.loss: Loss = CrossEntropy()  # set by `Evaluator`
+        self.points_per_pass = 1  # set by `Evaluator`: > 1 evaluates that many points per forward pass
+        self.precision = "fp32"  # set by `Evaluator`: "bf16" runs the forward passes under autocast
         # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
@@ -81,7 +89,19 @@ class Slice:
         return self.base
 
     def _set(self, point: Point) -> None:
+        self._write(self.tensors, point)
+
+    def _write(self, targets: list[Tensor], point: Point) -> None:
+        """Write the slice's tensors at `point` into `targets` (the model's tensors, or one point's stacked copies)."""
         raise NotImplementedError
+
+    def _forward(self, x: Tensor) -> Tensor:
+        """The model's output on `x` in this slice's precision (float32 under bf16: the loss is computed from it)."""
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                out = self.model(x)
+            return out.float()
+        return self.model(x)
 
     def restore(self) -> None:
         if self.base is not None:
@@ -90,6 +110,10 @@ class Slice:
 
     def evaluate(self, points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
         """Loss and accuracy at each point: two float32 arrays [len(points), len(batches)]."""
+        if self.points_per_pass > 1 and not self.recompute_bn and self.tensors:
+            with torch.no_grad():
+                bl, ba = batched.evaluate_points(self, points, self.points_per_pass)
+            return self._pool(bl.cpu().numpy()), self._pool(ba.cpu().numpy())
         device = self.tensors[0].device if self.tensors else torch.device("cpu")
         loss = torch.empty(len(points), len(self.batches), device=device)
         acc = torch.empty(len(points), len(self.batches), device=device)
@@ -101,7 +125,7 @@ class Slice:
                 if self.recompute_bn:
                     self._recompute_bn()
                 for j, (x, y) in enumerate(self.batches):
-                    out = self.model(x)
+                    out = self._forward(x)
                     loss[i, j] = self.loss(out, y)
                     acc[i, j] = self.loss.accuracy(out, y)
             self.restore()
@@ -122,7 +146,7 @@ class Slice:
             m.reset_running_stats()
             m.train()
         for x, _ in self.batches:
-            self.model(x)
+            self._forward(x)
         for m in norms:
             m.eval()
 
@@ -132,7 +156,7 @@ class Slice:
             self._recompute_bn()
         with torch.no_grad():
             for x, y in self.batches:
-                out = self.model(x)
+                out = self._forward(x)
                 losses.append(self.loss(out, y).item())
                 accs.append(self.loss.accuracy(out, y).item())
         return self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32))
@@ -156,12 +180,12 @@ class Affine(Slice):
         self.directions = [[_like(p, d[n]) for p, n in zip(self.params, names, strict=True)] for d in directions]
 
     @torch.no_grad()
-    def _set(self, point: Point) -> None:
+    def _write(self, targets: list[Tensor], point: Point) -> None:
         base = self._save()
-        torch._foreach_copy_(self.params, base)
+        torch._foreach_copy_(targets, base)
         for c, d in zip(point, self.directions, strict=True):
             if c != 0.0:
-                torch._foreach_add_(self.params, d, alpha=c)
+                torch._foreach_add_(targets, d, alpha=c)
 
     def center(self, gradient: bool = True) -> Center:
         """Values and projected gradients at the centre (the gradient of the slice at 0).
@@ -182,7 +206,7 @@ class Affine(Slice):
         try:
             for x, y in self.batches:
                 with torch.enable_grad():
-                    out = self.model(x)
+                    out = self._forward(x)
                     loss = self.loss(out, y)
                     g = torch.autograd.grad(loss, self.params, allow_unused=True)
                 losses.append(loss.item())
@@ -206,12 +230,12 @@ class Segment(Slice):
         self.end = [_like(t, e) for t, e in zip(tensors, end, strict=True)]
 
     @torch.no_grad()
-    def _set(self, point: Point) -> None:
+    def _write(self, targets: list[Tensor], point: Point) -> None:
         (t,) = point
-        torch._foreach_copy_(self.tensors, self.start)
+        torch._foreach_copy_(targets, self.start)
         if t != 0.0:
-            torch._foreach_mul_(self.tensors, 1.0 - t)
-            torch._foreach_add_(self.tensors, self.end, alpha=t)
+            torch._foreach_mul_(targets, 1.0 - t)
+            torch._foreach_add_(targets, self.end, alpha=t)
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -237,19 +261,62 @@ class Evaluator:
 
     With `weights` (each batch's number of samples) the batches are pieces of one set (--batches all)
     and every value is pooled into their sample-weighted mean: one batch entry.
+
+    `points_per_pass` > 1 evaluates a slice's points that many at a time, one forward pass per batch
+    for the whole group (`landscape_cli.batched`; `batched.choose_points_per_pass` picks a number
+    that fits the device's memory). BatchNorm mode ``recompute`` always evaluates point by point
+    (its statistics are re-estimated at every point), and so does the centre with its gradient.
+    `precision`: ``fp32`` (on CUDA: TF32 off for matmuls and cuDNN), ``tf32`` (on; on CPU the same
+    as fp32) or ``bf16`` (forward passes under ``torch.autocast(dtype=torch.bfloat16)``, on CPU
+    too, and the loss computed in float32 from the output cast to float32). The CUDA flags are set
+    inside the evaluator's contexts and restored after them.
     """
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train",
-                 weights: np.ndarray | None = None, loss: Loss | None = None) -> None:
+                 weights: np.ndarray | None = None, loss: Loss | None = None, *,
+                 points_per_pass: int = 1, precision: str = "fp32") -> None:
         self.model = model
         self.batches = list(batches)
         self.bn = choice(bn, BN_MODES, "--bn mode")
         self.weights = weights
         self.loss = loss or CrossEntropy()
+        self.points_per_pass = positive_int(points_per_pass, "points_per_pass")
+        self.precision = choice(precision, PRECISIONS, "--precision")
+
+    def _configure(self, s: Slice) -> Slice:
+        s.recompute_bn = self.bn == "recompute"
+        s.weights = self.weights
+        s.loss = self.loss
+        s.points_per_pass = 1 if self.bn == "recompute" else self.points_per_pass
+        s.precision = self.precision
+        return s
+
+    def _device(self) -> torch.device:
+        for t in self.model.parameters():
+            return t.device
+        return self.batches[0][0].device if self.batches else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        """On CUDA, TF32 on for precision tf32 and off otherwise for the block, then as it was."""
+        if self._device().type != "cuda":
+            yield
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     @contextlib.contextmanager
     def _modes(self) -> Iterator[None]:
-        """Set the BatchNorm mode for the block, then restore every mode and buffer of the model."""
+        """Set the BatchNorm mode and the precision for the block, then restore every mode and buffer of the model."""
+        with self._precision(), self._bn_modes():
+            yield
+
+    @contextlib.contextmanager
+    def _bn_modes(self) -> Iterator[None]:
         modes = {m: (m.training, getattr(m, "track_running_stats", None), getattr(m, "momentum", None))
                  for m in self.model.modules()}
         buffers = {k: v.clone() for k, v in self.model.named_buffers()}
@@ -278,9 +345,7 @@ class Evaluator:
     @contextlib.contextmanager
     def slice(self, s: Slice) -> Iterator[Slice]:
         """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
-        s.recompute_bn = self.bn == "recompute"
-        s.weights = self.weights
-        s.loss = self.loss
+        self._configure(s)
         with self._modes():
             try:
                 yield s
@@ -300,10 +365,7 @@ class Evaluator:
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's own loss and accuracy on each batch (in this evaluator's BatchNorm mode)."""
-        s = Slice(self.model, self.batches, [], 0)
-        s.recompute_bn = self.bn == "recompute"
-        s.weights = self.weights
-        s.loss = self.loss
+        s = self._configure(Slice(self.model, self.batches, [], 0))
         with self._modes():
             return s._values()
 
