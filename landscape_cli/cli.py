@@ -321,6 +321,20 @@ def grid(
         bool, typer.Option(help="Project the loss gradient at the centre on each plane (plot's arrows): one "
                            "backward pass per batch and pair, the memory of a training step.")
     ] = True,
+    precision: Annotated[
+        str, typer.Option(help="fp32 (on CUDA with TF32 off), tf32 (TF32 matmuls and convolutions on CUDA) or bf16 "
+                          "(bfloat16 autocast): part of the grid's identity.")
+    ] = "fp32",
+    points_per_pass: Annotated[
+        int | None, typer.Option(help="Grid points per forward pass (torch.func.vmap over stacked weights), fixed "
+                                 "when the grid is created [default: 1 on CPU, the in-place loop; on a GPU as many "
+                                 "as half the free memory holds].", show_default=False)
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="I/N: compute only shard I of N of the grid's rows (job arrays: SLURM --array, "
+                                 "Kubernetes indexed jobs); a later --resume without --shard fills what failed "
+                                 "shards left.", show_default=False)
+    ] = None,
     device: DeviceOpt = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
     store: StoreOpt = None,
@@ -338,13 +352,18 @@ def grid(
     unless --perturb-biasbn (interpolation moves every parameter). The result is a Zarr array
     [epoch, pair, batch, y, x] (a line: [epoch, pair, batch, x]) in the run's grids/ directory. Kill
     it at any moment and continue with --resume; run it twice at once with --resume and the two
-    share the work.
+    share the work. Many processes: `--shard I/N` in each of N jobs, or under torchrun
+    (`torchrun --nproc-per-node P -m landscape_cli grid RUN ...`: rank 0 prepares and reports).
 
     Example: `landscape grid quickstart --epochs 0,5 --width 21`
     """
     from .config import parse_batches, parse_epochs, parse_range
+    from .distributed import torchrun_ranks
     from .grids import grid as compute_grid
     from .inventory import describe_grid
+
+    ranks = torchrun_ranks()
+    follower = ranks is not None and ranks.rank != 0  # torchrun's other ranks print nothing but errors
 
     try:
         result = compute_grid(
@@ -354,12 +373,15 @@ def grid(
             perturb_biasbn=perturb_biasbn, layer=layer,
             single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
             from_grid=grid_ref, gradient=gradient, device=device, name=name, resume=resume, store=store,
-            data_dir=data_dir, progress=not quiet,
+            data_dir=data_dir, progress=not quiet and not follower, precision=precision, points_per_pass=points_per_pass,
+            shard=shard,
         )
     except KeyboardInterrupt:
         raise Interrupted(
             "grid interrupted: finished rows are kept; run the same command with --resume to continue"
         ) from None
+    if follower:
+        return
     meta = result.meta
     cfg = meta.config
     summary = {
@@ -367,7 +389,8 @@ def grid(
         "name": meta.name, "kind": cfg.kind, "dims": cfg.dims, "epochs": meta.epochs,
         "ranges": [list(r) for r in meta.ranges], "config": cfg.identity(), "facts": meta.kind,
         "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
-        "diverged_points": result.diverged, "repaired": result.repaired,
+        "diverged_points": result.diverged, "repaired": result.repaired, "evaluator": meta.evaluator,
+        "processes": {"how": result.share.how, "index": result.share.index, "count": result.share.count},
     }
     if json_output:
         print_json(summary)
@@ -381,6 +404,9 @@ def grid(
         f"{'all of the ' + cfg.split + ' split' if cfg.whole else _count(cfg.batches, 'batch')}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
+    if result.share.partial:
+        stdout().print(f"  {result.share.describe()}: computed {_count(result.computed_rows, 'row')}"
+                       + ("" if result.share.how == "rank" else " (its share)"))
     stdout().print(f"  {result.zarr_path}")
 
 

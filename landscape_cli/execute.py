@@ -4,12 +4,16 @@ One process takes the missing rows one by one: each is claimed with a lock file,
 direction kind's slice of that epoch's model, written, and marked done. Several processes on one
 grid (`grid --resume` twice) share the rows between them; a row whose holder died is taken over.
 Rows held by another process are waited for, so every process returns with the grid complete.
+
+A shard or torchrun rank (`distributed.Share`) computes only the rows and centres the static
+partition gives it, without locks, and returns when they are written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +26,62 @@ from ._perf import use_channels_last
 from ._progress import progress_bar, stderr_console
 from .data import Dataset
 from .directions import EpochModel, GridContext, get_kind
+from .distributed import Share
 from .evaluate import Batch, Evaluator
 from .gridstore import Rows
 from .locks import is_locked
 from .losses import run_loss
 from .meta import GridMeta
 from .plan import Plan, epoch_record
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a grid's points are computed, fixed when the grid is created and recorded in grid.json.
+
+    `points_per_pass` 1 is the in-place loop; more is the batched evaluator (that many points per
+    forward pass, `torch.func.vmap`). Values are bitwise reproducible for the same device type,
+    thread count, precision, evaluator and points per pass; on CUDA the grid runs with
+    deterministic kernels (cuDNN's deterministic algorithms, no autotuning, a fixed cuBLAS
+    workspace) so that a resumed grid matches an uninterrupted one bitwise.
+    """
+
+    points_per_pass: int = 1
+    precision: str = "fp32"
+    device: str = "cpu"  # the device type
+
+    @property
+    def name(self) -> str:
+        return "batched" if self.points_per_pass > 1 else "loop"
+
+    @property
+    def deterministic(self) -> bool:
+        return True  # CPU kernels are, for one thread count; CUDA is made so by `deterministic_kernels`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "points_per_pass": self.points_per_pass, "precision": self.precision,
+                "device": self.device, "deterministic": self.deterministic}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], precision: str) -> Evaluation | None:
+        """The recorded evaluation (None for a grid made before evaluators were recorded)."""
+        if not d:
+            return None
+        return cls(int(d.get("points_per_pass", 1)), str(d.get("precision", precision)), str(d.get("device", "cpu")))
+
+    def describe(self) -> str:
+        per = f"{self.points_per_pass} point{'s' if self.points_per_pass > 1 else ''} per pass"
+        return f"the {self.name} evaluator ({per}, {self.precision}) on {self.device}"
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """On CUDA: deterministic cuDNN algorithms, no autotuning, a fixed cuBLAS workspace (bitwise resume)."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @dataclass
@@ -68,8 +122,10 @@ class Batches:
         return [(self.data.prepare(x, device, channels_last), y.to(device)) for x, y in self.cpu]
 
 
-def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device) -> EpochModel:
+def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device,
+                     evaluation: Evaluation | None = None) -> EpochModel:
     """The checkpoint of `epoch` as a model on `device`, with an evaluator on the grid's batches."""
+    evaluation = evaluation or Evaluation(precision=ctx.config.precision, device=device.type)
     ckpt = checkpoints.load_epoch(ctx.store, ctx.run.id, epoch_record(ctx.run, epoch))
     model = checkpoints.build_model(ckpt).to(device)
     del ckpt
@@ -78,7 +134,8 @@ def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: tor
         model = model.to(memory_format=torch.channels_last)
     scorer = run_loss(ctx.run.dataset, ctx.run.config.loss)
     return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights,
-                                              scorer))
+                                              scorer, points_per_pass=evaluation.points_per_pass,
+                                              precision=evaluation.precision))
 
 
 def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,15 +144,19 @@ def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, ep
 
 
 def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: Batches, device: torch.device,
-            progress: bool, gradient: bool) -> Outcome:
-    """Compute every missing row and centre of the plan's epochs (sharing them with other processes)."""
+            progress: bool, gradient: bool, share: Share | None = None, evaluation: Evaluation | None = None) -> Outcome:
+    """Compute every missing row and centre of the plan's epochs (sharing them with other processes), or
+    with a partial `share` the missing ones of that share."""
     st, run_id, cfg = ctx.store, ctx.run.id, ctx.config
+    share = share or Share()
     kind = get_kind(cfg.kind)
     gradient = gradient and kind.gradient
     per_row = len(plan.xs)
     out = Outcome()
-    with progress_bar(f"grid {meta.id}", plan.total_rows * per_row, unit="points", enabled=progress,
-                      completed=plan.rows_done(rows) * per_row) as bar:
+    mine = (lambda ei, p, y: share.owns_row(ei, p, y, cfg.pairs, cfg.rows)) if share.partial else None
+    title = f"grid {meta.id}" + (f" ({share.describe()})" if share.partial else "")
+    with progress_bar(title, plan.total_rows_of(mine) * per_row, unit="points", enabled=progress,
+                      completed=plan.rows_done(rows, mine) * per_row) as bar:
         while True:
             made, waiting = 0, 0
             for e in plan.epochs:
@@ -103,20 +164,24 @@ def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: B
                 todo = {}
                 for p in range(cfg.pairs):
                     missing = _rows_todo(rows, ei, e, p, out.repaired)
+                    if mine is not None:  # a shard or rank: its rows only, no locks, nobody to wait for
+                        todo[p] = [y for y in missing if mine(ei, p, y)]
+                        continue
                     # rows another process holds right now are not ours to load the model for
                     todo[p] = [y for y in missing if not is_locked(st.row_lock(run_id, meta.id, e, p, y).path)]
                     waiting += len(missing) - len(todo[p])
-                need_center = [p for p in range(cfg.pairs) if not rows.center_done(ei, p, gradient)]
+                centers = share.owns_center(ei) if share.partial else True
+                need_center = [p for p in range(cfg.pairs) if centers and not rows.center_done(ei, p, gradient)]
                 if not any(todo.values()) and not need_center:
                     continue
-                em = load_epoch_model(ctx, e, batches, device)
+                em = load_epoch_model(ctx, e, batches, device, evaluation)
                 for p in range(cfg.pairs):
                     if not todo[p] and p not in need_center:
                         continue
                     with kind.slice(ctx, meta, em, p) as s:
                         for y in todo[p]:
-                            lock = st.row_lock(run_id, meta.id, e, p, y)
-                            if not lock.try_acquire():
+                            lock = st.row_lock(run_id, meta.id, e, p, y) if mine is None else None
+                            if lock is not None and not lock.try_acquire():
                                 waiting += 1
                                 continue
                             try:
@@ -130,9 +195,10 @@ def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: B
                                 made += 1
                                 bar.advance(per_row)
                             finally:
-                                lock.release()
-                                with contextlib.suppress(OSError):
-                                    lock.path.unlink()
+                                if lock is not None:
+                                    lock.release()
+                                    with contextlib.suppress(OSError):
+                                        lock.path.unlink()
                         if p in need_center:  # after the rows: its backward pass never overlaps them
                             rows.write_center(ei, p, s.center(gradient), gradient)
                 del em

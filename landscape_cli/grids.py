@@ -19,20 +19,23 @@ from typing import Any
 
 import torch
 
-from . import __version__, checkpoints
+from . import __version__, checkpoints, distributed
 from ._io import leave_no_trace, make_dirs, now, short_hash
 from ._perf import select_device, tune_allocator
 from ._progress import stderr_console
-from .config import GridConfig
+from .config import GridConfig, positive_int
 from .data import load_dataset
 from .directions import GridContext, get_kind, parameter_signature
-from .errors import GridStateError, IntegrityError
-from .execute import Batches, checkpoint_loss, execute
+from .distributed import Share
+from .errors import GridStateError, IntegrityError, LandscapeError, UsageError
+from .execute import Batches, Evaluation, checkpoint_loss, deterministic_kernels, execute, load_epoch_model
 from .gridstore import Rows, create, grow, open_group, repair, stored_epochs
 from .locks import is_locked
 from .meta import GridMeta, RunMeta
 from .plan import GridOptions, Plan, epoch_record, resolve, status
 from .store import Store
+
+MAX_POINTS_PER_PASS = 4096
 
 
 @dataclass
@@ -48,6 +51,8 @@ class GridResult:
     diverged: int = 0
     repaired: list[str] = field(default_factory=list)
     seconds_rows: float = 0.0  # time spent evaluating and writing rows (excludes set-up)
+    share: Share = field(default_factory=Share)  # which processes computed it (one, shards, ranks)
+    evaluation: Evaluation | None = None  # None when nothing was computed
 
     @property
     def complete(self) -> bool:
@@ -95,6 +100,9 @@ def grid(
     store: Store | str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    precision: str = "fp32",
+    points_per_pass: int | None = None,
+    shard: str | None = None,
 ) -> GridResult:
     """Compute the loss landscape of `run` around the checkpoints of `epochs` (default: all).
 
@@ -109,72 +117,144 @@ def grid(
     left. `gradient=False` skips the projected gradient at the centre (one backward pass per batch
     and pair, drawn as arrows by `plot`); a later call with gradients adds them. `from_grid` names a
     grid of the run whose configuration (and, unless `epochs` is given, epochs) to use instead.
-    Returns where the grid is and how far it got.
+    `precision` ("fp32", "tf32", "bf16") is part of the grid's identity; `points_per_pass` (default:
+    1 on CPU, from free memory on a GPU) is fixed when the grid is created. `shard` "I/N" computes
+    only this process's share of the rows (a job array); under torchrun the ranks share the grid.
+    Returns where the grid is and how far it got (on torchrun ranks other than 0: of their share).
     """
     opts = GridOptions(
         epochs=tuple(epochs) if epochs is not None else None, directions=directions, dims=dims, width=width, span=span,
         range=range, yrange=yrange, pairs=pairs, batches=batches, batch_size=batch_size, split=split, seed=seed, norm=norm,
         perturb_biasbn=perturb_biasbn, layer=layer, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
-        to_epoch=to_epoch, to=to, from_grid=from_grid,
+        to_epoch=to_epoch, to=to, from_grid=from_grid, precision=precision,
     )
-    st = Store.of(store)
-    run_meta = st.read_run(st.resolve(run))
-    cfg, wanted = resolve(st, run_meta, opts)
-    return compute(st, run_meta, cfg, wanted, gradient=gradient, device=device, name=name, resume=resume,
-                   data_dir=data_dir, progress=progress)
+    with distributed.session(shard) as sess:
+        try:
+            if points_per_pass is not None:
+                positive_int(points_per_pass, "--points-per-pass", maximum=MAX_POINTS_PER_PASS)
+            select_device(device)
+            st = Store.of(store)
+            run_meta = st.read_run(st.resolve(run))
+            cfg, wanted = resolve(st, run_meta, opts)
+        except LandscapeError as e:
+            sess.agree(e)
+            raise
+        sess.agree(None)
+        return compute(st, run_meta, cfg, wanted, gradient=gradient, device=device, name=name, resume=resume,
+                       data_dir=data_dir, progress=progress, points_per_pass=points_per_pass, session=sess)
 
 
 def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], *, gradient: bool = True,
             device: str = "auto", name: str | None = None, resume: bool = False,
-            data_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> GridResult:
-    """Create (or grow) the grid `cfg` of the run, then compute what is missing for the epochs `wanted`."""
+            data_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+            points_per_pass: int | None = None, session: distributed.Session | None = None) -> GridResult:
+    """Create (or grow) the grid `cfg` of the run, then compute what is missing for the epochs `wanted`
+    (with a partial `session`: this process's share of it)."""
+    sess = session or distributed.Session(distributed.Share())
+    share = sess.share
     kind = get_kind(cfg.kind)
-    dev = select_device(device)
+    if points_per_pass is not None:
+        positive_int(points_per_pass, "--points-per-pass", maximum=MAX_POINTS_PER_PASS)
+    dev = sess.device(select_device(device))
+    deterministic_kernels(dev)
     weights = _parameters(checkpoints.load_epoch(st, run_meta.id, epoch_record(run_meta, wanted[0])))
     names = kind.names(weights, cfg)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     del weights  # only their names and shapes are needed from here on
     ctx = GridContext(st, run_meta, cfg, shapes, names)
     run_id, grid_id = run_meta.id, cfg.grid_id
-    if name is not None:
-        st.check_grid_name(run_id, grid_id, name)
     gradient = gradient and kind.gradient
-    try:
-        existing = _read_meta(st, run_id, cfg)
-        state = status(Rows(st.zarr_path(run_id, grid_id), "r"), cfg, wanted, gradient) if existing else None
-    except IntegrityError:
-        if not resume:
-            raise
-        existing, state = None, None  # --resume rebuilds the damaged metadata below
+    batches: Batches | None = None
 
-    if existing is not None and state is not None:
-        if state.complete and not resume and (name is None or existing.name == name):
-            return _result(st, existing)  # (--resume goes on to check every chunk)
-        if state.partial and not resume:
-            busy = any(is_locked(p) for p in st.locks_dir(run_id, grid_id).glob("*.lock"))
-            hint = " (another process is computing it: --resume joins in)" if busy else ""
-            raise GridStateError(
-                f"grid {grid_id} of run {run_id} is {state.percent:.0f}% done "
-                f"({state.rows_done} of {state.rows_total} rows){hint}: pass --resume to continue it"
-            )
+    def prepare() -> tuple[GridMeta | GridResult, Evaluation | None]:
+        """Checks, then the grid created or grown: (its metadata, evaluation), or (the result, None) when
+        there is nothing to do."""
+        nonlocal batches
+        if name is not None:
+            st.check_grid_name(run_id, grid_id, name)
+        try:
+            existing = _read_meta(st, run_id, cfg)
+            state = status(Rows(st.zarr_path(run_id, grid_id), "r"), cfg, wanted, gradient) if existing else None
+        except IntegrityError:
+            if not resume:
+                raise
+            existing, state = None, None  # --resume rebuilds the damaged metadata below
+        recorded = _recorded_evaluation(existing, points_per_pass, dev, grid_id)
+        if existing is not None and state is not None:
+            if state.complete and not resume and (name is None or existing.name == name):
+                return _result(st, existing), None  # (--resume goes on to check every chunk)
+            if state.partial and not resume and not share.partial:
+                busy = any(is_locked(p) for p in st.locks_dir(run_id, grid_id).glob("*.lock"))
+                hint = " (another process is computing it: --resume joins in)" if busy else ""
+                raise GridStateError(
+                    f"grid {grid_id} of run {run_id} is {state.percent:.0f}% done "
+                    f"({state.rows_done} of {state.rows_total} rows){hint}: pass --resume to continue it"
+                )
 
-    st.ensure_writable()
-    data = load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset)  # before anything is written
-    kind.before_prepare(ctx, wanted, device, data_dir, progress)
-    batches = Batches.of(data, cfg)
-    grid_dir = st.grid_dir(run_id, grid_id)
-    new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
-    with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):
-        make_dirs(st.locks_dir(run_id, grid_id))
-        with _grid_lock(st, run_id, grid_id):
-            meta = _prepare(ctx, wanted, name, lambda e: checkpoint_loss(ctx, batches, dev, e))
+        st.ensure_writable()
+        data = load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset)  # before anything is written
+        kind.before_prepare(ctx, wanted, device, data_dir, progress)
+        batches = Batches.of(data, cfg)
+        evaluation = recorded or _new_evaluation(ctx, wanted[0], batches, dev, points_per_pass)
+        grid_dir = st.grid_dir(run_id, grid_id)
+        new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
+        with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):
+            make_dirs(st.locks_dir(run_id, grid_id))
+            with _grid_lock(st, run_id, grid_id):
+                loss_of = lambda e: checkpoint_loss(ctx, batches, dev, e)  # noqa: E731
+                meta = _prepare(ctx, wanted, name, loss_of, evaluation)
+        return meta, evaluation
 
+    prepared, evaluation = sess.lead(prepare)
+    if isinstance(prepared, GridResult):
+        return prepared
+    meta = prepared
+    assert evaluation is not None
+    if batches is None:  # a rank other than 0: rank 0 prepared the grid
+        batches = Batches.of(load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset), cfg)
     tune_allocator()
     rows = Rows(st.zarr_path(run_id, grid_id))
-    outcome = execute(ctx, meta, rows, Plan.of(rows, cfg, wanted), batches, dev, progress, gradient)
+    outcome = execute(ctx, meta, rows, Plan.of(rows, cfg, wanted), batches, dev, progress and sess.leader, gradient,
+                      share, evaluation)
+    everyone = sess.gather((outcome.computed_rows, outcome.seconds_rows, outcome.repaired))
     done_rows, total_rows, diverged = rows.progress()
-    return GridResult(grid_id, run_id, grid_dir, st.zarr_path(run_id, grid_id), meta, outcome.computed_rows,
-                      done_rows, total_rows, diverged, outcome.repaired, outcome.seconds_rows)
+    return GridResult(grid_id, run_id, st.grid_dir(run_id, grid_id), st.zarr_path(run_id, grid_id), meta,
+                      sum(c for c, _, _ in everyone), done_rows, total_rows, diverged,
+                      [r for _, _, rs in everyone for r in rs], max(s for _, s, _ in everyone), share=share,
+                      evaluation=evaluation)
+
+
+def _recorded_evaluation(existing: GridMeta | None, points_per_pass: int | None, dev: torch.device,
+                         grid_id: str) -> Evaluation | None:
+    """The evaluation the grid was created with; asking for another one is refused (no grid mixes two)."""
+    if existing is None:
+        return None
+    recorded = Evaluation.from_json(existing.evaluator, existing.config.precision)
+    if recorded is None:  # made before evaluators were recorded: by the loop
+        recorded = Evaluation(1, existing.config.precision, dev.type)
+    if points_per_pass is not None and points_per_pass != recorded.points_per_pass:
+        raise UsageError(f"grid {grid_id} is computed by {recorded.describe()}: continue it without "
+                         f"--points-per-pass (or with --points-per-pass {recorded.points_per_pass}), so that no grid "
+                         "mixes points of two evaluators")
+    if recorded.device != dev.type:
+        raise UsageError(f"grid {grid_id} is computed by {recorded.describe()}: continue it with --device "
+                         f"{recorded.device}, so that no grid mixes points of two devices")
+    return recorded
+
+
+def _new_evaluation(ctx: GridContext, epoch: int, batches: Batches, dev: torch.device,
+                    points_per_pass: int | None) -> Evaluation:
+    """A new grid's evaluation: the points per pass given, else 1 on CPU and what fits in free memory on a GPU."""
+    if points_per_pass is None:
+        if dev.type == "cuda":
+            from .batched import choose_points_per_pass
+
+            em = load_epoch_model(ctx, epoch, batches, dev)
+            points_per_pass = choose_points_per_pass(em.model, em.evaluator.batches, dev)
+            del em
+        else:
+            points_per_pass = 1
+    return Evaluation(points_per_pass, ctx.config.precision, dev.type)
 
 
 def _parameters(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -216,7 +296,7 @@ def _grid_lock(st: Store, run_id: str, grid_id: str) -> Any:
         lock.release()
 
 
-def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any) -> GridMeta:
+def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any, evaluation: Evaluation) -> GridMeta:
     """Create the grid (directions, arrays, grid.json) or add the new epochs; metadata last."""
     st, run_meta, cfg = ctx.store, ctx.run, ctx.config
     kind = get_kind(cfg.kind)
@@ -260,6 +340,7 @@ def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any
             created=now(),
             ranges=prepared.ranges,
             kind=prepared.info,
+            evaluator=evaluation.to_json(),
         )
         if damaged_meta:
             st.write_grid(meta)
@@ -272,7 +353,9 @@ def _prepare(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any
     facts = kind.epoch_facts(ctx, meta, [e for e in epochs if str(e) not in known])
     if facts:
         meta.kind = {**meta.kind, "epochs": {**known, **facts}}
-    changed = epochs != meta.epochs or bool(facts) or (name is not None and meta.name != name)
+    changed = (epochs != meta.epochs or bool(facts) or (name is not None and meta.name != name)
+               or meta.evaluator != evaluation.to_json())
+    meta.evaluator = evaluation.to_json()
     grow(zarr_path, epochs)
     if changed or not st.has_grid(run_id, grid_id):
         meta.epochs = epochs

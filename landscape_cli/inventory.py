@@ -74,6 +74,8 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         "norm": cfg.norm,
         "bn": cfg.bn,
         "layer": cfg.layer,
+        "precision": cfg.precision,
+        "evaluator": meta.evaluator,  # how its points are computed (recorded when it was created)
         "facts": meta.kind,
         "rows_done": rows_done,
         "rows_total": rows_total,

@@ -214,6 +214,7 @@ class GridMeta:
     updated: str | None = None
     ranges: list[tuple[float, float]] = field(default_factory=list)
     kind: dict[str, Any] = field(default_factory=dict)
+    evaluator: dict[str, Any] = field(default_factory=dict)  # how points are computed (`execute.Evaluation`)
     format: int = GRID_FORMAT
 
     @classmethod
@@ -242,6 +243,7 @@ class GridMeta:
             **_stamps(d),
             ranges=ranges,
             kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
+            evaluator=dict(d.get("evaluator") or {}),
             format=GRID_FORMAT,
         )
 
@@ -257,6 +259,7 @@ class GridMeta:
             "parameters": self.parameters,
             "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
+            "evaluator": self.evaluator,
             **_stamps_json(self.versions, self.created, self.updated),
         }
 

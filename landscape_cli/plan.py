@@ -13,6 +13,7 @@ takes them one by one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import Axis, GridConfig, GridOptions, check_batches, finite, parse_batches, positive_int
@@ -21,6 +22,8 @@ from .errors import GridStateError, RunNotFoundError, UsageError
 from .gridstore import Rows
 from .meta import EpochRecord, RunMeta
 from .store import Store
+
+Owner = Callable[[int, int, int], bool]  # (epoch index, pair, row) -> whether this process computes it
 
 
 def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, list[int]]:
@@ -47,7 +50,8 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
         run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs,
         batches=1 if whole else int(batches), batch_size=opts.batch_size, seed=seed if seed is not None else 0,
         norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=opts.layer,
-        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, **kind.configure(st, run, opts),
+        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, precision=opts.precision,
+        **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:
         raise UsageError(f"--norm applies to directions that are normalized per epoch, not to --directions {kind.name}")
@@ -176,8 +180,20 @@ class Plan:
             return [(x, self.ys[row]) for x in self.xs]
         return [(x,) for x in self.xs]
 
-    def rows_done(self, rows: Rows) -> int:
-        return sum(int(rows.done(self.index[e], p).sum()) for e in self.epochs for p in range(self.cfg.pairs))
+    def _units(self, mine: Owner | None) -> list[tuple[int, int, int]]:
+        """(epoch index, pair, row) of the plan's rows, those `mine` accepts when given."""
+        units = [(self.index[e], p, y) for e in self.epochs for p in range(self.cfg.pairs) for y in range(self.cfg.rows)]
+        return units if mine is None else [u for u in units if mine(*u)]
+
+    def total_rows_of(self, mine: Owner | None) -> int:
+        """The plan's rows (those of one process's share with `mine`)."""
+        return self.total_rows if mine is None else len(self._units(mine))
+
+    def rows_done(self, rows: Rows, mine: Owner | None = None) -> int:
+        if mine is None:
+            return sum(int(rows.done(self.index[e], p).sum()) for e in self.epochs for p in range(self.cfg.pairs))
+        done = {(self.index[e], p): rows.done(self.index[e], p) for e in self.epochs for p in range(self.cfg.pairs)}
+        return sum(int(done[ei, p][y]) for ei, p, y in self._units(mine))
 
 
 def epoch_record(run: RunMeta, epoch: int) -> EpochRecord:
