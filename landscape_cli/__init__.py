@@ -29,6 +29,7 @@ _API = {
     "list_datasets": "data",
     "register_dataset": "data",
     "LandscapeError": "errors",
+    "open": "notebook",
 }
 
 __all__ = sorted(_API)
