@@ -30,6 +30,8 @@ _API = {
     "register_dataset": "data",
     "LandscapeError": "errors",
     "open": "notebook",
+    "export": "export",
+    "ExportResult": "export",
 }
 
 __all__ = sorted(_API)

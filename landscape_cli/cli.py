@@ -199,6 +199,52 @@ def import_(
     stdout().print(f"run [bold]{result.run_id}[/bold]{_name(meta.name)} in {result.path}")
 
 
+# --- export ------------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name (or a grid).", show_default=False)],
+    format_: Annotated[str, typer.Option("--format", help="netcdf, csv, vtk or npz.", show_default=False)],
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Which grid (id, prefix or name) [default: the run's newest, as plot "
+                                 "chooses].", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (vtk: a directory) [default: the grid's exports/].",
+                                  show_default=False)
+    ] = None,
+    zmax: Annotated[
+        float | None, typer.Option(help="vtk: clip heights above this loss (Li et al.'s h52vtp --zmax).",
+                                   show_default=False)
+    ] = None,
+    log: Annotated[bool, typer.Option(help="vtk: log(loss + 0.1) as height and field (h52vtp's --log).")] = False,
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Export a grid for other tools: NetCDF-4 (xarray), long-format CSV, VTK for ParaView, or NumPy .npz.
+
+    Every export holds every value with the `done` mask beside it, so points not computed yet (done 0)
+    are never confused with diverged ones (NaN/Inf, done 1); an unfinished grid exports what is done and
+    says how many points are missing. NetCDF and npz hold every array, coordinate and attribute (nested
+    attributes as JSON strings); CSV has one row per epoch, pair, batch and point; VTK writes one
+    structured grid per epoch, pair and batch plus the mean, the loss as height and as a point field,
+    NaN points hidden, and a PCA grid's path as a polyline (needs `pip install 'landscape-cli[vtk]'`).
+
+    Example: `landscape export quickstart --format vtk --zmax 10 --log`
+    """
+    from .export import export as write_export
+
+    result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, store=store)
+    if json_output:
+        print_json(result.to_json())
+        return
+    for note in result.notes:  # points not computed yet, diverged points
+        err().print(note)
+    files = f" ({_count(len(result.files), 'file')})" if len(result.files) > 1 else ""
+    stdout().print(f"{result.format} export of grid {result.grid_id}{files}: {result.path}")
+
+
 # --- ls ----------------------------------------------------------------------------------------
 
 
@@ -548,6 +594,11 @@ def plot(
     out: Annotated[Path | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",
                                              show_default=False)] = None,
     show: Annotated[bool, typer.Option(help="Also open a window.")] = False,
+    html: Annotated[
+        bool, typer.Option("--html", help="One self-contained HTML page instead (no network needed to view it): the "
+                           "3-D surface to rotate and the contour map, a slider over every epoch, pair and batch "
+                           "selectors; large grids decimated. --out PAGE.html [default: the grid's plots/].")
+    ] = False,
     hessian: Annotated[
         bool, typer.Option("--hessian", help="Draw the run's curvature results instead (`landscape hessian`): "
                            "eigenvalues, λmin and trace against epoch, the density per epoch; --grid picks results by "
@@ -570,10 +621,32 @@ def plot(
 
     Diverged points (NaN/Inf) are magenta; rows not computed yet are hatched (curves: left out).
 
-    Example: `landscape plot quickstart --epochs 0,5 --reduce mean`
+    Example: `landscape plot quickstart --epochs 0,5 --reduce mean`; `landscape plot quickstart --html`
     """
     from .config import parse_epochs
     from .plotting import plot as draw_plot
+
+    if html:
+        from .html import write_html
+
+        given = [flag for flag, on in (("--contour", contour), ("--surface", surface), ("--animate", animate),
+                                       ("--epochs", epochs is not None), ("--epoch", epoch is not None),
+                                       ("--hessian", hessian), ("--show", show), ("--log", log),
+                                       ("--clip", clip is not None), ("--reduce", reduce != "none"),
+                                       ("--pair", pair is not None), ("--batch", batch is not None)) if on]
+        if given:
+            raise UsageError(f"--html makes a page with every epoch, pair and batch and its own controls: drop "
+                             f"{', '.join(given)}")
+        page = write_html(runs, grids=grid or (), metric=metric, out=out, store=store)
+        if json_output:
+            print_json(page.to_json())
+        else:
+            if page.decimated:
+                shown = " x ".join(map(str, page.shape))
+                err().print(f"the page shows {shown} of the grid's points (every {page.step}th along each axis) "
+                            "to stay a few MB")
+            stdout().print(str(page.path))
+        return
 
     if hessian:
         from .hessian_plot import plot_hessian
