@@ -105,6 +105,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="A human label for the result.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where datasets are cached.", show_default=False)]
 
 
 # --- output --------------------------------------------------------------------------------------

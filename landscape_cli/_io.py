@@ -81,11 +81,13 @@ def os_error(e: OSError, path: Path | str) -> StoreError:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+def atomic_path(path: Path, keep_suffix: bool = False,
+                error: Callable[[OSError, Path], Exception] | None = None) -> Iterator[Path]:
     """Yield a temporary name to write; it replaces `path` only if the block finishes without error.
 
     `keep_suffix` ends the temporary name in `path`'s suffix too, for writers that pick the file
-    format from the name (matplotlib, Pillow).
+    format from the name (matplotlib, Pillow). `error` makes the one-line error of an OSError
+    (default: the store's `os_error`).
     """
     tail = path.suffix if keep_suffix else ""
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{tail}")
@@ -95,7 +97,7 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
     except StoreError:
         raise
     except OSError as e:
-        raise os_error(e, path) from e
+        raise (error or os_error)(e, path) from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from . import __version__
 from ._cli_utils import (
+    DataDirOpt,
     DeviceOpt,
     JsonOpt,
     LandscapeGroup,
@@ -167,7 +168,7 @@ def import_(
         str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
     json_output: JsonOpt = False,
@@ -382,7 +383,7 @@ def grid(
                                  "shards left.", show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
     json_output: JsonOpt = False,
@@ -482,7 +483,7 @@ def hessian(
     bins: Annotated[int, typer.Option(help="With --density: histogram bins.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the start vectors and probes.")] = 0,
     device: DeviceOpt = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="Where datasets are cached.", show_default=False)] = None,
+    data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
     json_output: JsonOpt = False,

@@ -36,14 +36,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from ._io import PARTIAL_SUFFIX, os_error
+from ._io import PARTIAL_SUFFIX, atomic_path, os_error
 from .errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from .gridstore import DECODE_ERRORS, open_group
 from .store import Store
@@ -277,20 +276,9 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def _atomic(path: Path) -> contextlib.AbstractContextManager[Path]:
     """A temporary name in `path`'s directory; renamed to `path` only if the block finishes."""
-    tmp = _temporary(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except StoreError:
-        raise
-    except OSError as e:
-        raise _cannot_write(e, path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    return atomic_path(path, error=_cannot_write)
 
 
 # --- reading the grid -----------------------------------------------------------------------------

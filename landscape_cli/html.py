@@ -43,6 +43,7 @@ from .plotting import (
     _read_path,
     _target_text,
     _trajectory,
+    check_metric,
     select_sources,
 )
 from .store import Store
@@ -94,11 +95,7 @@ def write_html(
     st = Store.of(store)
     out_path = _check_out(out)
     sources = select_sources(st, runs, grids)
-    if metric == "accuracy":
-        for s in sources:
-            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
-                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
-                                 "a loss")
+    check_metric(sources, metric)
     for s in sources:
         if not s.grid.epochs:
             raise GridStateError(f"grid {s.grid_id} has no epochs yet: `landscape grid {s.run_id[:8]} --grid "

@@ -213,6 +213,15 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) ->
     return sources
 
 
+def check_metric(sources: list[Source], metric: str) -> None:
+    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss."""
+    if metric == "accuracy":
+        for s in sources:
+            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
+                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
+                                 "a loss")
+
+
 def _check_comparable(sources: list[Source]) -> None:
     """Compared grids are drawn on one set of axes: the same kind, dimensions and coordinates."""
     first = sources[0]
@@ -935,11 +944,7 @@ def plot(
     st = Store.of(store)
     out_path = _check_out(out, animate)
     sources = select_sources(st, runs, grids)
-    if metric == "accuracy":
-        for s in sources:
-            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
-                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
-                                 "a loss")
+    check_metric(sources, metric)
     first = sources[0]
     if first.dims == 1:
         refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate)) if v]

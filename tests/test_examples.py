@@ -11,14 +11,20 @@ import pytest
 from conftest import REPO, subprocess_env
 
 
-@pytest.mark.slow
-def test_quickstart_script(tmp_path: Path) -> None:
+def run_example(script: str, tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """examples/SCRIPT as README runs it: the venv's `landscape` on PATH, a store in tmp_path/runs."""
     env = subprocess_env(threads=2)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
-    done = subprocess.run([str(REPO / "examples" / "quickstart.sh")], env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run([str(REPO / "examples" / script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_quickstart_script(tmp_path: Path) -> None:
+    done = run_example("quickstart.sh", tmp_path)
     plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
     assert plots == ["loss_heatmap_epoch-5.png", "loss_heatmap_epochs-0-1-5_mean.png"]
     assert "quickstart" in done.stdout and "100.0% done" in done.stdout
@@ -32,17 +38,13 @@ def test_quickstart_script(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_analyses_script(tmp_path: Path) -> None:
     """README's pictures of the new grid kinds come from this script: lines, interpolation, PCA plane."""
-    env = subprocess_env(threads=2)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
     out = tmp_path / "figures"
     out.mkdir()
-    done = subprocess.run([str(REPO / "examples" / "analyses.sh"), str(out)], env=env, capture_output=True, text=True,
-                          timeout=1200)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_example("analyses.sh", tmp_path, str(out), timeout=1200)
     assert sorted(p.name for p in out.iterdir()) == ["interpolation.png", "lines.png", "pca.png"]
     import json
 
+    env = {**subprocess_env(), "LANDSCAPE_STORE": str(tmp_path / "runs")}
     listing = subprocess.run([sys.executable, "-m", "landscape_cli", "ls", "--json"], env=env, capture_output=True,
                              text=True, check=True)
     [run] = json.loads(listing.stdout)["runs"]
@@ -54,12 +56,7 @@ def test_analyses_script(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_custom_model_script(tmp_path: Path) -> None:
     """README's own-model example: factories from examples/custom_model.py trained, gridded and plotted."""
-    env = subprocess_env(threads=2)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
-    done = subprocess.run([str(REPO / "examples" / "custom_model.sh")], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_example("custom_model.sh", tmp_path)
     plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
     assert plots == ["loss_curve_epochs-0-5.png", "loss_heatmap_epochs-0-5-20_mean.png"]
     import json
