@@ -220,6 +220,10 @@ def export(
                                    show_default=False)
     ] = None,
     log: Annotated[bool, typer.Option(help="vtk: log(loss + 0.1) as height and field (h52vtp's --log).")] = False,
+    hessian: Annotated[
+        bool, typer.Option("--hessian", help="Export the run's curvature results (`landscape hessian`) instead, as "
+                           "netcdf, csv or npz; --grid picks results by id or name [default: the newest].")
+    ] = False,
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -235,15 +239,22 @@ def export(
     Example: `landscape export quickstart --format vtk --zmax 10 --log`
     """
     from .export import export as write_export
+    from .export import export_hessian
 
-    result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, store=store)
+    if hessian:
+        if zmax is not None or log:
+            raise UsageError("--zmax and --log shape a VTK surface: curvature results have none")
+        result = export_hessian(run, hessian=grid, format=format_, out=out, store=store)
+    else:
+        result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, store=store)
     if json_output:
         print_json(result.to_json())
         return
     for note in result.notes:  # points not computed yet, diverged points
         err().print(note)
     files = f" ({_count(len(result.files), 'file')})" if len(result.files) > 1 else ""
-    stdout().print(f"{result.format} export of grid {result.grid_id}{files}: {result.path}")
+    what = "curvature results" if hessian else "grid"
+    stdout().print(f"{result.format} export of {what} {result.grid_id}{files}: {result.path}")
 
 
 # --- ls ----------------------------------------------------------------------------------------

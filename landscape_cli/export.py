@@ -171,6 +171,97 @@ def export(
     return result
 
 
+HESSIAN_FORMATS = ("netcdf", "csv", "npz")
+HESSIAN_NAMES = {"netcdf": "hessian.nc", "csv": "hessian.csv", "npz": "hessian.npz"}
+
+
+def export_hessian(run: str, *, hessian: str | None = None, format: str, out: str | os.PathLike[str] | None = None,
+                   store: Store | str | os.PathLike[str] | None = None) -> ExportResult:
+    """Write a run's curvature results (`landscape hessian`: named by `hessian`, else the newest) as netcdf, csv
+    or npz: eigenvalues, residuals, λmin, |λmin/λmax|, trace (and the spectral density), with `done` per epoch.
+
+    NetCDF and npz hold every array and attribute of the results' Zarr group; CSV has one row per epoch
+    and eigenpair (`hessian.csv`) and, with a density, one per epoch and bin (`hessian_density.csv`).
+    Default `out`: ``<results dir>/exports/hessian.nc|.csv|.npz``. "Points" in the result are epochs.
+    """
+    from types import SimpleNamespace
+
+    from .hessian_plot import select
+
+    started = time.perf_counter()
+    fmt = str(format).strip().lower()
+    if fmt not in HESSIAN_FORMATS:
+        raise UsageError(f"curvature results export as {', '.join(HESSIAN_FORMATS)} (numbers per epoch, no surface for "
+                         f"VTK), not {format!r}")
+    if fmt == "netcdf":
+        _require_netcdf()
+    st = Store.of(store)
+    run_id = st.resolve(run)
+    meta = select(st, run_id, hessian)
+    zarr_path = st.hessian_zarr(run_id, meta.id)
+    where = SimpleNamespace(path=st.hessian_dir(run_id, meta.id), zarr_path=zarr_path)
+    target = _out_path(out, fmt, where, HESSIAN_NAMES)
+    created = _prepare_parent(target)
+    try:
+        data = _read(zarr_path, meta.id, ("done", "epoch", "eigenvalues"))
+        done = data.arrays["done"] > 0
+        result = ExportResult(format=fmt, path=target, files=[], grid_id=meta.id, run_id=run_id,
+                              points_total=int(done.size), points_missing=int((~done).sum()), points_diverged=0,
+                              kind="hessian", epochs=[int(e) for e in data.arrays["epoch"]])
+        if fmt == "netcdf":
+            result.files = [_write_netcdf(data, target)]
+        elif fmt == "npz":
+            result.files = [_write_npz(data, target)]
+        else:
+            result.files = _write_hessian_csv(data, target)
+    except BaseException:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    result.bytes = sum(f.stat().st_size for f in result.files if f.is_file())
+    result.seconds = time.perf_counter() - started
+    if result.points_missing:
+        result.notes.append(f"{result.points_missing} of {result.points_total} epochs are not computed yet (done 0)")
+    return result
+
+
+def _write_hessian_csv(data: _Data, path: Path) -> list[Path]:
+    """One row per (epoch, eigenpair) with the epoch's scalars beside it; the density in a second file."""
+    a = data.arrays
+    done = a["done"] > 0
+    epochs, k = a["eigenvalues"].shape
+
+    def per_epoch(name: str) -> np.ndarray:  # NaN where the epoch is not done
+        return np.where(done, a[name], np.nan).astype(a[name].dtype)
+
+    def per_pair(name: str) -> np.ndarray:
+        return np.where(done[:, None], a[name], np.nan if a[name].dtype.kind == "f" else 0).astype(a[name].dtype)
+
+    scalars = [n for n in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr") if n in a]
+    header = ["epoch", "k", "eigenvalue", "residual", "converged", *scalars, "done"]
+    rows = np.repeat(np.arange(epochs), k)
+    columns = [_text(a["epoch"])[rows], _text(np.tile(np.arange(k), epochs)),
+               _text(per_pair("eigenvalues").ravel()), _text(per_pair("residual").ravel()),
+               _text(per_pair("converged").ravel()), *(_text(per_epoch(n))[rows] for n in scalars),
+               _text(done.astype(np.uint8))[rows]]
+    with _atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(header) + "\n")
+        _write_lines(f, columns)
+    files = [path]
+    if "density" in a:
+        density_path = path.with_name(f"{path.stem}_density{path.suffix or '.csv'}")
+        bins = a["density"].shape[1]
+        rows = np.repeat(np.arange(epochs), bins)
+        with _atomic(density_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write("epoch,bin,lambda,density,done\n")
+            _write_lines(f, [_text(a["epoch"])[rows], _text(np.tile(np.arange(bins), epochs)),
+                             _text(per_pair("density_lambda").ravel()), _text(per_pair("density").ravel()),
+                             _text(done.astype(np.uint8))[rows]])
+        files.append(density_path)
+    return files
+
+
 def open_netcdf(path: str | os.PathLike[str]) -> Any:
     """A NetCDF export read back into memory as an xarray Dataset, its JSON-encoded attributes decoded."""
     import xarray as xr
@@ -207,8 +298,8 @@ def _select(st: Store, run: str, grid: str | None) -> Any:
     return select_sources(st, [run], [grid] if grid is not None else [])[0]
 
 
-def _out_path(out: str | os.PathLike[str] | None, fmt: str, source: Any) -> Path:
-    name = DEFAULT_NAMES[fmt]
+def _out_path(out: str | os.PathLike[str] | None, fmt: str, source: Any, names: dict[str, str] = DEFAULT_NAMES) -> Path:
+    name = names[fmt]
     if out is None:
         return Path(source.path) / EXPORTS_DIR / name
     if str(out).strip() == "":
@@ -323,12 +414,12 @@ class _Data:
         return int(loss.size), int((~done).sum()), int((done & ~np.isfinite(loss)).sum())
 
 
-def _read(zarr_path: Path, grid_id: str) -> _Data:
+def _read(zarr_path: Path, grid_id: str, required: tuple[str, ...] = ("loss", "done", "epoch")) -> _Data:
     try:
         root = open_group(zarr_path, "r")
         names = sorted(name for name, _ in root.arrays())
-        if "loss" not in names or "done" not in names or "epoch" not in names:
-            raise KeyError("loss, done or epoch")
+        if not set(required) <= set(names):
+            raise KeyError(", ".join(required))
         # the epoch coordinate, then the done-marks, then the values: a row marked done after its values were
         # read cannot be exported as done with the NaN its values had before they were written
         order = ["epoch", "done", *[n for n in names if n not in ("epoch", "done")]]

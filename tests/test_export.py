@@ -516,3 +516,36 @@ def test_the_export_command(store: Path, cli: Any, tmp_path: Path) -> None:
         [line] = r.output.strip().splitlines()
         assert says in line
     assert tree(store) == before
+
+
+def test_curvature_results_export(store: Path, cli: Any, tmp_path: Path) -> None:
+    """`landscape export --hessian`: the results of `landscape hessian` as netcdf, npz and csv, read back exactly."""
+    from landscape_cli.hessians import hessian
+
+    result = hessian("m", epochs=[0, 1], top=2, density=True, bins=10, steps=10, density_probes=1, batches=1,
+                     batch_size=64, probes=5, layer="3.weight", store=store, progress=False)
+    root = zarr.open_group(result.zarr_path, mode="r", use_consolidated=False)
+    stored = {n: np.asarray(a[...]) for n, a in root.arrays()}
+    files = {}
+    for fmt, name in (("netcdf", "h.nc"), ("npz", "h.npz"), ("csv", "h.csv")):
+        r = cli("export", "m", "--hessian", "--format", fmt, "--out", str(tmp_path / name), "--store", str(store),
+                "--json")
+        assert r.exit_code == 0, r.output
+        files[fmt] = json.loads(r.output)["files"]
+    ds = open_netcdf(tmp_path / "h.nc")
+    with np.load(tmp_path / "h.npz") as z:
+        for n, a in stored.items():
+            assert _same(ds[n].values, a) and ds[n].dtype == a.dtype, n
+            assert _same(z[n], a) and z[n].dtype == a.dtype, n
+    header, rows = _read_csv(tmp_path / "h.csv")
+    assert header[:5] == ["epoch", "k", "eigenvalue", "residual", "converged"] and len(rows) == 2 * 2
+    got = np.array([float(row["eigenvalue"]) for row in rows]).reshape(2, 2)
+    assert _same(got, stored["eigenvalues"])
+    assert [float(row["trace"]) for row in rows][::2] == list(stored["trace"])
+    assert files["csv"] == [str(tmp_path / "h.csv"), str(tmp_path / "h_density.csv")]
+    _, density = _read_csv(tmp_path / "h_density.csv")
+    assert _same(np.array([float(row["density"]) for row in density]).reshape(2, 10), stored["density"])
+    r = cli("export", "m", "--hessian", "--format", "vtk", "--store", str(store))
+    assert r.exit_code != 0
+    [line] = r.output.strip().splitlines()
+    assert "netcdf, csv, npz" in line
