@@ -36,6 +36,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -135,8 +136,7 @@ def export(
     st = Store.of(store)
     source = _select(st, run, grid)
     target = _out_path(out, fmt, source)
-    created = _prepare_parent(target)
-    try:
+    with _undone_on_failure(_prepare_parent(target)):
         data = _read(source.zarr_path, source.grid_id)
         stats = data.counts()
         result = ExportResult(
@@ -154,13 +154,7 @@ def export(
         else:
             assert vtk is not None
             result.files, result.points_hidden = _write_vtk(vtk, data, target, result, zmax, log)
-    except BaseException:
-        for d in reversed(created):  # directories this call made, innermost last: only if still empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    result.bytes = sum(f.stat().st_size for f in result.files if f.is_file())
-    result.seconds = time.perf_counter() - started
+    _measure(result, started)
     if result.points_missing:
         result.notes.append(f"{result.points_missing} of {result.points_total} points are in rows not computed yet "
                             "(done 0): the grid is partial")
@@ -201,8 +195,7 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
     zarr_path = st.hessian_zarr(run_id, meta.id)
     where = SimpleNamespace(path=st.hessian_dir(run_id, meta.id), zarr_path=zarr_path)
     target = _out_path(out, fmt, where, HESSIAN_NAMES)
-    created = _prepare_parent(target)
-    try:
+    with _undone_on_failure(_prepare_parent(target)):
         data = _read(zarr_path, meta.id, ("done", "epoch", "eigenvalues"))
         done = data.arrays["done"] > 0
         result = ExportResult(format=fmt, path=target, files=[], grid_id=meta.id, run_id=run_id,
@@ -214,13 +207,7 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
             result.files = [_write_npz(data, target)]
         else:
             result.files = _write_hessian_csv(data, target)
-    except BaseException:
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    result.bytes = sum(f.stat().st_size for f in result.files if f.is_file())
-    result.seconds = time.perf_counter() - started
+    _measure(result, started)
     if result.points_missing:
         result.notes.append(f"{result.points_missing} of {result.points_total} epochs are not computed yet (done 0)")
     return result
@@ -323,6 +310,24 @@ def _out_path(out: str | os.PathLike[str] | None, fmt: str, source: Any, names: 
     return path
 
 
+@contextlib.contextmanager
+def _undone_on_failure(created: list[Path]) -> Iterator[None]:
+    """If the block fails, remove the directories this export made (innermost first, only if still empty)."""
+    try:
+        yield
+    except BaseException:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _measure(result: ExportResult, started: float) -> None:
+    """The written files' total size and the time the export took."""
+    result.bytes = sum(f.stat().st_size for f in result.files if f.is_file())
+    result.seconds = time.perf_counter() - started
+
+
 def _cannot_write(e: OSError, path: Path) -> StoreError:
     """One line for an OSError while writing an export (a full disk says so, as everywhere in the store)."""
     if isinstance(e, StoreError):
@@ -348,18 +353,16 @@ def _prepare_parent(path: Path) -> list[Path]:
         p = p.parent
     missing.reverse()
     created: list[Path] = []
-    try:
-        for d in missing:
-            d.mkdir()
-            created.append(d)
-        probe = parent / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        for d in reversed(created):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise _cannot_write(e, path) from e
+    with _undone_on_failure(created):
+        try:
+            for d in missing:
+                d.mkdir()
+                created.append(d)
+            probe = parent / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise _cannot_write(e, path) from e
     return created
 
 
