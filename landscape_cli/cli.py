@@ -413,7 +413,8 @@ def grid(
     share the work. Many processes: `--shard I/N` in each of N jobs, or under torchrun
     (`torchrun --nproc-per-node P -m landscape_cli grid RUN ...`: rank 0 prepares and reports).
 
-    Example: `landscape grid quickstart --epochs 0,5 --width 21`
+    Example: `landscape grid quickstart --epochs 0,5 --width 21`; a job array of 4: `landscape grid quickstart
+    --width 51 --shard $SLURM_ARRAY_TASK_ID/4`
     """
     from .config import parse_batches, parse_epochs, parse_range
     from .distributed import torchrun_ranks
