@@ -207,7 +207,7 @@ def child_forward_or_grid(spec: Spec, device: Any) -> dict[str, Any]:
     import torch
 
     from landscape_cli import Store
-    from landscape_cli.grids import grid
+    from landscape_cli.engine.compute import grid
 
     mode, width = spec["mode"], spec["width"]
     store = Store(spec["store"])
@@ -285,7 +285,7 @@ def child_reference(spec: Spec, device: Any) -> dict[str, Any]:
 
 def child_evaluator(spec: Spec, device: Any) -> dict[str, Any]:
     """ms per point of `Evaluator` at each points_per_pass, alternating rounds on the same batches, fastest kept."""
-    from landscape_cli.evaluate import Evaluator
+    from landscape_cli.kernel.evaluate import Evaluator
 
     model, batches = load_library_model(spec["store"], device)
     d1, d2 = plane_directions(model)
@@ -309,7 +309,7 @@ def child_evaluator(spec: Spec, device: Any) -> dict[str, Any]:
 
 def child_scale(spec: Spec, device: Any) -> dict[str, Any]:
     """Set up, say "ready", wait for "go" on stdin, then evaluate `points` points: the start and end times."""
-    from landscape_cli.evaluate import Evaluator
+    from landscape_cli.kernel.evaluate import Evaluator
 
     model, batches = load_library_model(spec["store"], device)
     d1, d2 = plane_directions(model)

@@ -36,7 +36,7 @@ def child(store_path: str, mode: str, n: int) -> dict[str, float]:
     from landscape_cli import Store, _perf, checkpoints
     from landscape_cli.data import load_dataset
     from landscape_cli.directions import perturbed_names
-    from landscape_cli.hessian import operator
+    from landscape_cli.kernel.hvp import operator
 
     register_bench_dataset()
     _perf.tune_allocator()

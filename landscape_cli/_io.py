@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import IntegrityError, StoreError
+from landscape_cli.errors import IntegrityError, StoreError
 
 ID_LENGTH = 12
 PARTIAL_SUFFIX = ".partial"

@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._io import short_hash
-from .errors import UnknownNameError, UsageError
+from landscape_cli._io import short_hash
+from landscape_cli.errors import UnknownNameError, UsageError
 
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -61,7 +61,7 @@ class TrainConfig:
     imported: tuple[str, ...] | None = None  # `landscape import`: each epoch's weights hash, in order
 
     def validate(self) -> TrainConfig:
-        from .models import check_activation
+        from landscape_cli.models import check_activation
 
         check_activation(self.activation)
         choice(self.optimizer, OPTIMIZERS, "optimizer")

@@ -23,8 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._io import file_sha256
-from .errors import UnknownNameError, UsageError
+from landscape_cli._io import file_sha256
+from landscape_cli.errors import UnknownNameError, UsageError
 
 GROUPS = {"model": "landscape.models", "dataset": "landscape.datasets"}
 

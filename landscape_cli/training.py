@@ -20,18 +20,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__, checkpoints
-from ._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
-from ._perf import select_device, tune_allocator, use_channels_last
-from ._progress import progress_bar
-from .config import TrainConfig, positive_int
-from .data import Dataset, dataset_source, load_dataset
-from .errors import IntegrityError, UsageError
-from .losses import CrossEntropy, Loss, get_loss, loss_for_task
-from .meta import EpochRecord, FileRecord, RunMeta
-from .models import build, count_parameters, model_source
-from .plugins import Source, one_line
-from .store import Store, checkpoint_name, optimizer_name
+from landscape_cli import __version__
+from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
+from landscape_cli._progress import progress_bar
+from landscape_cli.config import TrainConfig, positive_int
+from landscape_cli.data import Dataset, dataset_source, load_dataset
+from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.kernel.device import select_device, tune_allocator, use_channels_last
+from landscape_cli.kernel.losses import CrossEntropy, Loss, get_loss, loss_for_task
+from landscape_cli.models import build, checkpoints, count_parameters, model_source
+from landscape_cli.plugins import Source, one_line
+from landscape_cli.store import Store, checkpoint_name, optimizer_name
+from landscape_cli.store.meta import EpochRecord, FileRecord, RunMeta
 
 MAX_EPOCHS = 100_000
 

@@ -244,6 +244,6 @@ def test_diverged_points_are_stored_as_computed(tmp_path: Path) -> None:
             assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, rel=1e-4), (yi, xi)
     [run] = json.loads(CliRunner().invoke(app, ["ls", "--json", "--store", str(store)]).stdout)["runs"]
     assert run["grids"][0]["diverged"] == int((~np.isfinite(loss)).sum())
-    from landscape_cli.plotting import plot
+    from landscape_cli.views.figures import plot
 
     assert plot(["m"], store=store).diverged == int((~np.isfinite(loss)).sum())

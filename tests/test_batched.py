@@ -1,4 +1,4 @@
-"""Several points per forward pass (`landscape_cli.batched`) against the point-by-point loop."""
+"""Several points per forward pass (`landscape_cli.kernel.batched`) against the point-by-point loop."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from landscape_cli.batched import (
+from landscape_cli.directions import normalize
+from landscape_cli.errors import UsageError
+from landscape_cli.kernel.batched import (
     MAX_POINTS_PER_PASS,
     choose_points_per_pass,
     point_bytes,
     points_that_fit,
     stack_points,
 )
-from landscape_cli.directions import normalize
-from landscape_cli.errors import UsageError
-from landscape_cli.evaluate import Evaluator
-from landscape_cli.losses import MeanSquaredError
+from landscape_cli.kernel.evaluate import Evaluator
+from landscape_cli.kernel.losses import MeanSquaredError
 from landscape_cli.models import create_model, list_models
 
 Batches = list[tuple[Tensor, Tensor]]

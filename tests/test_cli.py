@@ -226,7 +226,7 @@ def test_bad_grid_input_is_one_line_and_changes_nothing(cli: Any, store: Path, a
 
 
 def test_partial_grid_says_how_far_it_got(cli: Any, store: Path) -> None:
-    from landscape_cli.gridstore import Rows
+    from landscape_cli.store.grid_arrays import Rows
 
     ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "m", "-q"))
     args = ["grid", "m", "--width", "4", "--pairs", "1", "--batches", "1", "-q"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from landscape_cli.config import GridConfig, GridOptions, TrainConfig
-from landscape_cli.plan import resolve
+from landscape_cli.engine.plan import resolve
 from landscape_cli.store import Store
 
 LEGACY = Path(__file__).parent / "data" / "legacy-0.1.0"

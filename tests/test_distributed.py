@@ -20,11 +20,11 @@ import torch
 from conftest import REPO, private_copy, subprocess_env, tree
 
 from landscape_cli import train
-from landscape_cli.distributed import Share, parse_shard, torchrun_ranks
+from landscape_cli.engine.compute import grid
+from landscape_cli.engine.distributed import Share, parse_shard, torchrun_ranks
 from landscape_cli.errors import LandscapeError, UsageError
-from landscape_cli.grids import grid
-from landscape_cli.gridstore import Rows
 from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import Rows
 
 OPTIONS = {"epochs": [0, 1], "width": 7, "pairs": 2, "batches": 2, "batch_size": 64}
 CLI_OPTIONS = ["--epochs", "0,1", "--width", "7", "--pairs", "2", "--batches", "2", "--batch-size", "64"]

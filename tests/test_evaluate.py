@@ -11,7 +11,7 @@ from torch import nn
 from landscape_cli.data import load_dataset
 from landscape_cli.directions import draw_random, normalize, perturbed_names
 from landscape_cli.errors import UsageError
-from landscape_cli.evaluate import Evaluator, evaluate_plane
+from landscape_cli.kernel.evaluate import Evaluator, evaluate_plane
 from landscape_cli.models import create_model
 
 

@@ -21,9 +21,9 @@ from conftest import private_copy, tree
 
 from landscape_cli import grid, train
 from landscape_cli.errors import StoreError, UsageError
-from landscape_cli.export import HIDDENPOINT, JSON_ATTRS, LOG_OFFSET, MANIFEST, NPZ_ATTRS, export, height, open_netcdf
-from landscape_cli.gridstore import Rows
+from landscape_cli.exchange.export import HIDDENPOINT, JSON_ATTRS, LOG_OFFSET, MANIFEST, NPZ_ATTRS, export, height, open_netcdf
 from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import Rows
 
 USERLAND = Path(__file__).parent / "userland"
 SMALL = {"width": 5, "batches": 2, "batch_size": 64, "progress": False}
@@ -387,7 +387,7 @@ def test_missing_rows_and_diverged_points_are_told_apart(store: Path, tmp_path: 
 
 @needs_vtk
 def test_the_grid_is_chosen_as_plot_chooses_it_and_files_go_beside_it(store: Path, tmp_path: Path) -> None:
-    from landscape_cli.plotting import select_sources
+    from landscape_cli.views.figures import select_sources
 
     [source] = select_sources(Store(store), ["t"])
     zarr_before = tree(source.zarr_path)
@@ -462,7 +462,7 @@ def test_unwritable_outputs_fail_in_one_line_and_leave_nothing(store: Path, tmp_
 @needs_vtk
 def test_a_failure_while_writing_leaves_nothing_half_written(store: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import landscape_cli.export as ex
+    import landscape_cli.exchange.export as ex
 
     calls = []
 
@@ -520,7 +520,7 @@ def test_the_export_command(store: Path, cli: Any, tmp_path: Path) -> None:
 
 def test_curvature_results_export(store: Path, cli: Any, tmp_path: Path) -> None:
     """`landscape export --hessian`: the results of `landscape hessian` as netcdf, npz and csv, read back exactly."""
-    from landscape_cli.hessians import hessian
+    from landscape_cli.curvature.hessian import hessian
 
     result = hessian("m", epochs=[0, 1], top=2, density=True, bins=10, steps=10, density_probes=1, batches=1,
                      batch_size=64, probes=5, layer="3.weight", store=store, progress=False)

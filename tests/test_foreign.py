@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape_cli.errors import UsageError
-from landscape_cli.foreign import checkpoint_files, epoch_numbers, match_state, read_weights
+from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
 
 
 class Net(nn.Module):

@@ -21,11 +21,11 @@ from conftest import REPO, private_copy, run_cli, subprocess_env
 from landscape_cli import train
 from landscape_cli.config import parse_epochs
 from landscape_cli.data import load_dataset
+from landscape_cli.engine.compute import grid
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
-from landscape_cli.grids import grid
-from landscape_cli.gridstore import Rows
 from landscape_cli.models import create_model
 from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import Rows
 
 SMALL = {"width": 5, "pairs": 2, "batches": 2, "batch_size": 64, "progress": False}
 
@@ -142,7 +142,7 @@ def test_gradients_can_be_skipped_and_added_later(store: Path) -> None:
     ds = lean.to_xarray()
     assert np.isnan(ds.grad_a.values).all() and np.isnan(ds.grad_b.values).all()
     assert np.isfinite(ds.center_loss.values).all() and (ds.center_done.values == 1).all()
-    from landscape_cli.plotting import plot
+    from landscape_cli.views.figures import plot
 
     figure = plot(["tiny"], store=store, epochs=[1])
     assert figure.arrow_scale is None and not any(ax.texts for ax in figure.panel_axes)
@@ -366,7 +366,7 @@ def test_points_can_see_the_validation_split(store: Path) -> None:
 def test_a_grid_killed_before_its_metadata_is_not_damage(store: Path) -> None:
     """A SIGKILL between creating the arrays and writing grid.json (nothing computed yet) leaves a grid
     `verify` lists as unfinished, not damaged; once rows exist, a missing grid.json is damage."""
-    from landscape_cli.verify import verify
+    from landscape_cli.store.verify import verify
 
     g = grid("tiny", store=store, epochs=[0], **SMALL)
     (g.path / "grid.json").unlink()

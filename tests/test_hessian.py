@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape_cli import train
+from landscape_cli.curvature.hessian import hessian
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import UsageError
-from landscape_cli.hessian import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
-from landscape_cli.hessians import hessian
+from landscape_cli.kernel.hvp import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +174,8 @@ def test_results_are_stored_per_epoch_and_resume(run_store: Path, tmp_path: Path
                    **OPTS)
     assert more.computed == [1, 2] and more.meta.epochs == [0, 2, 1]
     assert np.array_equal(more.to_xarray().eigenvalues.sel(epoch=2).values, ds.eigenvalues.sel(epoch=2).values)
-    from landscape_cli.inventory import list_runs
     from landscape_cli.store import Store
+    from landscape_cli.views.listing import list_runs
 
     [run] = list_runs(Store(store))
     [listed] = run["hessians"]
@@ -200,7 +200,7 @@ def test_grids_along_the_top_eigenvectors(run_store: Path, tmp_path: Path) -> No
     """--directions hessian: the plane of each epoch's top two eigenvectors, each scaled by ‖w‖ only; it reuses
     `landscape hessian` results made with the grid's batches; a line is the plane's middle row."""
     from landscape_cli import grid
-    from landscape_cli.plotting import plot
+    from landscape_cli.views.figures import plot
 
     store = tmp_path / "store"
     shutil.copytree(run_store, store)
@@ -262,7 +262,7 @@ def test_plot_of_curvature_results_shows_the_stored_numbers(run_store: Path, tmp
     assert out["epochs"] == [0, 2] and Path(out["path"]).is_file()  # in epoch order
     assert np.allclose(out["eigenvalues"], ds.eigenvalues.sel(epoch=[0, 2]).values)
     assert np.allclose(out["trace"], ds.trace.sel(epoch=[0, 2]).values)
-    from landscape_cli.hessian_plot import plot_hessian
+    from landscape_cli.views.hessian_figure import plot_hessian
 
     figure = plot_hessian("m", hessian="curv", store=store, out=tmp_path / "h.svg")
     eig_axes, _trace, density_axes = figure.figure.axes[:3]

@@ -25,10 +25,10 @@ import pytest
 import xarray as xr
 
 from landscape_cli import train
+from landscape_cli.engine.compute import grid
 from landscape_cli.errors import UsageError
-from landscape_cli.grids import grid
-from landscape_cli.gridstore import Rows
-from landscape_cli.html import write_html
+from landscape_cli.store.grid_arrays import Rows
+from landscape_cli.views.page import write_html
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
@@ -250,7 +250,7 @@ def test_accuracy_pages_and_bad_input(store: Path, tmp_path: Path, monkeypatch: 
 
 
 def test_html_imports_neither_torch_nor_plotly() -> None:
-    code = "import sys, landscape_cli.html; print('torch' in sys.modules, 'plotly' in sys.modules)"
+    code = "import sys, landscape_cli.views.page; print('torch' in sys.modules, 'plotly' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
 

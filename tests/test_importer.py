@@ -16,7 +16,7 @@ from conftest import tree
 from landscape_cli import grid
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import IntegrityError, UsageError
-from landscape_cli.importer import import_run
+from landscape_cli.exchange.importer import import_run
 from landscape_cli.models import create_model
 from landscape_cli.store import Store
 
@@ -77,7 +77,7 @@ def test_three_formats_import_and_grid_at_their_own_loss(tmp_path: Path, store: 
         assert float(ds.center_loss.sel(epoch=epoch, batch=0)) == pytest.approx(_own_loss(state), rel=1e-5)
     again = import_run("mlp", "digits", [files], store=store, progress=False)
     assert again.existed and again.run_id == result.run_id  # the same weights: the same run, nothing written
-    from landscape_cli.verify import verify
+    from landscape_cli.store.verify import verify
 
     assert verify(store).ok
 
@@ -153,6 +153,6 @@ def test_a_checkpoint_replaced_by_code_is_one_line_and_never_runs(tmp_path: Path
     assert line.startswith("Error: checkpoint of epoch 0") and "not a weights-only file" in line
     assert not marker.exists()
     with pytest.raises(IntegrityError):
-        from landscape_cli.checkpoints import load
+        from landscape_cli.models.checkpoints import load
 
         load(ckpt)

@@ -13,9 +13,9 @@ from matplotlib.image import imread
 
 import landscape_cli
 from landscape_cli import train
+from landscape_cli.engine.compute import grid
 from landscape_cli.errors import LandscapeError
-from landscape_cli.grids import grid
-from landscape_cli.gridstore import Rows
+from landscape_cli.store.grid_arrays import Rows
 
 
 @pytest.fixture(scope="module")

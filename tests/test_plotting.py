@@ -17,10 +17,10 @@ import zarr
 from conftest import private_copy
 
 from landscape_cli import train
+from landscape_cli.engine.compute import grid
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
-from landscape_cli.grids import grid
-from landscape_cli.gridstore import Rows
-from landscape_cli.plotting import plot
+from landscape_cli.store.grid_arrays import Rows
+from landscape_cli.views.figures import plot
 
 G = {"width": 5, "pairs": 2, "batches": 2, "batch_size": 64, "progress": False}
 
@@ -199,7 +199,7 @@ def test_damaged_chunk_is_refused(store: Path) -> None:
 
 
 def test_plotting_imports_no_torch() -> None:
-    code = "import sys, landscape_cli.plotting; print('torch' in sys.modules)"
+    code = "import sys, landscape_cli.views.figures; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

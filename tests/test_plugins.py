@@ -75,7 +75,7 @@ def test_a_regression_from_module_factories(userland: Path, store: Path, tmp_pat
                           capture_output=True, text=True, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows_done"] == 3
-    from landscape_cli.plotting import plot
+    from landscape_cli.views.figures import plot
 
     assert plot(["waves"], grids=[g.grid_id], store=store, out=tmp_path / "w.png").path.is_file()
     with pytest.raises(UsageError, match="regression"):
@@ -85,7 +85,7 @@ def test_a_regression_from_module_factories(userland: Path, store: Path, tmp_pat
 def test_a_token_classifier_through_entry_points(userland: Path, store: Path) -> None:
     import toy_factories as toy
 
-    from landscape_cli.hessians import hessian
+    from landscape_cli.curvature.hessian import hessian
 
     run = train("token-net", "tokens", epochs=1, batch_size=32, store=store, progress=False)
     assert run.meta.model["source"]["kind"] == "entry-point" and "toy-factories 0.1" in run.meta.model["source"]["origin"]

@@ -17,8 +17,8 @@ from conftest import private_copy, tree
 
 from landscape_cli import grid, train
 from landscape_cli.errors import StoreError
-from landscape_cli.gridstore import Rows
 from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import Rows
 
 B = {"batch_size": 64, "progress": False}
 
@@ -38,7 +38,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _stats(*args: Any, **kwargs: Any) -> Any:
-    from landscape_cli.stats import stats
+    from landscape_cli.curvature.stats import stats
 
     return stats(*args, **kwargs)
 
@@ -178,7 +178,7 @@ def test_the_grids_cover_the_cases(stored: Path) -> None:
 
 def test_a_synthetic_quadratic_is_recovered_exactly() -> None:
     """Asymmetric, unequal axes without (0, 0) among the points: H, λ and the condition of a known quadratic."""
-    from landscape_cli.stats import landscape_metrics
+    from landscape_cli.curvature.stats import landscape_metrics
 
     x, y = np.linspace(-1.3, 0.2, 16), np.linspace(-0.05, 0.4, 10)
     h = np.array([[2.0, 0.5], [0.5, 0.0]])  # eigenvalues 1 ± sqrt(1.25)
@@ -205,10 +205,10 @@ def _projected_hessian(store: Path, grid_name: str, pair: int, batches: list[int
     """d_iᵀ H d_j for the grid's normalized directions of `pair`, H the Hessian of the mean loss over `batches`."""
     import torch
 
-    from landscape_cli.checkpoints import build_model
     from landscape_cli.data import load_dataset
     from landscape_cli.directions import normalize, perturbed_names
-    from landscape_cli.hessian import operator
+    from landscape_cli.kernel.hvp import operator
+    from landscape_cli.models.checkpoints import build_model
 
     st = Store(store)
     run_id, grid_id = st.find_grid(grid_name)
@@ -309,7 +309,7 @@ def test_an_incomplete_grid_is_measured_over_its_computed_rows(stored: Path, tmp
 
 def test_the_cache_is_reused_only_while_done_marks_and_options_are_unchanged(stored: Path, tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import landscape_cli.stats as stats_module
+    import landscape_cli.curvature.stats as stats_module
 
     store = private_copy(stored, tmp_path)
     st = Store(store)
@@ -357,7 +357,7 @@ def test_the_cache_is_reused_only_while_done_marks_and_options_are_unchanged(sto
 
 def test_ls_shows_the_cached_summary_of_each_grid(stored: Path, tmp_path: Path, cli: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    import landscape_cli.stats as stats_module
+    import landscape_cli.curvature.stats as stats_module
 
     store = private_copy(stored, tmp_path)
     for f in store.glob("*/grids/*/stats.json"):
@@ -429,13 +429,13 @@ def test_bad_input_is_one_line(stored: Path, cli: Any, args: list[str], needles:
 
 
 def test_stats_imports_no_torch() -> None:
-    code = "import sys, landscape_cli.stats, landscape_cli.inventory; print('torch' in sys.modules)"
+    code = "import sys, landscape_cli.curvature.stats, landscape_cli.views.listing; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_the_reference_figure_title_has_the_stats_line(stored: Path, tmp_path: Path) -> None:
     from landscape_cli import plot
-    from landscape_cli.stats import summary, title_text
+    from landscape_cli.curvature.stats import summary, title_text
 
     store = private_copy(stored, tmp_path)
     st = Store(store)

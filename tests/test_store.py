@@ -17,8 +17,8 @@ from landscape_cli.errors import (
     StoreError,
     UsageError,
 )
-from landscape_cli.meta import Damaged, RunMeta
 from landscape_cli.store import Store, store_root
+from landscape_cli.store.meta import Damaged, RunMeta
 
 
 def test_ids_are_canonical() -> None:

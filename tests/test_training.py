@@ -18,13 +18,13 @@ from conftest import REPO, run_cli, subprocess_env
 
 from landscape_cli import train
 from landscape_cli._io import file_sha256
-from landscape_cli.checkpoints import state_hash
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import IntegrityError, LockedError
-from landscape_cli.locks import FileLock
-from landscape_cli.meta import RunMeta
 from landscape_cli.models import create_model
+from landscape_cli.models.checkpoints import state_hash
 from landscape_cli.store import Store
+from landscape_cli.store.locks import FileLock
+from landscape_cli.store.meta import RunMeta
 
 
 def _independent_eval(path: Path) -> tuple[float, float]:

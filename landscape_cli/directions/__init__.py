@@ -3,8 +3,8 @@
 Importing this package registers every built-in kind.
 """
 
-from . import hessian, interpolate, pca, random  # noqa: F401  (registration)
-from ._registry import (
+from landscape_cli.directions import hessian, interpolate, pca, random  # noqa: F401  (registration)
+from landscape_cli.directions._registry import (
     CheckpointLoss,
     DirectionKind,
     EpochModel,
@@ -14,8 +14,8 @@ from ._registry import (
     list_kinds,
     register_kind,
 )
-from .normalize import Direction, is_bias_or_bn, normalize, perturbed_names
-from .random import draw_random, ensure_stored, load_recorded, parameter_signature
+from landscape_cli.directions.normalize import Direction, is_bias_or_bn, normalize, perturbed_names
+from landscape_cli.directions.random import draw_random, ensure_stored, load_recorded, parameter_signature
 
 __all__ = [
     "CheckpointLoss",

@@ -23,13 +23,13 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor, nn
 
-from ..config import Axis, GridConfig, GridOptions
-from ..errors import UnknownNameError, UsageError
-from ..evaluate import Evaluator, Slice
-from ..gridstore import ExtraArray, Layout
-from ..meta import DirectionRecord, GridMeta, RunMeta
-from ..store import Store
-from .normalize import perturbed_names
+from landscape_cli.config import Axis, GridConfig, GridOptions
+from landscape_cli.directions.normalize import perturbed_names
+from landscape_cli.errors import UnknownNameError, UsageError
+from landscape_cli.kernel.evaluate import Evaluator, Slice
+from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import ExtraArray, Layout
+from landscape_cli.store.meta import DirectionRecord, GridMeta, RunMeta
 
 
 @dataclass

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from .._io import check_hash
-from ..checkpoints import safe_load
-from ..config import GridConfig, GridOptions, HessianConfig
-from ..errors import IntegrityError, UsageError
-from ..evaluate import Slice
-from ..meta import GridMeta, RunMeta
-from ..store import Store
-from ._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli._io import check_hash
+from landscape_cli.config import GridConfig, GridOptions, HessianConfig
+from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.kernel.evaluate import Slice
+from landscape_cli.models.checkpoints import safe_load
+from landscape_cli.store import Store
+from landscape_cli.store.meta import GridMeta, RunMeta
 
 TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so lines and planes share them
 
@@ -49,7 +49,7 @@ class HessianKind(DirectionKind):
     def before_prepare(self, ctx: GridContext, epochs: list[int], device: str,
                        data_dir: str | os.PathLike[str] | None, progress: bool) -> None:
         """Compute the curvature results of the epochs that lack them (outside the grid's lock: minutes)."""
-        from ..hessians import hessian
+        from landscape_cli.curvature.hessian import hessian
 
         h = hessian_config(ctx.config)
         hessian(ctx.run.id, epochs=epochs, top=h.top, batches="all" if h.whole else h.batches,
@@ -63,7 +63,7 @@ class HessianKind(DirectionKind):
 
     def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
         """For each new epoch: its top eigenvalues and the direction file holding its eigenvectors."""
-        from ..hessians import read_results
+        from landscape_cli.curvature.hessian import read_results
 
         h = hessian_config(ctx.config)
         if not ctx.store.hessian_file(ctx.run.id, h.hessian_id).is_file():

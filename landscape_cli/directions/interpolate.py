@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import checkpoints
-from ..config import Axis, GridConfig, GridOptions
-from ..errors import IntegrityError, UsageError
-from ..evaluate import Slice
-from ..meta import GridMeta, RunMeta
-from ..store import Store
-from ._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.config import Axis, GridConfig, GridOptions
+from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.kernel.evaluate import Slice
+from landscape_cli.models import checkpoints
+from landscape_cli.store import Store
+from landscape_cli.store.meta import GridMeta, RunMeta
 
 
 @register_kind

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..config import NORMS
-from ..errors import UnknownNameError, UsageError
+from landscape_cli.config import NORMS
+from landscape_cli.errors import UnknownNameError, UsageError
 
 Direction = dict[str, Tensor]
 

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from ..checkpoints import safe_load
-from ..config import GridConfig, GridOptions
-from ..errors import IntegrityError, UsageError
-from ..evaluate import Slice
-from ..gridstore import ExtraArray
-from ..meta import DirectionRecord, GridMeta, RunMeta
-from ..store import Store, direction_name
-from ._registry import CheckpointLoss, DirectionKind, EpochModel, GridContext, Prepared, register_kind
-from .normalize import is_bias_or_bn, normalize
+from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from landscape_cli.config import GridConfig, GridOptions
+from landscape_cli.directions._registry import CheckpointLoss, DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.directions.normalize import is_bias_or_bn, normalize
+from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.kernel.evaluate import Slice
+from landscape_cli.models.checkpoints import safe_load
+from landscape_cli.store import Store, direction_name
+from landscape_cli.store.grid_arrays import ExtraArray
+from landscape_cli.store.meta import DirectionRecord, GridMeta, RunMeta
 
 FORMAT = "landscape-pca/1"
 MIN_CHECKPOINTS = 4

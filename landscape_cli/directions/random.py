@@ -17,14 +17,14 @@ from typing import Any
 
 import torch
 
-from .._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from ..checkpoints import safe_load
-from ..errors import IntegrityError
-from ..evaluate import Slice
-from ..meta import DirectionRecord, GridMeta
-from ..store import Store, direction_name
-from ._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
-from .normalize import Direction, normalize
+from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.directions.normalize import Direction, normalize
+from landscape_cli.errors import IntegrityError
+from landscape_cli.kernel.evaluate import Slice
+from landscape_cli.models.checkpoints import safe_load
+from landscape_cli.store import Store, direction_name
+from landscape_cli.store.meta import DirectionRecord, GridMeta
 
 FORMAT = "landscape-directions/1"
 

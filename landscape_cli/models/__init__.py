@@ -1,7 +1,7 @@
 """Registered models. Importing this package registers every model."""
 
-from . import resnet, small, vgg  # noqa: F401  (registration)
-from ._registry import (
+from landscape_cli.models import resnet, small, vgg  # noqa: F401  (registration)
+from landscape_cli.models._registry import (
     ACTIVATIONS,
     build,
     check_activation,

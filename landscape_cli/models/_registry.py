@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UnknownNameError, UsageError
-from ..plugins import Source, resolve
+from landscape_cli.errors import UnknownNameError, UsageError
+from landscape_cli.plugins import Source, resolve
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),  # as torchvision: one activation buffer less

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._registry import register_model
+from landscape_cli.models._registry import register_model
 
 SMALL_IMAGE = 16  # below this many pixels a side, the CIFAR-style stem
 

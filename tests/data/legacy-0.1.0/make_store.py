@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
+from landscape_cli.gridstore import Rows
+
 import landscape_cli as ls
 from landscape_cli.config import GridConfig, TrainConfig
-from landscape_cli.gridstore import Rows
 
 store = Path(sys.argv[1])
 run = ls.train("mlp", "digits", epochs=2, store=store, progress=False, name="legacy")

@@ -11,9 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import landscape_cli as ls
 from landscape_cli.hessians import hessian
 from landscape_cli.importer import import_run
+
+import landscape_cli as ls
 
 store = Path(sys.argv[1])
 small = {"batches": 1, "batch_size": 64, "store": store, "progress": False}

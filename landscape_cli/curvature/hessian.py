@@ -1,0 +1,314 @@
+"""Curvature results of a run: `hessian()` computes, per epoch, the top eigenpairs, λmin, the trace and
+(optionally) the spectral density of the loss Hessian, and keeps them in the run store.
+
+Results live in ``<run>/hessians/<id>/`` (the id is the hash of the configuration, like a grid's):
+``hessian.json`` and a Zarr group readable with xarray::
+
+    eigenvalues, residual   float64 [epoch, k]   top eigenvalues (descending), ‖Hv − λv‖/|λ|
+    converged               uint8   [epoch, k]   1 where the residual is within --tol
+    lambda_min, lambda_min_residual  [epoch]     the smallest eigenvalue (negative away from minima)
+    convexity               float64 [epoch]      |λmin / λmax| (Li et al.'s non-convexity measure)
+    trace, trace_stderr     float64 [epoch]      Hutchinson's estimate and its standard error
+    density, density_lambda float64 [epoch, bin] with --density: the smoothed spectral density
+    done                    uint8   [epoch]      1 once the epoch's results are written (last)
+
+The top eigenvectors of each epoch are stored as a direction file of the run (what
+`grid --directions hessian` uses). Each epoch is written completely before it is marked done, so a
+killed computation keeps its finished epochs and the same command computes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from landscape_cli import __version__
+from landscape_cli._io import create_once, file_sha256, leave_no_trace, make_dirs, now, os_error, short_hash
+from landscape_cli._progress import progress_bar
+from landscape_cli.config import HessianConfig, check_batches, parse_batches
+from landscape_cli.data import load_dataset
+from landscape_cli.directions import perturbed_names
+from landscape_cli.engine.execute import Batches
+from landscape_cli.engine.plan import epoch_record
+from landscape_cli.errors import GridStateError, UsageError
+from landscape_cli.kernel.device import select_device, tune_allocator
+from landscape_cli.kernel.hvp import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
+from landscape_cli.kernel.losses import run_loss
+from landscape_cli.models import checkpoints
+from landscape_cli.store import Store, direction_name
+from landscape_cli.store.grid_arrays import grow
+from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta
+
+FORMAT = "landscape-hessian-eigenvectors/1"
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
+
+
+@dataclass
+class HessianResult:
+    hessian_id: str
+    run_id: str
+    path: Path
+    zarr_path: Path
+    meta: HessianMeta
+    computed: list[int]  # epochs computed by this call
+    seconds: float = 0.0
+
+    def to_xarray(self) -> Any:
+        import xarray as xr
+
+        return xr.open_zarr(self.zarr_path)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per epoch: the numbers `landscape hessian` prints."""
+        return read_results(self.zarr_path, self.meta.epochs)
+
+
+def hessian(
+    run: str,
+    *,
+    epochs: list[int] | None = None,
+    top: int = 2,
+    batches: int | str = 3,
+    batch_size: int = 256,
+    split: str = "train",
+    bn: str = "train",
+    perturb_biasbn: bool = False,
+    layer: str | None = None,
+    tol: float = 1e-3,
+    probes: int = 100,
+    density: bool = False,
+    density_probes: int = 4,
+    steps: int = 60,
+    bins: int = 200,
+    seed: int = 0,
+    device: str = "auto",
+    name: str | None = None,
+    store: Store | str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> HessianResult:
+    """Curvature of `run`'s loss at the checkpoints of `epochs` (default: all), on the grid's batches.
+
+    For each epoch: the `top` largest eigenvalues and their eigenvectors (Lanczos on Hessian-vector
+    products), the smallest eigenvalue, |λmin/λmax|, the trace (Hutchinson, `probes` probes) and,
+    with `density`, the spectral density (stochastic Lanczos quadrature: `density_probes` probes of
+    `steps` steps, `bins` bins). Finished epochs are kept: the same call again computes only what is
+    missing.
+    """
+    st = Store.of(store)
+    run_id = st.resolve(run)
+    run_meta = st.read_run(run_id)
+    if not run_meta.epochs:
+        raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
+    parsed = parse_batches(batches)
+    whole = parsed == "all"
+    cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, layer, tol, probes,
+                        density, density_probes, steps, bins, seed, split, whole).validate()
+    wanted = _epochs(epochs, run_meta)
+    check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run_meta.dataset)
+    dev = select_device(device)
+    first = checkpoints.build_model(checkpoints.load_epoch(st, run_id, epoch_record(run_meta, wanted[0])))
+    weights = {k: v.detach() for k, v in first.named_parameters()}
+    names = perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=layer)
+    size = sum(weights[n].numel() for n in names)
+    if top >= size:
+        raise UsageError(f"--top {top}: the Hessian over the perturbed parameters is {size}x{size}: ask for fewer "
+                         "than its size")
+    del first, weights
+    hid = cfg.hessian_id
+    st.ensure_writable()
+    data = load_dataset(run_meta.dataset["name"], data_dir, recorded=run_meta.dataset)
+    hdir = st.hessian_dir(run_id, hid)
+    new_dirs = [d for d in (hdir.parent, hdir) if not d.exists()]
+    with leave_no_trace(new_dirs, st.hessian_file(run_id, hid)):
+        make_dirs(hdir)
+        lock = st.hessian_lock(run_id, hid).acquire("wait for it to finish or stop it; the same command resumes")
+        try:
+            meta = _prepare(st, run_meta, cfg, names, wanted, name)
+            tune_allocator()
+            t0 = time.perf_counter()
+            computed = _compute(st, run_meta, meta, names, wanted, Batches.of(data, cfg), dev, progress)
+            seconds = time.perf_counter() - t0
+        finally:
+            lock.release()
+    return HessianResult(hid, run_id, hdir, st.hessian_zarr(run_id, hid), meta, computed, seconds)
+
+
+def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
+    if epochs is None:
+        return run.epoch_numbers
+    if not epochs:
+        raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
+    missing = [e for e in epochs if run.record(e) is None]
+    if missing:
+        raise UsageError(f"run {run.id} has no checkpoint for epoch {','.join(map(str, missing))}: it has epochs "
+                         f"{','.join(map(str, run.epoch_numbers))}")
+    return list(dict.fromkeys(epochs))
+
+
+def _codecs() -> dict[str, Any]:
+    return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
+
+
+def _layout(cfg: HessianConfig) -> dict[str, tuple[list[str], tuple[int, ...], str, Any, str]]:
+    """name -> (dims, shape without the epoch axis, dtype, fill, description)."""
+    k, nan = cfg.top, float("nan")
+    out = {
+        "eigenvalues": (["epoch", "k"], (k,), "float64", nan, "top eigenvalues of the Hessian, descending"),
+        "residual": (["epoch", "k"], (k,), "float64", nan, "‖Hv − λv‖ / |λ| of each eigenpair"),
+        "converged": (["epoch", "k"], (k,), "uint8", 0, "1 where the residual is within the tolerance"),
+        "lambda_min": (["epoch"], (), "float64", nan, "smallest eigenvalue of the Hessian"),
+        "lambda_min_residual": (["epoch"], (), "float64", nan, "‖Hv − λv‖ / |λ| of the smallest eigenpair"),
+        "convexity": (["epoch"], (), "float64", nan, "|λmin / λmax| (Li et al.): near 0 is locally convex"),
+        "trace": (["epoch"], (), "float64", nan, "trace of the Hessian (Hutchinson's estimate)"),
+        "trace_stderr": (["epoch"], (), "float64", nan, "standard error of the trace estimate"),
+        "done": (["epoch"], (), "uint8", 0, "1 once the epoch's results are written"),
+        "epoch": (["epoch"], (), "int64", -1, "training epoch of the checkpoint"),
+    }
+    if cfg.density:
+        out["density"] = (["epoch", "bin"], (cfg.bins,), "float64", nan,
+                          "spectral density (stochastic Lanczos quadrature, Gaussian-smoothed)")
+        out["density_lambda"] = (["epoch", "bin"], (cfg.bins,), "float64", nan, "eigenvalue at each bin's centre")
+    return out
+
+
+def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], wanted: list[int],
+             name: str | None) -> HessianMeta:
+    """Create the results (Zarr group, hessian.json) or add the new epochs; metadata last."""
+    hid = cfg.hessian_id
+    path = st.hessian_zarr(run.id, hid)
+    meta = st.read_hessian(run.id, hid) if st.hessian_file(run.id, hid).is_file() else None
+    try:
+        if meta is None or not (path / "zarr.json").exists():
+            root = zarr.open_group(path, mode="w", zarr_format=3, attributes={"hessian": hid, "run": run.id,
+                                                                                "config": cfg.identity()})
+            for array, (dims, shape, dtype, fill, long_name) in _layout(cfg).items():
+                root.create_array(array, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill,
+                                  dimension_names=dims, attributes={"long_name": long_name}, **_codecs())
+            root.create_array("k", shape=(cfg.top,), dtype="int64", dimension_names=["k"], **_codecs())[:] = \
+                np.arange(cfg.top)
+            if cfg.density:
+                root.create_array("bin", shape=(cfg.bins,), dtype="int64", dimension_names=["bin"],
+                                  **_codecs())[:] = np.arange(cfg.bins)
+            if meta is not None:
+                meta.epochs = []  # the arrays were lost: every epoch is computed again
+        if meta is None:
+            meta = HessianMeta(hid, name, run.id, cfg, [], {}, short_hash(names), {
+                "landscape": __version__, "torch": torch.__version__, "python": platform.python_version()}, now())
+    except OSError as e:
+        raise os_error(e, path) from e
+    epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
+    grow(path, epochs)
+    if epochs != meta.epochs or (name is not None and meta.name != name) or not st.hessian_file(run.id, hid).is_file():
+        meta.epochs = epochs
+        meta.name = name if name is not None else meta.name
+        meta.updated = now()
+        st.write_hessian(meta)
+    return meta
+
+
+def _done(root: Any, index: int) -> bool:
+    try:
+        return bool(root["done"][index] > 0)
+    except DECODE_ERRORS:
+        return False
+
+
+def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wanted: list[int], batches: Batches,
+             device: torch.device, progress: bool) -> list[int]:
+    cfg = meta.config
+    path = st.hessian_zarr(run.id, meta.id)
+    root: Any = zarr.open_group(path, mode="r+", use_consolidated=False)
+    index = {e: i for i, e in enumerate(meta.epochs)}
+    todo = [e for e in wanted if not _done(root, index[e])]
+    computed = []
+    stages = 3 + int(cfg.density)
+    with progress_bar(f"hessian {meta.id}", len(wanted) * stages, unit="stages", enabled=progress,
+                      completed=(len(wanted) - len(todo)) * stages) as bar:
+        for e in todo:
+            model = checkpoints.build_model(checkpoints.load_epoch(st, run.id, epoch_record(run, e))).to(device)
+            # not channels_last: its double backward through convolutions ran 2-3x slower on CPU
+            # (benchmarks/hessian_speed.py), unlike the forward passes of a grid
+            with operator(model, batches.on(device, False), names, cfg.bn, batches.weights,
+                          run_loss(run.dataset, run.config.loss)) as op:
+                bar.set_description(f"hessian {meta.id}: epoch {e}, top {cfg.top}")
+                top = extreme_eigenpairs(op, cfg.top, "LA", cfg.seed, tol=cfg.tol / 10)
+                bar.advance()
+                bar.set_description(f"hessian {meta.id}: epoch {e}, λmin")
+                low = extreme_eigenpairs(op, 1, "SA", cfg.seed, tol=cfg.tol / 10, shift=float(top.values[0]))
+                bar.advance()
+                bar.set_description(f"hessian {meta.id}: epoch {e}, trace")
+                trace = hutchinson_trace(op, cfg.probes, cfg.seed)
+                bar.advance()
+                dens = None
+                if cfg.density:
+                    bar.set_description(f"hessian {meta.id}: epoch {e}, density")
+                    dens = spectral_density(op, cfg.density_probes, cfg.density_steps, cfg.bins, cfg.seed)
+                    bar.advance()
+                vectors = {f"v{j + 1}": op.unflatten(top.vectors[:, j], names) for j in range(top.vectors.shape[1])}
+            record = _store_vectors(st, run, meta, e, vectors, top.values)
+            i = index[e]
+            try:
+                k = len(top.values)
+                root["eigenvalues"][i, :k] = top.values
+                root["residual"][i, :k] = top.residuals
+                root["converged"][i, :k] = (top.residuals <= cfg.tol).astype(np.uint8)
+                root["lambda_min"][i] = float(low.values[0])
+                root["lambda_min_residual"][i] = float(low.residuals[0])
+                root["convexity"][i] = abs(float(low.values[0]) / float(top.values[0])) if top.values[0] else np.nan
+                root["trace"][i] = trace.value
+                root["trace_stderr"][i] = trace.stderr
+                if dens is not None:
+                    root["density"][i, :] = dens.density
+                    root["density_lambda"][i, :] = dens.centres
+            except OSError as err:
+                raise os_error(err, path) from err
+            meta.eigenvectors[e] = record
+            meta.updated = now()
+            st.write_hessian(meta)
+            root["done"][i] = 1  # last: the epoch counts as finished only once everything is written
+            computed.append(e)
+            del model
+    return computed
+
+
+def _store_vectors(st: Store, run: RunMeta, meta: HessianMeta, epoch: int, vectors: dict[str, dict[str, torch.Tensor]],
+                   values: np.ndarray) -> DirectionRecord:
+    record = epoch_record(run, epoch)
+    spec = {"kind": "hessian", "hessian": meta.id, "epoch": epoch, "checkpoint": record.weights_sha256}
+    did = short_hash(spec)
+    name = direction_name(did)
+    path = st.file(run.id, name)
+    if path.exists():
+        path.unlink()  # a leftover of a killed computation of this epoch: replaced by this one
+    obj = {"format": FORMAT, "spec": spec, "eigenvalues": [float(v) for v in values], **vectors}
+    create_once(path, lambda f: torch.save(obj, f))
+    from landscape_cli._io import write_json
+
+    write_json(path.with_suffix(".json"), {"id": did, "spec": {**spec, "pair": 0}, "sha256": file_sha256(path)})
+    return DirectionRecord(0, did, name, file_sha256(path))
+
+
+def read_results(path: Path, epochs: list[int]) -> list[dict[str, Any]]:
+    """The stored numbers per epoch (only finished epochs), as plain Python values."""
+    root: Any = zarr.open_group(path, mode="r", use_consolidated=False)
+    out = []
+    for i, e in enumerate(epochs):
+        if not _done(root, i):
+            continue
+        row: dict[str, Any] = {"epoch": e}
+        for name in ("eigenvalues", "residual", "converged"):
+            row[name] = [float(v) for v in np.asarray(root[name][i])]  # type: ignore[index]
+        for name in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr"):
+            row[name] = float(np.asarray(root[name][i]))  # type: ignore[index]
+        out.append(row)
+    return out

@@ -1,0 +1,475 @@
+"""Metrics of a stored grid around its centre: curvature, ε-sharpness, flat radius (`landscape stats`).
+
+Everything is computed from the values the grid stores (no model is evaluated, torch is never
+imported), per epoch, direction pair and batch, and for the mean landscape over pairs and batches
+(the mean of the stored loss at each point, what `plot --reduce mean` draws; its L0 is the mean
+centre loss over the batches). u is a point's coordinates (its coefficients along the grid's
+directions: (x, y) for a plane, x for a line), L its loss, L0 the stored centre loss (u = 0),
+|u|∞ = max_k |u_k| the box norm:
+
+- centre: L0 and the centre accuracy, as stored (`center_loss`, `center_accuracy`);
+- curvature: H of the quadratic L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to the 5x5 grid points
+  nearest the centre (a line: the 5 nearest; fewer where an axis has fewer), in the grid's
+  coordinate units; its eigenvalues λ (descending) and condition max|λ| / min|λ| (inf when
+  min|λ| = 0; a line has the one curvature L'' and no condition);
+- ε-sharpness (Keskar et al. 2017): max(L − L0) over the points with |u|∞ <= ε, the centre (L0)
+  included so it is >= 0 (ε: `radius`, default the whole grid); relative: that / (1 + L0);
+- flat radius: the box radius min |u|∞ of the nearest point with L > L0 + δ (δ: `delta`, default
+  0.1), i.e. every point with |u|∞ below it is within δ of L0; when no point exceeds L0 + δ, the
+  grid's half-width max |u|∞, flagged as a lower bound;
+- share below: the share of the computed points with L <= L0 + δ;
+- centre is min: L0 <= the smallest stored L (within 1e-7 relative).
+
+Only computed rows (done-marked) count: an incomplete grid is measured over what is done and the
+missing points are counted. Diverged points (NaN/Inf) are results: they count as above every
+threshold (sharpness inf, never flat, never below L0 + δ) and are left out of the fit and the
+minimum. The grid's half-width is the largest |u|∞ of its points; a `radius` beyond it, <= 0 or not
+finite is refused.
+
+Results are cached per grid epoch in the grid's stats.json (`Store.stats_file`), each entry keyed
+by a hash of that epoch's done-marks, whether its centre values are written, and the options, and
+checked against a hash of its own content: a stale, damaged or edited entry is recomputed and
+rewritten, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape_cli._io import read_json, write_json
+from landscape_cli.config import finite
+from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, RunNotFoundError, UsageError
+from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.meta import GridMeta
+
+DEFAULT_DELTA = 0.1
+FIT_WIDTH = 5  # grid points per axis of the window the quadratic is fitted to
+MIN_RELATIVE = 1e-7  # "the centre is the minimum" within this relative tolerance
+STATS_FORMAT = 1  # of stats.json and of the cache keys: bump when a metric's definition changes
+MAX_ENTRIES = 256  # cache entries kept per grid (the oldest go first)
+METRICS = ("center_loss", "center_accuracy", "hessian", "eigenvalues", "condition", "fit_points", "sharpness",
+           "sharpness_relative", "flat_radius", "flat_radius_lower_bound", "share_below", "center_is_min",
+           "points", "computed", "diverged")
+
+
+# --- the metrics of one landscape ------------------------------------------------------------------
+
+
+def _window(c: np.ndarray) -> np.ndarray:
+    """Indices of the FIT_WIDTH coordinates nearest 0 (a contiguous block, shifted inside the axis)."""
+    n = len(c)
+    width = min(FIT_WIDTH, n)
+    start = int(np.clip(int(np.argmin(np.abs(c))) - width // 2, 0, n - width))
+    return np.arange(start, start + width)
+
+
+def quadratic_hessian(u: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """H of L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to points u [n, d] (d = 1 or 2); NaN if underdetermined."""
+    d = u.shape[1]
+    nan = np.full((d, d), np.nan)
+    if len(u) == 0:
+        return nan
+    scale = np.max(np.abs(u), axis=0)
+    scale[scale == 0] = 1.0
+    s = u / scale  # columns of similar size: the solution is the same, the arithmetic better conditioned
+    if d == 1:
+        a = np.stack([np.ones(len(s)), s[:, 0], s[:, 0] ** 2 / 2], axis=1)
+    else:
+        a = np.stack([np.ones(len(s)), s[:, 0], s[:, 1], s[:, 0] ** 2 / 2, s[:, 0] * s[:, 1], s[:, 1] ** 2 / 2],
+                     axis=1)
+    if np.linalg.matrix_rank(a) < a.shape[1]:
+        return nan
+    coef = np.linalg.lstsq(a, loss, rcond=None)[0]
+    h = np.array([[coef[2]]]) if d == 1 else np.array([[coef[3], coef[4]], [coef[4], coef[5]]])
+    return h / np.outer(scale, scale)
+
+
+def _condition(eigenvalues: np.ndarray) -> float:
+    a = np.abs(eigenvalues)
+    if not np.all(np.isfinite(a)):
+        return math.nan
+    return math.inf if a.min() == 0 else float(a.max() / a.min())
+
+
+def half_width(coords: Sequence[np.ndarray]) -> float:
+    """The grid's half-width in the box norm: the largest |u|∞ of its points."""
+    return float(max(np.max(np.abs(c)) for c in coords))
+
+
+def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np.ndarray], center_loss: float,
+                      center_accuracy: float, radius: float, delta: float) -> dict[str, Any]:
+    """The metrics of one landscape: `values` [H, W] (a line: [1, W]) of the loss, `known` [H] the computed
+    rows, `coords` [x] or [x, y], the centre values, the half-width ε of the sharpness box and δ."""
+    dims = len(coords)
+    x = np.asarray(coords[0], np.float64)
+    if dims == 2:
+        y = np.asarray(coords[1], np.float64)
+        gx, gy = np.meshgrid(x, y)  # [H, W], as the values
+        u = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    else:
+        u = x[:, None]
+    loss = np.asarray(values, np.float64).reshape(-1)
+    computed = np.repeat(np.asarray(known, bool).reshape(-1, 1), len(x), axis=1).reshape(-1)
+    finite_ = computed & np.isfinite(loss)
+    box = np.max(np.abs(u), axis=1)  # |u|∞ of every point
+    l0 = float(center_loss)
+
+    # curvature: a quadratic through the finite computed points of the window around the centre
+    window = np.zeros((len(x),) if dims == 1 else (len(coords[1]), len(x)), bool)
+    if dims == 2:
+        window[np.ix_(_window(np.asarray(coords[1])), _window(x))] = True
+    else:
+        window[_window(x)] = True
+    fit = window.reshape(-1) & finite_
+    hessian = quadratic_hessian(u[fit], loss[fit]) if len(x) >= 3 and (dims == 1 or len(coords[1]) >= 3) \
+        else np.full((dims, dims), np.nan)
+    eigenvalues = np.sort(np.linalg.eigvalsh(hessian))[::-1] if np.all(np.isfinite(hessian)) else np.full(dims, np.nan)
+
+    # diverged points are above every threshold
+    above = np.where(finite_, loss, np.inf)
+    if math.isfinite(l0) and computed.any():
+        inside = computed & (box <= radius * (1 + 1e-9))
+        sharpness = max(0.0, float(np.max(above[inside] - l0))) if inside.any() else 0.0
+        violating = computed & (above > l0 + delta)
+        lower_bound = not violating.any()
+        flat = half_width(coords) if lower_bound else float(np.min(box[violating]))
+        below = computed & (above <= l0 + delta)
+        share = float(below.sum() / computed.sum())
+        if finite_.any():
+            smallest = float(np.min(loss[finite_]))
+            center_is_min: bool | None = l0 <= smallest + MIN_RELATIVE * max(abs(smallest), abs(l0))
+        else:
+            center_is_min = None
+    else:  # no centre value (not computed yet, or the checkpoint itself diverged), or no point computed yet
+        sharpness, flat, lower_bound, share, center_is_min = math.nan, math.nan, False, math.nan, None
+    return {
+        "center_loss": l0,
+        "center_accuracy": float(center_accuracy),
+        "hessian": [[float(v) for v in row] for row in hessian],
+        "eigenvalues": [float(v) for v in eigenvalues],
+        "condition": _condition(eigenvalues) if dims == 2 else None,
+        "fit_points": int(fit.sum()),
+        "sharpness": float(sharpness),
+        "sharpness_relative": float(sharpness / (1 + l0)) if math.isfinite(l0) else math.nan,
+        "flat_radius": float(flat),
+        "flat_radius_lower_bound": bool(lower_bound),
+        "share_below": share,
+        "center_is_min": None if center_is_min is None else bool(center_is_min),
+        "points": len(loss),
+        "computed": int(computed.sum()),
+        "diverged": int((computed & ~np.isfinite(loss)).sum()),
+    }
+
+
+# --- one epoch of a stored grid ----------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """What a grid's cache entries depend on, for every epoch: its done-marks and whether its centre is written."""
+
+    done: np.ndarray  # bool [E, P, H]
+    center: np.ndarray  # bool [E]: centre values written
+
+
+def _read_all(array: Any, shape: tuple[int, ...], fill: int) -> np.ndarray:
+    """A small array read at once, or element by element when a chunk is damaged (those read as `fill`)."""
+    try:
+        return np.asarray(array[...]).reshape(shape)
+    except DECODE_ERRORS:
+        out = np.full(shape, fill, np.int64)
+        for idx in np.ndindex(*shape):
+            with contextlib.suppress(*DECODE_ERRORS):
+                out[idx] = int(array[idx])
+        return out
+
+
+def _state(rows: Rows) -> _State:
+    n_epochs, pairs, height = len(rows.epochs), rows.pairs, rows.height
+    shape = (n_epochs, pairs, height)
+    done = _read_all(rows["done"], shape, 0) > 0
+    center = np.asarray((_read_all(rows["center_done"], (n_epochs, pairs), 0) > 0).any(axis=1), bool)
+    return _State(done, center)
+
+
+def cache_key(epoch: int, state: _State, ei: int, radius: float | None, delta: float) -> str:
+    """The key of an epoch's cache entry: its done-marks, centre state and the options.
+
+    Rows are written values first, done-mark last, and a recomputed row has the same values, so the
+    done-marks say when an epoch's values changed (reading the diverged counts too would slow `ls`)."""
+    digest = hashlib.sha256()
+    head = {"format": STATS_FORMAT, "epoch": epoch, "radius": radius, "delta": delta, "center": bool(state.center[ei])}
+    digest.update(json.dumps(head, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(state.done[ei], np.uint8).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def _damaged(run_id: str, grid_id: str, what: str, epoch: int) -> IntegrityError:
+    return IntegrityError(
+        f"grid {grid_id} has a damaged chunk ({what}, epoch {epoch}): `landscape grid {run_id} --grid {grid_id} "
+        "--resume` recomputes it (`landscape verify` lists everything that is damaged)"
+    )
+
+
+def compute_epoch(rows: Rows, meta: GridMeta, epoch: int, state: _State, radius: float | None,
+                  delta: float) -> dict[str, Any]:
+    """The metrics of one epoch of a grid: every (pair, batch) and the mean landscape over pairs and batches."""
+    ei = rows.epochs.index(epoch)
+    dims = rows.dims
+    try:
+        coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:dims]]
+    except DECODE_ERRORS as e:
+        raise _damaged(meta.run, meta.id, "coordinates", epoch) from e
+    pairs, height, width = rows.pairs, rows.height, len(coords[0])
+    batches = int(rows["loss"].shape[2])
+    known = state.done[ei]  # [P, H]
+    loss = np.full((pairs, batches, height, width), np.nan)
+    for p in range(pairs):
+        for y in range(height):
+            if known[p, y]:
+                try:
+                    loss[p, :, y, :] = rows.read_row("loss", ei, p, y)
+                except DECODE_ERRORS as e:
+                    raise _damaged(meta.run, meta.id, f"loss of pair {p}, row {y}", epoch) from e
+    if state.center[ei]:
+        try:
+            center_loss = np.asarray(rows["center_loss"][ei, :], np.float64)
+            center_accuracy = np.asarray(rows["center_accuracy"][ei, :], np.float64)
+        except DECODE_ERRORS as e:
+            raise _damaged(meta.run, meta.id, "centre values", epoch) from e
+    else:
+        center_loss = center_accuracy = np.full(batches, np.nan)
+    reach = half_width(coords)
+    eps = reach if radius is None else radius
+    panels = []
+    for p in range(pairs):
+        for b in range(batches):
+            m = landscape_metrics(loss[p, b], known[p], coords, center_loss[b], center_accuracy[b], eps, delta)
+            panels.append({"pair": p, "batch": b, **m})
+    with np.errstate(invalid="ignore"):
+        mean_loss = loss.mean(axis=(0, 1))
+    mean = landscape_metrics(mean_loss, known.all(axis=0), coords, float(center_loss.mean()),
+                             float(center_accuracy.mean()), eps, delta)
+    missing = int((~known).sum()) * width
+    return {
+        "epoch": epoch,
+        "radius": eps,
+        "radius_is_grid": radius is None,
+        "half_width": reach,
+        "delta": delta,
+        "complete": bool(known.all() and state.center[ei]),
+        "center_written": bool(state.center[ei]),
+        "points": pairs * height * width,  # per batch: the pairs' grid points
+        "missing": missing,
+        "diverged": sum(p["diverged"] for p in panels),
+        "mean": {"pair": None, "batch": None, **mean},
+        "panels": panels,
+    }
+
+
+# --- the cache ---------------------------------------------------------------------------------------
+
+
+def _content_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _slot(epoch: int, radius: float | None, delta: float) -> str:
+    return f"epoch {epoch}, radius {radius!r}, delta {delta!r}"
+
+
+def _load_cache(path: Path, grid_id: str) -> dict[str, Any]:
+    """The cache's entries; a missing, damaged or foreign file is ignored (it is rewritten)."""
+    try:
+        raw = read_json(path)
+    except (OSError, IntegrityError, UnicodeDecodeError):
+        return {}
+    if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT or raw.get("grid") != grid_id:
+        return {}
+    entries = raw.get("entries")
+    return dict(entries) if isinstance(entries, dict) else {}
+
+
+def _valid(entry: Any, key: str, epoch: int, pairs: int, batches: int) -> dict[str, Any] | None:
+    """The cached stats of an entry if it is for this key and intact, else None."""
+    if not isinstance(entry, dict) or entry.get("key") != key:
+        return None
+    stats = entry.get("stats")
+    try:
+        if entry.get("sha256") != _content_hash(stats) or not isinstance(stats, dict) or stats.get("epoch") != epoch:
+            return None
+        panels = stats["panels"]
+        if not isinstance(panels, list) or len(panels) != pairs * batches:
+            return None
+        if not all(isinstance(m, dict) and all(k in m for k in METRICS) for m in [stats["mean"], *panels]):
+            return None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return stats
+
+
+def _save_cache(path: Path, grid_id: str, new: dict[str, Any]) -> bool:
+    """Merge `new` entries into the cache file (re-read first: another process may have added some).
+
+    Best effort: a store that cannot be written (read-only, full) keeps its old cache; False then."""
+    entries = _load_cache(path, grid_id)
+    for slot, entry in new.items():
+        entries.pop(slot, None)
+        entries[slot] = entry
+    while len(entries) > MAX_ENTRIES:
+        entries.pop(next(iter(entries)))
+    try:
+        write_json(path, {"format": STATS_FORMAT, "grid": grid_id, "entries": entries})
+    except (LandscapeError, OSError):
+        return False
+    return True
+
+
+def _epoch_stats(st: Store, run_id: str, meta: GridMeta, rows: Rows, state: _State, epochs: Sequence[int],
+                 radius: float | None, delta: float, use_cache: bool = True) -> tuple[list[dict[str, Any]], list[int], bool]:
+    """The stats of `epochs` (cached ones read, the others computed and cached); (stats, epochs read, saved)."""
+    path = st.stats_file(run_id, meta.id)
+    entries = _load_cache(path, meta.id) if use_cache else {}
+    batches = int(rows["loss"].shape[2])
+    out, cached, new = [], [], {}
+    for epoch in epochs:
+        ei = rows.epochs.index(epoch)
+        key = cache_key(epoch, state, ei, radius, delta)
+        slot = _slot(epoch, radius, delta)
+        found = _valid(entries.get(slot), key, epoch, rows.pairs, batches)
+        if found is not None:
+            out.append(found)
+            cached.append(epoch)
+            continue
+        result = compute_epoch(rows, meta, epoch, state, radius, delta)
+        # the entry as it reads back (floats as JSON spells them), so its hash checks on the next read
+        result = json.loads(json.dumps(result))
+        new[slot] = {"key": key, "sha256": _content_hash(result), "stats": result}
+        out.append(result)
+    saved = _save_cache(path, meta.id, new) if new else True
+    return out, cached, saved
+
+
+# --- the library entry points --------------------------------------------------------------------------
+
+
+@dataclass
+class StatsResult:
+    run_id: str
+    grid_id: str
+    meta: GridMeta
+    epochs: list[dict[str, Any]]  # one per epoch: "mean" and "panels" metrics, counts and options
+    radius: float | None
+    delta: float
+    cached: list[int] = field(default_factory=list)  # epochs read from the cache
+    saved: bool = True  # False when the cache could not be written (read-only or full store)
+
+
+def check_options(radius: float | None, delta: float, reach: float | None = None, grid_id: str = "") -> None:
+    """--delta a number >= 0; --radius a positive number within the grid (its half-width `reach`)."""
+    finite(delta, "--delta")
+    if radius is None:
+        return
+    if not math.isfinite(radius) or radius <= 0:
+        raise UsageError(f"--radius must be a positive number, got {radius}")
+    if reach is not None and radius > reach * (1 + 1e-9):
+        raise UsageError(f"--radius {radius:g} is outside grid {grid_id}: its points reach {reach:g} from the centre "
+                         f"(box norm): give at most {reach:g}, or leave --radius out for the whole grid")
+
+
+def select_grid(st: Store, run: str, grid: str | None = None) -> tuple[str, str]:
+    """(run id, grid id): the run's grid named by `grid`, else its newest (as `plot` chooses)."""
+    try:
+        run_id = st.resolve(run)
+    except RunNotFoundError:
+        if grid is not None:
+            raise
+        return st.find_grid(run)  # a grid named directly
+    if grid is not None:
+        return st.find_grid(grid, run_id)
+    newest = st.newest_grid(run_id)
+    if newest is None:
+        raise GridStateError(f"run {run_id} has no grid: `landscape grid {run_id[:8]}` makes one")
+    return run_id, newest
+
+
+def stats(
+    run: str,
+    *,
+    grid: str | None = None,
+    epochs: Sequence[int] | None = None,
+    radius: float | None = None,
+    delta: float = DEFAULT_DELTA,
+    store: Store | str | os.PathLike[str] | None = None,
+    cache: bool = True,
+) -> StatsResult:
+    """The metrics of a run's grid (`grid`, else the newest) for `epochs` (default: all of the grid's).
+
+    `radius` is the half-width ε of the ε-sharpness box (None: the whole grid), `delta` the δ of the
+    flat radius and of the share below L0 + δ. With `cache`, results are read from and written to
+    the grid's stats.json.
+    """
+    check_options(radius, delta)
+    st = Store.of(store)
+    run_id, grid_id = select_grid(st, run, grid)
+    meta = st.read_grid(run_id, grid_id)
+    rows = Rows(st.zarr_path(run_id, grid_id), "r")
+    if epochs is None:
+        wanted = [e for e in meta.epochs if e in rows.epochs]
+    else:
+        if not epochs:
+            raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
+        wanted = list(dict.fromkeys(epochs))
+        missing = [e for e in wanted if e not in meta.epochs or e not in rows.epochs]
+        if missing:
+            have = ",".join(map(str, meta.epochs)) or "none"
+            raise UsageError(f"epoch {','.join(map(str, missing))} is not in grid {grid_id} (it has epochs {have}): "
+                             f"`landscape grid {run_id[:8]} --grid {grid_id} --epochs {','.join(map(str, missing))}` "
+                             "adds it")
+    try:
+        coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:rows.dims]]
+    except DECODE_ERRORS as e:
+        raise _damaged(run_id, grid_id, "coordinates", wanted[0] if wanted else 0) from e
+    check_options(radius, delta, half_width(coords), grid_id)
+    out, cached, saved = _epoch_stats(st, run_id, meta, rows, _state(rows), wanted, radius, delta, cache)
+    return StatsResult(run_id, grid_id, meta, out, radius, delta, cached, saved)
+
+
+def summary(st: Store, run_id: str, meta: GridMeta, epochs: Sequence[int] | None = None) -> dict[int, dict[str, Any] | None]:
+    """Per epoch of a grid (or of `epochs`), the metrics of its mean landscape with the default options
+    (for `ls` and figure titles).
+
+    Read from the cache, or computed and cached for a complete epoch; None for an incomplete (or
+    unreadable) one. Never raises for a damaged grid: its epochs are None.
+    """
+    wanted = list(meta.epochs if epochs is None else epochs)
+    out: dict[int, dict[str, Any] | None] = {e: None for e in wanted}
+    try:
+        rows = Rows(st.zarr_path(run_id, meta.id), "r")
+        state = _state(rows)
+        complete = [e for e in wanted if e in meta.epochs and e in rows.epochs
+                    and state.done[rows.epochs.index(e)].all() and state.center[rows.epochs.index(e)]]
+        results, _, _ = _epoch_stats(st, run_id, meta, rows, state, complete, None, DEFAULT_DELTA)
+    except (LandscapeError, OSError, ValueError, KeyError, *DECODE_ERRORS):
+        return out
+    for r in results:
+        out[int(r["epoch"])] = {k: r["mean"][k] for k in METRICS} | {"delta": r["delta"], "radius": r["radius"]}
+    return out
+
+
+def title_text(mean: dict[str, Any]) -> str:
+    """One line for a figure's title: "ε-sharpness 0.83 (rel 0.41), flat radius 0.15 (δ 0.1)"."""
+    flat = f"{'≥' if mean['flat_radius_lower_bound'] else ''}{mean['flat_radius']:.3g}"
+    return (f"ε-sharpness {mean['sharpness']:.3g} (rel {mean['sharpness_relative']:.3g}), "
+            f"flat radius {flat} (δ {mean['delta']:g})")

@@ -1,0 +1,19 @@
+"""Datasets: the registry (built-in loaders, `pkg.module:factory`, entry points) and the loaded `Dataset`."""
+
+from landscape_cli.data.registry import (
+    DATA_ENV,
+    Dataset,
+    DatasetInfo,
+    dataset_info,
+    dataset_source,
+    default_data_dir,
+    digits_arrays,
+    from_factory,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    tensors_sha256,
+)
+
+__all__ = ["DATA_ENV", "Dataset", "DatasetInfo", "dataset_info", "dataset_source", "default_data_dir", "digits_arrays",
+           "from_factory", "list_datasets", "load_dataset", "register_dataset", "tensors_sha256"]

@@ -1,0 +1,227 @@
+"""Executing a grid's plan: who computes which rows, on which device, with which evaluator.
+
+One process takes the missing rows one by one: each is claimed with a lock file, computed by the
+direction kind's slice of that epoch's model, written, and marked done. Several processes on one
+grid (`grid --resume` twice) share the rows between them; a row whose holder died is taken over.
+Rows held by another process are waited for, so every process returns with the grid complete.
+
+A shard or torchrun rank (`distributed.Share`) computes only the rows and centres the static
+partition gives it, without locks, and returns when they are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from landscape_cli._progress import progress_bar, stderr_console
+from landscape_cli.data import Dataset
+from landscape_cli.directions import EpochModel, GridContext, get_kind
+from landscape_cli.engine.distributed import Share
+from landscape_cli.engine.plan import Plan, epoch_record
+from landscape_cli.kernel.device import use_channels_last
+from landscape_cli.kernel.evaluate import Batch, Evaluator
+from landscape_cli.kernel.losses import run_loss
+from landscape_cli.models import checkpoints
+from landscape_cli.store.grid_arrays import Rows
+from landscape_cli.store.locks import is_locked
+from landscape_cli.store.meta import GridMeta
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a grid's points are computed, fixed when the grid is created and recorded in grid.json.
+
+    `points_per_pass` 1 is the in-place loop; more is the batched evaluator (that many points per
+    forward pass, `torch.func.vmap`). Values are bitwise reproducible for the same device type,
+    thread count, precision, evaluator and points per pass; on CUDA the grid runs with
+    deterministic kernels (cuDNN's deterministic algorithms, no autotuning, a fixed cuBLAS
+    workspace) so that a resumed grid matches an uninterrupted one bitwise.
+    """
+
+    points_per_pass: int = 1
+    precision: str = "fp32"
+    device: str = "cpu"  # the device type
+
+    @property
+    def name(self) -> str:
+        return "batched" if self.points_per_pass > 1 else "loop"
+
+    @property
+    def deterministic(self) -> bool:
+        return True  # CPU kernels are, for one thread count; CUDA is made so by `deterministic_kernels`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "points_per_pass": self.points_per_pass, "precision": self.precision,
+                "device": self.device, "deterministic": self.deterministic}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], precision: str) -> Evaluation | None:
+        """The recorded evaluation (None for a grid made before evaluators were recorded)."""
+        if not d:
+            return None
+        return cls(int(d.get("points_per_pass", 1)), str(d.get("precision", precision)), str(d.get("device", "cpu")))
+
+    def describe(self) -> str:
+        per = f"{self.points_per_pass} point{'s' if self.points_per_pass > 1 else ''} per pass"
+        return f"the {self.name} evaluator ({per}, {self.precision}) on {self.device}"
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """On CUDA: deterministic cuDNN algorithms, no autotuning, a fixed cuBLAS workspace (bitwise resume)."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass
+class Outcome:
+    computed_rows: int = 0
+    repaired: list[str] = field(default_factory=list)
+    seconds_rows: float = 0.0  # time spent evaluating and writing rows (excludes set-up)
+
+
+class Batches:
+    """The data a grid point sees, loaded once: the split's first `batches` slices of `batch_size` (one
+    value each), or with `whole` the whole split in `batch_size` pieces pooled into one value, the
+    mean over samples (`weights`: each piece's size). With BatchNorm computing batch statistics, a
+    last piece smaller than half a batch is merged into the one before it."""
+
+    def __init__(self, data: Dataset, split: str, batches: int, batch_size: int, whole: bool = False,
+                 bn: str = "train") -> None:
+        self.data = data
+        x, y = data.split(split)
+        if whole:
+            bounds = [*list(range(0, len(y), batch_size)), len(y)]
+            if bn != "eval" and len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size / 2:
+                del bounds[-2]
+            self.cpu = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+            self.weights: np.ndarray | None = np.array([b - a for a, b in itertools.pairwise(bounds)],
+                                                       np.float64)
+        else:
+            self.cpu = [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
+                        for i in range(batches)]
+            self.weights = None
+
+    @classmethod
+    def of(cls, data: Dataset, cfg: Any) -> Batches:
+        """The batches of a grid's (or curvature results') configuration."""
+        return cls(data, cfg.split, cfg.batches, cfg.batch_size, cfg.whole, cfg.bn)
+
+    def on(self, device: torch.device, channels_last: bool) -> list[Batch]:
+        return [(self.data.prepare(x, device, channels_last), y.to(device)) for x, y in self.cpu]
+
+
+def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device,
+                     evaluation: Evaluation | None = None) -> EpochModel:
+    """The checkpoint of `epoch` as a model on `device`, with an evaluator on the grid's batches."""
+    evaluation = evaluation or Evaluation(precision=ctx.config.precision, device=device.type)
+    ckpt = checkpoints.load_epoch(ctx.store, ctx.run.id, epoch_record(ctx.run, epoch))
+    model = checkpoints.build_model(ckpt).to(device)
+    del ckpt
+    channels_last = use_channels_last(model, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    scorer = run_loss(ctx.run.dataset, ctx.run.config.loss)
+    return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights,
+                                              scorer, points_per_pass=evaluation.points_per_pass,
+                                              precision=evaluation.precision))
+
+
+def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A checkpoint's own loss and accuracy on the grid's batches, in the grid's BatchNorm mode."""
+    return load_epoch_model(ctx, epoch, batches, device).evaluator.values()
+
+
+def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: Batches, device: torch.device,
+            progress: bool, gradient: bool, share: Share | None = None, evaluation: Evaluation | None = None) -> Outcome:
+    """Compute every missing row and centre of the plan's epochs (sharing them with other processes), or
+    with a partial `share` the missing ones of that share."""
+    st, run_id, cfg = ctx.store, ctx.run.id, ctx.config
+    share = share or Share()
+    kind = get_kind(cfg.kind)
+    gradient = gradient and kind.gradient
+    per_row = len(plan.xs)
+    out = Outcome()
+    mine = (lambda ei, p, y: share.owns_row(ei, p, y, cfg.pairs, cfg.rows)) if share.partial else None
+    title = f"grid {meta.id}" + (f" ({share.describe()})" if share.partial else "")
+    with progress_bar(title, plan.total_rows_of(mine) * per_row, unit="points", enabled=progress,
+                      completed=plan.rows_done(rows, mine) * per_row) as bar:
+        while True:
+            made, waiting = 0, 0
+            for e in plan.epochs:
+                ei = plan.index[e]
+                todo = {}
+                for p in range(cfg.pairs):
+                    missing = _rows_todo(rows, ei, e, p, out.repaired)
+                    if mine is not None:  # a shard or rank: its rows only, no locks, nobody to wait for
+                        todo[p] = [y for y in missing if mine(ei, p, y)]
+                        continue
+                    # rows another process holds right now are not ours to load the model for
+                    todo[p] = [y for y in missing if not is_locked(st.row_lock(run_id, meta.id, e, p, y).path)]
+                    waiting += len(missing) - len(todo[p])
+                centers = share.owns_center(ei) if share.partial else True
+                need_center = [p for p in range(cfg.pairs) if centers and not rows.center_done(ei, p, gradient)]
+                if not any(todo.values()) and not need_center:
+                    continue
+                em = load_epoch_model(ctx, e, batches, device, evaluation)
+                for p in range(cfg.pairs):
+                    if not todo[p] and p not in need_center:
+                        continue
+                    with kind.slice(ctx, meta, em, p) as s:
+                        for y in todo[p]:
+                            lock = st.row_lock(run_id, meta.id, e, p, y) if mine is None else None
+                            if lock is not None and not lock.try_acquire():
+                                waiting += 1
+                                continue
+                            try:
+                                if rows.row_done(ei, p, y):
+                                    continue
+                                t0 = time.perf_counter()
+                                loss, acc = s.evaluate(plan.points(y))
+                                rows.write_row(ei, p, y, loss.T, acc.T)
+                                out.seconds_rows += time.perf_counter() - t0
+                                out.computed_rows += 1
+                                made += 1
+                                bar.advance(per_row)
+                            finally:
+                                if lock is not None:
+                                    lock.release()
+                                    with contextlib.suppress(OSError):
+                                        lock.path.unlink()
+                        if p in need_center:  # after the rows: its backward pass never overlaps them
+                            rows.write_center(ei, p, s.center(gradient), gradient)
+                del em
+            if not waiting:
+                break
+            # rows held by other processes: wait for them, or take them over if their holder dies
+            bar.set_description(f"grid {meta.id} (sharing)")
+            bar.set_completed(plan.rows_done(rows) * per_row)
+            if not made:
+                time.sleep(0.2)
+    return out
+
+
+def _rows_todo(rows: Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
+    """Rows not done yet; a done row whose chunks no longer decode is reported and redone."""
+    done = rows.done(ei, p, repaired.append)
+    todo = []
+    for y, is_done in enumerate(done):
+        if not is_done:
+            todo.append(y)
+        elif not rows.row_readable(ei, p, y):
+            repaired.append(f"row {y} of pair {p}, epoch {epoch}")
+            stderr_console().print(f"[yellow]damaged chunk in row {y} of pair {p}, epoch {epoch}: recomputing[/]")
+            rows.clear_row(ei, p, y)
+            todo.append(y)
+    return todo

@@ -1,0 +1,108 @@
+"""The losses a run can be scored with: cross-entropy for classification, mean squared error for regression.
+
+A dataset says its task; the task gives the loss unless `--loss` names one. Classification targets
+are class indices (cross-entropy, and accuracy); regression targets are float tensors (the mean of
+the squared error over every element, `nn.MSELoss()`'s mean; no accuracy). A regression output must
+have exactly the targets' shape (targets [N] count as [N, 1]): never a silent broadcast.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from landscape_cli.errors import UnknownNameError, UsageError
+
+TASKS = ("classification", "regression")
+
+
+class Loss:
+    name: ClassVar[str]
+    task: ClassVar[str]
+    has_accuracy: ClassVar[bool]
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def accuracy(self, out: Tensor, y: Tensor) -> Tensor:
+        """The share of correct predictions (NaN where the loss defines none)."""
+        return torch.full((), float("nan"), device=out.device)
+
+    def correct(self, out: Tensor, y: Tensor) -> Tensor:
+        """The number of correct predictions (0 where the loss defines none)."""
+        return torch.zeros((), device=out.device)
+
+    def check_targets(self, y: Tensor, where: str) -> None:
+        """Refuse targets this loss cannot score (one line naming `where` they came from)."""
+
+
+class CrossEntropy(Loss):
+    name = "cross-entropy"
+    task = "classification"
+    has_accuracy = True
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(out, y)
+
+    def accuracy(self, out: Tensor, y: Tensor) -> Tensor:
+        return (out.argmax(1) == y).float().mean()
+
+    def correct(self, out: Tensor, y: Tensor) -> Tensor:
+        return (out.argmax(1) == y).sum()
+
+    def check_targets(self, y: Tensor, where: str) -> None:
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise UsageError(f"{where}: cross-entropy needs integer class indices as targets, got {y.dtype} "
+                             "(float targets are a regression: --loss mse)")
+
+
+class MeanSquaredError(Loss):
+    name = "mse"
+    task = "regression"
+    has_accuracy = False
+
+    def __call__(self, out: Tensor, y: Tensor) -> Tensor:
+        target = y.unsqueeze(1) if y.dim() == 1 else y
+        if out.shape != target.shape:
+            raise UsageError(
+                f"the model's output has shape {list(out.shape)} but the targets have {list(target.shape)} "
+                "(targets [N] count as [N, 1]): mean squared error needs the same shape, never a broadcast"
+            )
+        return F.mse_loss(out, target.to(out.dtype))
+
+    def check_targets(self, y: Tensor, where: str) -> None:
+        if not y.is_floating_point():
+            raise UsageError(f"{where}: mean squared error needs float targets, got {y.dtype} "
+                             "(integer class indices are a classification: --loss cross-entropy)")
+
+
+LOSSES: dict[str, Loss] = {loss.name: loss for loss in (CrossEntropy(), MeanSquaredError())}
+
+
+def get_loss(name: str) -> Loss:
+    if name not in LOSSES:
+        raise UnknownNameError(f"unknown --loss {name!r}: choose one of {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def loss_for_task(task: str) -> Loss:
+    """The loss a task is scored with by default."""
+    return next(loss for loss in LOSSES.values() if loss.task == task)
+
+
+def run_loss(dataset: dict[str, object], loss: str | None) -> Loss:
+    """The loss a run is scored with: the one it was trained with (--loss), else its dataset's task's."""
+    return get_loss(loss) if loss is not None else loss_for_task(str(dataset.get("task", "classification")))
+
+
+def loss_for_targets(y: Tensor) -> Loss:
+    """Integer class indices: cross-entropy; float targets: mean squared error (for notebook calls)."""
+    if y.is_floating_point():
+        return LOSSES["mse"]
+    if y.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return LOSSES["cross-entropy"]
+    raise UsageError(f"targets of dtype {y.dtype} cannot be scored: give class indices (integers) or float "
+                     "regression targets, or pass loss=")

@@ -1,0 +1,336 @@
+"""The run store: the one module that knows where things are on disk.
+
+Layout::
+
+    <root>/<run-id>/run.json                      RunMeta (written last)
+    <root>/<run-id>/checkpoints/epoch-0000.pt     one per epoch (and the last epoch's optimizer state)
+    <root>/<run-id>/directions/<dir-id>.pt        direction vectors, shared by every grid that uses them
+    <root>/<run-id>/grids/<grid-id>/grid.json     GridMeta (written last)
+    <root>/<run-id>/grids/<grid-id>/landscape.zarr
+    <root>/<run-id>/grids/<grid-id>/locks/        one lock file per row being computed
+    <root>/<run-id>/grids/<grid-id>/plots/        figures drawn by `landscape plot`
+
+Every other module asks a `Store` for paths, metadata and locks; files are written atomically
+(see `_io`), metadata last, so a reader never sees a half-written run or grid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from landscape_cli._io import read_json, short_hash, write_json
+from landscape_cli.errors import AmbiguousReferenceError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.store.locks import FileLock
+from landscape_cli.store.meta import Damaged, GridMeta, HessianMeta, RunMeta
+
+STORE_ENV = "LANDSCAPE_STORE"
+DEFAULT_STORE = "runs"
+RUN_FILE = "run.json"
+CHECKPOINTS_DIR = "checkpoints"
+DIRECTIONS_DIR = "directions"
+GRIDS_DIR = "grids"
+GRID_FILE = "grid.json"
+ZARR_DIR = "landscape.zarr"
+PLOTS_DIR = "plots"
+LOCKS_DIR = "locks"
+HESSIANS_DIR = "hessians"
+HESSIAN_FILE = "hessian.json"
+HESSIAN_ZARR = "hessian.zarr"
+LOCK_FILE = ".lock"  # the run's training lock, and a grid's lock for creating or growing its arrays
+
+
+def store_root(path: str | os.PathLike[str] | None = None) -> Path:
+    """`--store PATH`, else `$LANDSCAPE_STORE`, else `./runs`."""
+    if path is None or str(path) == "":
+        path = os.environ.get(STORE_ENV) or DEFAULT_STORE
+    return Path(path).expanduser()
+
+
+def checkpoint_name(epoch: int) -> str:
+    """A checkpoint's path relative to its run directory (what run.json records)."""
+    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.pt"
+
+
+def optimizer_name(epoch: int) -> str:
+    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.optim.pt"
+
+
+def direction_name(direction_id: str) -> str:
+    return f"{DIRECTIONS_DIR}/{direction_id}.pt"
+
+
+class Store:
+    """A directory of runs. Creating the object touches nothing on disk."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = store_root(root)
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    @classmethod
+    def of(cls, store: Store | str | os.PathLike[str] | None) -> Store:
+        """`store` itself, or the store at that path (None: the default store)."""
+        return store if isinstance(store, Store) else cls(store)
+
+    # -- layout --
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def run_file(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / RUN_FILE
+
+    def file(self, run_id: str, relative: str) -> Path:
+        """A file that run.json or grid.json records by its path relative to the run directory."""
+        return self.run_dir(run_id) / relative
+
+    def checkpoints_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / CHECKPOINTS_DIR
+
+    def directions_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / DIRECTIONS_DIR
+
+    def grids_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / GRIDS_DIR
+
+    def grid_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grids_dir(run_id) / grid_id
+
+    def grid_file(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / GRID_FILE
+
+    def zarr_path(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / ZARR_DIR
+
+    def plots_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / PLOTS_DIR
+
+    def locks_dir(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / LOCKS_DIR
+
+    def stats_file(self, run_id: str, grid_id: str) -> Path:
+        return self.grid_dir(run_id, grid_id) / "stats.json"
+
+    def hessians_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / HESSIANS_DIR
+
+    def hessian_dir(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessians_dir(run_id) / hessian_id
+
+    def hessian_file(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessian_dir(run_id, hessian_id) / HESSIAN_FILE
+
+    def hessian_zarr(self, run_id: str, hessian_id: str) -> Path:
+        return self.hessian_dir(run_id, hessian_id) / HESSIAN_ZARR
+
+    # -- locks --
+
+    def run_lock(self, run_id: str) -> FileLock:
+        """Held while a run trains (one `train` per run at a time)."""
+        return FileLock(self.run_dir(run_id) / LOCK_FILE, f"run {run_id}")
+
+    def run_lock_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / LOCK_FILE
+
+    def grid_lock(self, run_id: str, grid_id: str) -> FileLock:
+        """Held briefly while a grid's arrays and metadata are created or grown."""
+        return FileLock(self.grid_dir(run_id, grid_id) / LOCK_FILE, f"grid {grid_id}")
+
+    def hessian_lock(self, run_id: str, hessian_id: str) -> FileLock:
+        """Held while curvature results of the run are computed (one process at a time)."""
+        return FileLock(self.hessian_dir(run_id, hessian_id) / LOCK_FILE, f"Hessian results {hessian_id}")
+
+    def row_lock(self, run_id: str, grid_id: str, epoch: int, pair: int, row: int) -> FileLock:
+        """Held while one row (work unit) of a grid is computed; a second process skips it."""
+        name = f"e{epoch}-p{pair}-y{row}.lock"
+        return FileLock(self.locks_dir(run_id, grid_id) / name, "row")
+
+    # -- writing --
+
+    def ensure_writable(self) -> None:
+        """Fail with one clear line, before any work, if the store cannot be written."""
+        from landscape_cli._io import check_writable
+
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} is a file, not a directory: pass --store with a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the store {self.root} ({e.strerror}): pass --store with a writable directory"
+            ) from e
+        check_writable(self.root)
+
+    # -- runs --
+
+    def has_run(self, run_id: str) -> bool:
+        return self.run_file(run_id).is_file()
+
+    def run_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / RUN_FILE).is_file())
+
+    def read_run(self, run_id: str) -> RunMeta:
+        path = self.run_file(run_id)
+        if not path.is_file():
+            raise RunNotFoundError(f"no run {run_id} in store {self.root}; `landscape ls` lists the runs")
+        return RunMeta.from_json(read_json(path), path)
+
+    def write_run(self, meta: RunMeta) -> None:
+        from landscape_cli._io import now
+
+        meta.updated = now()
+        write_json(self.run_file(meta.id), meta.to_json())
+
+    def runs(self) -> list[RunMeta | Damaged]:
+        """Metadata of every run; a run whose run.json cannot be read is listed as damaged."""
+        out: list[RunMeta | Damaged] = []
+        for run_id in self.run_ids():
+            try:
+                out.append(self.read_run(run_id))
+            except (IntegrityError, OSError) as e:
+                out.append(Damaged(run_id, str(e)))
+        return out
+
+    def resolve(self, ref: str) -> str:
+        """A run id from a run's name or a unique prefix of its id."""
+        if not ref or not ref.strip():
+            raise UsageError("empty run reference: give a run id (or prefix) or name; `landscape ls` lists them")
+        runs = self.runs()
+        by_name = [r.id for r in runs if isinstance(r, RunMeta) and r.name == ref]
+        if by_name:
+            return by_name[0]
+        matches = [r.id for r in runs if r.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            known = ", ".join(_label(r) for r in runs[:10]) or "none yet: `landscape train` makes one"
+            raise RunNotFoundError(f"no run {ref!r} in store {self.root} (runs: {known})")
+        raise AmbiguousReferenceError(
+            f"run reference {ref!r} matches {len(matches)} runs ({', '.join(matches)}): give more characters"
+        )
+
+    def check_name(self, name: str, run_id: str) -> None:
+        """A run name must be unique in the store and not empty."""
+        check_label(name, "run")
+        for r in self.runs():
+            if isinstance(r, RunMeta) and r.name == name and r.id != run_id:
+                raise UsageError(f"the name {name!r} is taken by run {r.id}: choose another --name")
+
+    # -- grids --
+
+    def grid_ids(self, run_id: str, with_metadata: bool = True) -> list[str]:
+        """Every grid directory of the run that has a grid.json (or every one, `with_metadata=False`)."""
+        grids = self.grids_dir(run_id)
+        if not grids.is_dir():
+            return []
+        return sorted(d.name for d in grids.iterdir()
+                      if d.is_dir() and (not with_metadata or (d / GRID_FILE).is_file()))
+
+    def has_grid(self, run_id: str, grid_id: str) -> bool:
+        return self.grid_file(run_id, grid_id).is_file()
+
+    def read_grid(self, run_id: str, grid_id: str) -> GridMeta:
+        """grid.json, refused (IntegrityError) if it is damaged or no longer matches its id."""
+        path = self.grid_file(run_id, grid_id)
+        raw = read_json(path)
+        if not isinstance(raw, dict) or short_hash(raw.get("config", {})) != raw.get("id") or raw.get("id") != grid_id:
+            raise IntegrityError(
+                f"{path} does not match its grid id (it was edited or damaged): run `landscape verify`; the grid's "
+                "own `landscape grid` command with --resume rebuilds it"
+            )
+        meta = GridMeta.from_json(raw, path)
+        if meta.config.identity() != raw["config"]:
+            raise IntegrityError(f"{path}: its configuration does not read back as written (damaged): run `landscape verify`")
+        return meta
+
+    def write_grid(self, meta: GridMeta) -> None:
+        write_json(self.grid_file(meta.run, meta.id), meta.to_json())
+
+    def grids(self, run_id: str) -> list[GridMeta | Damaged]:
+        """Every grid of a run; one whose grid.json cannot be read is listed as damaged."""
+        out: list[GridMeta | Damaged] = []
+        for grid_id in self.grid_ids(run_id):
+            try:
+                out.append(self.read_grid(run_id, grid_id))
+            except (IntegrityError, OSError) as e:
+                out.append(Damaged(grid_id, str(e)))
+        return out
+
+    def find_grid(self, ref: str, run_id: str | None = None) -> tuple[str, str]:
+        """(run id, grid id) of a grid named by its name or a unique id prefix, in one run or all."""
+        if not ref or not ref.strip():
+            raise UsageError("empty grid reference: give a grid id (or prefix) or name; `landscape ls` lists them")
+        run_ids = [run_id] if run_id else self.run_ids()
+        grids = [(r, g) for r in run_ids for g in self.grids(r)]
+        by_name = [(r, g.id) for r, g in grids if isinstance(g, GridMeta) and g.name == ref]
+        if len(by_name) == 1:
+            return by_name[0]
+        matches = by_name or [(r, g.id) for r, g in grids if g.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        where = f"run {run_id}" if run_id else f"store {self.root}"
+        if not matches:
+            raise RunNotFoundError(
+                f"no grid {ref!r} in {where}: `landscape ls` lists the grids, `landscape grid RUN` makes one"
+            )
+        raise AmbiguousReferenceError(
+            f"grid reference {ref!r} matches {len(matches)} grids ({', '.join(g for _r, g in matches)}): "
+            "give more characters"
+        )
+
+    def newest_grid(self, run_id: str) -> str | None:
+        """The id of the run's most recently created or extended readable grid (None: no grid)."""
+        metas = [m for m in self.grids(run_id) if isinstance(m, GridMeta)]
+        if not metas:
+            return None
+        return max(metas, key=lambda m: (m.updated or m.created or "", m.id)).id
+
+    # -- curvature results --
+
+    def hessian_ids(self, run_id: str) -> list[str]:
+        hessians = self.hessians_dir(run_id)
+        if not hessians.is_dir():
+            return []
+        return sorted(d.name for d in hessians.iterdir() if (d / HESSIAN_FILE).is_file())
+
+    def read_hessian(self, run_id: str, hessian_id: str) -> HessianMeta:
+        path = self.hessian_file(run_id, hessian_id)
+        raw = read_json(path)
+        meta = HessianMeta.from_json(raw, path)
+        if meta.id != hessian_id or meta.config.hessian_id != hessian_id:
+            raise IntegrityError(f"{path} does not match its id (edited or damaged): run `landscape verify`; the same "
+                                 "`landscape hessian` command rebuilds it")
+        return meta
+
+    def write_hessian(self, meta: HessianMeta) -> None:
+        write_json(self.hessian_file(meta.run, meta.id), meta.to_json())
+
+    def hessians(self, run_id: str) -> list[HessianMeta | Damaged]:
+        out: list[HessianMeta | Damaged] = []
+        for hid in self.hessian_ids(run_id):
+            try:
+                out.append(self.read_hessian(run_id, hid))
+            except (IntegrityError, OSError) as e:
+                out.append(Damaged(hid, str(e)))
+        return out
+
+    def check_grid_name(self, run_id: str, grid_id: str, name: str) -> None:
+        """A grid name must be unique among the run's grids."""
+        check_label(name, "grid")
+        for g in self.grids(run_id):
+            if isinstance(g, GridMeta) and g.name == name and g.id != grid_id:
+                raise UsageError(f"the name {name!r} is taken by grid {g.id} of run {run_id}: choose another --name")
+
+
+def check_label(name: str, what: str) -> None:
+    """A --name must be non-empty and free of '/', tabs and newlines."""
+    if not name.strip() or any(c in name for c in "\n\r\t/"):
+        raise UsageError(f"bad {what} name {name!r}: use a non-empty label without '/', tabs or newlines")
+
+
+def _label(run: RunMeta | Damaged) -> str:
+    return f"{run.id} ({run.name})" if isinstance(run, RunMeta) and run.name else run.id

@@ -1,0 +1,328 @@
+"""Typed metadata of runs and grids (run.json, grid.json), with a format version checked on read.
+
+Every reader goes through `RunMeta.from_json` / `GridMeta.from_json`: a missing key, a wrong type or
+a format this release does not know is an `IntegrityError` naming the file, never a `KeyError` deep
+in a command. Older formats are migrated in memory when read and written in the current format the
+next time the file is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from landscape_cli.config import GridConfig, HessianConfig, TrainConfig
+from landscape_cli.errors import IntegrityError
+
+RUN_FORMAT = 1
+GRID_FORMAT = 2  # 1: landscape 0.1.0 (2-D random grids only); 2: adds "axes" and "kind" records
+GRID_FORMATS_READ = (1, 2)
+
+
+def _need(d: Any, key: str, kind: type | tuple[type, ...], where: Path | str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise IntegrityError(f"{where} has no {key!r} (damaged or not written by landscape): run `landscape verify`")
+    value = d[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise IntegrityError(f"{where}: {key!r} is {value!r}, not the expected type (damaged): run `landscape verify`")
+    return value
+
+
+def _format(d: Any, known: tuple[int, ...], where: Path | str) -> int:
+    fmt = _need(d, "format", int, where)
+    if fmt not in known:
+        newer = fmt > max(known)
+        raise IntegrityError(
+            f"{where} has format {fmt}, which this landscape does not know"
+            + (": it was written by a newer release; upgrade landscape to read it" if newer else
+               " (damaged): run `landscape verify`")
+        )
+    return int(fmt)
+
+
+def _stamps(d: dict[str, Any]) -> dict[str, Any]:
+    """The versions and times every metadata file carries (absent ones read as empty)."""
+    return {"versions": dict(d.get("versions") or {}), "created": str(d.get("created") or ""),
+            "updated": d.get("updated")}
+
+
+def _stamps_json(versions: dict[str, str], created: str, updated: str | None) -> dict[str, Any]:
+    return {"versions": versions, "created": created, **({"updated": updated} if updated is not None else {})}
+
+
+@dataclass
+class EpochRecord:
+    """One checkpoint of a run: its metrics and where its weights are (relative to the run directory)."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float | None  # None for a regression
+    val_loss: float
+    val_accuracy: float | None
+    seconds: float
+    checkpoint: str
+    sha256: str
+    weights_sha256: str
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> EpochRecord:
+        num = (int, float)
+        acc = (int, float, type(None))
+
+        def optional(key: str) -> float | None:
+            value = _need(d, key, acc, where)
+            return None if value is None else float(value)
+
+        return cls(int(_need(d, "epoch", int, where)), float(_need(d, "train_loss", num, where)),
+                   optional("train_accuracy"), float(_need(d, "val_loss", num, where)),
+                   optional("val_accuracy"), float(_need(d, "seconds", num, where)),
+                   str(_need(d, "checkpoint", str, where)), str(_need(d, "sha256", str, where)),
+                   str(_need(d, "weights_sha256", str, where)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FileRecord:
+    """A file of the run (relative path) with the sha256 it had when it was written."""
+
+    file: str
+    sha256: str
+    epoch: int | None = None
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> FileRecord:
+        epoch = d.get("epoch") if isinstance(d, dict) else None
+        return cls(str(_need(d, "file", str, where)), str(_need(d, "sha256", str, where)),
+                   int(epoch) if epoch is not None else None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "file": self.file, "sha256": self.sha256}
+
+
+@dataclass
+class RunMeta:
+    """run.json: the training configuration, the model and dataset, and one record per checkpoint."""
+
+    id: str
+    name: str | None
+    config: TrainConfig
+    model: dict[str, Any]  # {"name", "args", "parameters"}: what rebuilds the model
+    dataset: dict[str, Any]  # {"name", "channels", "size", "num_classes", "train_size", "val_size"}
+    epochs_requested: int
+    epochs: list[EpochRecord]
+    resume: FileRecord | None  # the optimizer state of the last epoch (to continue training exactly)
+    versions: dict[str, str]
+    created: str
+    updated: str | None = None
+    format: int = RUN_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> RunMeta:
+        _format(d, (RUN_FORMAT,), where)
+        config = _need(d, "config", dict, where)
+        try:
+            cfg = TrainConfig.from_dict(config)
+        except TypeError as e:
+            raise IntegrityError(f"{where}: the training configuration is incomplete ({e}): damaged") from e
+        model = _need(d, "model", dict, where)
+        _need(model, "name", str, where)
+        _need(model, "args", dict, where)
+        dataset = _need(d, "dataset", dict, where)
+        _need(dataset, "name", str, where)
+        _need(dataset, "train_size", int, where)
+        resume = d.get("resume")
+        name = d.get("name")
+        return cls(
+            id=str(_need(d, "id", str, where)),
+            name=str(name) if name is not None else None,
+            config=cfg,
+            model=model,
+            dataset=dataset,
+            epochs_requested=int(_need(d, "epochs_requested", int, where)),
+            epochs=[EpochRecord.from_json(e, where) for e in _need(d, "epochs", list, where)],
+            resume=FileRecord.from_json(resume, where) if resume else None,
+            **_stamps(d),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "name": self.name,
+            "config": self.config.identity(),
+            "model": self.model,
+            "dataset": self.dataset,
+            "epochs_requested": self.epochs_requested,
+            "epochs": [e.to_json() for e in self.epochs],
+            "resume": self.resume.to_json() if self.resume else None,
+            **_stamps_json(self.versions, self.created, self.updated),
+        }
+
+    def record(self, epoch: int) -> EpochRecord | None:
+        """The record of `epoch` (None if the run has no checkpoint for it)."""
+        return next((r for r in self.epochs if r.epoch == epoch), None)
+
+    @property
+    def epoch_numbers(self) -> list[int]:
+        return [r.epoch for r in self.epochs]
+
+    @property
+    def architecture(self) -> tuple[str, dict[str, Any]]:
+        """What must match for two runs' weights to be interchangeable: model name and arguments."""
+        return str(self.model["name"]), dict(self.model["args"])
+
+
+@dataclass
+class DirectionRecord:
+    """A stored direction file a grid uses (relative to the run directory), with its hash."""
+
+    pair: int
+    id: str
+    file: str
+    sha256: str
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> DirectionRecord:
+        return cls(int(_need(d, "pair", int, where)), str(_need(d, "id", str, where)),
+                   str(_need(d, "file", str, where)), str(_need(d, "sha256", str, where)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GridMeta:
+    """grid.json: the grid's configuration (its id is the hash of it), epochs and direction files.
+
+    `ranges` is the [lo, hi] of each axis as created (a kind may choose them, e.g. a PCA plane
+    covers its path); `kind` holds what the grid's direction kind recorded when the grid was made
+    (e.g. a PCA plane's explained variance and path, the checkpoint an interpolation ends at).
+    """
+
+    id: str
+    name: str | None
+    run: str
+    config: GridConfig
+    epochs: list[int]
+    directions: list[DirectionRecord]
+    parameters: str
+    versions: dict[str, str]
+    created: str
+    updated: str | None = None
+    ranges: list[tuple[float, float]] = field(default_factory=list)
+    kind: dict[str, Any] = field(default_factory=dict)
+    evaluator: dict[str, Any] = field(default_factory=dict)  # how points are computed (`execute.Evaluation`)
+    format: int = GRID_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> GridMeta:
+        fmt = _format(d, GRID_FORMATS_READ, where)
+        identity = _need(d, "config", dict, where)
+        try:
+            cfg = GridConfig.from_identity(identity)
+        except (TypeError, ValueError, KeyError) as e:
+            raise IntegrityError(f"{where}: the grid configuration cannot be read ({e}): damaged") from e
+        name = d.get("name")
+        if fmt >= 2:
+            ranges = [(float(lo), float(hi)) for lo, hi in _need(d, "ranges", list, where)]
+        else:  # the first release made square random grids only: the ranges are in the configuration
+            ranges = [(float(a.lo), float(a.hi)) for a in cfg.axes if a.lo is not None and a.hi is not None]
+        if len(ranges) != cfg.dims:
+            raise IntegrityError(f"{where}: {len(ranges)} axis ranges for a {cfg.dims}-D grid (damaged)")
+        return cls(
+            id=str(_need(d, "id", str, where)),
+            name=str(name) if name is not None else None,
+            run=str(_need(d, "run", str, where)),
+            config=cfg,
+            epochs=[int(e) for e in _need(d, "epochs", list, where)],
+            directions=[DirectionRecord.from_json(r, where) for r in _need(d, "directions", list, where)],
+            parameters=str(d.get("parameters") or ""),
+            **_stamps(d),
+            ranges=ranges,
+            kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
+            evaluator=dict(d.get("evaluator") or {}),
+            format=GRID_FORMAT,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "name": self.name,
+            "run": self.run,
+            "config": self.config.identity(),
+            "epochs": self.epochs,
+            "directions": [r.to_json() for r in self.directions],
+            "parameters": self.parameters,
+            "ranges": [list(r) for r in self.ranges],
+            "kind": self.kind,
+            "evaluator": self.evaluator,
+            **_stamps_json(self.versions, self.created, self.updated),
+        }
+
+
+HESSIAN_FORMAT = 1
+
+
+@dataclass
+class HessianMeta:
+    """hessian.json: curvature results of a run (eigenpairs, trace, density) for a growing set of epochs.
+
+    `eigenvectors` maps each finished epoch to the direction file holding its top eigenvectors.
+    """
+
+    id: str
+    name: str | None
+    run: str
+    config: HessianConfig
+    epochs: list[int]
+    eigenvectors: dict[int, DirectionRecord]
+    parameters: str
+    versions: dict[str, str]
+    created: str
+    updated: str | None = None
+    format: int = HESSIAN_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> HessianMeta:
+        _format(d, (HESSIAN_FORMAT,), where)
+        try:
+            cfg = HessianConfig.from_identity(_need(d, "config", dict, where))
+        except (TypeError, ValueError) as e:
+            raise IntegrityError(f"{where}: the configuration cannot be read ({e}): damaged") from e
+        vectors = _need(d, "eigenvectors", dict, where)
+        name = d.get("name")
+        return cls(
+            id=str(_need(d, "id", str, where)),
+            name=str(name) if name is not None else None,
+            run=str(_need(d, "run", str, where)),
+            config=cfg,
+            epochs=[int(e) for e in _need(d, "epochs", list, where)],
+            eigenvectors={int(e): DirectionRecord.from_json(r, where) for e, r in vectors.items()},
+            parameters=str(d.get("parameters") or ""),
+            **_stamps(d),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "name": self.name,
+            "run": self.run,
+            "config": self.config.identity(),
+            "epochs": self.epochs,
+            "eigenvectors": {str(e): r.to_json() for e, r in sorted(self.eigenvectors.items())},
+            "parameters": self.parameters,
+            **_stamps_json(self.versions, self.created, self.updated),
+        }
+
+
+@dataclass
+class Damaged:
+    """A run or grid whose metadata cannot be read: listed, never used."""
+
+    id: str
+    error: str

@@ -1,0 +1,1079 @@
+"""Figures from grids: planes as heatmaps, contours and 3-D surfaces, lines as curves, a PCA plane
+with its trajectory, comparisons across epochs and runs, and GIFs over epochs.
+
+Reads run.json, grid.json and the Zarr arrays; never imports torch. Figures are built with
+`matplotlib.figure.Figure` on an Agg canvas: the process's backend is never switched and pyplot
+never holds them, except with `show=True`, which opens a window through pyplot and closes it after.
+
+Every view takes its axes from the grid's stored coordinates (x, and y for a plane).
+
+Layouts of a 2-D grid (a plane):
+- one grid, one epoch: the reference figure, one panel per (direction pair, batch), rows = pairs,
+  columns = batches (`pair=` / `batch=` keep one row / column; `reduce=` averages);
+- several epochs or several runs: rows = runs, columns = epochs, each panel one (pair, batch)
+  (default 0, 0) or an average (`reduce="mean"` over pairs and batches, "batches", "pairs");
+- a PCA plane: labelled contours of the metric (or a surface) with the trajectory drawn on it, one
+  marker per checkpoint, arrows in training order, axes labelled with their explained variance.
+Compared panels always share one colour scale.
+
+A 1-D grid (a line: random `--dims 1`, an interpolation, a PCA line) is one axes of curves of the
+metric against the coordinate: one per epoch (and run), the mean over pairs and batches with its
+min–max band (`reduce="batches"`: one per pair, `"pairs"`: one per batch). An interpolation marks
+its two checkpoints (t = 0 and t = 1); a PCA line shows each checkpoint at its own loss.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape_cli._io import atomic_path, check_writable, os_error
+from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.meta import EpochRecord, GridMeta, RunMeta
+
+METRICS = ("loss", "accuracy")
+REDUCTIONS = ("none", "mean", "batches", "pairs")
+FORMATS = (".png", ".pdf", ".svg")
+DIVERGED_COLOUR = "magenta"
+FAR_FROM_PLANE = 0.5  # a checkpoint's residual/distance above which the path is said to lie far from the plane
+PATH_COLOUR = "black"
+
+
+@dataclass
+class Source:
+    """One grid of one run, as read from the store."""
+
+    run_id: str
+    run: RunMeta
+    grid_id: str
+    grid: GridMeta
+    path: Path  # the grid's directory
+    zarr_path: Path
+    plots_dir: Path
+    _coords: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        cfg = self.run.config
+        return f"{self.name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
+
+    @property
+    def name(self) -> str:
+        return self.run.name or self.run_id[:8]
+
+    @property
+    def kind(self) -> str:
+        return self.grid.config.kind
+
+    @property
+    def dims(self) -> int:
+        return self.grid.config.dims
+
+    @property
+    def coords(self) -> list[np.ndarray]:
+        """The grid's stored coordinates: [x] for a line, [x, y] for a plane."""
+        if self._coords is None:
+            rows = Rows(self.zarr_path, "r")
+            try:
+                self._coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:rows.dims]]
+            except DECODE_ERRORS as e:
+                raise IntegrityError(
+                    f"grid {self.grid_id} has damaged coordinates: `landscape grid {self.run_id} --grid "
+                    f"{self.grid_id} --resume` rebuilds them (`landscape verify` lists everything that is damaged)"
+                ) from e
+        return self._coords
+
+    def epoch_record(self, epoch: int) -> EpochRecord | None:
+        return self.run.record(epoch)
+
+
+@dataclass
+class TrajectoryPath:
+    """A PCA grid's trajectory as drawn: each checkpoint's coordinates on the plane (or line), its
+    distance from the plane (`residual`) and from the final checkpoint (`distance`), and its own
+    metric (`values`, the mean over the batches of the panel or curves it is drawn with)."""
+
+    source: Source
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None  # None on a line
+    residual: np.ndarray
+    distance: np.ndarray
+    values: np.ndarray
+
+    @property
+    def off_plane(self) -> float:
+        """The largest residual/distance over the checkpoints other than the final one (0: all on the plane)."""
+        away = self.distance > 0
+        return float(np.max(self.residual[away] / self.distance[away])) if away.any() else 0.0
+
+    @property
+    def far(self) -> bool:
+        return self.off_plane > FAR_FROM_PLANE
+
+
+@dataclass
+class Panel:
+    """What one panel shows: `values` [y, x] of the metric, NaN where not computed or diverged."""
+
+    title: str
+    values: np.ndarray
+    computed: np.ndarray  # bool [y, x]: False where the row is not computed yet
+    center: float
+    grad: tuple[float, float] | None  # (dL/dx, dL/dy) at the centre, for the arrow
+    source: Source
+    epoch: int
+    pair: int | None
+    batch: int | None
+    path: TrajectoryPath | None = None  # a PCA plane's trajectory, drawn on the panel
+
+    @property
+    def diverged(self) -> int:
+        return int(np.count_nonzero(self.computed & ~np.isfinite(self.values)))
+
+
+@dataclass
+class Curve:
+    """One curve of a line: `values` [x] the mean of the metric over the chosen pairs and batches, `lo`/`hi`
+    their min and max (the band; None for a single pair and batch). NaN/Inf where diverged; all NaN, and
+    not drawn, while a row it averages is not computed yet (`computed` False)."""
+
+    label: str
+    x: np.ndarray
+    values: np.ndarray
+    lo: np.ndarray | None
+    hi: np.ndarray | None
+    computed: bool
+    source: Source
+    epoch: int
+    pair: int | None  # the one pair it shows, None for a mean over several
+    batch: int | None
+    over: str  # what the mean is over ("pairs and batches", "batches", "pairs"; "" for none)
+
+    @property
+    def diverged(self) -> int:
+        return int(np.count_nonzero(~np.isfinite(self.values))) if self.computed else 0
+
+
+@dataclass
+class PlotResult:
+    path: Path | None
+    figure: Any
+    panels: list[Panel]  # 2-D grids (empty for a line)
+    shape: tuple[int, int]  # rows, columns of panels
+    panel_axes: list[Any] = field(default_factory=list)
+    arrow_scale: float | None = None
+    curves: list[Curve] = field(default_factory=list)  # 1-D grids (empty for a plane)
+    paths: list[TrajectoryPath] = field(default_factory=list)  # PCA trajectories drawn
+    sources: list[Source] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the figure's note line says
+
+    @property
+    def diverged(self) -> int:
+        return sum(p.diverged for p in self.panels) + sum(c.diverged for c in self.curves)
+
+
+# --- choosing what to plot ------------------------------------------------------------------------
+
+
+def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) -> list[Source]:
+    """The grid of each run: named by `grids` (one for all runs, or one per run), else the newest."""
+    if not runs:
+        raise UsageError("name at least one run (or grid) to plot; `landscape ls` lists them")
+    if grids and len(grids) not in (1, len(runs)):
+        raise UsageError(f"give one --grid for all runs or one per run: got {len(grids)} for {len(runs)} runs")
+    sources = []
+    for i, ref in enumerate(runs):
+        try:
+            run_id = st.resolve(ref)
+            grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
+            if grid_ref is None:
+                newest = st.newest_grid(run_id)
+                if newest is None:
+                    raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
+                grid_id = newest
+            else:
+                run_id, grid_id = st.find_grid(grid_ref, run_id)
+        except RunNotFoundError:
+            if grids:
+                raise
+            run_id, grid_id = st.find_grid(ref)  # a grid named directly
+        meta = st.read_grid(run_id, grid_id)
+        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
+                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
+    _check_comparable(sources)
+    return sources
+
+
+def check_metric(sources: list[Source], metric: str) -> None:
+    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss."""
+    if metric == "accuracy":
+        for s in sources:
+            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
+                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
+                                 "a loss")
+
+
+def _check_comparable(sources: list[Source]) -> None:
+    """Compared grids are drawn on one set of axes: the same kind, dimensions and coordinates."""
+    first = sources[0]
+    for s in sources[1:]:
+        a, b = first.grid.config, s.grid.config
+        if (a.kind, a.dims) != (b.kind, b.dims):
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --directions and --dims"
+            )
+        same = len(first.coords) == len(s.coords) and all(
+            c.shape == d.shape and np.allclose(c, d, rtol=1e-9, atol=1e-12) for c, d in zip(first.coords, s.coords, strict=True)
+        )
+        if not same:
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --width and --span (or --range and --yrange): the same "
+                + ("x and y coordinates" if a.dims == 2 else "x coordinates")
+            )
+
+
+def _shape_text(s: Source) -> str:
+    cfg = s.grid.config
+    counts = "x".join(str(a.count) for a in cfg.axes)
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"{counts}, span ±{cfg.span:g}" if cfg.dims == 2 else f"{counts} points, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    return f"{_kind_text(s)}, {counts}{' points' if cfg.dims == 1 else ''}, {ranges}"
+
+
+def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool) -> list[int]:
+    if epochs is None:
+        if animate or sources[0].dims == 1:  # a line's epochs are curves in one panel: all of them
+            return sorted(sources[0].grid.epochs)
+        return [max(sources[0].grid.epochs)] if sources[0].grid.epochs else []
+    if not epochs:
+        raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
+    for s in sources:
+        missing = [e for e in epochs if e not in s.grid.epochs]
+        if missing:
+            have = ",".join(map(str, s.grid.epochs))
+            raise UsageError(
+                f"epoch {','.join(map(str, missing))} is not in grid {s.grid_id} (it has epochs {have}): "
+                f"`landscape grid {s.run_id[:8]} --epochs {','.join(map(str, missing))}` with the same options adds it"
+            )
+    return list(dict.fromkeys(epochs))
+
+
+def _batch(s: Source, b: int) -> str:
+    """A batch entry's name: "batch 2", or "all" for a grid over the whole split (--batches all)."""
+    return f"all of {s.grid.config.split}" if s.grid.config.whole else f"batch {b}"
+
+
+def _check_selection(sources: list[Source], pair: int | None, batch: int | None) -> None:
+    for s in sources:
+        c = s.grid.config
+        if pair is not None and pair >= c.pairs:
+            raise UsageError(f"--pair {pair}: grid {s.grid_id} has pairs 0..{c.pairs - 1}")
+        if batch is not None and batch >= c.batches:
+            raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c.batches - 1}")
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
+    where = f", epoch {epoch}" if epoch is not None else ""
+    return IntegrityError(
+        f"grid {source.grid_id} has a damaged chunk ({what}{where}): "
+        f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
+        "(`landscape verify` lists everything that is damaged)"
+    )
+
+
+@dataclass
+class _EpochData:
+    values: np.ndarray  # [P, B, H, W]
+    done: np.ndarray  # [P, H]
+    center: np.ndarray  # [B]
+    grad_a: np.ndarray  # [P, B]
+    grad_b: np.ndarray
+
+
+def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
+    rows = Rows(source.zarr_path, "r")
+    ei = rows.epochs.index(epoch)
+    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
+    # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
+    values = np.full((pairs, rows["loss"].shape[2], height, rows["loss"].shape[4]), np.nan)
+    done = np.zeros((pairs, height), bool)
+    ga = np.full((pairs, rows["grad_a"].shape[2]), np.nan)
+    gb = np.full_like(ga, np.nan)
+    what = "centre values"
+    try:
+        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei], np.float64)
+        for p in range(pairs):
+            what = f"centre gradient of pair {p}"
+            ga[p], gb[p] = rows["grad_a"][ei, p], rows["grad_b"][ei, p]
+            for y in range(height):
+                what = f"row {y} of pair {p}"
+                done[p, y] = rows["done"][ei, p, y] > 0
+                if done[p, y]:
+                    values[p, :, y, :] = rows[metric][ei, p, :, y, :]
+    except DECODE_ERRORS as e:
+        raise _damaged(source, what, epoch) from e
+    return _EpochData(values, done, center, ga, gb)
+
+
+@dataclass
+class _LineData:
+    values: np.ndarray  # [P, B, W]
+    done: np.ndarray  # [P]
+
+
+def _read_line(source: Source, epoch: int, metric: str) -> _LineData:
+    rows = Rows(source.zarr_path, "r")
+    ei = rows.epochs.index(epoch)
+    pairs, batches, width = rows["loss"].shape[1:4]
+    values = np.full((pairs, batches, width), np.nan)
+    done = np.zeros(pairs, bool)
+    what = ""
+    try:
+        for p in range(pairs):
+            what = f"the line of pair {p}"
+            done[p] = rows["done"][ei, p] > 0
+            if done[p]:
+                values[p] = rows.read_row(metric, ei, p, 0)
+    except DECODE_ERRORS as e:
+        raise _damaged(source, what, epoch) from e
+    return _LineData(values, done)
+
+
+@dataclass
+class _PathData:
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None
+    residual: np.ndarray
+    distance: np.ndarray
+    own: np.ndarray  # [checkpoint, batch]: each checkpoint's own metric
+
+
+def _read_path(source: Source, metric: str) -> _PathData | None:
+    """A PCA grid's trajectory, from its Zarr arrays (distances from the final checkpoint: grid.json)."""
+    if source.kind != "pca":
+        return None
+    rows = Rows(source.zarr_path, "r")
+    try:
+        root: Any = rows.root  # (zarr types a group's member as an array or a group)
+        epochs = [int(e) for e in np.asarray(root["path_epoch"][:])]
+        x = np.asarray(root["path_x"][:], np.float64)
+        y = np.asarray(root["path_y"][:], np.float64) if source.dims == 2 else None
+        residual = np.asarray(root["path_residual"][:], np.float64)
+        own = np.asarray(root["path_loss" if metric == "loss" else "path_accuracy"][...], np.float64)
+    except (*DECODE_ERRORS, KeyError) as e:
+        raise IntegrityError(
+            f"grid {source.grid_id} has damaged or missing trajectory arrays (path_*): `landscape grid "
+            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
+        ) from e
+    recorded = (source.grid.kind.get("path") or {}).get("distance")
+    if isinstance(recorded, list) and len(recorded) == len(x):
+        distance = np.asarray(recorded, np.float64)
+    else:  # orthonormal components (--norm none): the in-plane and off-plane parts
+        distance = np.sqrt(x**2 + (y**2 if y is not None else 0.0) + residual**2)
+    return _PathData(epochs, x, y, residual, distance, own)
+
+
+def _trajectory(source: Source, data: _PathData | None, batches: list[int]) -> TrajectoryPath | None:
+    if data is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        values = data.own[:, batches].mean(axis=1)
+    return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
+
+
+def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
+                 reduce: str) -> tuple[list[Panel], tuple[int, int]]:
+    """The panels of one figure (one frame) of planes and their rows x columns layout."""
+    cfg = sources[0].grid.config
+    _check_selection(sources, pair, batch)
+    panels: list[Panel] = []
+    if len(sources) == 1 and len(epochs) == 1:
+        s, e = sources[0], epochs[0]
+        data = _read_epoch(s, e, metric)
+        path = _read_path(s, metric)
+        pairs = [pair] if pair is not None else list(range(cfg.pairs))
+        batches = [batch] if batch is not None else list(range(cfg.batches))
+        if reduce == "mean":
+            panels.append(_panel(s, e, data, pairs, batches, "mean over pairs and batches", path))
+            return panels, (1, 1)
+        if reduce == "batches":
+            panels += [_panel(s, e, data, [p], batches, f"pair {p}, mean over batches", path) for p in pairs]
+            return panels, (len(pairs), 1)
+        if reduce == "pairs":
+            panels += [_panel(s, e, data, pairs, [b], f"{_batch(s, b)}, mean over pairs", path) for b in batches]
+            return panels, (1, len(batches))
+        panels += [_panel(s, e, data, [p], [b], f"pair {p}, {_batch(s, b)}", path) for p in pairs for b in batches]
+        return panels, (len(pairs), len(batches))
+    for s in sources:
+        path = _read_path(s, metric)
+        for e in epochs:
+            data = _read_epoch(s, e, metric)
+            c = s.grid.config
+            p_sel = list(range(c.pairs)) if reduce in ("mean", "pairs") else [pair or 0]
+            b_sel = list(range(c.batches)) if reduce in ("mean", "batches") else [batch or 0]
+            what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
+                    "pairs": f"{_batch(s, b_sel[0])}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, {_batch(s, b_sel[0])}")
+            title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
+            panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
+    return panels, (len(sources), len(epochs))
+
+
+def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: list[int], title: str,
+           path: _PathData | None = None) -> Panel:
+    v = data.values[np.ix_(pairs, batches)]  # [p, b, H, W]
+    done = np.asarray(data.done[pairs])  # [p, H]
+    computed_rows = np.asarray(done.all(axis=0))
+    computed = np.repeat(computed_rows[:, None], v.shape[-1], axis=1)
+    with np.errstate(invalid="ignore"):
+        values = v.mean(axis=(0, 1))  # a diverged point stays NaN/Inf in the mean: never smoothed away
+    values = np.where(computed, values, np.nan)
+    center = float(np.mean(data.center[batches]))
+    # the gradient of a batch mean is the mean gradient; across pairs the planes differ: no arrow
+    grad = None
+    if len(pairs) == 1:
+        grad = (float(np.mean(data.grad_a[pairs[0], batches])), float(np.mean(data.grad_b[pairs[0], batches])))
+        if not all(np.isfinite(grad)):
+            grad = None
+    return Panel(title, values, computed, center, grad, s, epoch, pairs[0] if len(pairs) == 1 else None,
+                 batches[0] if len(batches) == 1 else None, _trajectory(s, path, batches))
+
+
+def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
+                 reduce: str) -> list[Curve]:
+    """The curves of lines: per run and epoch the mean over pairs and batches (with its min–max band), or
+    with `reduce` "batches" one per pair, "pairs" one per batch; `pair`/`batch` keep one."""
+    _check_selection(sources, pair, batch)
+    curves: list[Curve] = []
+    for s in sources:
+        c = s.grid.config
+        pairs = [pair] if pair is not None else list(range(c.pairs))
+        batches = [batch] if batch is not None else list(range(c.batches))
+        if reduce == "batches":
+            groups = [([p], batches, f" · pair {p}") for p in pairs]
+        elif reduce == "pairs":
+            groups = [(pairs, [b], f" · {_batch(s, b)}") for b in batches]
+        else:
+            groups = [(pairs, batches, "")]
+        for e in epochs:
+            data = _read_line(s, e, metric)
+            for ps, bs, what in groups:
+                who = f"{s.name} " if len(sources) > 1 else ""
+                curves.append(_curve(s, e, data, ps, bs, f"{who}epoch {e}{what}"))
+    return curves
+
+
+def _curve(s: Source, epoch: int, data: _LineData, pairs: list[int], batches: list[int], label: str) -> Curve:
+    v = data.values[np.ix_(pairs, batches)].reshape(len(pairs) * len(batches), -1)  # [n, W]
+    computed = bool(data.done[pairs].all())
+    with np.errstate(invalid="ignore"):
+        values, lo, hi = v.mean(axis=0), v.min(axis=0), v.max(axis=0)  # NaN/Inf stay: a diverged point is a gap
+    if not computed:
+        values = lo = hi = np.full(v.shape[1], np.nan)
+    over = " and ".join(name for name, n in (("pairs", len(pairs)), ("batches", len(batches))) if n > 1)
+    return Curve(label, s.coords[0], values, lo if v.shape[0] > 1 else None, hi if v.shape[0] > 1 else None,
+                 computed, s, epoch, pairs[0] if len(pairs) == 1 else None, batches[0] if len(batches) == 1 else None,
+                 over)
+
+
+# --- drawing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Style:
+    metric: str = "loss"
+    contour: bool = False
+    surface: bool = False
+    log: bool = False
+    clip: float | None = None
+
+
+def _displayed(panel: Panel, style: Style) -> np.ndarray:
+    """The array a panel draws: clipped, and centre-subtracted for heatmaps (not for log/contour/3-D)."""
+    v = panel.values.copy()
+    if style.clip is not None:
+        with np.errstate(invalid="ignore"):
+            v = np.where(np.isfinite(v) & (v > style.clip), style.clip, v)
+    if style.log:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            v = np.where(v > 0, v, np.nan)
+        return v
+    if not style.contour and not style.surface:
+        return v - panel.center
+    return v
+
+
+def _shown(values: np.ndarray, style: Style) -> np.ndarray:
+    """What a curve draws: non-finite values as gaps, clipped, non-positive values gaps on a log scale."""
+    v = np.where(np.isfinite(values), values, np.nan)
+    with np.errstate(invalid="ignore"):
+        if style.clip is not None:
+            v = np.where(v > style.clip, style.clip, v)
+        if style.log:
+            v = np.where(v > 0, v, np.nan)
+    return v
+
+
+def _scale(panels: list[Panel], style: Style) -> tuple[float, float]:
+    finite = [d[np.isfinite(d)] for d in (_displayed(p, style) for p in panels)]
+    finite = [f for f in finite if f.size]
+    if not finite:
+        return (0.0, 1.0)
+    lo, hi = float(min(f.min() for f in finite)), float(max(f.max() for f in finite))
+    if hi <= lo:
+        hi = lo + (abs(lo) * 1e-3 or 1e-3)
+    return lo, hi
+
+
+def _reach(source: Source) -> float:
+    """Half the extent of the grid's shorter axis (the span of a square random grid)."""
+    return min(float(c[-1] - c[0]) / 2 for c in source.coords)
+
+
+def _arrow_scale(panels: list[Panel], reach: float) -> float | None:
+    norms = [float(np.hypot(*p.grad)) for p in panels if p.grad is not None]
+    norms = [n for n in norms if n > 0]
+    return 0.3 * reach / max(norms) if norms else None
+
+
+def _label(style: Style) -> str:
+    name = style.metric
+    if style.log:
+        return f"log10 {name}" if style.surface else f"{name} (log scale)"
+    if style.contour or style.surface:
+        return name
+    return f"{name} − {name} at the centre"
+
+
+def _axis_names(s: Source) -> tuple[str, ...]:
+    return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
+
+
+def _eigenvalues(s: Source, epoch: int | None) -> list[float]:
+    """A Hessian grid's top eigenvalues at `epoch` (its axes), as grid.json recorded them."""
+    facts = (s.grid.kind.get("epochs") or {}).get(str(epoch)) if epoch is not None else None
+    return [float(v) for v in facts["eigenvalues"]] if facts else []
+
+
+def _axis_labels(s: Source, epoch: int | None = None) -> list[str]:
+    """The label of each axis: what its coordinate is (a Hessian grid's: its eigenvalue at `epoch`)."""
+    if s.kind == "interpolate":
+        return ["t"]
+    if s.kind == "hessian":
+        values = _eigenvalues(s, epoch)
+        return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
+                for j in range(s.dims)]
+    if s.kind == "pca":
+        ratios = s.grid.kind.get("explained_variance_ratio") or []
+        return [f"PC{j + 1} ({100 * float(ratios[j]):.1f}% of variance)" if j < len(ratios) else f"PC{j + 1}"
+                for j in range(s.dims)]
+    return ["x (along d1)", "y (along d2)"][:s.dims]
+
+
+def _step(c: np.ndarray) -> float:
+    return float(c[-1] - c[0]) / (len(c) - 1)
+
+
+def _far_note(paths: list[TrajectoryPath], style: Style) -> str | None:
+    far = [p for p in paths if p.far]
+    if not far:
+        return None
+    worst = max(p.off_plane for p in far)
+    where = "plane" if far[0].y is not None else "line"
+    drawn = "the contours are" if where == "plane" and not style.surface else \
+        "the surface is" if where == "plane" else "the curve is"
+    return (f"the path lies far from this {where}: up to {100 * worst:.0f}% of a checkpoint's distance is off the "
+            f"{where}, so {drawn} not the {style.metric} along the path")
+
+
+def _write_title(fig: Any, title: str) -> None:
+    """The figure's title, each line wrapped to the figure's width."""
+    width = max(40, int(fig.get_figwidth() * 72 / 5.2))  # characters of 9-point text
+    lines = [part for line in title.split("\n") for part in textwrap.wrap(line, width, break_long_words=False) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=9)
+
+
+def _write_notes(fig: Any, notes: list[str]) -> None:
+    """The note line(s) under the panels, with room made for them."""
+    lines = textwrap.wrap(";  ".join(notes), max(40, int(fig.get_figwidth() * 72 / 4.0))) if notes else []
+    if lines:
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, ha="left", va="bottom")
+    bottom = min(0.3, (len(lines) * 9 + 5) / (fig.get_figheight() * 72)) if lines else 0.03
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.set(rect=(0, bottom, 1, 1 - bottom))
+
+
+def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, scale: tuple[float, float],
+         arrow_scale: float | None, suptitle: str) -> tuple[list[Any], list[str]]:
+    """Draw the `panels` of planes on `fig` (cleared first); returns the panel axes and the notes written."""
+    from matplotlib import colormaps, colors
+    from matplotlib.patches import Rectangle
+
+    fig.clear()
+    rows, cols = shape
+    lo, hi = scale
+    norm = colors.LogNorm(vmin=max(lo, 1e-12), vmax=max(hi, lo * 1.001, 1e-11)) if style.log else \
+        colors.Normalize(vmin=lo, vmax=hi)
+    cmap = colormaps["viridis"].with_extremes(bad=DIVERGED_COLOUR)
+    axes = []
+    mappable = None
+    source = panels[0].source  # compared grids have the same coordinates
+    xs, ys = source.coords
+    X, Y = np.meshgrid(xs, ys)
+    dx, dy = _step(xs), _step(ys)
+    extent = (xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2)
+    square = bool(np.isclose(extent[1] - extent[0], extent[3] - extent[2]))
+    one_epoch = {p.epoch for p in panels}
+    xlabel, ylabel = _axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)
+    for i, panel in enumerate(panels):
+        # a path on a surface is drawn over it (never sorted behind it by depth)
+        kw: dict[str, Any] = {"projection": "3d", "computed_zorder": panel.path is None} if style.surface else {}
+        ax: Any = fig.add_subplot(rows, cols, i + 1, **kw)
+        axes.append(ax)
+        z = _displayed(panel, style)
+        diverged = panel.computed & ~np.isfinite(panel.values)
+        if style.surface:
+            zz = np.log10(z) if style.log else z
+            zlo, zhi = (float(np.log10(norm.vmin or 1)), float(np.log10(norm.vmax or 1))) if style.log else (lo, hi)
+            mappable = ax.plot_surface(X, Y, np.ma.masked_invalid(zz), cmap=cmap, vmin=zlo, vmax=zhi,
+                                       linewidth=0, antialiased=True)
+            ax.set_zlim(zlo, zhi)
+            ax.set_zlabel(_label(style), fontsize=7)
+            if diverged.any():
+                ax.scatter(X[diverged], Y[diverged], np.full(int(diverged.sum()), zhi), color=DIVERGED_COLOUR,
+                           marker="x", s=12)
+            if panel.path is not None and panel.path.y is not None:
+                pz = _shown(panel.path.values, style)
+                ax.plot(panel.path.x, panel.path.y, np.log10(pz) if style.log else pz, color=PATH_COLOUR, marker="o",
+                        markersize=3, linewidth=0.9, gid="trajectory", zorder=5)
+        elif style.contour:
+            levels = np.geomspace(norm.vmin or 1e-12, norm.vmax or 1, 12) if style.log else np.linspace(lo, hi, 12)
+            masked = np.ma.masked_invalid(z)
+            if np.isfinite(z).sum() >= 4:
+                cs = ax.contour(X, Y, masked, levels=levels, cmap=cmap, norm=norm, linewidths=0.9)
+                ax.clabel(cs, fontsize=6, fmt="%.3g")
+                mappable = cs
+            if diverged.any():
+                ax.scatter(X[diverged], Y[diverged], color=DIVERGED_COLOUR, marker="x", s=10, linewidths=0.8)
+        else:
+            # diverged points are NaN/Inf and take the colour map's "bad" colour
+            mappable = ax.imshow(np.ma.masked_invalid(z), origin="lower", extent=extent, cmap=cmap, norm=norm,
+                                 interpolation="nearest", aspect="equal" if square else "auto")
+        if not style.surface:
+            missing_rows = np.flatnonzero(~panel.computed[:, 0])
+            for r in missing_rows:  # not computed yet: grey, hatched
+                ax.add_patch(Rectangle((extent[0], ys[r] - dy / 2), extent[1] - extent[0], dy,
+                                       facecolor="0.85", edgecolor="0.55", hatch="//", linewidth=0))
+            ax.set_xlim(extent[0], extent[1])
+            ax.set_ylim(extent[2], extent[3])
+            if arrow_scale is not None and panel.grad is not None and style.metric == "loss":
+                ga, gb = panel.grad
+                ax.annotate("", xy=(-ga * arrow_scale, -gb * arrow_scale), xytext=(0, 0),
+                            arrowprops={"arrowstyle": "->", "color": "red", "lw": 1.5})
+            ax.plot([0], [0], marker="+", color="red", markersize=6)
+            if panel.path is not None:
+                _draw_plane_path(ax, panel.path)
+        values = _eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
+        eigen = " · " + ", ".join(f"λ{j + 1} {v:.3g}" for j, v in enumerate(values)) if values else ""
+        ax.set_title(panel.title + eigen + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
+        ax.tick_params(labelsize=7)
+        if i // cols == rows - 1:
+            ax.set_xlabel(xlabel, fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel, fontsize=7)
+    if mappable is not None:
+        cb = fig.colorbar(mappable, ax=axes, shrink=0.85, pad=0.02)
+        cb.set_label(_label(style), fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+    paths = [p.path for p in panels if p.path is not None]
+    far = _far_note(paths, style)
+    notes = [far] if far else []  # first: it says how to read the figure
+    if arrow_scale is not None and style.metric == "loss" and not style.surface:
+        notes.append(f"red arrows: −∇L projected on the plane, ×{arrow_scale:.3g}")
+    if paths and not style.surface:
+        notes.append("black: the training path (checkpoints by epoch, arrows in training order)")
+    total_div = sum(p.diverged for p in panels)
+    if total_div:
+        notes.append(f"{DIVERGED_COLOUR}: {total_div} diverged points (NaN/Inf)")
+    if any((~p.computed).any() for p in panels):
+        notes.append("hatched grey: not computed yet")
+    if style.clip is not None:
+        notes.append(f"clipped at {style.clip:g}")
+    _write_title(fig, suptitle)
+    _write_notes(fig, notes)
+    return axes, notes
+
+
+def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
+    """The trajectory on a plane: a marker per checkpoint labelled by its epoch, arrows in training order."""
+    assert path.y is not None
+    ax.plot(path.x, path.y, linestyle="none", marker="o", markersize=3.5, color=PATH_COLOUR, markerfacecolor="white",
+            gid="trajectory", zorder=4)
+    for i in range(len(path.x) - 1):
+        ax.annotate("", xy=(path.x[i + 1], path.y[i + 1]), xytext=(path.x[i], path.y[i]), zorder=4,
+                    arrowprops={"arrowstyle": "-|>", "color": PATH_COLOUR, "lw": 0.8, "shrinkA": 3, "shrinkB": 3,
+                                "mutation_scale": 7})
+    for epoch, x, y in zip(path.epochs, path.x, path.y, strict=True):
+        ax.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=PATH_COLOUR)
+
+
+def _target_text(s: Source) -> str:
+    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's."""
+    target = s.grid.kind.get("target") or {}
+    epoch = target.get("epoch", s.grid.config.target_epoch)
+    run = target.get("run", s.grid.config.target_run)
+    if run is not None and run != s.grid.run:
+        return f"{target.get('label') or str(run)[:8]} epoch {epoch}"
+    return f"epoch {epoch}"
+
+
+def _epochs_text(epochs: Sequence[int]) -> str:
+    return f"epoch {epochs[0]}" if len(epochs) == 1 else "epochs " + ", ".join(map(str, epochs))
+
+
+def _mark_ends(ax: Any, curves: list[Curve]) -> None:
+    """An interpolation's two checkpoints: vertical lines at t = 0 and t = 1, labelled."""
+    sources = list({id(c.source): c.source for c in curves}.values())
+    starts, ends = [], []
+    for s in sources:
+        who = f"{s.name} " if len(sources) > 1 else ""
+        starts.append(who + _epochs_text(sorted({c.epoch for c in curves if c.source is s})))
+        ends.append(_target_text(s))
+    for t, texts in ((0.0, starts), (1.0, ends)):
+        label = "; ".join(dict.fromkeys(texts))
+        ax.axvline(t, color="0.35", linestyle="--", linewidth=0.9, label=label, gid=f"t={t:g}")
+        ax.annotate(label, (t, 0.98), xycoords=ax.get_xaxis_transform(), xytext=(-2, 0), textcoords="offset points",
+                    rotation=90, rotation_mode="anchor", ha="right", va="bottom", fontsize=7, color="0.25")
+
+
+def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], style: Style,
+                suptitle: str) -> tuple[list[Any], list[str]]:
+    """Draw the `curves` of lines on one axes of `fig` (cleared first); returns the axes and the notes written."""
+    fig.clear()
+    ax: Any = fig.add_subplot(1, 1, 1)
+    source = curves[0].source
+    handles = []
+    for c in curves:
+        if not c.computed:
+            continue
+        [line] = ax.plot(c.x, _shown(c.values, style), linewidth=1.4, marker="o" if len(c.x) <= 25 else None,
+                         markersize=2.5, label=c.label)
+        handles.append(line)
+        if c.lo is not None and c.hi is not None:
+            ax.fill_between(c.x, _shown(c.lo, style), _shown(c.hi, style), color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+        bad = ~np.isfinite(c.values)
+        if bad.any():  # diverged: a gap in the curve, and a marker at the bottom
+            ax.plot(c.x[bad], np.full(int(bad.sum()), 0.03), transform=ax.get_xaxis_transform(), linestyle="none",
+                    marker="x", markersize=6, color=DIVERGED_COLOUR, gid="diverged")
+    if source.kind == "interpolate":
+        _mark_ends(ax, curves)
+    for path in paths:
+        y = _shown(path.values, style)
+        [points] = ax.plot(path.x, y, linestyle="none", marker="o", markersize=4, color=PATH_COLOUR,
+                           markerfacecolor="white", gid="trajectory", label=f"checkpoints (their own {style.metric})")
+        if path is paths[0]:
+            handles.append(points)
+        for epoch, x, v in zip(path.epochs, path.x, y, strict=True):
+            if np.isfinite(v):
+                ax.annotate(str(epoch), (x, v), xytext=(3, 3), textcoords="offset points", fontsize=6,
+                            color=PATH_COLOUR)
+    if style.log:
+        ax.set_yscale("log")
+    one_epoch = {c.epoch for c in curves}
+    ax.set_xlabel(_axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0], fontsize=8)
+    ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
+    title = _curves_title(curves)
+    diverged = sum(c.diverged for c in curves)
+    ax.set_title(title + (f"  ({diverged} diverged)" if diverged else ""), fontsize=8)
+    ax.tick_params(labelsize=7)
+    if handles:
+        ax.legend(handles=handles, fontsize=7)
+    far = _far_note(paths, style)
+    notes = [far] if far else []
+    if diverged:
+        notes.append(f"{DIVERGED_COLOUR} ×: {diverged} diverged points (NaN/Inf), gaps in the curves")
+    missing = [c.label for c in curves if not c.computed]
+    if missing:
+        notes.append(f"not computed yet, left out: {', '.join(missing)}")
+    if style.clip is not None:
+        notes.append(f"clipped at {style.clip:g}")
+    _write_title(fig, suptitle)
+    _write_notes(fig, notes)
+    return [ax], notes
+
+
+def _curves_title(curves: list[Curve]) -> str:
+    """What the curves are: which pair and batch, or what their means (and bands) are over."""
+    parts = []
+    for name in ("pair", "batch"):
+        shown = {getattr(c, name) for c in curves}
+        if len(shown) == 1 and None not in shown:
+            parts.append(f"{name} {shown.pop()}")
+        elif None not in shown:
+            parts.append(f"one curve per {name}")
+    over = curves[0].over
+    if over:
+        parts.append(f"mean over {over} (band: min–max)")
+    return ", ".join(parts)
+
+
+def _kind_text(s: Source) -> str:
+    shape = "plane" if s.dims == 2 else "line"
+    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
+            "hessian": f"Hessian eigenvector {shape}"}.get(s.kind,
+                                                                                              f"{s.kind} {shape}")
+
+
+def _geometry(s: Source) -> str:
+    """What the grid's axes are, for titles (a square random plane: "span ±S", as the first release wrote)."""
+    cfg = s.grid.config
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"span ±{cfg.span:g}" if cfg.dims == 2 else f"random line, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    if cfg.kind == "interpolate":
+        return f"interpolation from each epoch to {_target_text(s)}, {ranges}"
+    if cfg.kind == "pca" and cfg.trajectory:
+        t = list(cfg.trajectory)
+        epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
+        return f"{_kind_text(s)} of the path over epochs {epochs}, {ranges}"
+    return f"{_kind_text(s)}, {ranges}"
+
+
+def _directions_text(s: Source) -> str:
+    cfg = s.grid.config
+    if cfg.kind == "interpolate":
+        return ""
+    if cfg.layer:
+        return f"layer {cfg.layer}"
+    return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
+
+
+def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
+    s = sources[0]
+    g = s.grid.config
+    where = ", ".join(t for t in (_geometry(s), _directions_text(s), f"BatchNorm {g.bn}") if t)
+    if len(sources) == 1 and len(epochs) == 1:
+        e = epochs[0]
+        cfg, rec = s.run.config, s.epoch_record(e)
+        metrics = ""
+        if rec:
+            def acc(value: float | None) -> str:
+                return "" if value is None else f", acc {100 * value:.1f}%"
+
+            metrics = (f" — train loss {rec.train_loss:.3g}{acc(rec.train_accuracy)}; "
+                       f"val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}")
+        stats = _stats_text(s, e) if s.dims == 2 else ""
+        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
+                f"{style.metric}, {where}{stats}\nrun {s.run_id}, grid {s.grid_id}")
+    if len(sources) == 1:
+        cfg = s.run.config
+        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
+                f"{','.join(map(str, epochs))}, {_geometry(s)} (grid {s.grid_id})")
+    return f"{style.metric}, {_geometry(s)}: " + " vs ".join(x.label for x in sources)
+
+
+def _stats_text(s: Source, epoch: int) -> str:
+    """The title's "; ε-sharpness …, flat radius … (δ …)" of the epoch's mean landscape (`landscape stats`,
+    cached in the grid), or "" while the epoch is incomplete or its stats cannot be read."""
+    from landscape_cli.curvature.stats import summary, title_text
+
+    st = Store(s.path.parents[2])
+    if st.grid_dir(s.run_id, s.grid_id) != s.path:
+        return ""
+    mean = summary(st, s.run_id, s.grid, [epoch]).get(epoch)
+    return f"; {title_text(mean)}" if mean else ""
+
+
+# --- the entry point ------------------------------------------------------------------------------
+
+
+def plot(
+    runs: Sequence[str],
+    *,
+    grids: Sequence[str] = (),
+    epochs: Sequence[int] | None = None,
+    pair: int | None = None,
+    batch: int | None = None,
+    metric: str = "loss",
+    contour: bool = False,
+    surface: bool = False,
+    log: bool = False,
+    clip: float | None = None,
+    reduce: str = "none",
+    animate: bool = False,
+    out: str | os.PathLike[str] | None = None,
+    show: bool = False,
+    store: Store | str | os.PathLike[str] | None = None,
+    dpi: int = 120,
+) -> PlotResult:
+    """Draw the landscape of one or more runs' grids and save it (PNG by default, in the grid's plots/).
+
+    A plane (2-D grid) is drawn as heatmaps (or `contour`, `surface`; a PCA plane as contours with its
+    path), a line (1-D grid) as curves. Returns the saved path, the matplotlib figure, and what was
+    drawn with the arrays it shows: the panels of a plane, the curves of a line, a PCA path. The figure
+    is not registered with pyplot (the backend is left as it is); `show=True` opens it in a window.
+    """
+    if metric not in METRICS:
+        raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if reduce not in REDUCTIONS:
+        raise UsageError(f"unknown --reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+    if clip is not None and not (np.isfinite(clip) and (clip > 0 or metric == "accuracy")):
+        raise UsageError(f"--clip must be a finite positive number, got {clip}")
+    if contour and surface:
+        raise UsageError("choose one of --contour and --surface")
+    for option, value in (("--pair", pair), ("--batch", batch)):
+        if value is not None and value < 0:
+            raise UsageError(f"{option} must be at least 0, got {value}")
+    st = Store.of(store)
+    out_path = _check_out(out, animate)
+    sources = select_sources(st, runs, grids)
+    check_metric(sources, metric)
+    first = sources[0]
+    if first.dims == 1:
+        refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate)) if v]
+        if refused:
+            verb = "applies" if len(refused) == 1 else "apply"
+            raise UsageError(f"{' and '.join(refused)} {verb} to 2-D grids only: grid {first.grid_id} is a line "
+                             f"({_kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
+    chosen = _epochs_for(sources, epochs, animate)
+    # a PCA plane: contours of the metric by default (its path is drawn on them)
+    style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip)
+    path = out_path or _default_path(first, chosen, style, pair, batch, reduce, len(sources), animate)
+
+    def prepare_dir() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            check_writable(path.parent)
+        except OSError as e:  # (a StoreError too)
+            message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
+            raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+
+    if first.dims == 1:
+        curves = build_curves(sources, chosen, metric, pair, batch, reduce)
+        batches = [batch] if batch is not None else list(range(first.grid.config.batches))
+        paths = [p for p in (_trajectory(s, _read_path(s, metric), batches) for s in sources) if p is not None]
+        fig = _figure((7.5, 5.0), dpi, show)
+        try:
+            prepare_dir()
+            line_axes, line_notes = draw_curves(fig, curves, paths, style, _suptitle(sources, chosen, style))
+            _save(fig, path, dpi)
+            _show(fig, show)
+        finally:
+            _close(fig, show)
+        return PlotResult(path, fig, [], (1, 1), line_axes, None, curves, paths, sources, line_notes)
+
+    frames = [[e] for e in chosen] if animate else [chosen]
+    built = [build_panels(sources, f, metric, pair, batch, reduce) for f in frames]
+    every = [p for panels, _ in built for p in panels]
+    scale = _scale(every, style)
+    arrow = _arrow_scale(every, _reach(first)) if metric == "loss" else None
+    rows, cols = built[0][1]
+    fig = _figure((max(3.2 * cols + 1.4, 7.0), 3.0 * rows + 1.5), dpi, show)
+    axes: list[Any] = []
+    notes: list[str] = []
+    try:
+        prepare_dir()
+        if animate:
+            from matplotlib.animation import PillowWriter
+
+            writer = PillowWriter(fps=2)
+            with atomic_path(path, keep_suffix=True) as tmp, writer.saving(fig, str(tmp), dpi):
+                for (panels, shape), frame in zip(built, frames, strict=True):
+                    axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, frame, style))
+                    writer.grab_frame()
+        else:
+            panels, shape = built[0]
+            axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, chosen, style))
+            _save(fig, path, dpi)
+        _show(fig, show)
+    finally:
+        _close(fig, show)
+    last = built[-1][0]
+    paths = list({id(p.path): p.path for p in last if p.path is not None}.values())
+    return PlotResult(path, fig, last, built[-1][1], axes, arrow, [], paths, sources, notes)
+
+
+def _figure(size: tuple[float, float], dpi: int, show: bool) -> Any:
+    """A figure with constrained layout: pyplot's only for `show` (a window), else a bare Figure on Agg."""
+    if show:
+        from matplotlib import pyplot as plt
+
+        return plt.figure(figsize=size, dpi=dpi, layout="constrained")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+
+
+def _show(fig: Any, show: bool) -> None:
+    if show:
+        from matplotlib import pyplot as plt
+
+        plt.show()
+
+
+def _close(fig: Any, show: bool) -> None:
+    if show:  # the window's figure: pyplot no longer holds it
+        from matplotlib import pyplot as plt
+
+        plt.close(fig)
+
+
+def _check_out(out: str | os.PathLike[str] | None, animate: bool) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    allowed = (".gif",) if animate else FORMATS
+    if path.suffix.lower() not in allowed:
+        raise UsageError(f"--out {path}: the file name must end in {', '.join(allowed)}")
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory: give a file name ending in {', '.join(allowed)}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: the directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--out {path}: the directory {path.parent} is not writable")
+    return path
+
+
+def _default_path(source: Source, epochs: list[int], style: Style, pair: int | None, batch: int | None,
+                  reduce: str, n_sources: int, animate: bool) -> Path:
+    mode = "curve" if source.dims == 1 else "surface" if style.surface else "contour" if style.contour else "heatmap"
+    parts = [style.metric, mode]
+    if style.log:
+        parts.append("log")
+    if style.clip is not None:
+        parts.append(f"clip{style.clip:g}")
+    parts.append("epochs-" + "-".join(map(str, epochs)) if len(epochs) > 1 else f"epoch-{epochs[0]}")
+    if pair is not None:
+        parts.append(f"pair{pair}")
+    if batch is not None:
+        parts.append(f"batch{batch}")
+    if reduce != "none":
+        parts.append(f"{reduce}")
+    if n_sources > 1:
+        parts.append(f"vs{n_sources - 1}")
+    return source.plots_dir / ("_".join(parts) + (".gif" if animate else ".png"))

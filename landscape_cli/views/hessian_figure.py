@@ -1,0 +1,121 @@
+"""The figure of a run's curvature results (`landscape plot RUN --hessian`): reads Zarr, never torch.
+
+Panels: the top eigenvalues and λmin against epoch (hollow markers: not converged within the
+tolerance), the trace against epoch with its standard error, and with --density results the
+spectral density of each epoch (log scale, as PyHessian draws it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape_cli._io import atomic_path, check_writable, os_error
+from landscape_cli.errors import GridStateError, StoreError, UsageError
+from landscape_cli.store import Store
+from landscape_cli.store.meta import HessianMeta
+
+
+@dataclass
+class HessianFigure:
+    path: Path
+    figure: Any
+    meta: HessianMeta
+    epochs: list[int]
+    eigenvalues: np.ndarray  # [epoch, k]
+    lambda_min: np.ndarray  # [epoch]
+    trace: np.ndarray
+    trace_stderr: np.ndarray
+
+
+def select(st: Store, run_id: str, ref: str | None) -> HessianMeta:
+    """The run's curvature results named by id (prefix) or name, else the newest."""
+    metas = [m for m in st.hessians(run_id) if isinstance(m, HessianMeta)]
+    if not metas:
+        raise GridStateError(f"run {run_id} has no curvature results: `landscape hessian {run_id[:8]}` computes them")
+    if ref is None:
+        return max(metas, key=lambda m: (m.updated or m.created or "", m.id))
+    matches = [m for m in metas if m.name == ref] or [m for m in metas if m.id.startswith(ref)]
+    if len(matches) != 1:
+        known = ", ".join(m.id + (f" ({m.name})" if m.name else "") for m in metas)
+        raise UsageError(f"--hessian {ref!r} matches {len(matches)} of the run's curvature results ({known})")
+    return matches[0]
+
+
+def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike[str] | None = None,
+                 store: Store | str | os.PathLike[str] | None = None, dpi: int = 120) -> HessianFigure:
+    """Draw eigenvalues, λmin and trace against epoch (and the density per epoch) of a run's curvature results."""
+    import zarr
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    st = Store.of(store)
+    run_id = st.resolve(run)
+    meta = select(st, run_id, hessian)
+    root: Any = zarr.open_group(st.hessian_zarr(run_id, meta.id), mode="r", use_consolidated=False)
+    done = np.asarray(root["done"][:]) > 0
+    if not done.any():
+        raise GridStateError(f"curvature results {meta.id} have no finished epoch yet: run their `landscape hessian` "
+                             "command again")
+    order = np.argsort(np.asarray(meta.epochs))
+    keep = [int(i) for i in order if done[i]]
+    epochs = [meta.epochs[i] for i in keep]
+    values = np.asarray(root["eigenvalues"][:])[keep]
+    converged = np.asarray(root["converged"][:])[keep] > 0
+    lam_min = np.asarray(root["lambda_min"][:])[keep]
+    trace, stderr = np.asarray(root["trace"][:])[keep], np.asarray(root["trace_stderr"][:])[keep]
+    density = meta.config.density
+    path = Path(out).expanduser() if out is not None else st.hessian_dir(run_id, meta.id) / "plots" / "hessian.png"
+    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UsageError(f"--out {path}: the file name must end in .png, .pdf, .svg")
+    fig = Figure(figsize=(4.2 * (3 if density else 2), 3.6), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3 if density else 2)
+    ax = axes[0]
+    for j in range(values.shape[1]):
+        ax.plot(epochs, values[:, j], marker="o", markersize=4, label=f"λ{j + 1}")
+        bad = ~converged[:, j]
+        if bad.any():
+            ax.plot(np.asarray(epochs)[bad], values[bad, j], linestyle="none", marker="o", markersize=8,
+                    markerfacecolor="none", markeredgecolor="red")
+    ax.plot(epochs, lam_min, marker="v", markersize=4, linestyle="--", color="0.4", label="λmin")
+    ax.axhline(0, color="0.8", linewidth=0.8)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("eigenvalue", fontsize=8)
+    ax.set_title("top eigenvalues and λmin" + (" (red rings: not converged)" if not converged.all() else ""),
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.errorbar(epochs, trace, yerr=stderr, marker="o", markersize=4, capsize=3)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("trace", fontsize=8)
+    ax.set_title(f"trace (Hutchinson, {meta.config.probes} probes, ± 1 s.e.)", fontsize=8)
+    if density:
+        ax = axes[2]
+        dens = np.asarray(root["density"][:])[keep]
+        lam = np.asarray(root["density_lambda"][:])[keep]
+        for e, d, x in zip(epochs, dens, lam, strict=True):
+            ax.semilogy(x, np.maximum(d, 1e-12), label=f"epoch {e}", linewidth=1)
+        ax.set_xlabel("eigenvalue", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.set_title(f"spectral density (SLQ: {meta.config.density_probes} probes × {meta.config.density_steps} steps,"
+                     f" {meta.config.bins} bins)", fontsize=8)
+        ax.legend(fontsize=7)
+    for a in np.atleast_1d(axes):
+        a.tick_params(labelsize=7)
+    cfg = meta.config
+    fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}, BatchNorm {cfg.bn}"
+                 + (f", layer {cfg.layer}" if cfg.layer else "") + f"), results {meta.id}", fontsize=9)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path.parent)
+    except OSError as e:
+        message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
+        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+    return HessianFigure(path, fig, meta, epochs, values, lam_min, trace, stderr)

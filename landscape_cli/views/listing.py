@@ -1,0 +1,123 @@
+"""What the store holds, summarized for `landscape ls` (reads metadata and done-marks only: no torch)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from landscape_cli._io import dir_size
+from landscape_cli.errors import IntegrityError
+from landscape_cli.store import Store
+from landscape_cli.store.locks import holder
+from landscape_cli.store.meta import Damaged, GridMeta, HessianMeta, RunMeta
+
+
+def run_status(store: Store, meta: RunMeta) -> str:
+    """complete, training (someone holds the run), or stopped (rerun the command to resume)."""
+    if holder(store.run_lock_path(meta.id)) is not None:
+        return "training"
+    return "complete" if len(meta.epochs) > meta.epochs_requested else "stopped"
+
+
+def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
+    if isinstance(meta, Damaged):
+        return {"id": meta.id, "status": "damaged", "error": meta.error, "grids": []}
+    last = meta.epochs[-1] if meta.epochs else None
+    cfg = meta.config
+    return {
+        "id": meta.id,
+        "name": meta.name,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "activation": cfg.activation if "source" not in meta.model else "-",  # a factory's model is never rewritten
+        "optimizer": cfg.optimizer,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "epochs_done": max(len(meta.epochs) - 1, 0) if meta.epochs else None,
+        "epochs_requested": meta.epochs_requested,
+        "status": run_status(store, meta),
+        "val_accuracy": last.val_accuracy if last else None,
+        "val_loss": last.val_loss if last else None,
+        "size_bytes": dir_size(store.run_dir(meta.id)),
+        "path": str(store.run_dir(meta.id)),
+        "grids": [grid_summary(store, meta.id, g) for g in store.grids(meta.id)],
+        "hessians": [hessian_summary(store, meta.id, h) for h in store.hessians(meta.id)],
+    }
+
+
+def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[str, Any]:
+    """What `ls` shows of a grid, with its progress read from the Zarr done-marks."""
+    if isinstance(meta, Damaged):
+        return {"id": meta.id, "status": "damaged", "error": meta.error}
+    from landscape_cli.curvature.stats import summary
+    from landscape_cli.store.grid_arrays import Rows
+
+    cfg = meta.config
+    zarr_path = store.zarr_path(run_id, meta.id)
+    try:
+        rows_done, rows_total, diverged = Rows(zarr_path, "r").progress()
+    except (OSError, ValueError, KeyError, IntegrityError) as e:
+        return {"id": meta.id, "status": "damaged", "error": f"cannot read {zarr_path}: {e}"}
+    shape = [len(meta.epochs), cfg.pairs, cfg.batches, *(a.count for a in reversed(cfg.axes))]
+    return {
+        "id": meta.id,
+        "name": meta.name,
+        "kind": cfg.kind,
+        "dims": cfg.dims,
+        "description": describe_grid(meta),
+        "epochs": meta.epochs,
+        "dimensions": ["epoch", "pair", "batch", *(("y", "x") if cfg.dims == 2 else ("x",))],
+        "shape": shape,
+        "width": cfg.width,
+        "span": cfg.span,
+        "ranges": [list(r) for r in meta.ranges],
+        "norm": cfg.norm,
+        "bn": cfg.bn,
+        "layer": cfg.layer,
+        "precision": cfg.precision,
+        "evaluator": meta.evaluator,  # how its points are computed (recorded when it was created)
+        "facts": meta.kind,
+        "rows_done": rows_done,
+        "rows_total": rows_total,
+        "done": rows_done / rows_total if rows_total else 0.0,
+        "diverged": diverged,
+        "status": "complete" if rows_total and rows_done == rows_total else "partial",
+        "path": str(store.grid_dir(run_id, meta.id)),
+        "stats": summary(store, run_id, meta),  # per epoch: the mean landscape's metrics (None while incomplete)
+    }
+
+
+def describe_grid(meta: GridMeta) -> str:
+    """A grid's kind and shape in a few words: "random 2-D 41x41 ±1", "interpolate 1-D 41 t∈[-0.5, 1.5] to epoch 9"."""
+    cfg = meta.config
+    shape = "x".join(str(a.count) for a in reversed(cfg.axes))
+    spans = f"±{cfg.span:g}" if cfg.span is not None else " ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in meta.ranges)
+    out = f"{cfg.kind} {cfg.dims}-D {shape} {spans}"
+    if cfg.kind == "interpolate":
+        target = meta.kind.get("target", {})
+        where = "" if target.get("run") == meta.run else f" of run {target.get('label') or target.get('run')}"
+        out += f" to epoch {target.get('epoch')}{where}"
+    return out
+
+
+def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> dict[str, Any]:
+    """What `ls --json` shows of a run's curvature results (`landscape hessian`)."""
+    if isinstance(meta, Damaged):
+        return {"id": meta.id, "status": "damaged", "error": meta.error}
+    import numpy as np
+    import zarr
+
+    try:
+        done = np.asarray(zarr.open_array(store.hessian_zarr(run_id, meta.id) / "done", mode="r")[:]) > 0
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        return {"id": meta.id, "status": "damaged", "error": f"cannot read its done-marks: {e}"}
+    cfg = meta.config
+    return {"id": meta.id, "name": meta.name, "epochs": meta.epochs,
+            "epochs_done": [e for e, d in zip(meta.epochs, done, strict=False) if d], "top": cfg.top,
+            "batches": cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
+            "status": "complete" if done.size and done.all() else "partial",
+            "path": str(store.hessian_dir(run_id, meta.id))}
+
+
+def list_runs(store: Store) -> list[dict[str, Any]]:
+    return [run_summary(store, meta) for meta in store.runs()]
