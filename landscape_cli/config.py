@@ -10,6 +10,7 @@ from landscape_cli._io import short_hash
 from landscape_cli.errors import UnknownNameError, UsageError
 
 OPTIMIZERS = ("adam", "sgd")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")  # what --activation rewrites built-in models with (models/ builds them)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # Bump when the training procedure changes in a way that changes the weights, so old runs keep their ids.
 TRAINING_PROCEDURE = 1
@@ -61,9 +62,7 @@ class TrainConfig:
     imported: tuple[str, ...] | None = None  # `landscape import`: each epoch's weights hash, in order
 
     def validate(self) -> TrainConfig:
-        from landscape_cli.models import check_activation
-
-        check_activation(self.activation)
+        choice(self.activation, ACTIVATIONS, "activation")
         choice(self.optimizer, OPTIMIZERS, "optimizer")
         positive_int(self.batch_size, "--batch-size")
         finite(self.lr, "--lr", positive=True)

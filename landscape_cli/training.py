@@ -24,12 +24,14 @@ from landscape_cli import __version__
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from landscape_cli._progress import progress_bar
 from landscape_cli.config import TrainConfig, positive_int
-from landscape_cli.data import Dataset, dataset_source, load_dataset
+from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
+from landscape_cli.data.losses import Loss, get_loss, loss_for_task
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.device import select_device, tune_allocator, use_channels_last
-from landscape_cli.kernel.losses import CrossEntropy, Loss, get_loss, loss_for_task
-from landscape_cli.models import build, checkpoints, count_parameters, model_source
-from landscape_cli.plugins import Source, one_line
+from landscape_cli.kernel.evaluate import evaluate_split
+from landscape_cli.models import build, checkpoints, model_source
+from landscape_cli.models.records import model_args, model_record, probe
+from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name, optimizer_name
 from landscape_cli.store.meta import EpochRecord, FileRecord, RunMeta
 
@@ -59,25 +61,6 @@ def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.device,
-                   batch_size: int = 1024, channels_last: bool = False,
-                   scorer: Loss | None = None) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for a regression) over a whole split, in eval mode."""
-    scorer = scorer or CrossEntropy()
-    x_all, y_all = data.split(split)
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0.0
-    with torch.inference_mode():
-        for start in range(0, len(y_all), batch_size):
-            x = data.prepare(x_all[start:start + batch_size], device, channels_last)
-            y = y_all[start:start + batch_size].to(device)
-            out = model(x)
-            total_loss += scorer(out, y).item() * len(y)
-            correct += scorer.correct(out, y).item()
-    model.train(was_training)
-    n = len(y_all)
-    return total_loss / n, (correct / n if scorer.has_accuracy else None)
 
 
 def train(
@@ -144,50 +127,10 @@ def train(
                                  scorer)
 
 
-def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
-    """Score the model on the first two training samples before anything is written: a model that does not
-    fit the data (shapes, dtypes) fails here with one line instead of a traceback in the middle of an epoch."""
-    if model_src.builtin and data_src.builtin:
-        return
-    net = build(model_src, model_args(model_src, data, activation))
-    x, y = data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2]
-    try:
-        with torch.no_grad():
-            scorer(net.eval()(x), y)
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"model {model_src.ref!r} failed on the first samples of dataset {data_src.ref!r} "
-                         f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
 
 
-def model_args(source: Source, data: Dataset, activation: str) -> dict[str, Any]:
-    """The arguments a model is built with for `data`: a built-in's (images [C, H, W] only) or a factory's."""
-    if not source.builtin:
-        return {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
-    shape = data.input_shape
-    if len(shape) != 3 or shape[1] != shape[2] or (not data.train_x.is_floating_point() and not data.images):
-        raise UsageError(f"the built-in model {source.ref!r} takes square images [N, C, H, H]; the dataset's inputs are "
-                         f"{[len(data.train_x), *shape]} {data.train_x.dtype}: use a model factory for other inputs")
-    return {"in_channels": shape[0], "num_classes": data.num_outputs, "image_size": shape[1], "activation": activation}
 
 
-def dataset_record(source: Source, data: Dataset) -> dict[str, Any]:
-    """What run.json records of a dataset (a built-in's keys as the first release wrote them, and more)."""
-    record: dict[str, Any] = {"name": source.ref, "channels": data.info.channels, "size": data.info.size,
-                              "num_classes": data.num_outputs, "train_size": len(data.train_y),
-                              "val_size": len(data.val_y), "task": data.task, "num_outputs": data.num_outputs,
-                              "input_shape": list(data.input_shape)}
-    if not source.builtin:
-        record.update(sha256=data.sha256, source=source.to_json())
-    return record
-
-
-def model_record(source: Source, args: dict[str, Any], net: nn.Module) -> dict[str, Any]:
-    record: dict[str, Any] = {"name": source.ref, "args": args, "parameters": count_parameters(net)}
-    if not source.builtin:
-        record["source"] = source.to_json()
-    return record
 
 
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,

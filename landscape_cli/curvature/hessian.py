@@ -35,18 +35,18 @@ from landscape_cli import __version__
 from landscape_cli._io import create_once, file_sha256, leave_no_trace, make_dirs, now, os_error, short_hash
 from landscape_cli._progress import progress_bar
 from landscape_cli.config import HessianConfig, check_batches, parse_batches
+from landscape_cli.curvature.spectrum import extreme_eigenpairs, hutchinson_trace, spectral_density
 from landscape_cli.data import load_dataset
+from landscape_cli.data.losses import run_loss
 from landscape_cli.directions import perturbed_names
-from landscape_cli.engine.execute import Batches
-from landscape_cli.engine.plan import epoch_record
 from landscape_cli.errors import GridStateError, UsageError
+from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
-from landscape_cli.kernel.hvp import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
-from landscape_cli.kernel.losses import run_loss
+from landscape_cli.kernel.hvp import operator
 from landscape_cli.models import checkpoints
 from landscape_cli.store import Store, direction_name
 from landscape_cli.store.grid_arrays import grow
-from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta
+from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta, epoch_record
 
 FORMAT = "landscape-hessian-eigenvectors/1"
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)

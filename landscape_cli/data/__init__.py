@@ -5,6 +5,7 @@ from landscape_cli.data.registry import (
     Dataset,
     DatasetInfo,
     dataset_info,
+    dataset_record,
     dataset_source,
     default_data_dir,
     digits_arrays,
@@ -15,5 +16,7 @@ from landscape_cli.data.registry import (
     tensors_sha256,
 )
 
-__all__ = ["DATA_ENV", "Dataset", "DatasetInfo", "dataset_info", "dataset_source", "default_data_dir", "digits_arrays",
-           "from_factory", "list_datasets", "load_dataset", "register_dataset", "tensors_sha256"]
+__all__ = [
+    "DATA_ENV", "Dataset", "DatasetInfo", "dataset_info", "dataset_record", "dataset_source", "default_data_dir",
+    "digits_arrays", "from_factory", "list_datasets", "load_dataset", "register_dataset", "tensors_sha256",
+]

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landscape_cli.data.losses import TASKS, loss_for_task
 from landscape_cli.errors import DatasetUnavailableError, UnknownNameError, UsageError
-from landscape_cli.kernel.losses import TASKS, loss_for_task
 from landscape_cli.plugins import Source, resolve
 
 DATA_ENV = "LANDSCAPE_DATA"
@@ -312,3 +312,14 @@ register_dataset(
         "CIFAR-10 colour images, 32x32 (torchvision)", False,
     )
 )(_torchvision("cifar-10", "CIFAR10", _cifar_files))
+
+
+def dataset_record(source: Source, data: Dataset) -> dict[str, Any]:
+    """What run.json records of a dataset (a built-in's keys as the first release wrote them, and more)."""
+    record: dict[str, Any] = {"name": source.ref, "channels": data.info.channels, "size": data.info.size,
+                              "num_classes": data.num_outputs, "train_size": len(data.train_y),
+                              "val_size": len(data.val_y), "task": data.task, "num_outputs": data.num_outputs,
+                              "input_shape": list(data.input_shape)}
+    if not source.builtin:
+        record.update(sha256=data.sha256, source=source.to_json())
+    return record

@@ -27,15 +27,16 @@ from landscape_cli.data import load_dataset
 from landscape_cli.directions import GridContext, get_kind, parameter_signature
 from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import Share
-from landscape_cli.engine.execute import Batches, Evaluation, checkpoint_loss, deterministic_kernels, execute, load_epoch_model
-from landscape_cli.engine.plan import GridOptions, Plan, epoch_record, resolve, status
+from landscape_cli.engine.execute import Evaluation, checkpoint_loss, deterministic_kernels, execute, load_epoch_model
+from landscape_cli.engine.plan import GridOptions, Plan, resolve, status
 from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, UsageError
+from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.models import checkpoints
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows, create, grow, open_group, repair, stored_epochs
 from landscape_cli.store.locks import is_locked
-from landscape_cli.store.meta import GridMeta, RunMeta
+from landscape_cli.store.meta import GridMeta, RunMeta, epoch_record
 
 MAX_POINTS_PER_PASS = 4096
 

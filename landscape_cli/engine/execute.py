@@ -12,7 +12,6 @@ partition gives it, without locks, and returns when they are written.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,17 +21,17 @@ import numpy as np
 import torch
 
 from landscape_cli._progress import progress_bar, stderr_console
-from landscape_cli.data import Dataset
+from landscape_cli.data.losses import run_loss
 from landscape_cli.directions import EpochModel, GridContext, get_kind
 from landscape_cli.engine.distributed import Share
-from landscape_cli.engine.plan import Plan, epoch_record
+from landscape_cli.engine.plan import Plan
+from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import use_channels_last
-from landscape_cli.kernel.evaluate import Batch, Evaluator
-from landscape_cli.kernel.losses import run_loss
+from landscape_cli.kernel.evaluate import Evaluator
 from landscape_cli.models import checkpoints
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.locks import is_locked
-from landscape_cli.store.meta import GridMeta
+from landscape_cli.store.meta import GridMeta, epoch_record
 
 
 @dataclass(frozen=True)
@@ -91,35 +90,6 @@ class Outcome:
     seconds_rows: float = 0.0  # time spent evaluating and writing rows (excludes set-up)
 
 
-class Batches:
-    """The data a grid point sees, loaded once: the split's first `batches` slices of `batch_size` (one
-    value each), or with `whole` the whole split in `batch_size` pieces pooled into one value, the
-    mean over samples (`weights`: each piece's size). With BatchNorm computing batch statistics, a
-    last piece smaller than half a batch is merged into the one before it."""
-
-    def __init__(self, data: Dataset, split: str, batches: int, batch_size: int, whole: bool = False,
-                 bn: str = "train") -> None:
-        self.data = data
-        x, y = data.split(split)
-        if whole:
-            bounds = [*list(range(0, len(y), batch_size)), len(y)]
-            if bn != "eval" and len(bounds) > 2 and bounds[-1] - bounds[-2] < batch_size / 2:
-                del bounds[-2]
-            self.cpu = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
-            self.weights: np.ndarray | None = np.array([b - a for a, b in itertools.pairwise(bounds)],
-                                                       np.float64)
-        else:
-            self.cpu = [(x[i * batch_size:(i + 1) * batch_size], y[i * batch_size:(i + 1) * batch_size])
-                        for i in range(batches)]
-            self.weights = None
-
-    @classmethod
-    def of(cls, data: Dataset, cfg: Any) -> Batches:
-        """The batches of a grid's (or curvature results') configuration."""
-        return cls(data, cfg.split, cfg.batches, cfg.batch_size, cfg.whole, cfg.bn)
-
-    def on(self, device: torch.device, channels_last: bool) -> list[Batch]:
-        return [(self.data.prepare(x, device, channels_last), y.to(device)) for x, y in self.cpu]
 
 
 def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device,

@@ -21,7 +21,7 @@ from landscape_cli.directions import get_kind
 from landscape_cli.errors import GridStateError, RunNotFoundError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
-from landscape_cli.store.meta import EpochRecord, RunMeta
+from landscape_cli.store.meta import RunMeta
 
 Owner = Callable[[int, int, int], bool]  # (epoch index, pair, row) -> whether this process computes it
 
@@ -195,9 +195,3 @@ class Plan:
         done = {(self.index[e], p): rows.done(self.index[e], p) for e in self.epochs for p in range(self.cfg.pairs)}
         return sum(int(done[ei, p][y]) for ei, p, y in self._units(mine))
 
-
-def epoch_record(run: RunMeta, epoch: int) -> EpochRecord:
-    record = run.record(epoch)
-    if record is None:
-        raise GridStateError(f"run {run.id} has no checkpoint for epoch {epoch}")
-    return record

@@ -22,15 +22,16 @@ from landscape_cli import __version__
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now
 from landscape_cli._progress import progress_bar
 from landscape_cli.config import TrainConfig
-from landscape_cli.data import dataset_source, load_dataset
+from landscape_cli.data import dataset_record, dataset_source, load_dataset
+from landscape_cli.data.losses import get_loss, loss_for_task
 from landscape_cli.errors import UsageError
 from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
 from landscape_cli.kernel.device import select_device
-from landscape_cli.kernel.losses import get_loss, loss_for_task
+from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.models import build, checkpoints, model_source
+from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.store import Store, checkpoint_name
 from landscape_cli.store.meta import EpochRecord, RunMeta
-from landscape_cli.training import dataset_record, evaluate_split, model_args, model_record, probe
 
 
 @dataclass

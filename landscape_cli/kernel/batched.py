@@ -2,7 +2,7 @@
 
 A group of k points is k weight sets stacked along a new leading dimension ([k, *shape] for each
 tensor the slice moves), each written from the slice's saved starting values by the very
-operations the point-by-point loop writes into the model (`Slice._write`: Affine base + c1·d1
+operations the point-by-point loop writes into the model (`Slice.write_point`: Affine base + c1·d1
 (+ c2·d2), Segment (1 − t)·a + t·b, exact at t = 0 and t = 1). One forward pass per batch then
 runs all k through ``vmap(functional_call(model, stacked, x))``; the tensors the slice does not move
 (and the inputs) are not batched. The model's own tensors are never written.
@@ -24,14 +24,12 @@ points measured 2-3x slower there), so CPU gets 1.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-if TYPE_CHECKING:
-    from landscape_cli.kernel.evaluate import Batch, Point, Slice
+from landscape_cli.kernel.types import Batch, Point, Writable
 
 MAX_POINTS_PER_PASS = 64
 
@@ -48,15 +46,15 @@ def tensor_names(model: nn.Module, tensors: Sequence[Tensor]) -> list[str]:
 
 
 @torch.no_grad()
-def stack_points(s: Slice, points: Sequence[Point]) -> list[Tensor]:
+def stack_points(s: Writable, points: Sequence[Point]) -> list[Tensor]:
     """The slice's tensors at each point, stacked: one [len(points), *shape] tensor per tensor of the slice."""
     stacked = [torch.empty((len(points), *t.shape), dtype=t.dtype, device=t.device) for t in s.tensors]
     for i, point in enumerate(points):
-        s._write([t[i] for t in stacked], point)
+        s.write_point([t[i] for t in stacked], point)
     return stacked
 
 
-def evaluate_points(s: Slice, points: Sequence[Point], points_per_pass: int) -> tuple[Tensor, Tensor]:
+def evaluate_points(s: Writable, points: Sequence[Point], points_per_pass: int) -> tuple[Tensor, Tensor]:
     """Loss and accuracy at each point, `points_per_pass` points per forward pass: [len(points), len(batches)]
     tensors on the device (not pooled). The model is in the evaluator's BatchNorm mode already."""
     for point in points:

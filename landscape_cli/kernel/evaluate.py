@@ -34,12 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from landscape_cli.config import BN_MODES, PRECISIONS, choice, positive_int
+from landscape_cli.data import Dataset
+from landscape_cli.data.losses import CrossEntropy, Loss, get_loss, loss_for_targets
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel import batched
-from landscape_cli.kernel.losses import CrossEntropy, Loss, get_loss, loss_for_targets
-
-Batch = tuple[Tensor, Tensor]
-Point = Sequence[float]
+from landscape_cli.kernel.types import Batch, Point
 
 
 @dataclass
@@ -89,9 +88,9 @@ class Slice:
         return self.base
 
     def _set(self, point: Point) -> None:
-        self._write(self.tensors, point)
+        self.write_point(self.tensors, point)
 
-    def _write(self, targets: list[Tensor], point: Point) -> None:
+    def write_point(self, targets: list[Tensor], point: Point) -> None:
         """Write the slice's tensors at `point` into `targets` (the model's tensors, or one point's stacked copies)."""
         raise NotImplementedError
 
@@ -180,7 +179,7 @@ class Affine(Slice):
         self.directions = [[_like(p, d[n]) for p, n in zip(self.params, names, strict=True)] for d in directions]
 
     @torch.no_grad()
-    def _write(self, targets: list[Tensor], point: Point) -> None:
+    def write_point(self, targets: list[Tensor], point: Point) -> None:
         base = self._save()
         torch._foreach_copy_(targets, base)
         for c, d in zip(point, self.directions, strict=True):
@@ -230,7 +229,7 @@ class Segment(Slice):
         self.end = [_like(t, e) for t, e in zip(tensors, end, strict=True)]
 
     @torch.no_grad()
-    def _write(self, targets: list[Tensor], point: Point) -> None:
+    def write_point(self, targets: list[Tensor], point: Point) -> None:
         (t,) = point
         torch._foreach_copy_(targets, self.start)
         if t != 0.0:
@@ -310,7 +309,7 @@ class Evaluator:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
     @contextlib.contextmanager
-    def _modes(self) -> Iterator[None]:
+    def modes(self) -> Iterator[None]:
         """Set the BatchNorm mode and the precision for the block, then restore every mode and buffer of the model."""
         with self._precision(), self._bn_modes():
             yield
@@ -346,7 +345,7 @@ class Evaluator:
     def slice(self, s: Slice) -> Iterator[Slice]:
         """Evaluate the slice `s` (built on this evaluator's model and batches), restoring everything after."""
         self._configure(s)
-        with self._modes():
+        with self.modes():
             try:
                 yield s
             finally:
@@ -366,7 +365,7 @@ class Evaluator:
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """The model's own loss and accuracy on each batch (in this evaluator's BatchNorm mode)."""
         s = self._configure(Slice(self.model, self.batches, [], 0))
-        with self._modes():
+        with self.modes():
             return s._values()
 
 
@@ -379,7 +378,7 @@ def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, 
     `d1`/`d2` map parameter names to direction tensors (e.g. from `landscape_cli.directions.normalize`);
     parameters not named are not perturbed. The loss follows the targets (integer class indices:
     cross-entropy with accuracy; float targets: mean squared error, accuracy NaN) unless `loss`
-    ("cross-entropy", "mse" or a `landscape_cli.kernel.losses.Loss`) names it.
+    ("cross-entropy", "mse" or a `landscape_cli.data.losses.Loss`) names it.
     """
     if not batches:
         raise UsageError("evaluate_plane needs at least one (inputs, targets) batch")
@@ -393,3 +392,24 @@ def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, 
             l_row, a_row = plane.evaluate([(float(a), float(b)) for a in a_values])
             out[:, row, :], acc[:, row, :] = l_row.T, a_row.T
     return out, acc
+
+
+def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.device,
+                   batch_size: int = 1024, channels_last: bool = False,
+                   scorer: Loss | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for a regression) over a whole split, in eval mode."""
+    scorer = scorer or CrossEntropy()
+    x_all, y_all = data.split(split)
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0.0
+    with torch.inference_mode():
+        for start in range(0, len(y_all), batch_size):
+            x = data.prepare(x_all[start:start + batch_size], device, channels_last)
+            y = y_all[start:start + batch_size].to(device)
+            out = model(x)
+            total_loss += scorer(out, y).item() * len(y)
+            correct += scorer.correct(out, y).item()
+    model.train(was_training)
+    n = len(y_all)
+    return total_loss / n, (correct / n if scorer.has_accuracy else None)

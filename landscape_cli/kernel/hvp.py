@@ -1,20 +1,11 @@
-"""The curvature kernel: Hessian-vector products, extreme eigenpairs, trace and spectral density.
+"""Hessian-vector products: the kernel of every curvature result.
 
 The Hessian is that of L(w) = mean over the batches of each batch's loss (the average of the
 per-batch values a grid stores; with --batches all the mean over the split's samples), over the
 parameters a grid perturbs, at the model's weights, in a BatchNorm mode (as `evaluate.Evaluator`
 sets it). A Hessian-vector product is one double backward per batch (Pearlmutter's trick:
-Hv = ∇(∇L·v)), about 3-4.5 times a forward and backward pass.
-
-- Eigenpairs: scipy's ARPACK Lanczos (`eigsh`, implicitly restarted, with reorthogonalization) on
-  the products, in float64, from a seeded start vector, for the K largest algebraic eigenvalues and
-  separately the smallest; power iteration with deflation stalls on the clustered top eigenvalues
-  of softmax networks. Each pair's residual ‖Hv − λv‖/|λ| is measured with one more product.
-- Trace: Hutchinson's estimator, the mean of zᵀHz over seeded Rademacher probes, with its standard
-  error.
-- Density: stochastic Lanczos quadrature (Ghorbani et al. 2019, PyHessian): for each probe, the
-  Ritz values of `steps` Lanczos steps (full reorthogonalization) weighted by the squared first
-  components of their eigenvectors, smoothed with a Gaussian of width `sigma` on `bins` bins.
+Hv = ∇(∇L·v)), about 3-4.5 times a forward and backward pass. `curvature.spectrum` turns the
+products into eigenpairs, a trace and a spectral density.
 
 The model's weights, buffers and modes are left exactly as they were.
 """
@@ -22,22 +13,14 @@ The model's weights, buffers and modes are left exactly as they were.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from landscape_cli.data.losses import CrossEntropy, Loss
 from landscape_cli.kernel.evaluate import Batch, Evaluator
-from landscape_cli.kernel.losses import CrossEntropy, Loss
-
-
-def _generator(seed: int, what: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"landscape-hessian:{seed}:{what}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 class HessianOperator:
@@ -114,7 +97,7 @@ def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], b
         raise ValueError("the Hessian is defined for --bn train or eval")
     params = dict(model.named_parameters())
     flags = {n: params[n].requires_grad for n in names}
-    with evaluator._modes():
+    with evaluator.modes():
         for n in names:
             params[n].requires_grad_(True)
         try:
@@ -122,134 +105,3 @@ def operator(model: nn.Module, batches: Sequence[Batch], names: Sequence[str], b
         finally:
             for n, flag in flags.items():
                 params[n].requires_grad_(flag)
-
-
-@dataclass
-class Eigenpairs:
-    values: np.ndarray  # [k], descending
-    vectors: np.ndarray  # [size, k], unit norm
-    residuals: np.ndarray  # [k]: ‖Hv − λv‖ / |λ|
-
-
-def extreme_eigenpairs(op: HessianOperator, k: int, which: str, seed: int, tol: float = 1e-4,
-                       max_products: int = 3000, shift: float | None = None) -> Eigenpairs:
-    """The `k` largest ("LA") or smallest ("SA") algebraic eigenpairs, with measured residuals.
-
-    The smallest are found as the largest-magnitude eigenvalues of H − shift·I with `shift` the
-    largest eigenvalue (all of its eigenvalues are then <= 0, the smallest of H the largest in
-    magnitude), as Li et al.'s code does: asking ARPACK for the smallest algebraic ones directly
-    crawls when the spectrum clusters near zero. At most about `max_products` Hessian-vector
-    products are spent; pairs that did not converge in that budget keep their (large) residuals.
-    """
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-    n = op.size
-    v0 = _generator(seed, f"start:{which}").standard_normal(n)
-    if k >= n - 1 or n <= 16:  # ARPACK needs k < n - 1: small problems are solved densely
-        dense = np.stack([op(e) for e in np.eye(n)], axis=1)
-        values, vectors = np.linalg.eigh((dense + dense.T) / 2)
-    else:
-        ncv = min(n, max(2 * k + 1, 20))
-        offset = 0.0
-        if which == "SA":
-            offset = shift if shift is not None else float(extreme_eigenpairs(op, 1, "LA", seed, tol).values[0])
-
-        def matvec(v: np.ndarray) -> np.ndarray:
-            out = op(v)
-            return out - offset * np.asarray(v).reshape(-1) if offset else out
-
-        linear = LinearOperator((n, n), matvec=matvec, dtype=np.float64)  # type: ignore[call-arg]
-        try:
-            values, vectors = eigsh(linear, k=k, which="LA" if which == "LA" else "LM", v0=v0, tol=tol, ncv=ncv,
-                                    maxiter=max(1, max_products // ncv))
-        except ArpackNoConvergence as e:  # keep what converged; the residuals say which did not
-            values, vectors = e.eigenvalues, e.eigenvectors
-            if len(values) == 0:  # nothing converged: the best Ritz pair of a plain Lanczos run instead
-                alphas, betas, basis = lanczos(op, v0, min(n, 2 * ncv), keep_basis=True)
-                theta, y = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
-                pick = np.argsort(theta)[::-1][:k] if which == "LA" else np.argsort(theta)[:k]
-                values, vectors = theta[pick] - offset, basis.T @ y[:, pick]
-        values = values + offset
-    order = np.argsort(values)[::-1] if which == "LA" else np.argsort(values)
-    values, vectors = values[order][:k], vectors[:, order][:, :k]
-    for j in range(vectors.shape[1]):  # a deterministic sign: the largest component positive
-        if vectors[np.argmax(np.abs(vectors[:, j])), j] < 0:
-            vectors[:, j] *= -1
-    residuals = np.array([np.linalg.norm(op(vectors[:, j]) - values[j] * vectors[:, j]) / max(abs(values[j]), 1e-30)
-                          for j in range(vectors.shape[1])])
-    return Eigenpairs(values, vectors, residuals)
-
-
-@dataclass
-class Trace:
-    value: float
-    stderr: float
-    probes: int
-
-
-def hutchinson_trace(op: HessianOperator, probes: int, seed: int) -> Trace:
-    """tr(H) ≈ mean of zᵀHz over Rademacher probes z, with the standard error of that mean."""
-    rng = _generator(seed, "trace")
-    samples = []
-    for _ in range(probes):
-        z = rng.choice([-1.0, 1.0], size=op.size)
-        samples.append(float(z @ op(z)))
-    values = np.asarray(samples)
-    stderr = float(values.std(ddof=1) / np.sqrt(probes)) if probes > 1 else float("nan")
-    return Trace(float(values.mean()), stderr, probes)
-
-
-@dataclass
-class Density:
-    centres: np.ndarray  # [bins] eigenvalue at each bin's centre
-    density: np.ndarray  # [bins] probability density (integrates to ~1 over the bins)
-    probes: int
-    steps: int
-    sigma: float
-
-
-def lanczos(op: HessianOperator, v: np.ndarray, steps: int, keep_basis: bool = False) -> Any:
-    """`steps` Lanczos steps from v with full reorthogonalization: the tridiagonal's (alpha, beta)
-    (and, with `keep_basis`, the orthonormal basis [steps, size])."""
-    basis = [v / np.linalg.norm(v)]
-    alphas, betas = [], []
-    for i in range(min(steps, op.size)):
-        w = op(basis[i])
-        alpha = float(w @ basis[i])
-        for b in basis:  # full reorthogonalization (twice is enough)
-            w -= (w @ b) * b
-        for b in basis:
-            w -= (w @ b) * b
-        alphas.append(alpha)
-        beta = float(np.linalg.norm(w))
-        if i == steps - 1 or beta < 1e-10:
-            break
-        betas.append(beta)
-        basis.append(w / beta)
-    if keep_basis:
-        return np.array(alphas), np.array(betas), np.stack(basis[:len(alphas)])
-    return np.array(alphas), np.array(betas)
-
-
-def spectral_density(op: HessianOperator, probes: int, steps: int, bins: int, seed: int,
-                     bounds: tuple[float, float] | None = None, sigma_fraction: float = 0.01) -> Density:
-    """Stochastic Lanczos quadrature: a Gaussian-smoothed estimate of the eigenvalue density."""
-    rng = _generator(seed, "density")
-    nodes, weights = [], []
-    for _ in range(probes):
-        alphas, betas = lanczos(op, rng.choice([-1.0, 1.0], size=op.size), steps)
-        t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, vectors = np.linalg.eigh(t)
-        nodes.append(theta)
-        weights.append(vectors[0] ** 2)
-    allnodes = np.concatenate(nodes)
-    lo, hi = bounds if bounds is not None else (float(allnodes.min()), float(allnodes.max()))
-    pad = 0.05 * (hi - lo) if hi > lo else 1.0
-    lo, hi = lo - pad, hi + pad
-    sigma = sigma_fraction * (hi - lo)
-    centres = np.linspace(lo, hi, bins)
-    density = np.zeros(bins)
-    for theta, w in zip(nodes, weights, strict=True):
-        density += (w[None, :] * np.exp(-((centres[:, None] - theta[None, :]) ** 2) / (2 * sigma ** 2))).sum(axis=1)
-    density /= probes * sigma * np.sqrt(2 * np.pi)
-    return Density(centres, density, probes, steps, sigma)

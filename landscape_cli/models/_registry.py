@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from landscape_cli.config import ACTIVATIONS as ACTIVATION_NAMES
+from landscape_cli.config import choice
 from landscape_cli.errors import UnknownNameError, UsageError
 from landscape_cli.plugins import Source, resolve
 
@@ -16,6 +18,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
 }
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATIONS names the activations built here"
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -53,8 +56,7 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def check_activation(name: str) -> None:
-    if name not in ACTIVATIONS:
-        raise UnknownNameError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}")
+    choice(name, list(ACTIVATIONS), "activation")
 
 
 def make_activation(name: str) -> nn.Module:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli.config import GridConfig, HessianConfig, TrainConfig
-from landscape_cli.errors import IntegrityError
+from landscape_cli.errors import GridStateError, IntegrityError
 
 RUN_FORMAT = 1
 GRID_FORMAT = 2  # 1: landscape 0.1.0 (2-D random grids only); 2: adds "axes" and "kind" records
@@ -326,3 +326,10 @@ class Damaged:
 
     id: str
     error: str
+
+
+def epoch_record(run: RunMeta, epoch: int) -> EpochRecord:
+    record = run.record(epoch)
+    if record is None:
+        raise GridStateError(f"run {run.id} has no checkpoint for epoch {epoch}")
+    return record

@@ -1,0 +1,49 @@
+"""What a run records of its model, and the checks made before a run is written (`train`, `import`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from landscape_cli.data import Dataset
+from landscape_cli.data.losses import Loss
+from landscape_cli.errors import UsageError
+from landscape_cli.models._registry import build, count_parameters
+from landscape_cli.plugins import Source, one_line
+
+
+def model_args(source: Source, data: Dataset, activation: str) -> dict[str, Any]:
+    """The arguments a model is built with for `data`: a built-in's (images [C, H, W] only) or a factory's."""
+    if not source.builtin:
+        return {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    shape = data.input_shape
+    if len(shape) != 3 or shape[1] != shape[2] or (not data.train_x.is_floating_point() and not data.images):
+        raise UsageError(f"the built-in model {source.ref!r} takes square images [N, C, H, H]; the dataset's inputs are "
+                         f"{[len(data.train_x), *shape]} {data.train_x.dtype}: use a model factory for other inputs")
+    return {"in_channels": shape[0], "num_classes": data.num_outputs, "image_size": shape[1], "activation": activation}
+
+
+def model_record(source: Source, args: dict[str, Any], net: nn.Module) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": source.ref, "args": args, "parameters": count_parameters(net)}
+    if not source.builtin:
+        record["source"] = source.to_json()
+    return record
+
+
+def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
+    """Score the model on the first two training samples before anything is written: a model that does not
+    fit the data (shapes, dtypes) fails here with one line instead of a traceback in the middle of an epoch."""
+    if model_src.builtin and data_src.builtin:
+        return
+    net = build(model_src, model_args(model_src, data, activation))
+    x, y = data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2]
+    try:
+        with torch.no_grad():
+            scorer(net.eval()(x), y)
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"model {model_src.ref!r} failed on the first samples of dataset {data_src.ref!r} "
+                         f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e

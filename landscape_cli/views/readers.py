@@ -1,0 +1,371 @@
+"""What every view and export reads, and how it chooses it: the grids of runs (`select_sources`, as
+`landscape plot` chooses them), a run's curvature results (`select_hessian`), a grid's values per
+epoch (`read_epoch` for a plane, `read_line` for a line), a PCA grid's trajectory (`read_path`,
+`trajectory`), and the texts that name what a grid is (`geometry`, `axis_labels`, `kind_text`, ...).
+
+Reads run.json, grid.json and the Zarr arrays through the store; never imports torch, matplotlib or
+plotly: figures (`figures`, `hessian_figure`), pages (`page`), notebooks (`notebook`) and exports
+(`landscape_cli.exchange.export`) draw or write what it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
+from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.meta import EpochRecord, GridMeta, HessianMeta, RunMeta
+
+METRICS = ("loss", "accuracy")
+FAR_FROM_PLANE = 0.5  # a checkpoint's residual/distance above which the path is said to lie far from the plane
+
+
+@dataclass
+class Source:
+    """One grid of one run, as read from the store."""
+
+    run_id: str
+    run: RunMeta
+    grid_id: str
+    grid: GridMeta
+    path: Path  # the grid's directory
+    zarr_path: Path
+    plots_dir: Path
+    _coords: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def label(self) -> str:
+        cfg = self.run.config
+        return f"{self.name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
+
+    @property
+    def name(self) -> str:
+        return self.run.name or self.run_id[:8]
+
+    @property
+    def kind(self) -> str:
+        return self.grid.config.kind
+
+    @property
+    def dims(self) -> int:
+        return self.grid.config.dims
+
+    @property
+    def coords(self) -> list[np.ndarray]:
+        """The grid's stored coordinates: [x] for a line, [x, y] for a plane."""
+        if self._coords is None:
+            rows = Rows(self.zarr_path, "r")
+            try:
+                self._coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:rows.dims]]
+            except DECODE_ERRORS as e:
+                raise IntegrityError(
+                    f"grid {self.grid_id} has damaged coordinates: `landscape grid {self.run_id} --grid "
+                    f"{self.grid_id} --resume` rebuilds them (`landscape verify` lists everything that is damaged)"
+                ) from e
+        return self._coords
+
+    def epoch_record(self, epoch: int) -> EpochRecord | None:
+        return self.run.record(epoch)
+
+
+@dataclass
+class TrajectoryPath:
+    """A PCA grid's trajectory as drawn: each checkpoint's coordinates on the plane (or line), its
+    distance from the plane (`residual`) and from the final checkpoint (`distance`), and its own
+    metric (`values`, the mean over the batches of the panel or curves it is drawn with)."""
+
+    source: Source
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None  # None on a line
+    residual: np.ndarray
+    distance: np.ndarray
+    values: np.ndarray
+
+    @property
+    def off_plane(self) -> float:
+        """The largest residual/distance over the checkpoints other than the final one (0: all on the plane)."""
+        away = self.distance > 0
+        return float(np.max(self.residual[away] / self.distance[away])) if away.any() else 0.0
+
+    @property
+    def far(self) -> bool:
+        return self.off_plane > FAR_FROM_PLANE
+
+
+# --- choosing what to read ------------------------------------------------------------------------
+
+
+def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) -> list[Source]:
+    """The grid of each run: named by `grids` (one for all runs, or one per run), else the newest."""
+    if not runs:
+        raise UsageError("name at least one run (or grid) to plot; `landscape ls` lists them")
+    if grids and len(grids) not in (1, len(runs)):
+        raise UsageError(f"give one --grid for all runs or one per run: got {len(grids)} for {len(runs)} runs")
+    sources = []
+    for i, ref in enumerate(runs):
+        try:
+            run_id = st.resolve(ref)
+            grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
+            if grid_ref is None:
+                newest = st.newest_grid(run_id)
+                if newest is None:
+                    raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
+                grid_id = newest
+            else:
+                run_id, grid_id = st.find_grid(grid_ref, run_id)
+        except RunNotFoundError:
+            if grids:
+                raise
+            run_id, grid_id = st.find_grid(ref)  # a grid named directly
+        meta = st.read_grid(run_id, grid_id)
+        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
+                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
+    _check_comparable(sources)
+    return sources
+
+
+def check_metric(sources: list[Source], metric: str) -> None:
+    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss."""
+    if metric == "accuracy":
+        for s in sources:
+            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
+                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
+                                 "a loss")
+
+
+def _check_comparable(sources: list[Source]) -> None:
+    """Compared grids are drawn on one set of axes: the same kind, dimensions and coordinates."""
+    first = sources[0]
+    for s in sources[1:]:
+        a, b = first.grid.config, s.grid.config
+        if (a.kind, a.dims) != (b.kind, b.dims):
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --directions and --dims"
+            )
+        same = len(first.coords) == len(s.coords) and all(
+            c.shape == d.shape and np.allclose(c, d, rtol=1e-9, atol=1e-12) for c, d in zip(first.coords, s.coords, strict=True)
+        )
+        if not same:
+            raise UsageError(
+                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
+                "compared grids need the same --width and --span (or --range and --yrange): the same "
+                + ("x and y coordinates" if a.dims == 2 else "x coordinates")
+            )
+
+
+def _shape_text(s: Source) -> str:
+    cfg = s.grid.config
+    counts = "x".join(str(a.count) for a in cfg.axes)
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"{counts}, span ±{cfg.span:g}" if cfg.dims == 2 else f"{counts} points, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    return f"{kind_text(s)}, {counts}{' points' if cfg.dims == 1 else ''}, {ranges}"
+
+
+def select_hessian(st: Store, run_id: str, ref: str | None) -> HessianMeta:
+    """The run's curvature results named by id (prefix) or name, else the newest."""
+    metas = [m for m in st.hessians(run_id) if isinstance(m, HessianMeta)]
+    if not metas:
+        raise GridStateError(f"run {run_id} has no curvature results: `landscape hessian {run_id[:8]}` computes them")
+    if ref is None:
+        return max(metas, key=lambda m: (m.updated or m.created or "", m.id))
+    matches = [m for m in metas if m.name == ref] or [m for m in metas if m.id.startswith(ref)]
+    if len(matches) != 1:
+        known = ", ".join(m.id + (f" ({m.name})" if m.name else "") for m in metas)
+        raise UsageError(f"--hessian {ref!r} matches {len(matches)} of the run's curvature results ({known})")
+    return matches[0]
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
+    where = f", epoch {epoch}" if epoch is not None else ""
+    return IntegrityError(
+        f"grid {source.grid_id} has a damaged chunk ({what}{where}): "
+        f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
+        "(`landscape verify` lists everything that is damaged)"
+    )
+
+
+@dataclass
+class EpochData:
+    values: np.ndarray  # [P, B, H, W]
+    done: np.ndarray  # [P, H]
+    center: np.ndarray  # [B]
+    grad_a: np.ndarray  # [P, B]
+    grad_b: np.ndarray
+
+
+def read_epoch(source: Source, epoch: int, metric: str) -> EpochData:
+    rows = Rows(source.zarr_path, "r")
+    ei = rows.epochs.index(epoch)
+    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
+    # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
+    values = np.full((pairs, rows["loss"].shape[2], height, rows["loss"].shape[4]), np.nan)
+    done = np.zeros((pairs, height), bool)
+    ga = np.full((pairs, rows["grad_a"].shape[2]), np.nan)
+    gb = np.full_like(ga, np.nan)
+    what = "centre values"
+    try:
+        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei], np.float64)
+        for p in range(pairs):
+            what = f"centre gradient of pair {p}"
+            ga[p], gb[p] = rows["grad_a"][ei, p], rows["grad_b"][ei, p]
+            for y in range(height):
+                what = f"row {y} of pair {p}"
+                done[p, y] = rows["done"][ei, p, y] > 0
+                if done[p, y]:
+                    values[p, :, y, :] = rows[metric][ei, p, :, y, :]
+    except DECODE_ERRORS as e:
+        raise _damaged(source, what, epoch) from e
+    return EpochData(values, done, center, ga, gb)
+
+
+@dataclass
+class LineData:
+    values: np.ndarray  # [P, B, W]
+    done: np.ndarray  # [P]
+
+
+def read_line(source: Source, epoch: int, metric: str) -> LineData:
+    rows = Rows(source.zarr_path, "r")
+    ei = rows.epochs.index(epoch)
+    pairs, batches, width = rows["loss"].shape[1:4]
+    values = np.full((pairs, batches, width), np.nan)
+    done = np.zeros(pairs, bool)
+    what = ""
+    try:
+        for p in range(pairs):
+            what = f"the line of pair {p}"
+            done[p] = rows["done"][ei, p] > 0
+            if done[p]:
+                values[p] = rows.read_row(metric, ei, p, 0)
+    except DECODE_ERRORS as e:
+        raise _damaged(source, what, epoch) from e
+    return LineData(values, done)
+
+
+@dataclass
+class PathData:
+    epochs: list[int]
+    x: np.ndarray
+    y: np.ndarray | None
+    residual: np.ndarray
+    distance: np.ndarray
+    own: np.ndarray  # [checkpoint, batch]: each checkpoint's own metric
+
+
+def read_path(source: Source, metric: str) -> PathData | None:
+    """A PCA grid's trajectory, from its Zarr arrays (distances from the final checkpoint: grid.json)."""
+    if source.kind != "pca":
+        return None
+    rows = Rows(source.zarr_path, "r")
+    try:
+        root: Any = rows.root  # (zarr types a group's member as an array or a group)
+        epochs = [int(e) for e in np.asarray(root["path_epoch"][:])]
+        x = np.asarray(root["path_x"][:], np.float64)
+        y = np.asarray(root["path_y"][:], np.float64) if source.dims == 2 else None
+        residual = np.asarray(root["path_residual"][:], np.float64)
+        own = np.asarray(root["path_loss" if metric == "loss" else "path_accuracy"][...], np.float64)
+    except (*DECODE_ERRORS, KeyError) as e:
+        raise IntegrityError(
+            f"grid {source.grid_id} has damaged or missing trajectory arrays (path_*): `landscape grid "
+            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
+        ) from e
+    recorded = (source.grid.kind.get("path") or {}).get("distance")
+    if isinstance(recorded, list) and len(recorded) == len(x):
+        distance = np.asarray(recorded, np.float64)
+    else:  # orthonormal components (--norm none): the in-plane and off-plane parts
+        distance = np.sqrt(x**2 + (y**2 if y is not None else 0.0) + residual**2)
+    return PathData(epochs, x, y, residual, distance, own)
+
+
+def trajectory(source: Source, data: PathData | None, batches: list[int]) -> TrajectoryPath | None:
+    if data is None:
+        return None
+    with np.errstate(invalid="ignore"):
+        values = data.own[:, batches].mean(axis=1)
+    return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
+
+
+# --- what a grid is, in words ---------------------------------------------------------------------
+
+
+def batch_text(s: Source, b: int) -> str:
+    """A batch entry's name: "batch 2", or "all" for a grid over the whole split (--batches all)."""
+    return f"all of {s.grid.config.split}" if s.grid.config.whole else f"batch {b}"
+
+
+def _axis_names(s: Source) -> tuple[str, ...]:
+    return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
+
+
+def eigenvalues(s: Source, epoch: int | None) -> list[float]:
+    """A Hessian grid's top eigenvalues at `epoch` (its axes), as grid.json recorded them."""
+    facts = (s.grid.kind.get("epochs") or {}).get(str(epoch)) if epoch is not None else None
+    return [float(v) for v in facts["eigenvalues"]] if facts else []
+
+
+def axis_labels(s: Source, epoch: int | None = None) -> list[str]:
+    """The label of each axis: what its coordinate is (a Hessian grid's: its eigenvalue at `epoch`)."""
+    if s.kind == "interpolate":
+        return ["t"]
+    if s.kind == "hessian":
+        values = eigenvalues(s, epoch)
+        return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
+                for j in range(s.dims)]
+    if s.kind == "pca":
+        ratios = s.grid.kind.get("explained_variance_ratio") or []
+        return [f"PC{j + 1} ({100 * float(ratios[j]):.1f}% of variance)" if j < len(ratios) else f"PC{j + 1}"
+                for j in range(s.dims)]
+    return ["x (along d1)", "y (along d2)"][:s.dims]
+
+
+def target_text(s: Source) -> str:
+    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's."""
+    target = s.grid.kind.get("target") or {}
+    epoch = target.get("epoch", s.grid.config.target_epoch)
+    run = target.get("run", s.grid.config.target_run)
+    if run is not None and run != s.grid.run:
+        return f"{target.get('label') or str(run)[:8]} epoch {epoch}"
+    return f"epoch {epoch}"
+
+
+def kind_text(s: Source) -> str:
+    shape = "plane" if s.dims == 2 else "line"
+    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
+            "hessian": f"Hessian eigenvector {shape}"}.get(s.kind,
+                                                                                              f"{s.kind} {shape}")
+
+
+def geometry(s: Source) -> str:
+    """What the grid's axes are, for titles (a square random plane: "span ±S", as the first release wrote)."""
+    cfg = s.grid.config
+    if cfg.kind == "random" and cfg.span is not None:
+        return f"span ±{cfg.span:g}" if cfg.dims == 2 else f"random line, span ±{cfg.span:g}"
+    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
+    if cfg.kind == "interpolate":
+        return f"interpolation from each epoch to {target_text(s)}, {ranges}"
+    if cfg.kind == "pca" and cfg.trajectory:
+        t = list(cfg.trajectory)
+        epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
+        return f"{kind_text(s)} of the path over epochs {epochs}, {ranges}"
+    return f"{kind_text(s)}, {ranges}"
+
+
+def directions_text(s: Source) -> str:
+    cfg = s.grid.config
+    if cfg.kind == "interpolate":
+        return ""
+    if cfg.layer:
+        return f"layer {cfg.layer}"
+    return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
