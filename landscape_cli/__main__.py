@@ -1,3 +1,3 @@
-from landscape_cli.cli._app import main
+from landscape_cli.cli import main
 
 main()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from landscape_cli._io import short_hash
@@ -275,11 +278,21 @@ class GridConfig:
                    precision=str(d.get("precision", "fp32")))
 
 
-@dataclass(frozen=True)
-class GridOptions:
-    """What the user asked for (None: the direction kind's default)."""
+MAX_POINTS_PER_PASS = 4096
 
-    epochs: tuple[int, ...] | None = None
+
+@dataclass(frozen=True)
+class GridRequest:
+    """What the user asks of a grid: every `landscape grid` option that says what to compute (None: the
+    direction kind's default). The CLI's options take their defaults from here, and `engine.plan.resolve`
+    turns a request into the grid's `GridConfig` (its identity) and the epochs to compute.
+
+    `gradient`, `name`, `resume` and `points_per_pass` are not part of the grid's identity: they say
+    whether the centre gradients are added, the grid's label, whether an unfinished grid may be
+    continued, and (fixed when the grid is made) how many points one forward pass evaluates.
+    """
+
+    epochs: tuple[int, ...] | None = None  # None: all of the run's
     directions: str = "random"
     dims: int | None = None  # the kind's largest
     width: int = 41
@@ -301,6 +314,54 @@ class GridOptions:
     to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
     from_grid: str | None = None  # continue this grid of the run with its own configuration
     precision: str = "fp32"
+    gradient: bool = True
+    points_per_pass: int | None = None  # None: 1 on CPU, from free memory on a GPU
+    name: str | None = None
+    resume: bool = False
+
+    def checked(self) -> GridRequest:
+        """The request with `batches` parsed and what needs no file checked (once, wherever it came from)."""
+        if self.points_per_pass is not None:
+            positive_int(self.points_per_pass, "--points-per-pass", maximum=MAX_POINTS_PER_PASS)
+        epochs = tuple(self.epochs) if self.epochs is not None else None
+        return replace(self, batches=parse_batches(self.batches), epochs=epochs)
+
+
+GridOptions = GridRequest  # the name earlier releases gave the request
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a computation runs, never what it computes: nothing here changes a result's identity or values'
+    meaning (the evaluator a new grid gets from the device is recorded in its metadata)."""
+
+    device: str = "auto"
+    data_dir: str | os.PathLike[str] | None = None
+    progress: bool = True  # a progress bar with an ETA on stderr
+    shard: str | None = None  # "I/N": this process computes shard I of N of a grid's rows
+    store: Any = None  # a Store, a path, or None: $LANDSCAPE_STORE, else ./runs
+    report: Callable[[str], None] | None = None  # notes such as "damaged chunk ... recomputed" (None: to stderr)
+
+    def note(self, text: str) -> None:
+        if self.report is not None:
+            self.report(text)
+        else:
+            print(text, file=sys.stderr)
+
+
+def split_options(request: GridRequest | None, runtime: Runtime | None,
+                  options: dict[str, Any]) -> tuple[GridRequest, Runtime]:
+    """A request and a runtime from keyword options (`grid(run, width=21, device="cpu")`), over the given ones."""
+    request_fields = {f.name for f in fields(GridRequest)}
+    runtime_fields = {f.name for f in fields(Runtime)}
+    unknown = sorted(set(options) - request_fields - runtime_fields)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}: options are GridRequest's and Runtime's fields")
+    asked = {k: v for k, v in options.items() if k in request_fields}
+    if asked.get("epochs") is not None:
+        asked["epochs"] = tuple(asked["epochs"])
+    how = {k: v for k, v in options.items() if k in runtime_fields}
+    return replace(request or GridRequest(), **asked), replace(runtime or Runtime(), **how)
 
 
 HESSIAN_BN_MODES = ("train", "eval")

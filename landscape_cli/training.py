@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from landscape_cli import __version__
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from landscape_cli._progress import progress_bar
+from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig, positive_int
 from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import Loss, get_loss, loss_for_task

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from landscape_cli.data.losses import MeanSquaredError
 from landscape_cli.directions import normalize
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel.batched import (
@@ -19,7 +20,6 @@ from landscape_cli.kernel.batched import (
     stack_points,
 )
 from landscape_cli.kernel.evaluate import Evaluator
-from landscape_cli.kernel.losses import MeanSquaredError
 from landscape_cli.models import create_model, list_models
 
 Batches = list[tuple[Tensor, Tensor]]

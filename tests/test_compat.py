@@ -104,3 +104,60 @@ def test_legacy_store_lists_plots_and_verifies(cli: Any, legacy: Path, tmp_path:
         done = cli("plot", "legacy", "--grid", grid, "--out", str(tmp_path / f"{grid}.png"), "--json")
         assert done.exit_code == 0, done.stderr
     assert cli("verify").exit_code == 0
+
+
+# --- the second release's store: every kind of grid, Hessian results, an imported run, shards ----------------
+
+LEGACY2 = Path(__file__).parent / "data" / "legacy-0.2.0"
+
+
+@pytest.fixture
+def legacy2(tmp_path: Path) -> Path:
+    store = tmp_path / "store"  # the tests' $LANDSCAPE_STORE
+    shutil.copytree(LEGACY2 / "store", store)
+    return store
+
+
+def _all_arrays(path: Path) -> dict[str, np.ndarray]:
+    import zarr
+
+    group: Any = zarr.open_group(path, mode="r")
+    return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def test_second_release_store_resumes_computing_nothing_plots_exports_and_verifies(cli: Any, legacy2: Path,
+                                                                                   tmp_path: Path) -> None:
+    ids = json.loads((LEGACY2 / "ids.json").read_text())
+    grids = {name: gid for name, gid in ids["grids"].items()}
+    grids["plane"] = grids.pop("imported")
+    runs = {name: ids["imported_id"] if name == "plane" else ids["run_id"] for name in grids}
+    for name, gid in grids.items():
+        [zarr_path] = legacy2.glob(f"*/grids/{gid}/landscape.zarr")
+        before = _all_arrays(zarr_path)
+        done = cli("grid", runs[name], "--grid", name, "--resume", "--json")
+        assert done.exit_code == 0, (name, done.stderr)
+        out = json.loads(done.stdout)
+        assert out["id"] == gid and out["rows_computed"] == 0 and out["rows_done"] == out["rows_total"] > 0, name
+        after = _all_arrays(zarr_path)
+        assert before.keys() == after.keys(), name
+        for array, values in before.items():
+            assert np.array_equal(values, after[array], equal_nan=True), (name, array)
+        drawn = cli("plot", runs[name], "--grid", name, "--out", str(tmp_path / f"{name}.png"), "--json")
+        assert drawn.exit_code == 0, (name, drawn.stderr)
+        exported = cli("export", runs[name], "--grid", name, "--format", "npz", "--out", str(tmp_path / f"{name}.npz"),
+                       "--json")
+        assert exported.exit_code == 0, (name, exported.stderr)
+        with np.load(tmp_path / f"{name}.npz") as npz:
+            assert np.array_equal(npz["loss"], before["loss"], equal_nan=True), name
+    # the Hessian results hold epoch 3: the same command computes nothing, and they plot and export
+    again = cli("hessian", "legacy2", "--epochs", "3", "--top", "2", "--probes", "8", "--batches", "1", "--batch-size",
+                "64", "--json")
+    assert again.exit_code == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["id"] == ids["hessian_id"] and result["computed"] == []
+    assert cli("plot", "legacy2", "--hessian", "--out", str(tmp_path / "hessian.png")).exit_code == 0
+    assert cli("export", "legacy2", "--hessian", "--format", "csv", "--out", str(tmp_path / "hessian.csv")).exit_code == 0
+    listing = json.loads(cli("ls", "--json").stdout)
+    assert sorted(r["id"] for r in listing["runs"]) == sorted([ids["run_id"], ids["imported_id"]])
+    checked = cli("verify", "--json")
+    assert checked.exit_code == 0, checked.stdout + checked.stderr

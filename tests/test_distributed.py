@@ -242,7 +242,7 @@ def test_batched_grid_agrees_with_the_loop_and_is_recorded(store: Path, referenc
     np.testing.assert_allclose(got["accuracy"], reference["accuracy"], rtol=1e-5, atol=1e-6)
     grid_json = json.loads((result.path / "grid.json").read_text())
     assert grid_json["evaluator"] == {"name": "batched", "points_per_pass": 3, "precision": "fp32", "device": "cpu",
-                                      "deterministic": True}
+                                      "deterministic": True, "threads": {"one process": [1]}}
     assert [result.grid_id] == REFERENCE_ID  # the evaluator is not part of the grid's identity
 
 

@@ -387,7 +387,7 @@ def test_missing_rows_and_diverged_points_are_told_apart(store: Path, tmp_path: 
 
 @needs_vtk
 def test_the_grid_is_chosen_as_plot_chooses_it_and_files_go_beside_it(store: Path, tmp_path: Path) -> None:
-    from landscape_cli.views.figures import select_sources
+    from landscape_cli.views.readers import select_sources
 
     [source] = select_sources(Store(store), ["t"])
     zarr_before = tree(source.zarr_path)

@@ -15,9 +15,10 @@ from torch import nn
 
 from landscape_cli import train
 from landscape_cli.curvature.hessian import hessian
+from landscape_cli.curvature.spectrum import extreme_eigenpairs, hutchinson_trace, spectral_density
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import UsageError
-from landscape_cli.kernel.hvp import extreme_eigenpairs, hutchinson_trace, operator, spectral_density
+from landscape_cli.kernel.hvp import operator
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from landscape_cli import __version__
+from landscape_cli._version import __version__
 from landscape_cli.cli._common import (
+    BatchSizeOpt,
     DataDirOpt,
     DeviceOpt,
     JsonOpt,
@@ -24,12 +25,13 @@ from landscape_cli.cli._common import (
     StoreOpt,
     err,
     human_size,
+    note,
     num,
     pct,
     print_json,
     stdout,
 )
-from landscape_cli.config import TrainConfig
+from landscape_cli.config import GridRequest, HessianConfig, TrainConfig
 from landscape_cli.errors import IntegrityError, Interrupted, UsageError
 from landscape_cli.store import Store
 
@@ -250,8 +252,8 @@ def export(
     if json_output:
         print_json(result.to_json())
         return
-    for note in result.notes:  # points not computed yet, diverged points
-        err().print(note)
+    for line in result.notes:  # points not computed yet, diverged points
+        err().print(line)
     files = f" ({_count(len(result.files), 'file')})" if len(result.files) > 1 else ""
     what = "curvature results" if hessian else "grid"
     stdout().print(f"{result.format} export of {what} {result.grid_id}{files}: {result.path}")
@@ -304,6 +306,10 @@ def _grid_cells(g: dict[str, Any]) -> list[str]:
 # --- grid --------------------------------------------------------------------------------------
 
 
+def _tuple(epochs: list[int] | None) -> tuple[int, ...] | None:
+    return tuple(epochs) if epochs is not None else None
+
+
 @app.command()
 def grid(
     run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
@@ -315,12 +321,12 @@ def grid(
     directions: Annotated[
         str, typer.Option(help="random (Li et al.'s filter-normalized planes), interpolate (the line between two "
                           "checkpoints, Goodfellow et al.) or pca (the plane of the training trajectory).")
-    ] = "random",
+    ] = GridRequest.directions,
     dims: Annotated[
         int | None, typer.Option(help="1 (a line along the first direction) or 2 (a plane) [default: 2; 1 for "
                                  "interpolate].", show_default=False)
     ] = None,
-    width: Annotated[int, typer.Option(help="Points per axis.")] = 41,
+    width: Annotated[int, typer.Option(help="Points per axis.")] = GridRequest.width,
     span: Annotated[
         float | None, typer.Option(help="Random grids cover a, b in [-span, span] (0.01: the 100x zoom) [default: 1].",
                                    show_default=False)
@@ -339,20 +345,20 @@ def grid(
     batches: Annotated[
         str, typer.Option(help="The split's first N mini-batches (unshuffled), one value each; or all: the whole split "
                           "at every point, streamed in --batch-size pieces, the loss averaged over samples.")
-    ] = "3",
-    split: Annotated[str, typer.Option(help="The data the points see: train or val.")] = "train",
-    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = 256,
+    ] = str(GridRequest.batches),
+    split: Annotated[str, typer.Option(help="The data the points see: train or val.")] = GridRequest.split,
+    batch_size: BatchSizeOpt = GridRequest.batch_size,
     seed: Annotated[int | None, typer.Option(help="Seed of the random directions [default: 0].", show_default=False)] = None,
     norm: Annotated[
         str | None, typer.Option(help="filter (Li et al.), filter-std, layer or none [default: filter for random, none "
                                  "for pca].", show_default=False)
     ] = None,
-    perturb_biasbn: Annotated[bool, typer.Option(help="Also perturb biases and BatchNorm weights.")] = False,
+    perturb_biasbn: Annotated[bool, typer.Option(help="Also perturb biases and BatchNorm weights.")] = GridRequest.perturb_biasbn,
     layer: Annotated[
         str | None, typer.Option(help="Perturb only this parameter tensor (`landscape layers RUN` lists them).",
                                  show_default=False)
     ] = None,
-    single_kernel: Annotated[bool, typer.Option(help="With --layer: perturb only its first kernel.")] = False,
+    single_kernel: Annotated[bool, typer.Option(help="With --layer: perturb only its first kernel.")] = GridRequest.single_kernel,
     directions_from: Annotated[
         str | None, typer.Option(help="Reuse the random directions (seed, normalization) of this grid.",
                                  show_default=False)
@@ -368,21 +374,21 @@ def grid(
         str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step), eval (running "
                           "statistics; interpolated along interpolation lines) or recompute (running statistics "
                           "re-estimated on the grid's batches at every point: twice the forward passes).")
-    ] = "train",
+    ] = GridRequest.bn,
     grid_ref: Annotated[
         str | None,
         typer.Option("--grid", help="Continue or extend this grid of RUN (id, prefix or name), with its own options "
                      "(the grid options above are then ignored).", show_default=False),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted grid (or join a running one).")] = GridRequest.resume,
     gradient: Annotated[
         bool, typer.Option(help="Project the loss gradient at the centre on each plane (plot's arrows): one "
                            "backward pass per batch and pair, the memory of a training step.")
-    ] = True,
+    ] = GridRequest.gradient,
     precision: Annotated[
         str, typer.Option(help="fp32 (on CUDA with TF32 off), tf32 (TF32 matmuls and convolutions on CUDA) or bf16 "
                           "(bfloat16 autocast): part of the grid's identity.")
-    ] = "fp32",
+    ] = GridRequest.precision,
     points_per_pass: Annotated[
         int | None, typer.Option(help="Grid points per forward pass (torch.func.vmap over stacked weights), fixed "
                                  "when the grid is created [default: 1 on CPU, the in-place loop; on a GPU as many "
@@ -416,25 +422,25 @@ def grid(
     Example: `landscape grid quickstart --epochs 0,5 --width 21`; a job array of 4: `landscape grid quickstart
     --width 51 --shard $SLURM_ARRAY_TASK_ID/4`
     """
-    from landscape_cli.config import parse_batches, parse_epochs, parse_range
+    from landscape_cli.config import Runtime, parse_epochs, parse_range
     from landscape_cli.engine.compute import grid as compute_grid
     from landscape_cli.engine.distributed import torchrun_ranks
     from landscape_cli.views.listing import describe_grid
 
     ranks = torchrun_ranks()
     follower = ranks is not None and ranks.rank != 0  # torchrun's other ranks print nothing but errors
-
+    request = GridRequest(
+        epochs=_tuple(parse_epochs(epochs)), directions=directions, dims=dims, width=width, span=span,
+        range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs, batches=batches,
+        batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
+        single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
+        from_grid=grid_ref, precision=precision, gradient=gradient, points_per_pass=points_per_pass, name=name,
+        resume=resume,
+    )
+    runtime = Runtime(device=device, data_dir=data_dir, progress=not quiet and not follower, shard=shard, store=store,
+                      report=note)
     try:
-        result = compute_grid(
-            run, epochs=parse_epochs(epochs), directions=directions, dims=dims, width=width, span=span,
-            range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs,
-            batches=parse_batches(batches), batch_size=batch_size, split=split, seed=seed, norm=norm,
-            perturb_biasbn=perturb_biasbn, layer=layer,
-            single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
-            from_grid=grid_ref, gradient=gradient, device=device, name=name, resume=resume, store=store,
-            data_dir=data_dir, progress=not quiet and not follower, precision=precision, points_per_pass=points_per_pass,
-            shard=shard,
-        )
+        result = compute_grid(run, request, runtime)
     except KeyboardInterrupt:
         raise Interrupted(
             "grid interrupted: finished rows are kept; run the same command with --resume to continue"
@@ -448,7 +454,8 @@ def grid(
         "name": meta.name, "kind": cfg.kind, "dims": cfg.dims, "epochs": meta.epochs,
         "ranges": [list(r) for r in meta.ranges], "config": cfg.identity(), "facts": meta.kind,
         "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
-        "diverged_points": result.diverged, "repaired": result.repaired, "evaluator": meta.evaluator,
+        "diverged_points": result.diverged, "repaired": result.repaired,
+        "evaluator": meta.evaluator.to_json() if meta.evaluator else {},
         "processes": {"how": result.share.how, "index": result.share.index, "count": result.share.count},
     }
     if json_output:
@@ -475,25 +482,31 @@ def hessian(
     epochs: Annotated[
         str | None, typer.Option(help="Checkpoints, e.g. 0,1,9 or 0-9 (default: all of the run's).", show_default=False)
     ] = None,
-    top: Annotated[int, typer.Option(help="Eigenpairs with the largest eigenvalues (K).")] = 2,
+    top: Annotated[int, typer.Option(help="Eigenpairs with the largest eigenvalues (K).")] = HessianConfig.top,
     batches: Annotated[
         str, typer.Option(help="The split's first N mini-batches, or all (the whole split, the loss averaged over "
                           "samples), as for grids.")
-    ] = "3",
-    split: Annotated[str, typer.Option(help="train or val, as for grids.")] = "train",
-    batch_size: Annotated[int, typer.Option(help="Images per mini-batch.")] = 256,
-    bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics) or eval.")] = "train",
-    perturb_biasbn: Annotated[bool, typer.Option(help="Include biases and BatchNorm weights (as grids do).")] = False,
+    ] = str(HessianConfig.batches),
+    split: Annotated[str, typer.Option(help="train or val, as for grids.")] = HessianConfig.split,
+    batch_size: BatchSizeOpt = HessianConfig.batch_size,
+    bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics) or eval.")] = HessianConfig.bn,
+    perturb_biasbn: Annotated[
+        bool, typer.Option(help="Include biases and BatchNorm weights (as grids do).")
+    ] = HessianConfig.perturb_biasbn,
     layer: Annotated[
         str | None, typer.Option(help="Only this parameter tensor (`landscape layers RUN`).", show_default=False)
     ] = None,
-    tol: Annotated[float, typer.Option(help="Eigenpairs with ‖Hv − λv‖/|λ| above this are marked not converged.")] = 1e-3,
-    probes: Annotated[int, typer.Option(help="Hutchinson probes for the trace.")] = 100,
-    density: Annotated[bool, typer.Option(help="Also the spectral density (stochastic Lanczos quadrature).")] = False,
-    density_probes: Annotated[int, typer.Option(help="With --density: random probes.")] = 4,
-    steps: Annotated[int, typer.Option(help="With --density: Lanczos steps per probe.")] = 60,
-    bins: Annotated[int, typer.Option(help="With --density: histogram bins.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the start vectors and probes.")] = 0,
+    tol: Annotated[
+        float, typer.Option(help="Eigenpairs with ‖Hv − λv‖/|λ| above this are marked not converged.")
+    ] = HessianConfig.tol,
+    probes: Annotated[int, typer.Option(help="Hutchinson probes for the trace.")] = HessianConfig.probes,
+    density: Annotated[
+        bool, typer.Option(help="Also the spectral density (stochastic Lanczos quadrature).")
+    ] = HessianConfig.density,
+    density_probes: Annotated[int, typer.Option(help="With --density: random probes.")] = HessianConfig.density_probes,
+    steps: Annotated[int, typer.Option(help="With --density: Lanczos steps per probe.")] = HessianConfig.density_steps,
+    bins: Annotated[int, typer.Option(help="With --density: histogram bins.")] = HessianConfig.bins,
+    seed: Annotated[int, typer.Option(help="Seed of the start vectors and probes.")] = HessianConfig.seed,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     store: StoreOpt = None,
@@ -513,12 +526,12 @@ def hessian(
 
     Example: `landscape hessian quickstart --epochs 0,5 --top 3`
     """
-    from landscape_cli.config import parse_batches, parse_epochs
+    from landscape_cli.config import parse_epochs
     from landscape_cli.curvature.hessian import hessian as compute_hessian
 
     try:
         result = compute_hessian(
-            run, epochs=parse_epochs(epochs), top=top, batches=parse_batches(batches), batch_size=batch_size,
+            run, epochs=parse_epochs(epochs), top=top, batches=batches, batch_size=batch_size,
             split=split, bn=bn,
             perturb_biasbn=perturb_biasbn, layer=layer, tol=tol, probes=probes, density=density,
             density_probes=density_probes, steps=steps, bins=bins, seed=seed, device=device, name=name, store=store,

@@ -103,6 +103,7 @@ StoreOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per mini-batch.")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="A human label for the result.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where datasets are cached.", show_default=False)]
@@ -161,3 +162,10 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
+
+
+def note(text: str) -> None:
+    """A library call's note (a repaired file, a thread count that changed) as one yellow line on stderr."""
+    from rich.markup import escape
+
+    err().print(f"[yellow]{escape(text)}[/]")

@@ -29,27 +29,26 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from landscape_cli import __version__
-from landscape_cli._io import create_once, file_sha256, leave_no_trace, make_dirs, now, os_error, short_hash
+from landscape_cli._io import leave_no_trace, make_dirs, now, os_error, short_hash
 from landscape_cli._progress import progress_bar
+from landscape_cli._version import __version__
 from landscape_cli.config import HessianConfig, check_batches, parse_batches
 from landscape_cli.curvature.spectrum import extreme_eigenpairs, hutchinson_trace, spectral_density
 from landscape_cli.data import load_dataset
 from landscape_cli.data.losses import run_loss
 from landscape_cli.directions import perturbed_names
-from landscape_cli.errors import GridStateError, UsageError
+from landscape_cli.errors import UsageError
 from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.kernel.hvp import operator
 from landscape_cli.models import checkpoints
-from landscape_cli.store import Store, direction_name
+from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import grow
+from landscape_cli.store.hessian_arrays import create_results, epoch_done, read_results
 from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta, epoch_record
 
 FORMAT = "landscape-hessian-eigenvectors/1"
-DECODE_ERRORS = (ValueError, RuntimeError, TypeError)
 
 
 @dataclass
@@ -76,20 +75,20 @@ def hessian(
     run: str,
     *,
     epochs: list[int] | None = None,
-    top: int = 2,
-    batches: int | str = 3,
-    batch_size: int = 256,
-    split: str = "train",
-    bn: str = "train",
+    top: int = HessianConfig.top,
+    batches: int | str = HessianConfig.batches,
+    batch_size: int = HessianConfig.batch_size,
+    split: str = HessianConfig.split,
+    bn: str = HessianConfig.bn,
     perturb_biasbn: bool = False,
     layer: str | None = None,
-    tol: float = 1e-3,
-    probes: int = 100,
+    tol: float = HessianConfig.tol,
+    probes: int = HessianConfig.probes,
     density: bool = False,
-    density_probes: int = 4,
-    steps: int = 60,
-    bins: int = 200,
-    seed: int = 0,
+    density_probes: int = HessianConfig.density_probes,
+    steps: int = HessianConfig.density_steps,
+    bins: int = HessianConfig.bins,
+    seed: int = HessianConfig.seed,
     device: str = "auto",
     name: str | None = None,
     store: Store | str | os.PathLike[str] | None = None,
@@ -107,13 +106,22 @@ def hessian(
     st = Store.of(store)
     run_id = st.resolve(run)
     run_meta = st.read_run(run_id)
-    if not run_meta.epochs:
-        raise GridStateError(f"run {run_id} has no checkpoint yet: train it first (`landscape train ...`)")
+    run_meta.require_checkpoints()
     parsed = parse_batches(batches)
     whole = parsed == "all"
     cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, layer, tol, probes,
                         density, density_probes, steps, bins, seed, split, whole).validate()
     wanted = _epochs(epochs, run_meta)
+    return compute_results(st, run_meta, cfg, wanted, name=name, device=device, data_dir=data_dir, progress=progress)
+
+
+def compute_results(st: Store, run_meta: RunMeta, cfg: HessianConfig, wanted: list[int], *, name: str | None = None,
+                    device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
+                    progress: bool = True) -> HessianResult:
+    """The core of `hessian()`, for a validated configuration: what the grid engine calls for the curvature a
+    Hessian-direction grid needs (epochs already computed are kept, the rest computed)."""
+    run_id = run_meta.id
+    top, perturb_biasbn, layer = cfg.top, cfg.perturb_biasbn, cfg.layer
     check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run_meta.dataset)
     dev = select_device(device)
     first = checkpoints.build_model(checkpoints.load_epoch(st, run_id, epoch_record(run_meta, wanted[0])))
@@ -155,30 +163,10 @@ def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
     return list(dict.fromkeys(epochs))
 
 
-def _codecs() -> dict[str, Any]:
-    return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
 
 
-def _layout(cfg: HessianConfig) -> dict[str, tuple[list[str], tuple[int, ...], str, Any, str]]:
-    """name -> (dims, shape without the epoch axis, dtype, fill, description)."""
-    k, nan = cfg.top, float("nan")
-    out = {
-        "eigenvalues": (["epoch", "k"], (k,), "float64", nan, "top eigenvalues of the Hessian, descending"),
-        "residual": (["epoch", "k"], (k,), "float64", nan, "‖Hv − λv‖ / |λ| of each eigenpair"),
-        "converged": (["epoch", "k"], (k,), "uint8", 0, "1 where the residual is within the tolerance"),
-        "lambda_min": (["epoch"], (), "float64", nan, "smallest eigenvalue of the Hessian"),
-        "lambda_min_residual": (["epoch"], (), "float64", nan, "‖Hv − λv‖ / |λ| of the smallest eigenpair"),
-        "convexity": (["epoch"], (), "float64", nan, "|λmin / λmax| (Li et al.): near 0 is locally convex"),
-        "trace": (["epoch"], (), "float64", nan, "trace of the Hessian (Hutchinson's estimate)"),
-        "trace_stderr": (["epoch"], (), "float64", nan, "standard error of the trace estimate"),
-        "done": (["epoch"], (), "uint8", 0, "1 once the epoch's results are written"),
-        "epoch": (["epoch"], (), "int64", -1, "training epoch of the checkpoint"),
-    }
-    if cfg.density:
-        out["density"] = (["epoch", "bin"], (cfg.bins,), "float64", nan,
-                          "spectral density (stochastic Lanczos quadrature, Gaussian-smoothed)")
-        out["density_lambda"] = (["epoch", "bin"], (cfg.bins,), "float64", nan, "eigenvalue at each bin's centre")
-    return out
+
+
 
 
 def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], wanted: list[int],
@@ -186,19 +174,10 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
     """Create the results (Zarr group, hessian.json) or add the new epochs; metadata last."""
     hid = cfg.hessian_id
     path = st.hessian_zarr(run.id, hid)
-    meta = st.read_hessian(run.id, hid) if st.hessian_file(run.id, hid).is_file() else None
+    meta = st.read_hessian(run.id, hid) if st.has_hessian(run.id, hid) else None
     try:
-        if meta is None or not (path / "zarr.json").exists():
-            root = zarr.open_group(path, mode="w", zarr_format=3, attributes={"hessian": hid, "run": run.id,
-                                                                                "config": cfg.identity()})
-            for array, (dims, shape, dtype, fill, long_name) in _layout(cfg).items():
-                root.create_array(array, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill,
-                                  dimension_names=dims, attributes={"long_name": long_name}, **_codecs())
-            root.create_array("k", shape=(cfg.top,), dtype="int64", dimension_names=["k"], **_codecs())[:] = \
-                np.arange(cfg.top)
-            if cfg.density:
-                root.create_array("bin", shape=(cfg.bins,), dtype="int64", dimension_names=["bin"],
-                                  **_codecs())[:] = np.arange(cfg.bins)
+        if meta is None or not st.has_hessian_arrays(run.id, hid):
+            create_results(path, run.id, cfg)
             if meta is not None:
                 meta.epochs = []  # the arrays were lost: every epoch is computed again
         if meta is None:
@@ -208,7 +187,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
         raise os_error(e, path) from e
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
     grow(path, epochs)
-    if epochs != meta.epochs or (name is not None and meta.name != name) or not st.hessian_file(run.id, hid).is_file():
+    if epochs != meta.epochs or (name is not None and meta.name != name) or not st.has_hessian(run.id, hid):
         meta.epochs = epochs
         meta.name = name if name is not None else meta.name
         meta.updated = now()
@@ -216,11 +195,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
     return meta
 
 
-def _done(root: Any, index: int) -> bool:
-    try:
-        return bool(root["done"][index] > 0)
-    except DECODE_ERRORS:
-        return False
+
 
 
 def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wanted: list[int], batches: Batches,
@@ -229,7 +204,7 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
     path = st.hessian_zarr(run.id, meta.id)
     root: Any = zarr.open_group(path, mode="r+", use_consolidated=False)
     index = {e: i for i, e in enumerate(meta.epochs)}
-    todo = [e for e in wanted if not _done(root, index[e])]
+    todo = [e for e in wanted if not epoch_done(root, index[e])]
     computed = []
     stages = 3 + int(cfg.density)
     with progress_bar(f"hessian {meta.id}", len(wanted) * stages, unit="stages", enabled=progress,
@@ -285,30 +260,7 @@ def _store_vectors(st: Store, run: RunMeta, meta: HessianMeta, epoch: int, vecto
                    values: np.ndarray) -> DirectionRecord:
     record = epoch_record(run, epoch)
     spec = {"kind": "hessian", "hessian": meta.id, "epoch": epoch, "checkpoint": record.weights_sha256}
-    did = short_hash(spec)
-    name = direction_name(did)
-    path = st.file(run.id, name)
-    if path.exists():
-        path.unlink()  # a leftover of a killed computation of this epoch: replaced by this one
     obj = {"format": FORMAT, "spec": spec, "eigenvalues": [float(v) for v in values], **vectors}
-    create_once(path, lambda f: torch.save(obj, f))
-    from landscape_cli._io import write_json
-
-    write_json(path.with_suffix(".json"), {"id": did, "spec": {**spec, "pair": 0}, "sha256": file_sha256(path)})
-    return DirectionRecord(0, did, name, file_sha256(path))
-
-
-def read_results(path: Path, epochs: list[int]) -> list[dict[str, Any]]:
-    """The stored numbers per epoch (only finished epochs), as plain Python values."""
-    root: Any = zarr.open_group(path, mode="r", use_consolidated=False)
-    out = []
-    for i, e in enumerate(epochs):
-        if not _done(root, i):
-            continue
-        row: dict[str, Any] = {"epoch": e}
-        for name in ("eigenvalues", "residual", "converged"):
-            row[name] = [float(v) for v in np.asarray(root[name][i])]  # type: ignore[index]
-        for name in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr"):
-            row[name] = float(np.asarray(root[name][i]))  # type: ignore[index]
-        out.append(row)
-    return out
+    # a leftover of a killed computation of this epoch is replaced by this one
+    return st.write_direction(run.id, short_hash(spec), {**spec, "pair": 0}, lambda f: torch.save(obj, f),
+                              f"Hessian eigenvectors of epoch {epoch}", replace=True)

@@ -15,7 +15,6 @@ Adding a kind is one module with one registered class, plus its tests.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor, nn
 
-from landscape_cli.config import Axis, GridConfig, GridOptions
+from landscape_cli.config import Axis, GridConfig, GridRequest, HessianConfig
 from landscape_cli.directions.normalize import perturbed_names
 from landscape_cli.errors import UnknownNameError, UsageError
 from landscape_cli.kernel.evaluate import Evaluator, Slice
@@ -96,7 +95,7 @@ class DirectionKind:
         if cfg.single_kernel and self.name != "random":
             raise UsageError(f"--single-kernel applies to random directions, not to --directions {self.name}")
 
-    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+    def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         """The kind's own GridConfig fields from the user's options (e.g. an interpolation's target)."""
         return {}
 
@@ -104,9 +103,9 @@ class DirectionKind:
         """The epochs the grid computes, from the requested (or, `given` False, all the run's) epochs."""
         return epochs
 
-    def before_prepare(self, ctx: GridContext, epochs: list[int], device: str,
-                       data_dir: str | os.PathLike[str] | None, progress: bool) -> None:
-        """Long work the grid needs before it is created or grown (outside its lock; e.g. Hessian eigenvectors)."""
+    def curvature(self, cfg: GridConfig) -> HessianConfig | None:
+        """Curvature results the grid needs (computed by the engine before it prepares the grid; None: none)."""
+        return None
 
     def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
         """Facts about epochs new to the grid, for grid.json's "kind" → "epochs" (per-epoch directions)."""

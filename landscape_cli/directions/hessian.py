@@ -1,28 +1,28 @@
 """Hessian eigenvector directions (the `hessian` kind): the plane of the top two eigenvectors at each epoch.
 
 The eigenvectors differ per epoch: they come from the run's curvature results (`landscape hessian`
-with --top 2 and the grid's --batches/--batch-size/--bn/--perturb-biasbn/--layer, computed here if
-missing, reused if present). Each unit eigenvector is scaled by one scalar only, the norm of the
-perturbed weights of its epoch, never filter-normalized, so the axes stay orthogonal eigenvectors
-and a coordinate of 1 moves the weights by their own norm. A `--dims 1` line follows the top
-eigenvector: the sharpest direction.
+with --top 2 and the grid's --batches/--batch-size/--bn/--perturb-biasbn/--layer; the grid engine
+computes them before the grid is prepared if missing, and this kind only reads them from the store).
+Each unit eigenvector is scaled by one scalar only, the norm of the perturbed weights of its epoch,
+never filter-normalized, so the axes stay orthogonal eigenvectors and a coordinate of 1 moves the
+weights by their own norm. A `--dims 1` line follows the top eigenvector: the sharpest direction.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import torch
 
 from landscape_cli._io import check_hash
-from landscape_cli.config import GridConfig, GridOptions, HessianConfig
+from landscape_cli.config import GridConfig, GridRequest, HessianConfig
 from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.evaluate import Slice
 from landscape_cli.models.checkpoints import safe_load
 from landscape_cli.store import Store
+from landscape_cli.store.hessian_arrays import read_results
 from landscape_cli.store.meta import GridMeta, RunMeta
 
 TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so lines and planes share them
@@ -41,21 +41,14 @@ class HessianKind(DirectionKind):
     made = "per epoch (from `landscape hessian`)"
     order = 3
 
-    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+    def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         if opts.bn == "recompute":
             raise UsageError("--directions hessian needs --bn train or eval (the Hessian of the grid's own loss)")
         return {}
 
-    def before_prepare(self, ctx: GridContext, epochs: list[int], device: str,
-                       data_dir: str | os.PathLike[str] | None, progress: bool) -> None:
-        """Compute the curvature results of the epochs that lack them (outside the grid's lock: minutes)."""
-        from landscape_cli.curvature.hessian import hessian
-
-        h = hessian_config(ctx.config)
-        hessian(ctx.run.id, epochs=epochs, top=h.top, batches="all" if h.whole else h.batches,
-                batch_size=h.batch_size, split=h.split, bn=h.bn,
-                perturb_biasbn=h.perturb_biasbn, layer=h.layer, device=device, store=ctx.store, data_dir=data_dir,
-                progress=progress)
+    def curvature(self, cfg: GridConfig) -> HessianConfig | None:
+        """The curvature results the grid reads its eigenvectors from (the engine computes what they lack)."""
+        return hessian_config(cfg)
 
     def prepare(self, ctx: GridContext, checkpoint_loss: Any) -> Prepared:
         ranges = [(float(a.lo), float(a.hi)) for a in ctx.config.axes if a.lo is not None and a.hi is not None]
@@ -63,10 +56,8 @@ class HessianKind(DirectionKind):
 
     def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
         """For each new epoch: its top eigenvalues and the direction file holding its eigenvectors."""
-        from landscape_cli.curvature.hessian import read_results
-
         h = hessian_config(ctx.config)
-        if not ctx.store.hessian_file(ctx.run.id, h.hessian_id).is_file():
+        if not ctx.store.has_hessian(ctx.run.id, h.hessian_id):
             raise IntegrityError(f"the curvature results {h.hessian_id} this grid uses are missing: run the same "
                                  "`landscape grid` command again")
         results = ctx.store.read_hessian(ctx.run.id, h.hessian_id)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape_cli.config import Axis, GridConfig, GridOptions
+from landscape_cli.config import Axis, GridConfig, GridRequest
 from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.evaluate import Slice
@@ -38,7 +38,7 @@ class InterpolateKind(DirectionKind):
     gradient = False
     order = 1
 
-    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+    def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         target_run, target_epoch = run, opts.to_epoch
         if opts.to is not None:
             ref, _, epoch_text = opts.to.partition(":")

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from landscape_cli.config import GridConfig, GridOptions
+from landscape_cli._io import check_hash, short_hash
+from landscape_cli.config import GridConfig, GridRequest
 from landscape_cli.directions._registry import CheckpointLoss, DirectionKind, EpochModel, GridContext, Prepared, register_kind
 from landscape_cli.directions.normalize import is_bias_or_bn, normalize
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.evaluate import Slice
 from landscape_cli.models.checkpoints import safe_load
-from landscape_cli.store import Store, direction_name
+from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import ExtraArray
 from landscape_cli.store.meta import DirectionRecord, GridMeta, RunMeta
 
@@ -144,16 +144,9 @@ def _spec(run: RunMeta, trajectory: Sequence[int], names: list[str], shapes: Map
 def _store(store: Store, run: RunMeta, spec: dict[str, Any], pca: PCA) -> DirectionRecord:
     """Store the components once (content-addressed by what defines them); their record."""
     did = short_hash(spec)
-    name = direction_name(did)
-    path = store.file(run.id, name)
-    sidecar = path.with_suffix(".json")
     obj = {"format": FORMAT, "spec": spec, "explained_variance_ratio": pca.explained_variance_ratio,
            **{f"d{j + 1}": {n: t.float() for n, t in c.items()} for j, c in enumerate(pca.components)}}
-    if not path.exists() and create_once(path, lambda f: torch.save(obj, f)):
-        write_json(sidecar, {"id": did, "spec": {**spec, "pair": 0}, "sha256": file_sha256(path)})
-    if sidecar.exists():
-        check_hash(path, read_json(sidecar)["sha256"], f"PCA directions ({did})")
-    return DirectionRecord(0, did, name, file_sha256(path))
+    return store.write_direction(run.id, did, {**spec, "pair": 0}, lambda f: torch.save(obj, f), f"PCA directions ({did})")
 
 
 def _load(store: Store, run_id: str, record: DirectionRecord, k: int) -> list[dict[str, Tensor]]:
@@ -175,7 +168,7 @@ class PCAKind(DirectionKind):
     default_range = None
     order = 2
 
-    def configure(self, st: Store, run: RunMeta, opts: GridOptions) -> dict[str, Any]:
+    def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         trajectory = sorted(set(opts.epochs)) if opts.epochs is not None else run.epoch_numbers
         if len(trajectory) < MIN_CHECKPOINTS:
             raise UsageError(f"--directions pca needs at least {MIN_CHECKPOINTS} checkpoints, got {len(trajectory)} "

@@ -13,17 +13,17 @@ import contextlib
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from landscape_cli._io import check_hash, short_hash
 from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
 from landscape_cli.directions.normalize import Direction, normalize
 from landscape_cli.errors import IntegrityError
 from landscape_cli.kernel.evaluate import Slice
 from landscape_cli.models.checkpoints import safe_load
-from landscape_cli.store import Store, direction_name
+from landscape_cli.store import Store
 from landscape_cli.store.meta import DirectionRecord, GridMeta
 
 FORMAT = "landscape-directions/1"
@@ -62,21 +62,16 @@ def ensure_stored(store: Store, run_id: str, shapes: Mapping[str, tuple[int, ...
     """
     spec = direction_spec(shapes, seed, pair)
     did = direction_id(spec)
-    name = direction_name(did)
-    path = store.file(run_id, name)
-    sidecar = path.with_suffix(".json")
-    if not path.exists():
+
+    def write(f: IO[bytes]) -> None:  # drawn only when the file is new
         d1, d2 = draw_random(shapes, seed, pair)
-        created = create_once(path, lambda f: torch.save({"format": FORMAT, "spec": spec, "d1": d1, "d2": d2}, f))
-        del d1, d2
-        if created:
-            write_json(sidecar, {"id": did, "spec": spec, "sha256": file_sha256(path)})
-    sha = file_sha256(path)
-    if sidecar.exists():
-        check_hash(path, read_json(sidecar)["sha256"], f"direction pair {pair} ({did})")
+        torch.save({"format": FORMAT, "spec": spec, "d1": d1, "d2": d2}, f)
+
+    record = store.write_direction(run_id, did, spec, write, f"direction pair {pair} ({did})", pair=pair)
+    path = store.file(run_id, record.file)
     obj = safe_load(path, "direction file", mmap=True)
     _check_loaded(obj, spec, shapes, path)
-    return DirectionRecord(pair, did, name, sha)
+    return record
 
 
 def load_recorded(store: Store, run_id: str, record: DirectionRecord, shapes: Mapping[str, tuple[int, ...]],

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from landscape_cli._progress import progress_bar, stderr_console
+from landscape_cli._progress import progress_bar
 from landscape_cli.data.losses import run_loss
 from landscape_cli.directions import EpochModel, GridContext, get_kind
 from landscape_cli.engine.distributed import Share
@@ -31,46 +31,7 @@ from landscape_cli.kernel.evaluate import Evaluator
 from landscape_cli.models import checkpoints
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.locks import is_locked
-from landscape_cli.store.meta import GridMeta, epoch_record
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """How a grid's points are computed, fixed when the grid is created and recorded in grid.json.
-
-    `points_per_pass` 1 is the in-place loop; more is the batched evaluator (that many points per
-    forward pass, `torch.func.vmap`). Values are bitwise reproducible for the same device type,
-    thread count, precision, evaluator and points per pass; on CUDA the grid runs with
-    deterministic kernels (cuDNN's deterministic algorithms, no autotuning, a fixed cuBLAS
-    workspace) so that a resumed grid matches an uninterrupted one bitwise.
-    """
-
-    points_per_pass: int = 1
-    precision: str = "fp32"
-    device: str = "cpu"  # the device type
-
-    @property
-    def name(self) -> str:
-        return "batched" if self.points_per_pass > 1 else "loop"
-
-    @property
-    def deterministic(self) -> bool:
-        return True  # CPU kernels are, for one thread count; CUDA is made so by `deterministic_kernels`
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "points_per_pass": self.points_per_pass, "precision": self.precision,
-                "device": self.device, "deterministic": self.deterministic}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], precision: str) -> Evaluation | None:
-        """The recorded evaluation (None for a grid made before evaluators were recorded)."""
-        if not d:
-            return None
-        return cls(int(d.get("points_per_pass", 1)), str(d.get("precision", precision)), str(d.get("device", "cpu")))
-
-    def describe(self) -> str:
-        per = f"{self.points_per_pass} point{'s' if self.points_per_pass > 1 else ''} per pass"
-        return f"the {self.name} evaluator ({per}, {self.precision}) on {self.device}"
+from landscape_cli.store.meta import EvaluatorRecord, GridMeta, epoch_record
 
 
 def deterministic_kernels(device: torch.device) -> None:
@@ -93,9 +54,9 @@ class Outcome:
 
 
 def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: torch.device,
-                     evaluation: Evaluation | None = None) -> EpochModel:
+                     evaluation: EvaluatorRecord | None = None) -> EpochModel:
     """The checkpoint of `epoch` as a model on `device`, with an evaluator on the grid's batches."""
-    evaluation = evaluation or Evaluation(precision=ctx.config.precision, device=device.type)
+    evaluation = evaluation or EvaluatorRecord(precision=ctx.config.precision, device=device.type)
     ckpt = checkpoints.load_epoch(ctx.store, ctx.run.id, epoch_record(ctx.run, epoch))
     model = checkpoints.build_model(ckpt).to(device)
     del ckpt
@@ -114,9 +75,10 @@ def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, ep
 
 
 def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: Batches, device: torch.device,
-            progress: bool, gradient: bool, share: Share | None = None, evaluation: Evaluation | None = None) -> Outcome:
+            progress: bool, gradient: bool, share: Share | None = None, evaluation: EvaluatorRecord | None = None,
+            note: Callable[[str], None] = print) -> Outcome:
     """Compute every missing row and centre of the plan's epochs (sharing them with other processes), or
-    with a partial `share` the missing ones of that share."""
+    with a partial `share` the missing ones of that share. A damaged row that is recomputed is told to `note`."""
     st, run_id, cfg = ctx.store, ctx.run.id, ctx.config
     share = share or Share()
     kind = get_kind(cfg.kind)
@@ -133,7 +95,7 @@ def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: B
                 ei = plan.index[e]
                 todo = {}
                 for p in range(cfg.pairs):
-                    missing = _rows_todo(rows, ei, e, p, out.repaired)
+                    missing = _rows_todo(rows, ei, e, p, out.repaired, note)
                     if mine is not None:  # a shard or rank: its rows only, no locks, nobody to wait for
                         todo[p] = [y for y in missing if mine(ei, p, y)]
                         continue
@@ -182,7 +144,7 @@ def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: B
     return out
 
 
-def _rows_todo(rows: Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> list[int]:
+def _rows_todo(rows: Rows, ei: int, epoch: int, p: int, repaired: list[str], note: Callable[[str], None]) -> list[int]:
     """Rows not done yet; a done row whose chunks no longer decode is reported and redone."""
     done = rows.done(ei, p, repaired.append)
     todo = []
@@ -191,7 +153,7 @@ def _rows_todo(rows: Rows, ei: int, epoch: int, p: int, repaired: list[str]) -> 
             todo.append(y)
         elif not rows.row_readable(ei, p, y):
             repaired.append(f"row {y} of pair {p}, epoch {epoch}")
-            stderr_console().print(f"[yellow]damaged chunk in row {y} of pair {p}, epoch {epoch}: recomputing[/]")
+            note(f"damaged chunk in row {y} of pair {p}, epoch {epoch}: recomputing")
             rows.clear_row(ei, p, y)
             todo.append(y)
     return todo

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from landscape_cli.config import Axis, GridConfig, GridOptions, check_batches, finite, parse_batches, positive_int
+from landscape_cli.config import Axis, GridConfig, GridRequest, check_batches, finite, positive_int
 from landscape_cli.directions import get_kind
-from landscape_cli.errors import GridStateError, RunNotFoundError, UsageError
+from landscape_cli.errors import RunNotFoundError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.meta import RunMeta
@@ -26,10 +26,10 @@ from landscape_cli.store.meta import RunMeta
 Owner = Callable[[int, int, int], bool]  # (epoch index, pair, row) -> whether this process computes it
 
 
-def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, list[int]]:
+def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, list[int]]:
     """The grid's configuration and the epochs to compute, from the user's options."""
-    if not run.epochs:
-        raise GridStateError(f"run {run.id} has no checkpoint yet: train it first (`landscape train ...`)")
+    run.require_checkpoints()
+    opts = opts.checked()
     if opts.from_grid is not None:
         _, gid = st.find_grid(opts.from_grid, run.id)
         source = st.read_grid(run.id, gid)
@@ -44,7 +44,7 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
     dims = opts.dims if opts.dims is not None else max(kind.dims)
     seed, norm = _inherit_directions(st, run, opts)
     pairs = opts.pairs if opts.pairs is not None else (3 if kind.several_pairs else 1)
-    batches = parse_batches(opts.batches)
+    batches = opts.batches
     whole = batches == "all"
     cfg = GridConfig(
         run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs,
@@ -61,7 +61,7 @@ def resolve(st: Store, run: RunMeta, opts: GridOptions) -> tuple[GridConfig, lis
     return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None)
 
 
-def _axes(kind: str, default: tuple[float, float] | None, opts: GridOptions, dims: int) -> tuple[Axis, ...]:
+def _axes(kind: str, default: tuple[float, float] | None, opts: GridRequest, dims: int) -> tuple[Axis, ...]:
     if opts.span is not None:
         if opts.range is not None:
             raise UsageError("give --span or --range, not both (--span S is --range -S,S)")
@@ -93,7 +93,7 @@ def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
     return list(dict.fromkeys(epochs))
 
 
-def _inherit_directions(st: Store, run: RunMeta, opts: GridOptions) -> tuple[int | None, str | None]:
+def _inherit_directions(st: Store, run: RunMeta, opts: GridRequest) -> tuple[int | None, str | None]:
     """--directions-from GRID: use that grid's random draw (and normalization unless given)."""
     if opts.directions_from is None:
         return opts.seed, opts.norm

@@ -36,8 +36,9 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,10 +48,10 @@ from landscape_cli._io import PARTIAL_SUFFIX, atomic_path, os_error
 from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, open_group
+from landscape_cli.views.readers import Source, select_hessian, select_sources
 
 FORMATS = ("netcdf", "csv", "vtk", "npz")
 DEFAULT_NAMES = {"netcdf": "landscape.nc", "csv": "landscape.csv", "npz": "landscape.npz", "vtk": "vtk"}
-EXPORTS_DIR = "exports"  # in the grid's directory, beside landscape.zarr and plots/
 JSON_ATTRS = "json_encoded_attributes"  # NetCDF: the attributes stored as JSON strings
 NPZ_ATTRS = "attributes_json"  # npz: the attributes (and each array's dims and attributes) as one JSON string
 MANIFEST = "landscape-export.json"  # in a VTK export directory: also what marks it as one (safe to replace)
@@ -135,7 +136,8 @@ def export(
 
     st = Store.of(store)
     source = _select(st, run, grid)
-    target = _out_path(out, fmt, source)
+    target = _out_path(out, fmt, st.export_path(source.run_id, source.grid_id, DEFAULT_NAMES[fmt]),
+                       partial(st.grid_owns, source.run_id, source.grid_id), st.grid_dir(source.run_id, source.grid_id))
     with _undone_on_failure(_prepare_parent(target)):
         data = _read(source.zarr_path, source.grid_id)
         stats = data.counts()
@@ -178,10 +180,6 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
     and eigenpair (`hessian.csv`) and, with a density, one per epoch and bin (`hessian_density.csv`).
     Default `out`: ``<results dir>/exports/hessian.nc|.csv|.npz``. "Points" in the result are epochs.
     """
-    from types import SimpleNamespace
-
-    from landscape_cli.views.hessian_figure import select
-
     started = time.perf_counter()
     fmt = str(format).strip().lower()
     if fmt not in HESSIAN_FORMATS:
@@ -191,10 +189,10 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
         _require_netcdf()
     st = Store.of(store)
     run_id = st.resolve(run)
-    meta = select(st, run_id, hessian)
+    meta = select_hessian(st, run_id, hessian)
     zarr_path = st.hessian_zarr(run_id, meta.id)
-    where = SimpleNamespace(path=st.hessian_dir(run_id, meta.id), zarr_path=zarr_path)
-    target = _out_path(out, fmt, where, HESSIAN_NAMES)
+    target = _out_path(out, fmt, st.hessian_export_path(run_id, meta.id, HESSIAN_NAMES[fmt]),
+                       partial(st.hessian_owns, run_id, meta.id), st.hessian_dir(run_id, meta.id))
     with _undone_on_failure(_prepare_parent(target)):
         data = _read(zarr_path, meta.id, ("done", "epoch", "eigenvalues"))
         done = data.arrays["done"] > 0
@@ -272,9 +270,7 @@ def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 # --- choosing the grid and the output path ---------------------------------------------------------
 
 
-def _select(st: Store, run: str, grid: str | None) -> Any:
-    from landscape_cli.views.figures import select_sources
-
+def _select(st: Store, run: str, grid: str | None) -> Source:
     if grid is None:
         try:
             run_id = st.resolve(run)
@@ -285,20 +281,19 @@ def _select(st: Store, run: str, grid: str | None) -> Any:
     return select_sources(st, [run], [grid] if grid is not None else [])[0]
 
 
-def _out_path(out: str | os.PathLike[str] | None, fmt: str, source: Any, names: dict[str, str] = DEFAULT_NAMES) -> Path:
-    name = names[fmt]
+def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, owned: Callable[[Path], bool],
+              home: Path) -> Path:
+    """`out` (a directory given for a file: the default name in it), else `default`; refused if it would overwrite
+    what `owned` says the store owns (the grid's or results' own files, in `home`)."""
     if out is None:
-        return Path(source.path) / EXPORTS_DIR / name
+        return default
     if str(out).strip() == "":
         raise UsageError("empty --out: give a file (a directory for --format vtk), or leave it out")
     path = Path(out).expanduser()
     if fmt != "vtk" and path.is_dir():
-        path = path / name
-    resolved = path.resolve()
-    zarr_dir = Path(source.zarr_path).resolve()
-    own = {zarr_dir.parent / "grid.json", (zarr_dir.parent.parent.parent / "run.json")}
-    if resolved == zarr_dir or zarr_dir in resolved.parents or resolved in own:
-        raise UsageError(f"--out {path} would overwrite the grid's own files: choose a path outside {zarr_dir.parent}")
+        path = path / default.name
+    if owned(path):
+        raise UsageError(f"--out {path} would overwrite the grid's own files: choose a path outside {home.resolve()}")
     if fmt == "vtk":
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {path} is a file: --format vtk writes a directory (give a new or empty one)")

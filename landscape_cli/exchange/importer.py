@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from landscape_cli import __version__
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now
 from landscape_cli._progress import progress_bar
+from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig
 from landscape_cli.data import dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import get_loss, loss_for_task

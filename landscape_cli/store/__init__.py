@@ -17,12 +17,14 @@ Every other module asks a `Store` for paths, metadata and locks; files are writt
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
-from landscape_cli._io import read_json, short_hash, write_json
+from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
 from landscape_cli.errors import AmbiguousReferenceError, IntegrityError, RunNotFoundError, StoreError, UsageError
-from landscape_cli.store.locks import FileLock
-from landscape_cli.store.meta import Damaged, GridMeta, HessianMeta, RunMeta
+from landscape_cli.store.locks import FileLock, is_locked
+from landscape_cli.store.meta import Damaged, DirectionRecord, DirectionSidecar, GridMeta, HessianMeta, RunMeta
 
 STORE_ENV = "LANDSCAPE_STORE"
 DEFAULT_STORE = "runs"
@@ -220,6 +222,39 @@ class Store:
             if isinstance(r, RunMeta) and r.name == name and r.id != run_id:
                 raise UsageError(f"the name {name!r} is taken by run {r.id}: choose another --name")
 
+    # -- directions --
+
+    def write_direction(self, run_id: str, direction_id: str, spec: dict[str, Any], write: Callable[[IO[bytes]], None],
+                        what: str, *, pair: int = 0, replace: bool = False) -> DirectionRecord:
+        """Store a direction file once (created exclusively, so concurrent grids never replace each other's) with
+        its JSON sidecar (id, spec, sha256); its record. An existing file is checked against its sidecar's hash.
+        `replace`: a file left by a killed computation of the same spec is written again."""
+        name = direction_name(direction_id)
+        path = self.file(run_id, name)
+        sidecar = path.with_suffix(".json")
+        if replace and path.exists():
+            path.unlink()
+        if not path.exists() and create_once(path, write):
+            write_json(sidecar, {"id": direction_id, "spec": spec, "sha256": file_sha256(path)})
+        if sidecar.exists():
+            check_hash(path, self.direction_sidecar(sidecar).sha256, what)
+        return DirectionRecord(pair, direction_id, name, file_sha256(path))
+
+    def direction_sidecars(self, run_id: str) -> list[Path]:
+        """The JSON sidecars of the run's direction files (what `verify` checks)."""
+        directions = self.directions_dir(run_id)
+        return sorted(directions.glob("*.json")) if directions.is_dir() else []
+
+    @staticmethod
+    def direction_sidecar(path: Path) -> DirectionSidecar:
+        """A direction file's sidecar, typed (IntegrityError naming the file if it is damaged)."""
+        return DirectionSidecar.from_json(read_json(path), path)
+
+    @staticmethod
+    def direction_of(sidecar: Path) -> Path:
+        """The direction file a sidecar describes."""
+        return sidecar.with_suffix(".pt")
+
     # -- grids --
 
     def grid_ids(self, run_id: str, with_metadata: bool = True) -> list[str]:
@@ -229,6 +264,15 @@ class Store:
             return []
         return sorted(d.name for d in grids.iterdir()
                       if d.is_dir() and (not with_metadata or (d / GRID_FILE).is_file()))
+
+    def grid_busy(self, run_id: str, grid_id: str) -> bool:
+        """Whether another process holds a row of the grid right now."""
+        locks = self.locks_dir(run_id, grid_id)
+        return locks.is_dir() and any(is_locked(p) for p in locks.glob("*.lock"))
+
+    def has_zarr(self, run_id: str, grid_id: str) -> bool:
+        """Whether the grid's Zarr group was created (its own metadata file exists)."""
+        return (self.zarr_path(run_id, grid_id) / "zarr.json").exists()
 
     def has_grid(self, run_id: str, grid_id: str) -> bool:
         return self.grid_file(run_id, grid_id).is_file()
@@ -297,6 +341,13 @@ class Store:
             return []
         return sorted(d.name for d in hessians.iterdir() if (d / HESSIAN_FILE).is_file())
 
+    def has_hessian(self, run_id: str, hessian_id: str) -> bool:
+        return self.hessian_file(run_id, hessian_id).is_file()
+
+    def has_hessian_arrays(self, run_id: str, hessian_id: str) -> bool:
+        """Whether the results' Zarr group was created (its own metadata file exists)."""
+        return (self.hessian_zarr(run_id, hessian_id) / "zarr.json").exists()
+
     def read_hessian(self, run_id: str, hessian_id: str) -> HessianMeta:
         path = self.hessian_file(run_id, hessian_id)
         raw = read_json(path)
@@ -324,6 +375,42 @@ class Store:
         for g in self.grids(run_id):
             if isinstance(g, GridMeta) and g.name == name and g.id != grid_id:
                 raise UsageError(f"the name {name!r} is taken by grid {g.id} of run {run_id}: choose another --name")
+
+    # -- where views and exports write --
+
+    EXPORTS_DIR = "exports"  # in a grid's (or curvature results') directory, beside plots/
+
+    def plot_path(self, run_id: str, grid_id: str, filename: str) -> Path:
+        """Where a figure or page of a grid is saved unless told otherwise: `filename` in the grid's plots/."""
+        return self.plots_dir(run_id, grid_id) / filename
+
+    def hessian_plot_path(self, run_id: str, hessian_id: str, filename: str) -> Path:
+        """Where a figure of curvature results is saved unless told otherwise: `filename` in the results' plots/."""
+        return self.hessian_dir(run_id, hessian_id) / PLOTS_DIR / filename
+
+    def export_path(self, run_id: str, grid_id: str, name: str) -> Path:
+        """Where an export of a grid is written unless told otherwise: `name` in the grid's exports/."""
+        return self.grid_dir(run_id, grid_id) / self.EXPORTS_DIR / name
+
+    def hessian_export_path(self, run_id: str, hessian_id: str, name: str) -> Path:
+        """Where an export of curvature results is written unless told otherwise: `name` in the results' exports/."""
+        return self.hessian_dir(run_id, hessian_id) / self.EXPORTS_DIR / name
+
+    def grid_owns(self, run_id: str, grid_id: str, path: str | os.PathLike[str]) -> bool:
+        """Whether writing `path` would overwrite the grid's own files: its Zarr group (or anything in it), its
+        grid.json or its run's run.json."""
+        return self._owns(path, self.zarr_path(run_id, grid_id), self.grid_file(run_id, grid_id), self.run_file(run_id))
+
+    def hessian_owns(self, run_id: str, hessian_id: str, path: str | os.PathLike[str]) -> bool:
+        """Whether writing `path` would overwrite the curvature results' own files: their Zarr group (or anything
+        in it), their hessian.json or their run's run.json."""
+        return self._owns(path, self.hessian_zarr(run_id, hessian_id), self.hessian_file(run_id, hessian_id),
+                          self.run_file(run_id))
+
+    @staticmethod
+    def _owns(path: str | os.PathLike[str], group: Path, *files: Path) -> bool:
+        resolved, group = Path(path).resolve(), group.resolve()
+        return resolved == group or group in resolved.parents or resolved in {f.resolve() for f in files}
 
 
 def check_label(name: str, what: str) -> None:

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -37,12 +37,17 @@ from landscape_cli._io import os_error
 from landscape_cli.config import GridConfig
 from landscape_cli.errors import IntegrityError
 
-if TYPE_CHECKING:  # plotting reads grids without importing torch
-    from landscape_cli.kernel.evaluate import Center
-
 CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
 GRADIENTS = ("grad_a", "grad_b")  # one per axis
+
+
+class CenterValues(Protocol):
+    """What a grid stores at its centre (the kernel's `Center`): per batch, and the gradient per direction."""
+
+    loss: np.ndarray  # [batch]
+    accuracy: np.ndarray  # [batch]
+    grads: np.ndarray  # [direction, batch]
 
 
 @dataclass
@@ -324,7 +329,7 @@ class Rows:
             return False
         return True
 
-    def write_center(self, ei: int, p: int, c: Center, gradient: bool = True) -> None:
+    def write_center(self, ei: int, p: int, c: CenterValues, gradient: bool = True) -> None:
         try:
             self.arrays["center_loss"][ei, :] = c.loss
             self.arrays["center_accuracy"][ei, :] = c.accuracy

@@ -161,6 +161,11 @@ class RunMeta:
             **_stamps_json(self.versions, self.created, self.updated),
         }
 
+    def require_checkpoints(self) -> None:
+        """Refuse (GridStateError) a run with no checkpoint yet: nothing can be computed from it."""
+        if not self.epochs:
+            raise GridStateError(f"run {self.id} has no checkpoint yet: train it first (`landscape train ...`)")
+
     def record(self, epoch: int) -> EpochRecord | None:
         """The record of `epoch` (None if the run has no checkpoint for it)."""
         return next((r for r in self.epochs if r.epoch == epoch), None)
@@ -173,6 +178,25 @@ class RunMeta:
     def architecture(self) -> tuple[str, dict[str, Any]]:
         """What must match for two runs' weights to be interchangeable: model name and arguments."""
         return str(self.model["name"]), dict(self.model["args"])
+
+
+@dataclass(frozen=True)
+class DirectionSidecar:
+    """A direction file's JSON sidecar: its id, what defines it (`spec`, with the pair) and its sha256."""
+
+    id: str
+    spec: dict[str, Any]
+    sha256: str
+
+    @property
+    def pair(self) -> int:
+        return int(self.spec.get("pair", 0))
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path) -> DirectionSidecar:
+        if not isinstance(d, dict) or not isinstance(d.get("spec"), dict):
+            raise IntegrityError(f"{where}: not a direction record (damaged)")
+        return cls(_need(d, "id", str, where), d["spec"], _need(d, "sha256", str, where))
 
 
 @dataclass
@@ -191,6 +215,58 @@ class DirectionRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class EvaluatorRecord:
+    """How a grid's points are computed, fixed when the grid is created and recorded in grid.json.
+
+    `points_per_pass` 1 is the in-place loop; more is the batched evaluator (that many points per
+    forward pass, `torch.func.vmap`). Values are bitwise reproducible for the same device type,
+    thread count, precision, evaluator and points per pass; on CUDA the grid runs with
+    deterministic kernels (cuDNN's deterministic algorithms, no autotuning, a fixed cuBLAS
+    workspace) so that a resumed grid matches an uninterrupted one bitwise. `threads` records, per
+    writer ("one process", "shard I/N", "ranks"), the torch thread counts its processes computed
+    rows with (empty for grids made before it was recorded).
+    """
+
+    points_per_pass: int = 1
+    precision: str = "fp32"
+    device: str = "cpu"  # the device type
+    threads: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return "batched" if self.points_per_pass > 1 else "loop"
+
+    @property
+    def deterministic(self) -> bool:
+        return True  # CPU kernels are, for one thread count; CUDA is made so by the engine's deterministic kernels
+
+    def same_evaluator(self, other: EvaluatorRecord) -> bool:
+        """Whether two records name the same evaluator (thread counts aside)."""
+        return (self.points_per_pass, self.precision, self.device) == (other.points_per_pass, other.precision,
+                                                                       other.device)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "points_per_pass": self.points_per_pass, "precision": self.precision,
+                               "device": self.device, "deterministic": self.deterministic}
+        if self.threads:
+            out["threads"] = {w: list(c) for w, c in self.threads.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, d: Any, precision: str) -> EvaluatorRecord | None:
+        """The recorded evaluator (None for a grid made before evaluators were recorded)."""
+        if not d or not isinstance(d, dict):
+            return None
+        threads = d.get("threads") or {}
+        return cls(int(d.get("points_per_pass", 1)), str(d.get("precision", precision)), str(d.get("device", "cpu")),
+                   {str(w): [int(c) for c in counts] for w, counts in threads.items()})
+
+    def describe(self) -> str:
+        per = f"{self.points_per_pass} point{'s' if self.points_per_pass > 1 else ''} per pass"
+        return f"the {self.name} evaluator ({per}, {self.precision}) on {self.device}"
 
 
 @dataclass
@@ -214,7 +290,7 @@ class GridMeta:
     updated: str | None = None
     ranges: list[tuple[float, float]] = field(default_factory=list)
     kind: dict[str, Any] = field(default_factory=dict)
-    evaluator: dict[str, Any] = field(default_factory=dict)  # how points are computed (`execute.Evaluation`)
+    evaluator: EvaluatorRecord | None = None  # how points are computed (None: made before it was recorded)
     format: int = GRID_FORMAT
 
     @classmethod
@@ -243,7 +319,7 @@ class GridMeta:
             **_stamps(d),
             ranges=ranges,
             kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
-            evaluator=dict(d.get("evaluator") or {}),
+            evaluator=EvaluatorRecord.from_json(d.get("evaluator"), cfg.precision),
             format=GRID_FORMAT,
         )
 
@@ -259,7 +335,7 @@ class GridMeta:
             "parameters": self.parameters,
             "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
-            "evaluator": self.evaluator,
+            "evaluator": self.evaluator.to_json() if self.evaluator is not None else {},
             **_stamps_json(self.versions, self.created, self.updated),
         }
 

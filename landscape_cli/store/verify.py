@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from landscape_cli._io import PARTIAL_SUFFIX, file_sha256, read_json
+from landscape_cli._io import PARTIAL_SUFFIX, file_sha256
 from landscape_cli.errors import IntegrityError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
@@ -81,19 +81,18 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
             _file(report, run_id, st.file(run_id, meta.resume.file), meta.resume.sha256,
                   f"optimizer state of epoch {meta.resume.epoch}",
                   "training cannot be continued exactly; the checkpoints and grids are unaffected")
-    directions_dir = st.directions_dir(run_id)
-    if directions_dir.is_dir():
-        for sidecar in sorted(directions_dir.glob("*.json")):
-            report.checked["directions"] += 1
-            try:
-                record = read_json(sidecar)
-                _file(report, run_id, sidecar.with_suffix(".pt"), record["sha256"],
-                      f"direction pair {record['spec']['pair']} ({record['id']})",
-                      f"delete {sidecar.with_suffix('.pt')} and {sidecar}, then rerun the grids that use it "
-                      "with --resume (the seeded draw is made again, identical)")
-            except (IntegrityError, KeyError, TypeError) as e:
-                report.problems.append(Problem(run_id, str(sidecar), f"damaged direction record ({e})",
-                                               f"delete {sidecar}: it is written again from the direction file"))
+    for sidecar in st.direction_sidecars(run_id):
+        report.checked["directions"] += 1
+        try:
+            record = st.direction_sidecar(sidecar)
+        except (IntegrityError, OSError) as e:
+            report.problems.append(Problem(run_id, str(sidecar), f"damaged direction record ({e})",
+                                           f"delete {sidecar}: it is written again from the direction file"))
+            continue
+        direction = st.direction_of(sidecar)
+        _file(report, run_id, direction, record.sha256, f"direction pair {record.pair} ({record.id})",
+              f"delete {direction} and {sidecar}, then rerun the grids that use it "
+              "with --resume (the seeded draw is made again, identical)")
     for grid_id in st.grid_ids(run_id, with_metadata=False):
         _verify_grid(st, run_id, grid_id, report)
 

@@ -1,7 +1,7 @@
 """Figures from grids: planes as heatmaps, contours and 3-D surfaces, lines as curves, a PCA plane
 with its trajectory, comparisons across epochs and runs, and GIFs over epochs.
 
-Reads run.json, grid.json and the Zarr arrays; never imports torch. Figures are built with
+Reads grids through `readers` (as pages, notebooks and exports do); never imports torch. Figures are built with
 `matplotlib.figure.Figure` on an Agg canvas: the process's backend is never switched and pyplot
 never holds them, except with `show=True`, which opens a window through pyplot and closes it after.
 
@@ -34,90 +34,37 @@ from typing import Any
 import numpy as np
 
 from landscape_cli._io import atomic_path, check_writable, os_error
-from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.errors import StoreError, UsageError
 from landscape_cli.store import Store
-from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
-from landscape_cli.store.meta import EpochRecord, GridMeta, RunMeta
+from landscape_cli.views.readers import (
+    METRICS,
+    EpochData,
+    LineData,
+    PathData,
+    Source,
+    TrajectoryPath,
+    axis_labels,
+    batch_text,
+    check_metric,
+    directions_text,
+    eigenvalues,
+    geometry,
+    kind_text,
+    read_epoch,
+    read_line,
+    read_path,
+    select_sources,
+    target_text,
+    trajectory,
+)
 
-METRICS = ("loss", "accuracy")
+__all__ = ["Curve", "Panel", "PlotResult", "Source", "Style", "TrajectoryPath", "build_curves", "build_panels", "draw",
+           "draw_curves", "plot", "select_sources"]
+
 REDUCTIONS = ("none", "mean", "batches", "pairs")
 FORMATS = (".png", ".pdf", ".svg")
 DIVERGED_COLOUR = "magenta"
-FAR_FROM_PLANE = 0.5  # a checkpoint's residual/distance above which the path is said to lie far from the plane
 PATH_COLOUR = "black"
-
-
-@dataclass
-class Source:
-    """One grid of one run, as read from the store."""
-
-    run_id: str
-    run: RunMeta
-    grid_id: str
-    grid: GridMeta
-    path: Path  # the grid's directory
-    zarr_path: Path
-    plots_dir: Path
-    _coords: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def label(self) -> str:
-        cfg = self.run.config
-        return f"{self.name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
-
-    @property
-    def name(self) -> str:
-        return self.run.name or self.run_id[:8]
-
-    @property
-    def kind(self) -> str:
-        return self.grid.config.kind
-
-    @property
-    def dims(self) -> int:
-        return self.grid.config.dims
-
-    @property
-    def coords(self) -> list[np.ndarray]:
-        """The grid's stored coordinates: [x] for a line, [x, y] for a plane."""
-        if self._coords is None:
-            rows = Rows(self.zarr_path, "r")
-            try:
-                self._coords = [np.asarray(rows[name][:], np.float64) for name in ("x", "y")[:rows.dims]]
-            except DECODE_ERRORS as e:
-                raise IntegrityError(
-                    f"grid {self.grid_id} has damaged coordinates: `landscape grid {self.run_id} --grid "
-                    f"{self.grid_id} --resume` rebuilds them (`landscape verify` lists everything that is damaged)"
-                ) from e
-        return self._coords
-
-    def epoch_record(self, epoch: int) -> EpochRecord | None:
-        return self.run.record(epoch)
-
-
-@dataclass
-class TrajectoryPath:
-    """A PCA grid's trajectory as drawn: each checkpoint's coordinates on the plane (or line), its
-    distance from the plane (`residual`) and from the final checkpoint (`distance`), and its own
-    metric (`values`, the mean over the batches of the panel or curves it is drawn with)."""
-
-    source: Source
-    epochs: list[int]
-    x: np.ndarray
-    y: np.ndarray | None  # None on a line
-    residual: np.ndarray
-    distance: np.ndarray
-    values: np.ndarray
-
-    @property
-    def off_plane(self) -> float:
-        """The largest residual/distance over the checkpoints other than the final one (0: all on the plane)."""
-        away = self.distance > 0
-        return float(np.max(self.residual[away] / self.distance[away])) if away.any() else 0.0
-
-    @property
-    def far(self) -> bool:
-        return self.off_plane > FAR_FROM_PLANE
 
 
 @dataclass
@@ -184,74 +131,6 @@ class PlotResult:
 # --- choosing what to plot ------------------------------------------------------------------------
 
 
-def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) -> list[Source]:
-    """The grid of each run: named by `grids` (one for all runs, or one per run), else the newest."""
-    if not runs:
-        raise UsageError("name at least one run (or grid) to plot; `landscape ls` lists them")
-    if grids and len(grids) not in (1, len(runs)):
-        raise UsageError(f"give one --grid for all runs or one per run: got {len(grids)} for {len(runs)} runs")
-    sources = []
-    for i, ref in enumerate(runs):
-        try:
-            run_id = st.resolve(ref)
-            grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
-            if grid_ref is None:
-                newest = st.newest_grid(run_id)
-                if newest is None:
-                    raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
-                grid_id = newest
-            else:
-                run_id, grid_id = st.find_grid(grid_ref, run_id)
-        except RunNotFoundError:
-            if grids:
-                raise
-            run_id, grid_id = st.find_grid(ref)  # a grid named directly
-        meta = st.read_grid(run_id, grid_id)
-        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
-                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
-    _check_comparable(sources)
-    return sources
-
-
-def check_metric(sources: list[Source], metric: str) -> None:
-    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss."""
-    if metric == "accuracy":
-        for s in sources:
-            if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
-                raise UsageError(f"--metric accuracy: run {s.run_id} is a regression (mean squared error): it has only "
-                                 "a loss")
-
-
-def _check_comparable(sources: list[Source]) -> None:
-    """Compared grids are drawn on one set of axes: the same kind, dimensions and coordinates."""
-    first = sources[0]
-    for s in sources[1:]:
-        a, b = first.grid.config, s.grid.config
-        if (a.kind, a.dims) != (b.kind, b.dims):
-            raise UsageError(
-                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
-                "compared grids need the same --directions and --dims"
-            )
-        same = len(first.coords) == len(s.coords) and all(
-            c.shape == d.shape and np.allclose(c, d, rtol=1e-9, atol=1e-12) for c, d in zip(first.coords, s.coords, strict=True)
-        )
-        if not same:
-            raise UsageError(
-                f"cannot compare grid {first.grid_id} ({_shape_text(first)}) with grid {s.grid_id} ({_shape_text(s)}): "
-                "compared grids need the same --width and --span (or --range and --yrange): the same "
-                + ("x and y coordinates" if a.dims == 2 else "x coordinates")
-            )
-
-
-def _shape_text(s: Source) -> str:
-    cfg = s.grid.config
-    counts = "x".join(str(a.count) for a in cfg.axes)
-    if cfg.kind == "random" and cfg.span is not None:
-        return f"{counts}, span ±{cfg.span:g}" if cfg.dims == 2 else f"{counts} points, span ±{cfg.span:g}"
-    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
-    return f"{_kind_text(s)}, {counts}{' points' if cfg.dims == 1 else ''}, {ranges}"
-
-
 def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool) -> list[int]:
     if epochs is None:
         if animate or sources[0].dims == 1:  # a line's epochs are curves in one panel: all of them
@@ -270,11 +149,6 @@ def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bo
     return list(dict.fromkeys(epochs))
 
 
-def _batch(s: Source, b: int) -> str:
-    """A batch entry's name: "batch 2", or "all" for a grid over the whole split (--batches all)."""
-    return f"all of {s.grid.config.split}" if s.grid.config.whole else f"batch {b}"
-
-
 def _check_selection(sources: list[Source], pair: int | None, batch: int | None) -> None:
     for s in sources:
         c = s.grid.config
@@ -284,117 +158,7 @@ def _check_selection(sources: list[Source], pair: int | None, batch: int | None)
             raise UsageError(f"--batch {batch}: grid {s.grid_id} has batches 0..{c.batches - 1}")
 
 
-# --- reading ------------------------------------------------------------------------------------
-
-
-def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
-    where = f", epoch {epoch}" if epoch is not None else ""
-    return IntegrityError(
-        f"grid {source.grid_id} has a damaged chunk ({what}{where}): "
-        f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
-        "(`landscape verify` lists everything that is damaged)"
-    )
-
-
-@dataclass
-class _EpochData:
-    values: np.ndarray  # [P, B, H, W]
-    done: np.ndarray  # [P, H]
-    center: np.ndarray  # [B]
-    grad_a: np.ndarray  # [P, B]
-    grad_b: np.ndarray
-
-
-def _read_epoch(source: Source, epoch: int, metric: str) -> _EpochData:
-    rows = Rows(source.zarr_path, "r")
-    ei = rows.epochs.index(epoch)
-    pairs, height = rows["done"].shape[1], rows["done"].shape[2]
-    # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
-    values = np.full((pairs, rows["loss"].shape[2], height, rows["loss"].shape[4]), np.nan)
-    done = np.zeros((pairs, height), bool)
-    ga = np.full((pairs, rows["grad_a"].shape[2]), np.nan)
-    gb = np.full_like(ga, np.nan)
-    what = "centre values"
-    try:
-        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei], np.float64)
-        for p in range(pairs):
-            what = f"centre gradient of pair {p}"
-            ga[p], gb[p] = rows["grad_a"][ei, p], rows["grad_b"][ei, p]
-            for y in range(height):
-                what = f"row {y} of pair {p}"
-                done[p, y] = rows["done"][ei, p, y] > 0
-                if done[p, y]:
-                    values[p, :, y, :] = rows[metric][ei, p, :, y, :]
-    except DECODE_ERRORS as e:
-        raise _damaged(source, what, epoch) from e
-    return _EpochData(values, done, center, ga, gb)
-
-
-@dataclass
-class _LineData:
-    values: np.ndarray  # [P, B, W]
-    done: np.ndarray  # [P]
-
-
-def _read_line(source: Source, epoch: int, metric: str) -> _LineData:
-    rows = Rows(source.zarr_path, "r")
-    ei = rows.epochs.index(epoch)
-    pairs, batches, width = rows["loss"].shape[1:4]
-    values = np.full((pairs, batches, width), np.nan)
-    done = np.zeros(pairs, bool)
-    what = ""
-    try:
-        for p in range(pairs):
-            what = f"the line of pair {p}"
-            done[p] = rows["done"][ei, p] > 0
-            if done[p]:
-                values[p] = rows.read_row(metric, ei, p, 0)
-    except DECODE_ERRORS as e:
-        raise _damaged(source, what, epoch) from e
-    return _LineData(values, done)
-
-
-@dataclass
-class _PathData:
-    epochs: list[int]
-    x: np.ndarray
-    y: np.ndarray | None
-    residual: np.ndarray
-    distance: np.ndarray
-    own: np.ndarray  # [checkpoint, batch]: each checkpoint's own metric
-
-
-def _read_path(source: Source, metric: str) -> _PathData | None:
-    """A PCA grid's trajectory, from its Zarr arrays (distances from the final checkpoint: grid.json)."""
-    if source.kind != "pca":
-        return None
-    rows = Rows(source.zarr_path, "r")
-    try:
-        root: Any = rows.root  # (zarr types a group's member as an array or a group)
-        epochs = [int(e) for e in np.asarray(root["path_epoch"][:])]
-        x = np.asarray(root["path_x"][:], np.float64)
-        y = np.asarray(root["path_y"][:], np.float64) if source.dims == 2 else None
-        residual = np.asarray(root["path_residual"][:], np.float64)
-        own = np.asarray(root["path_loss" if metric == "loss" else "path_accuracy"][...], np.float64)
-    except (*DECODE_ERRORS, KeyError) as e:
-        raise IntegrityError(
-            f"grid {source.grid_id} has damaged or missing trajectory arrays (path_*): `landscape grid "
-            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
-        ) from e
-    recorded = (source.grid.kind.get("path") or {}).get("distance")
-    if isinstance(recorded, list) and len(recorded) == len(x):
-        distance = np.asarray(recorded, np.float64)
-    else:  # orthonormal components (--norm none): the in-plane and off-plane parts
-        distance = np.sqrt(x**2 + (y**2 if y is not None else 0.0) + residual**2)
-    return _PathData(epochs, x, y, residual, distance, own)
-
-
-def _trajectory(source: Source, data: _PathData | None, batches: list[int]) -> TrajectoryPath | None:
-    if data is None:
-        return None
-    with np.errstate(invalid="ignore"):
-        values = data.own[:, batches].mean(axis=1)
-    return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
+# --- what the panels and curves show -------------------------------------------------------------
 
 
 def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
@@ -405,8 +169,8 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
     panels: list[Panel] = []
     if len(sources) == 1 and len(epochs) == 1:
         s, e = sources[0], epochs[0]
-        data = _read_epoch(s, e, metric)
-        path = _read_path(s, metric)
+        data = read_epoch(s, e, metric)
+        path = read_path(s, metric)
         pairs = [pair] if pair is not None else list(range(cfg.pairs))
         batches = [batch] if batch is not None else list(range(cfg.batches))
         if reduce == "mean":
@@ -416,26 +180,27 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
             panels += [_panel(s, e, data, [p], batches, f"pair {p}, mean over batches", path) for p in pairs]
             return panels, (len(pairs), 1)
         if reduce == "pairs":
-            panels += [_panel(s, e, data, pairs, [b], f"{_batch(s, b)}, mean over pairs", path) for b in batches]
+            panels += [_panel(s, e, data, pairs, [b], f"{batch_text(s, b)}, mean over pairs", path) for b in batches]
             return panels, (1, len(batches))
-        panels += [_panel(s, e, data, [p], [b], f"pair {p}, {_batch(s, b)}", path) for p in pairs for b in batches]
+        panels += [_panel(s, e, data, [p], [b], f"pair {p}, {batch_text(s, b)}", path) for p in pairs for b in batches]
         return panels, (len(pairs), len(batches))
     for s in sources:
-        path = _read_path(s, metric)
+        path = read_path(s, metric)
         for e in epochs:
-            data = _read_epoch(s, e, metric)
+            data = read_epoch(s, e, metric)
             c = s.grid.config
             p_sel = list(range(c.pairs)) if reduce in ("mean", "pairs") else [pair or 0]
             b_sel = list(range(c.batches)) if reduce in ("mean", "batches") else [batch or 0]
             what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
-                    "pairs": f"{_batch(s, b_sel[0])}, mean of pairs"}.get(reduce, f"pair {p_sel[0]}, {_batch(s, b_sel[0])}")
+                    "pairs": f"{batch_text(s, b_sel[0])}, mean of pairs"}.get(reduce,
+                                                                            f"pair {p_sel[0]}, {batch_text(s, b_sel[0])}")
             title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
             panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
     return panels, (len(sources), len(epochs))
 
 
-def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: list[int], title: str,
-           path: _PathData | None = None) -> Panel:
+def _panel(s: Source, epoch: int, data: EpochData, pairs: list[int], batches: list[int], title: str,
+           path: PathData | None = None) -> Panel:
     v = data.values[np.ix_(pairs, batches)]  # [p, b, H, W]
     done = np.asarray(data.done[pairs])  # [p, H]
     computed_rows = np.asarray(done.all(axis=0))
@@ -451,7 +216,7 @@ def _panel(s: Source, epoch: int, data: _EpochData, pairs: list[int], batches: l
         if not all(np.isfinite(grad)):
             grad = None
     return Panel(title, values, computed, center, grad, s, epoch, pairs[0] if len(pairs) == 1 else None,
-                 batches[0] if len(batches) == 1 else None, _trajectory(s, path, batches))
+                 batches[0] if len(batches) == 1 else None, trajectory(s, path, batches))
 
 
 def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
@@ -467,18 +232,18 @@ def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: in
         if reduce == "batches":
             groups = [([p], batches, f" · pair {p}") for p in pairs]
         elif reduce == "pairs":
-            groups = [(pairs, [b], f" · {_batch(s, b)}") for b in batches]
+            groups = [(pairs, [b], f" · {batch_text(s, b)}") for b in batches]
         else:
             groups = [(pairs, batches, "")]
         for e in epochs:
-            data = _read_line(s, e, metric)
+            data = read_line(s, e, metric)
             for ps, bs, what in groups:
                 who = f"{s.name} " if len(sources) > 1 else ""
                 curves.append(_curve(s, e, data, ps, bs, f"{who}epoch {e}{what}"))
     return curves
 
 
-def _curve(s: Source, epoch: int, data: _LineData, pairs: list[int], batches: list[int], label: str) -> Curve:
+def _curve(s: Source, epoch: int, data: LineData, pairs: list[int], batches: list[int], label: str) -> Curve:
     v = data.values[np.ix_(pairs, batches)].reshape(len(pairs) * len(batches), -1)  # [n, W]
     computed = bool(data.done[pairs].all())
     with np.errstate(invalid="ignore"):
@@ -560,31 +325,6 @@ def _label(style: Style) -> str:
     return f"{name} − {name} at the centre"
 
 
-def _axis_names(s: Source) -> tuple[str, ...]:
-    return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
-
-
-def _eigenvalues(s: Source, epoch: int | None) -> list[float]:
-    """A Hessian grid's top eigenvalues at `epoch` (its axes), as grid.json recorded them."""
-    facts = (s.grid.kind.get("epochs") or {}).get(str(epoch)) if epoch is not None else None
-    return [float(v) for v in facts["eigenvalues"]] if facts else []
-
-
-def _axis_labels(s: Source, epoch: int | None = None) -> list[str]:
-    """The label of each axis: what its coordinate is (a Hessian grid's: its eigenvalue at `epoch`)."""
-    if s.kind == "interpolate":
-        return ["t"]
-    if s.kind == "hessian":
-        values = _eigenvalues(s, epoch)
-        return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
-                for j in range(s.dims)]
-    if s.kind == "pca":
-        ratios = s.grid.kind.get("explained_variance_ratio") or []
-        return [f"PC{j + 1} ({100 * float(ratios[j]):.1f}% of variance)" if j < len(ratios) else f"PC{j + 1}"
-                for j in range(s.dims)]
-    return ["x (along d1)", "y (along d2)"][:s.dims]
-
-
 def _step(c: np.ndarray) -> float:
     return float(c[-1] - c[0]) / (len(c) - 1)
 
@@ -640,7 +380,7 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
     extent = (xs[0] - dx / 2, xs[-1] + dx / 2, ys[0] - dy / 2, ys[-1] + dy / 2)
     square = bool(np.isclose(extent[1] - extent[0], extent[3] - extent[2]))
     one_epoch = {p.epoch for p in panels}
-    xlabel, ylabel = _axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)
+    xlabel, ylabel = axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)
     for i, panel in enumerate(panels):
         # a path on a surface is drawn over it (never sorted behind it by depth)
         kw: dict[str, Any] = {"projection": "3d", "computed_zorder": panel.path is None} if style.surface else {}
@@ -689,7 +429,7 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
             ax.plot([0], [0], marker="+", color="red", markersize=6)
             if panel.path is not None:
                 _draw_plane_path(ax, panel.path)
-        values = _eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
+        values = eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
         eigen = " · " + ", ".join(f"λ{j + 1} {v:.3g}" for j, v in enumerate(values)) if values else ""
         ax.set_title(panel.title + eigen + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
         ax.tick_params(labelsize=7)
@@ -733,16 +473,6 @@ def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
         ax.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=PATH_COLOUR)
 
 
-def _target_text(s: Source) -> str:
-    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's."""
-    target = s.grid.kind.get("target") or {}
-    epoch = target.get("epoch", s.grid.config.target_epoch)
-    run = target.get("run", s.grid.config.target_run)
-    if run is not None and run != s.grid.run:
-        return f"{target.get('label') or str(run)[:8]} epoch {epoch}"
-    return f"epoch {epoch}"
-
-
 def _epochs_text(epochs: Sequence[int]) -> str:
     return f"epoch {epochs[0]}" if len(epochs) == 1 else "epochs " + ", ".join(map(str, epochs))
 
@@ -754,7 +484,7 @@ def _mark_ends(ax: Any, curves: list[Curve]) -> None:
     for s in sources:
         who = f"{s.name} " if len(sources) > 1 else ""
         starts.append(who + _epochs_text(sorted({c.epoch for c in curves if c.source is s})))
-        ends.append(_target_text(s))
+        ends.append(target_text(s))
     for t, texts in ((0.0, starts), (1.0, ends)):
         label = "; ".join(dict.fromkeys(texts))
         ax.axvline(t, color="0.35", linestyle="--", linewidth=0.9, label=label, gid=f"t={t:g}")
@@ -797,7 +527,7 @@ def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], styl
     if style.log:
         ax.set_yscale("log")
     one_epoch = {c.epoch for c in curves}
-    ax.set_xlabel(_axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0], fontsize=8)
+    ax.set_xlabel(axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0], fontsize=8)
     ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
     title = _curves_title(curves)
     diverged = sum(c.diverged for c in curves)
@@ -834,41 +564,10 @@ def _curves_title(curves: list[Curve]) -> str:
     return ", ".join(parts)
 
 
-def _kind_text(s: Source) -> str:
-    shape = "plane" if s.dims == 2 else "line"
-    return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
-            "hessian": f"Hessian eigenvector {shape}"}.get(s.kind,
-                                                                                              f"{s.kind} {shape}")
-
-
-def _geometry(s: Source) -> str:
-    """What the grid's axes are, for titles (a square random plane: "span ±S", as the first release wrote)."""
-    cfg = s.grid.config
-    if cfg.kind == "random" and cfg.span is not None:
-        return f"span ±{cfg.span:g}" if cfg.dims == 2 else f"random line, span ±{cfg.span:g}"
-    ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
-    if cfg.kind == "interpolate":
-        return f"interpolation from each epoch to {_target_text(s)}, {ranges}"
-    if cfg.kind == "pca" and cfg.trajectory:
-        t = list(cfg.trajectory)
-        epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
-        return f"{_kind_text(s)} of the path over epochs {epochs}, {ranges}"
-    return f"{_kind_text(s)}, {ranges}"
-
-
-def _directions_text(s: Source) -> str:
-    cfg = s.grid.config
-    if cfg.kind == "interpolate":
-        return ""
-    if cfg.layer:
-        return f"layer {cfg.layer}"
-    return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
-
-
 def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
     s = sources[0]
     g = s.grid.config
-    where = ", ".join(t for t in (_geometry(s), _directions_text(s), f"BatchNorm {g.bn}") if t)
+    where = ", ".join(t for t in (geometry(s), directions_text(s), f"BatchNorm {g.bn}") if t)
     if len(sources) == 1 and len(epochs) == 1:
         e = epochs[0]
         cfg, rec = s.run.config, s.epoch_record(e)
@@ -885,8 +584,8 @@ def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
     if len(sources) == 1:
         cfg = s.run.config
         return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
-                f"{','.join(map(str, epochs))}, {_geometry(s)} (grid {s.grid_id})")
-    return f"{style.metric}, {_geometry(s)}: " + " vs ".join(x.label for x in sources)
+                f"{','.join(map(str, epochs))}, {geometry(s)} (grid {s.grid_id})")
+    return f"{style.metric}, {geometry(s)}: " + " vs ".join(x.label for x in sources)
 
 
 def _stats_text(s: Source, epoch: int) -> str:
@@ -894,10 +593,9 @@ def _stats_text(s: Source, epoch: int) -> str:
     cached in the grid), or "" while the epoch is incomplete or its stats cannot be read."""
     from landscape_cli.curvature.stats import summary, title_text
 
-    st = Store(s.path.parents[2])
-    if st.grid_dir(s.run_id, s.grid_id) != s.path:
+    if s.store is None:
         return ""
-    mean = summary(st, s.run_id, s.grid, [epoch]).get(epoch)
+    mean = summary(s.store, s.run_id, s.grid, [epoch]).get(epoch)
     return f"; {title_text(mean)}" if mean else ""
 
 
@@ -951,11 +649,11 @@ def plot(
         if refused:
             verb = "applies" if len(refused) == 1 else "apply"
             raise UsageError(f"{' and '.join(refused)} {verb} to 2-D grids only: grid {first.grid_id} is a line "
-                             f"({_kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
+                             f"({kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
     chosen = _epochs_for(sources, epochs, animate)
     # a PCA plane: contours of the metric by default (its path is drawn on them)
     style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip)
-    path = out_path or _default_path(first, chosen, style, pair, batch, reduce, len(sources), animate)
+    path = out_path or _default_path(st, first, chosen, style, pair, batch, reduce, len(sources), animate)
 
     def prepare_dir() -> None:
         try:
@@ -968,7 +666,7 @@ def plot(
     if first.dims == 1:
         curves = build_curves(sources, chosen, metric, pair, batch, reduce)
         batches = [batch] if batch is not None else list(range(first.grid.config.batches))
-        paths = [p for p in (_trajectory(s, _read_path(s, metric), batches) for s in sources) if p is not None]
+        paths = [p for p in (trajectory(s, read_path(s, metric), batches) for s in sources) if p is not None]
         fig = _figure((7.5, 5.0), dpi, show)
         try:
             prepare_dir()
@@ -1059,7 +757,7 @@ def _check_out(out: str | os.PathLike[str] | None, animate: bool) -> Path | None
     return path
 
 
-def _default_path(source: Source, epochs: list[int], style: Style, pair: int | None, batch: int | None,
+def _default_path(st: Store, source: Source, epochs: list[int], style: Style, pair: int | None, batch: int | None,
                   reduce: str, n_sources: int, animate: bool) -> Path:
     mode = "curve" if source.dims == 1 else "surface" if style.surface else "contour" if style.contour else "heatmap"
     parts = [style.metric, mode]
@@ -1076,4 +774,4 @@ def _default_path(source: Source, epochs: list[int], style: Style, pair: int | N
         parts.append(f"{reduce}")
     if n_sources > 1:
         parts.append(f"vs{n_sources - 1}")
-    return source.plots_dir / ("_".join(parts) + (".gif" if animate else ".png"))
+    return st.plot_path(source.run_id, source.grid_id, "_".join(parts) + (".gif" if animate else ".png"))

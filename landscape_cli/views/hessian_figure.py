@@ -18,6 +18,7 @@ from landscape_cli._io import atomic_path, check_writable, os_error
 from landscape_cli.errors import GridStateError, StoreError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.meta import HessianMeta
+from landscape_cli.views.readers import select_hessian
 
 
 @dataclass
@@ -32,20 +33,6 @@ class HessianFigure:
     trace_stderr: np.ndarray
 
 
-def select(st: Store, run_id: str, ref: str | None) -> HessianMeta:
-    """The run's curvature results named by id (prefix) or name, else the newest."""
-    metas = [m for m in st.hessians(run_id) if isinstance(m, HessianMeta)]
-    if not metas:
-        raise GridStateError(f"run {run_id} has no curvature results: `landscape hessian {run_id[:8]}` computes them")
-    if ref is None:
-        return max(metas, key=lambda m: (m.updated or m.created or "", m.id))
-    matches = [m for m in metas if m.name == ref] or [m for m in metas if m.id.startswith(ref)]
-    if len(matches) != 1:
-        known = ", ".join(m.id + (f" ({m.name})" if m.name else "") for m in metas)
-        raise UsageError(f"--hessian {ref!r} matches {len(matches)} of the run's curvature results ({known})")
-    return matches[0]
-
-
 def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike[str] | None = None,
                  store: Store | str | os.PathLike[str] | None = None, dpi: int = 120) -> HessianFigure:
     """Draw eigenvalues, λmin and trace against epoch (and the density per epoch) of a run's curvature results."""
@@ -55,7 +42,7 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
 
     st = Store.of(store)
     run_id = st.resolve(run)
-    meta = select(st, run_id, hessian)
+    meta = select_hessian(st, run_id, hessian)
     root: Any = zarr.open_group(st.hessian_zarr(run_id, meta.id), mode="r", use_consolidated=False)
     done = np.asarray(root["done"][:]) > 0
     if not done.any():
@@ -69,7 +56,7 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     lam_min = np.asarray(root["lambda_min"][:])[keep]
     trace, stderr = np.asarray(root["trace"][:])[keep], np.asarray(root["trace_stderr"][:])[keep]
     density = meta.config.density
-    path = Path(out).expanduser() if out is not None else st.hessian_dir(run_id, meta.id) / "plots" / "hessian.png"
+    path = Path(out).expanduser() if out is not None else st.hessian_plot_path(run_id, meta.id, "hessian.png")
     if path.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UsageError(f"--out {path}: the file name must end in .png, .pdf, .svg")
     fig = Figure(figsize=(4.2 * (3 if density else 2), 3.6), dpi=dpi, layout="constrained")

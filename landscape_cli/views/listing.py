@@ -75,7 +75,7 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         "bn": cfg.bn,
         "layer": cfg.layer,
         "precision": cfg.precision,
-        "evaluator": meta.evaluator,  # how its points are computed (recorded when it was created)
+        "evaluator": meta.evaluator.to_json() if meta.evaluator else {},  # how its points are computed
         "facts": meta.kind,
         "rows_done": rows_done,
         "rows_total": rows_total,

@@ -21,8 +21,9 @@ import xarray as xr
 
 from landscape_cli.errors import UsageError
 from landscape_cli.store import Store
-from landscape_cli.views.figures import PlotResult, select_sources
+from landscape_cli.views.figures import PlotResult
 from landscape_cli.views.figures import plot as plot_grids
+from landscape_cli.views.readers import select_sources
 
 STORE_ATTR, RUN_ATTR, GRID_ATTR = "landscape_store", "landscape_run", "landscape_grid"
 

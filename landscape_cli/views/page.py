@@ -12,8 +12,8 @@ yet); a small script of the page computes the means and switches the traces with
 The points of a large grid are decimated along x and y (every k-th point, the centre and the ends
 kept) so that the page stays a few MB, and the page says so.
 
-Reads the grid as `plotting` does (its readers, its titles and conventions); never imports torch,
-and imports plotly only to write a page.
+Reads the grid as `landscape plot` does (through `readers`, with the same titles and conventions); never
+imports torch or matplotlib, and imports plotly only to write a page.
 """
 
 from __future__ import annotations
@@ -31,21 +31,21 @@ import numpy as np
 from landscape_cli._io import atomic_path, check_writable, os_error
 from landscape_cli.errors import GridStateError, LandscapeError, StoreError, UsageError
 from landscape_cli.store import Store
-from landscape_cli.views.figures import (
+from landscape_cli.views.readers import (
     METRICS,
     Source,
-    _axis_labels,
-    _batch,
-    _directions_text,
-    _geometry,
-    _kind_text,
-    _read_epoch,
-    _read_line,
-    _read_path,
-    _target_text,
-    _trajectory,
+    axis_labels,
+    batch_text,
     check_metric,
+    directions_text,
+    geometry,
+    kind_text,
+    read_epoch,
+    read_line,
+    read_path,
     select_sources,
+    target_text,
+    trajectory,
 )
 
 MAX_VALUES = 250_000  # values embedded in one page (about 9 bytes each as JSON: 2.2 MB) before x and y are decimated
@@ -102,7 +102,8 @@ def write_html(
                                  f"{s.grid_id} --resume` computes them")
     first = sources[0]
     step, keep = _decimation(sources, max_points)
-    path = out_path or first.plots_dir / ("landscape.html" if metric == "loss" else f"landscape-{metric}.html")
+    path = out_path or st.plot_path(first.run_id, first.grid_id,
+                                    "landscape.html" if metric == "loss" else f"landscape-{metric}.html")
     if out_path is None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,20 +234,20 @@ def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, An
     z, done, center = [], [], []
     for e in epochs:
         if s.dims == 2:
-            plane = _read_epoch(s, e, metric)
+            plane = read_epoch(s, e, metric)
             ky, kx = keep[1], keep[0]
             z.append(_numbers(plane.values[:, :, ky][:, :, :, kx]))  # [pair, batch, y, x]
             done.append(plane.done[:, ky].astype(int).tolist())  # [pair, y]
             center.append(_numbers(plane.center))
         else:
-            line = _read_line(s, e, metric)
+            line = read_line(s, e, metric)
             z.append(_numbers(line.values[:, :, keep[0]]))  # [pair, batch, x]
             done.append(line.done.astype(int).tolist())  # [pair]
             center.append([])
     path = None
-    raw = _read_path(s, metric)
+    raw = read_path(s, metric)
     if raw is not None:
-        whole = _trajectory(s, raw, list(range(cfg.batches)))
+        whole = trajectory(s, raw, list(range(cfg.batches)))
         assert whole is not None
         far = None
         if whole.far:
@@ -259,15 +260,15 @@ def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, An
     x = s.coords[0][keep[0]]
     data: dict[str, Any] = {
         "run": s.run_id, "grid": s.grid_id, "name": s.name, "model": run.model, "activation": run.activation,
-        "dataset": run.dataset, "kind": s.kind, "kindText": _kind_text(s), "label": s.label,
+        "dataset": run.dataset, "kind": s.kind, "kindText": kind_text(s), "label": s.label,
         "epochs": epochs, "epochText": [_epoch_text(s, e) for e in epochs],
-        "axes": [_axis_labels(s, e) for e in epochs],
-        "pairs": cfg.pairs, "batches": [_batch(s, b) for b in range(cfg.batches)],
+        "axes": [axis_labels(s, e) for e in epochs],
+        "pairs": cfg.pairs, "batches": [batch_text(s, b) for b in range(cfg.batches)],
         "x": _numbers(x), "y": _numbers(s.coords[1][keep[1]]) if s.dims == 2 else None,
         "z": z, "done": done, "center": center, "path": path, "ends": None,
     }
     if s.kind == "interpolate":
-        data["ends"] = ["epoch", _target_text(s)]
+        data["ends"] = ["epoch", target_text(s)]
     return data
 
 
@@ -285,7 +286,7 @@ def _page(data: dict[str, Any], sources: list[Source], metric: str) -> bytes:
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     s = sources[0]
     cfg = s.grid.config
-    where = ", ".join(t for t in (_geometry(s), _directions_text(s), f"BatchNorm {cfg.bn}") if t)
+    where = ", ".join(t for t in (geometry(s), directions_text(s), f"BatchNorm {cfg.bn}") if t)
     if len(sources) == 1:
         heading = f"{s.name} — {s.run.config.model} / {s.run.config.activation} / {s.run.config.dataset}"
         ids = f"run {s.run_id}, grid {s.grid_id}"

@@ -38,6 +38,7 @@ class Source:
     zarr_path: Path
     plots_dir: Path
     _coords: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+    store: Store | None = field(default=None, repr=False, compare=False)  # the store it was read from
 
     @property
     def label(self) -> str:
@@ -126,7 +127,7 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) ->
             run_id, grid_id = st.find_grid(ref)  # a grid named directly
         meta = st.read_grid(run_id, grid_id)
         sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
-                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id)))
+                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id), store=st))
     _check_comparable(sources)
     return sources
 

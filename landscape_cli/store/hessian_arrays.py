@@ -1,0 +1,85 @@
+"""The Zarr group of a run's curvature results (``hessians/<id>/hessian.zarr``): its layout, creation and reading.
+
+    eigenvalues, residual   float64 [epoch, k]   top eigenvalues (descending), ‖Hv − λv‖/|λ|
+    converged               uint8   [epoch, k]   1 where the residual is within --tol
+    lambda_min, lambda_min_residual  [epoch]     the smallest eigenvalue (negative away from minima)
+    convexity               float64 [epoch]      |λmin / λmax| (Li et al.'s non-convexity measure)
+    trace, trace_stderr     float64 [epoch]      Hutchinson's estimate and its standard error
+    density, density_lambda float64 [epoch, bin] with --density: the smoothed spectral density
+    done                    uint8   [epoch]      1 once the epoch's results are written (last)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from landscape_cli.config import HessianConfig
+
+DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
+
+
+def _codecs() -> dict[str, Any]:
+    return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
+
+
+def layout(cfg: HessianConfig) -> dict[str, tuple[list[str], tuple[int, ...], str, Any, str]]:
+    """name -> (dims, shape without the epoch axis, dtype, fill, description)."""
+    k, nan = cfg.top, float("nan")
+    out = {
+        "eigenvalues": (["epoch", "k"], (k,), "float64", nan, "top eigenvalues of the Hessian, descending"),
+        "residual": (["epoch", "k"], (k,), "float64", nan, "‖Hv − λv‖ / |λ| of each eigenpair"),
+        "converged": (["epoch", "k"], (k,), "uint8", 0, "1 where the residual is within the tolerance"),
+        "lambda_min": (["epoch"], (), "float64", nan, "smallest eigenvalue of the Hessian"),
+        "lambda_min_residual": (["epoch"], (), "float64", nan, "‖Hv − λv‖ / |λ| of the smallest eigenpair"),
+        "convexity": (["epoch"], (), "float64", nan, "|λmin / λmax| (Li et al.): near 0 is locally convex"),
+        "trace": (["epoch"], (), "float64", nan, "trace of the Hessian (Hutchinson's estimate)"),
+        "trace_stderr": (["epoch"], (), "float64", nan, "standard error of the trace estimate"),
+        "done": (["epoch"], (), "uint8", 0, "1 once the epoch's results are written"),
+        "epoch": (["epoch"], (), "int64", -1, "training epoch of the checkpoint"),
+    }
+    if cfg.density:
+        out["density"] = (["epoch", "bin"], (cfg.bins,), "float64", nan,
+                          "spectral density (stochastic Lanczos quadrature, Gaussian-smoothed)")
+        out["density_lambda"] = (["epoch", "bin"], (cfg.bins,), "float64", nan, "eigenvalue at each bin's centre")
+    return out
+
+
+def create_results(path: Path, run_id: str, cfg: HessianConfig) -> None:
+    """A new, empty results group (its epoch axis grows as epochs are added)."""
+    root = zarr.open_group(path, mode="w", zarr_format=3, attributes={"hessian": cfg.hessian_id, "run": run_id,
+                                                                        "config": cfg.identity()})
+    for array, (dims, shape, dtype, fill, long_name) in layout(cfg).items():
+        root.create_array(array, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill,
+                          dimension_names=dims, attributes={"long_name": long_name}, **_codecs())
+    root.create_array("k", shape=(cfg.top,), dtype="int64", dimension_names=["k"], **_codecs())[:] = np.arange(cfg.top)
+    if cfg.density:
+        root.create_array("bin", shape=(cfg.bins,), dtype="int64", dimension_names=["bin"],
+                          **_codecs())[:] = np.arange(cfg.bins)
+
+
+def epoch_done(root: Any, index: int) -> bool:
+    try:
+        return bool(root["done"][index] > 0)
+    except DECODE_ERRORS:
+        return False
+
+
+def read_results(path: Path, epochs: list[int]) -> list[dict[str, Any]]:
+    """The stored numbers per epoch (only finished epochs), as plain Python values."""
+    root: Any = zarr.open_group(path, mode="r", use_consolidated=False)
+    out = []
+    for i, e in enumerate(epochs):
+        if not epoch_done(root, i):
+            continue
+        row: dict[str, Any] = {"epoch": e}
+        for name in ("eigenvalues", "residual", "converged"):
+            row[name] = [float(v) for v in np.asarray(root[name][i])]  # type: ignore[index]
+        for name in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr"):
+            row[name] = float(np.asarray(root[name][i]))  # type: ignore[index]
+        out.append(row)
+    return out
