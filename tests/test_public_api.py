@@ -1,0 +1,66 @@
+"""Every import path README shows keeps working after the package was regrouped into sub-packages.
+
+`landscape_cli.grid` must stay the function even once every sub-package is imported (a sub-package
+named like an API function would replace it on the package the moment it is imported), and the old
+module paths README's recipes use (`landscape_cli.evaluate`, `landscape_cli.directions`) still import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import types
+
+import landscape_cli
+
+
+def _import_everything() -> list[str]:
+    names = []
+    for info in pkgutil.walk_packages(landscape_cli.__path__, "landscape_cli."):
+        if info.name.endswith("__main__"):
+            continue
+        importlib.import_module(info.name)
+        names.append(info.name)
+    return names
+
+
+def test_api_names_stay_what_they_are_after_every_sub_package_is_imported() -> None:
+    first = {name: getattr(landscape_cli, name) for name in landscape_cli.__all__}
+    modules = _import_everything()
+    assert {"landscape_cli.engine.compute", "landscape_cli.views.figures", "landscape_cli.store.meta"} <= set(modules)
+    for _ in range(2):
+        for name in landscape_cli.__all__:
+            value = getattr(landscape_cli, name)
+            assert not isinstance(value, types.ModuleType), f"landscape_cli.{name} became a module"
+            assert value is first[name], name
+    for name in ("train", "grid", "plot", "open", "export", "evaluate_plane", "create_model", "load_dataset"):
+        assert inspect.isfunction(getattr(landscape_cli, name)), name
+    # the registries' listings, called twice, agree with each other
+    assert landscape_cli.list_models() == landscape_cli.list_models() and "cnn" in landscape_cli.list_models()
+    assert landscape_cli.list_datasets() == landscape_cli.list_datasets() and "digits" in landscape_cli.list_datasets()
+
+
+def test_readme_import_paths() -> None:
+    from landscape_cli.directions import draw_random, normalize
+    from landscape_cli.evaluate import evaluate_plane
+    from landscape_cli.kernel.evaluate import evaluate_plane as kernel_evaluate_plane
+
+    assert evaluate_plane is kernel_evaluate_plane is landscape_cli.evaluate_plane
+    assert callable(draw_random) and callable(normalize)
+    from landscape_cli.cli import app, main
+
+    assert callable(main) and app.registered_commands
+
+
+def test_grid_takes_a_request_or_its_fields() -> None:
+    from landscape_cli.config import GridRequest, Runtime, split_options
+
+    request, runtime = split_options(GridRequest(width=7), None, {"epochs": [0, 2], "device": "cpu", "progress": False})
+    assert request == GridRequest(width=7, epochs=(0, 2)) and runtime == Runtime(device="cpu", progress=False)
+    try:
+        split_options(None, None, {"widht": 3})
+    except TypeError as e:
+        assert "widht" in str(e)
+    else:
+        raise AssertionError("a misspelt option must be refused")
