@@ -155,6 +155,11 @@ def num(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if math.isfinite(x) else str(x)
 
 
+def name_suffix(name: str | None) -> str:
+    """A result's name as a suffix of its id in a message: " (name)", or nothing when it has none."""
+    return f" ({name})" if name else ""
+
+
 def human_size(n: int) -> str:
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):

@@ -1,0 +1,200 @@
+"""Commands about curvature: hessian (eigenvalues, trace, density at the checkpoints) and stats (a grid's
+metrics around its centre).
+
+Plain functions: `landscape_cli.cli.application` registers them as commands. Heavy libraries (torch, zarr)
+are imported inside the commands so that `landscape --help` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from landscape_cli.cli._common import (
+    BatchSizeOpt,
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    err,
+    name_suffix,
+    num,
+    pct,
+    print_json,
+    stdout,
+)
+from landscape_cli.config import HessianConfig
+from landscape_cli.errors import Interrupted
+
+
+def hessian(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    epochs: Annotated[
+        str | None, typer.Option(help="Checkpoints, e.g. 0,1,9 or 0-9 (default: all of the run's).", show_default=False)
+    ] = None,
+    top: Annotated[int, typer.Option(help="Eigenpairs with the largest eigenvalues (K).")] = HessianConfig.top,
+    batches: Annotated[
+        str, typer.Option(help="The split's first N mini-batches, or all (the whole split, the loss averaged over "
+                          "samples), as for grids.")
+    ] = str(HessianConfig.batches),
+    split: Annotated[str, typer.Option(help="train or val, as for grids.")] = HessianConfig.split,
+    batch_size: BatchSizeOpt = HessianConfig.batch_size,
+    bn: Annotated[str, typer.Option(help="BatchNorm mode: train (batch statistics) or eval.")] = HessianConfig.bn,
+    perturb_biasbn: Annotated[
+        bool, typer.Option(help="Include biases and BatchNorm weights (as grids do).")
+    ] = HessianConfig.perturb_biasbn,
+    layer: Annotated[
+        str | None, typer.Option(help="Only this parameter tensor (`landscape layers RUN`).", show_default=False)
+    ] = None,
+    tol: Annotated[
+        float, typer.Option(help="Eigenpairs with ‖Hv − λv‖/|λ| above this are marked not converged.")
+    ] = HessianConfig.tol,
+    probes: Annotated[int, typer.Option(help="Hutchinson probes for the trace.")] = HessianConfig.probes,
+    density: Annotated[
+        bool, typer.Option(help="Also the spectral density (stochastic Lanczos quadrature).")
+    ] = HessianConfig.density,
+    density_probes: Annotated[int, typer.Option(help="With --density: random probes.")] = HessianConfig.density_probes,
+    steps: Annotated[int, typer.Option(help="With --density: Lanczos steps per probe.")] = HessianConfig.density_steps,
+    bins: Annotated[int, typer.Option(help="With --density: histogram bins.")] = HessianConfig.bins,
+    seed: Annotated[int, typer.Option(help="Seed of the start vectors and probes.")] = HessianConfig.seed,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Curvature of RUN's loss at its checkpoints: top eigenvalues, λmin, |λmin/λmax|, trace, spectral density.
+
+    The Hessian of the mean loss over the grid's batches (the same --batches/--batch-size/--bn as
+    grids) over the parameters a grid perturbs, from Hessian-vector products by double backward:
+    eigenpairs by Lanczos (scipy's eigsh) with each pair's residual ‖Hv − λv‖/|λ| (above --tol:
+    marked not converged), the trace by Hutchinson's estimator with its standard error, and with
+    --density the spectral density by stochastic Lanczos quadrature. Results are kept per epoch in
+    the run (a killed computation keeps its finished epochs); the eigenvectors are what
+    `grid --directions hessian` uses.
+
+    Example: `landscape hessian quickstart --epochs 0,5 --top 3`
+    """
+    from landscape_cli.config import parse_epochs
+    from landscape_cli.curvature.hessian import hessian as compute_hessian
+
+    try:
+        result = compute_hessian(
+            run, epochs=parse_epochs(epochs), top=top, batches=batches, batch_size=batch_size,
+            split=split, bn=bn,
+            perturb_biasbn=perturb_biasbn, layer=layer, tol=tol, probes=probes, density=density,
+            density_probes=density_probes, steps=steps, bins=bins, seed=seed, device=device, name=name, store=store,
+            data_dir=data_dir, progress=not quiet,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("hessian interrupted: finished epochs are kept; run the same command to continue") from None
+    rows = result.summary()
+    if json_output:
+        print_json({"id": result.hessian_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
+                    "name": result.meta.name, "config": result.meta.config.identity(), "computed": result.computed,
+                    "epochs": rows})
+        return
+    if not result.computed:
+        err().print(f"Hessian results {result.hessian_id} already hold epochs {','.join(map(str, result.meta.epochs))}:"
+                    " nothing to compute")
+    h = result.meta.config
+    data = f"all of the {h.split} split" if h.whole else f"{h.batches} {h.split} batches of {h.batch_size}"
+    table = Table(title=f"Hessian of run {result.run_id} ({data}, BatchNorm {h.bn})")
+    for col in ("epoch", "top eigenvalues", "λmin", "|λmin/λmax|", "trace (± s.e.)", "not converged"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        bad = [f"λ{j + 1}" for j, ok in enumerate(r["converged"]) if not ok]
+        if r["lambda_min_residual"] > result.meta.config.tol:
+            bad.append("λmin")
+        table.add_row(str(r["epoch"]), ", ".join(num(v) for v in r["eigenvalues"]), num(r["lambda_min"]),
+                      num(r["convexity"]), f"{num(r['trace'])} ± {num(r['trace_stderr'], 2)}", ", ".join(bad) or "-")
+    stdout().print(table)
+    stdout().print(f"Hessian results [bold]{result.hessian_id}[/bold]{name_suffix(result.meta.name)} in {result.zarr_path}")
+
+
+def stats(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Which grid of RUN (id, prefix or name) [default: the run's newest].",
+                                 show_default=False)
+    ] = None,
+    epochs: Annotated[
+        str | None, typer.Option(help="Epochs of the grid, e.g. 0,1,9 or 0-9 [default: all of the grid's].",
+                                 show_default=False)
+    ] = None,
+    radius: Annotated[
+        float | None, typer.Option(help="ε: the ε-sharpness box is |u|∞ <= ε (box norm, in the grid's coordinates) "
+                                   "[default: the whole grid].", show_default=False)
+    ] = None,
+    delta: Annotated[float, typer.Option(help="δ: the loss rise over L0 that the flat radius and the share below "
+                                         "allow.")] = 0.1,
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Metrics of a grid's loss around its centre: curvature, ε-sharpness, flat radius.
+
+    Computed from the stored values only (no model is evaluated), per epoch, direction pair and
+    batch, and for the mean landscape over pairs and batches (what `plot --reduce mean` draws). u
+    is a point's coordinates along the grid's directions, L its loss, L0 the stored centre loss:
+
+    - curvature: H of L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to the 5x5 points nearest the
+      centre (a line: 5 points, H = L''), its eigenvalues λ and condition max(abs λ) / min(abs λ)
+      (inf when min is 0)
+    - ε-sharpness (Keskar et al. 2017): max(L − L0) over the points with |u|∞ <= ε, the centre
+      included; relative: that / (1 + L0)
+    - flat radius: |u|∞ (box norm) of the nearest point with L > L0 + δ; when none, the grid's
+      half-width max |u|∞, a lower bound (shown ≥)
+    - below: the share of the points with L <= L0 + δ
+    - centre is min: L0 <= the smallest stored L (within 1e-7 relative)
+
+    Only computed rows count (the missing points are reported); diverged points (NaN/Inf) count as
+    above every threshold. Results are cached per epoch in the grid's stats.json.
+
+    Example: `landscape stats quickstart --radius 0.5 --delta 0.05`
+    """
+    from landscape_cli.config import parse_epochs
+    from landscape_cli.curvature.stats import stats as grid_stats
+    from landscape_cli.views.listing import describe_grid
+
+    result = grid_stats(run, grid=grid, epochs=parse_epochs(epochs), radius=radius, delta=delta, store=store)
+    meta = result.meta
+    if json_output:
+        print_json({"run": result.run_id, "grid": result.grid_id, "name": meta.name, "kind": meta.config.kind,
+                    "dims": meta.config.dims, "description": describe_grid(meta), "radius": radius, "delta": delta,
+                    "cached": result.cached, "cache_written": result.saved, "epochs": result.epochs})
+        return
+    for e in result.epochs:
+        if not e["center_written"]:
+            err().print(f"epoch {e['epoch']}: the centre values are not computed yet, so the metrics are NaN")
+        if e["missing"]:
+            err().print(f"epoch {e['epoch']}: {e['missing']} of {e['points']} grid points (over the pairs) are not "
+                        f"computed yet; the metrics cover the computed ones (`landscape grid {result.run_id[:8]} "
+                        f"--grid {result.grid_id} --resume` computes the rest)")
+        if e["diverged"]:
+            err().print(f"epoch {e['epoch']}: {e['diverged']} diverged values (NaN/Inf) count as above every threshold")
+    if not result.saved:
+        err().print("the results could not be cached (the store is not writable)")
+    eps = "whole grid" if radius is None else f"{radius:g}"
+    table = Table(title=f"grid {result.grid_id}{name_suffix(meta.name)} of run {result.run_id}: {describe_grid(meta)}; "
+                        f"ε {eps}, δ {delta:g}")
+    for col in ("epoch", "pair/batch", "L0", "curvature λ", "condition", "ε-sharpness (rel)", "flat radius",
+                "below L0+δ", "centre is min"):
+        table.add_column(col, justify="left" if col == "pair/batch" else "right")
+    for e in result.epochs:
+        rows = e["panels"] if len(e["panels"]) > 1 else []
+        for m in [*rows, e["mean"]]:
+            label = "mean" if m["pair"] is None and rows else \
+                f"pair {m['pair'] or 0}, batch {m['batch'] or 0}"
+            flat = ("≥" if m["flat_radius_lower_bound"] else "") + num(m["flat_radius"], 3)
+            is_min = "-" if m["center_is_min"] is None else "yes" if m["center_is_min"] else "no"
+            table.add_row(str(e["epoch"]), label, num(m["center_loss"]), ", ".join(num(v, 3) for v in m["eigenvalues"]),
+                          num(m["condition"], 3), f"{num(m['sharpness'], 3)} ({num(m['sharpness_relative'], 3)})", flat,
+                          pct(m["share_below"]), is_min)
+    stdout().print(table)
+    stdout().print("curvature: eigenvalues of the in-plane Hessian of a quadratic fitted to the points nearest the "
+                   "centre; flat radius in the box norm |u|∞ (≥: no point exceeds L0 + δ)")

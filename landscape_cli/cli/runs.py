@@ -1,0 +1,263 @@
+"""Commands about runs and their contents: train, import, ls, layers, verify.
+
+Plain functions: `landscape_cli.cli.application` registers them as commands. Heavy libraries (torch, zarr)
+are imported inside the commands so that `landscape --help` and `landscape ls` start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from landscape_cli.cli._common import (
+    DataDirOpt,
+    DeviceOpt,
+    JsonOpt,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    err,
+    human_size,
+    name_suffix,
+    num,
+    pct,
+    print_json,
+    stdout,
+)
+from landscape_cli.config import TrainConfig
+from landscape_cli.errors import IntegrityError, Interrupted
+from landscape_cli.store import Store
+
+
+def train(
+    model: Annotated[str, typer.Argument(help="Model name (`landscape models` lists them), pkg.module:factory or "
+                                          "./file.py:factory.", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="Dataset name (`landscape datasets` lists them), pkg.module:factory "
+                                            "or ./file.py:factory.", show_default=False)],
+    epochs: Annotated[int, typer.Option(help="Epochs to train (epoch 0, the untrained model, is always kept).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd.")] = TrainConfig.optimizer,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = TrainConfig.lr,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = TrainConfig.weight_decay,
+    activation: Annotated[
+        str, typer.Option(help="relu, sigmoid or tanh: replaces every activation of a built-in model (a factory's "
+                          "model is never rewritten).")
+    ] = TrainConfig.activation,
+    loss: Annotated[
+        str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the data order.")] = TrainConfig.seed,
+    device: DeviceOpt = "auto",
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where datasets are cached (else $LANDSCAPE_DATA, else ~/.cache/landscape/data).",
+                     show_default=False),
+    ] = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train MODEL on DATASET and checkpoint every epoch into a run.
+
+    The run's id is a hash of the training configuration: the same command again trains nothing,
+    resumes a stopped run from its last complete epoch, or continues it when --epochs grows. Your own
+    model or dataset: pkg.module:factory or ./file.py:factory (README: "Your own model and data");
+    the id then covers the factory file's sha256 and the data's, so edits make a new run.
+
+    Example: `landscape train resnet digits --epochs 5 --name quickstart`
+    """
+    from landscape_cli.training import train as train_run
+
+    def report(record: Any) -> None:
+        if not quiet:
+            err().print(
+                f"epoch {record.epoch:>3}  train loss {num(record.train_loss)} acc {pct(record.train_accuracy)}"
+                f"  val loss {num(record.val_loss)} acc {pct(record.val_accuracy)}  ({record.seconds:.1f} s)"
+            )
+
+    try:
+        result = train_run(
+            model, dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, loss=loss, device=device,
+            data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "training interrupted: run the same command again to resume from the last complete epoch"
+        ) from None
+    meta = result.meta
+    if json_output:
+        print_json({"id": result.run_id, "path": result.path, "trained": result.trained, **meta.to_json()})
+        return
+    if result.existed:
+        err().print(f"run {result.run_id} already has epochs 0-{len(meta.epochs) - 1}: nothing to train")
+    stdout().print(_epochs_table(meta))
+    stdout().print(f"run [bold]{result.run_id}[/bold]{name_suffix(meta.name)} in {result.path}")
+
+
+def _epochs_table(meta: Any) -> Table:
+    cfg = meta.config
+    how = "imported" if cfg.imported is not None else f"{cfg.optimizer}, lr {cfg.lr}"
+    table = Table(title=f"{cfg.model} / {cfg.dataset} / {cfg.activation}  ({how})")
+    for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
+        table.add_column(col, justify="right")
+    for r in meta.epochs:
+        table.add_row(str(r.epoch), num(r.train_loss), pct(r.train_accuracy), num(r.val_loss), pct(r.val_accuracy),
+                      f"{r.seconds:.1f}")
+    return table
+
+
+def import_(
+    model: Annotated[str, typer.Argument(help="The model the weights are of: a built-in name, pkg.module:factory or "
+                                          "./file.py:factory.", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="The dataset to score them on (as for train).", show_default=False)],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files (.pt, .pth, .ckpt, .bin, .safetensors) "
+                                                       "or folders of them.", show_default=False)],
+    epochs: Annotated[
+        str | None, typer.Option(help="Each file's epoch, in the order given (e.g. 0,5,9) [default: the single number "
+                                 "in each file name].", show_default=False)
+    ] = None,
+    activation: Annotated[str, typer.Option(help="A built-in model's activation, as it was trained.")] = "relu",
+    loss: Annotated[
+        str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
+    ] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    name: NameOpt = None,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make a run from weights trained elsewhere: then grid, hessian, plot, ls and verify work on it.
+
+    Each file holds a plain state_dict, a dict with one under "state_dict" or "model" (Lightning and
+    most training scripts; a common key prefix such as "model." or "module." is stripped), or is a
+    .safetensors file. Files are read without running any code they hold: objects other than
+    tensors (Lightning's hyper-parameters...) are replaced by inert placeholders. The run's id is a
+    hash of the weights: importing the same files again changes nothing.
+
+    Example: `landscape import resnet digits ckpts/epoch=*.ckpt --epochs 0,1,5 --name theirs`
+    """
+    from landscape_cli.config import parse_epochs
+    from landscape_cli.exchange.importer import import_run
+
+    result = import_run(model, dataset, list(checkpoints), epochs=parse_epochs(epochs), activation=activation,
+                        loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
+    meta = result.meta
+    if json_output:
+        print_json({"id": result.run_id, "path": result.path, "imported": result.imported,
+                    "files": meta.model.get("imported", []), **meta.to_json()})
+        return
+    if result.existed:
+        err().print(f"run {result.run_id} already holds these weights: nothing to import")
+    stdout().print(_epochs_table(meta))
+    stdout().print(f"run [bold]{result.run_id}[/bold]{name_suffix(meta.name)} in {result.path}")
+
+
+def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
+    """List every run in the store, with its grids and their progress.
+
+    Example: `landscape ls --store runs`
+    """
+    from landscape_cli.views.listing import list_runs
+
+    st = Store(store)
+    runs = list_runs(st)
+    if json_output:
+        print_json({"store": str(st.root), "runs": runs})
+        return
+    if not runs:
+        stdout().print(f"no runs in {st.root}: `landscape train MODEL DATASET` makes one")
+        return
+    table = Table(title=f"runs in {st.root}")
+    for col in ("id", "name", "model", "dataset", "activation", "epochs", "status", "val acc", "size"):
+        table.add_column(col, justify="right" if col in ("epochs", "val acc", "size") else "left")
+    for r in runs:
+        if r["status"] == "damaged":
+            table.add_row(r["id"], "", "", "", "", "", "[red]damaged[/red]", "", "")
+            continue
+        done = "-" if r["epochs_done"] is None else str(r["epochs_done"])
+        table.add_row(r["id"], r["name"] or "", r["model"], r["dataset"], r["activation"],
+                      f"{done}/{r['epochs_requested']}", r["status"], pct(r["val_accuracy"]),
+                      human_size(r["size_bytes"]))
+        for g in r["grids"]:
+            table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))
+    stdout().print(table)
+
+
+def _grid_cells(g: dict[str, Any]) -> list[str]:
+    if g.get("status") == "damaged":
+        return ["grid", "", "", "", "[red]damaged[/red]", "", ""]
+    epochs = ",".join(str(e) for e in g["epochs"])
+    diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
+    return [f"grid {g['description']}", g["norm"] if g["kind"] != "interpolate" else "", f"bn {g['bn']}",
+            f"ep {epochs}", f"{pct(g['done'])} done{diverged}", "", ""]
+
+
+def layers(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """List the parameter tensors of RUN's model (the names `grid --layer` accepts).
+
+    Example: `landscape layers quickstart`
+    """
+    from landscape_cli.engine.compute import list_layers
+
+    rows = list_layers(run, store)
+    if json_output:
+        print_json(rows)
+        return
+    table = Table(title="parameters")
+    for col in ("name", "shape", "parameters", "kind", "perturbed by default"):
+        table.add_column(col, justify="right" if col == "parameters" else "left")
+    for r in rows:
+        table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['parameters']:,}", r["kind"],
+                      "yes" if r["perturbed_by_default"] else "no (--perturb-biasbn)")
+    stdout().print(table)
+
+
+def verify(
+    run: Annotated[str | None, typer.Argument(help="Only this run [default: every run].", show_default=False)] = None,
+    store: StoreOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Re-hash checkpoints, optimizer states, directions and grid metadata, and decode every grid chunk.
+
+    Reports each file that no longer matches what was recorded when it was written, with what to do;
+    exits with 1 if anything is damaged. Changes nothing.
+
+    Example: `landscape verify quickstart`
+    """
+    from landscape_cli.store.verify import verify as verify_store
+
+    report = verify_store(store, run)
+    problems = [vars(p) for p in report.problems]
+    if json_output:
+        print_json({"ok": report.ok, "checked": report.checked, "problems": problems,
+                    "leftover_temporary_files": report.leftovers, "unfinished_grids": report.unfinished})
+    else:
+        checked = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.checked.items())
+        if problems:
+            table = Table(title="damaged")
+            for col in ("run", "file", "problem", "what to do"):
+                table.add_column(col, overflow="fold")
+            for p in problems:
+                table.add_row(p["run"], p["path"], p["problem"], p["fix"])
+            stdout().print(table)
+        stdout().print(f"checked {checked}")
+        if report.leftovers:
+            stdout().print(f"{len(report.leftovers)} temporary files left by killed writers (never read; safe to delete)")
+        if report.unfinished:
+            stdout().print(f"{len(report.unfinished)} grids whose creation was stopped before any row (no grid.json; "
+                           "the same `landscape grid` command creates them again, or delete them)")
+    if not report.ok:
+        raise IntegrityError(f"{len(problems)} damaged or missing files in the store (listed above)")
+    if not json_output:
+        stdout().print("no damage found")
