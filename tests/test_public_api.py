@@ -11,6 +11,12 @@ import importlib
 import inspect
 import pkgutil
 import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO
 
 import landscape_cli
 
@@ -64,3 +70,21 @@ def test_grid_takes_a_request_or_its_fields() -> None:
         assert "widht" in str(e)
     else:
         raise AssertionError("a misspelt option must be refused")
+
+
+def test_readme_request_recipe_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's GridRequest/Runtime recipe, run as written after its `ls.train` line, gives the same grid as the
+    keyword call it stands for."""
+    import landscape_cli as ls
+
+    monkeypatch.chdir(tmp_path)  # the recipe's store="runs"
+    text = (REPO / "README.md").read_text()
+    block = text.split("<!-- recipe: request -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    run = ls.train("mlp", "digits", epochs=5, store="runs", progress=False)
+    namespace: dict[str, Any] = {"ls": ls, "run": run}
+    exec(compile(block, "README.md", "exec"), namespace)
+    g = namespace["g"]
+    same = ls.grid(run.run_id, epochs=[5], width=21, span=0.01, batches=1, store="runs", device="cpu", progress=False)
+    assert g.grid_id == same.grid_id and g.complete and same.computed_rows == 0
+    loss = g.to_xarray().loss.sel(epoch=5).values
+    assert loss.shape == (3, 1, 21, 21) and np.isfinite(loss).all()
