@@ -2,15 +2,7 @@
 (optionally) the spectral density of the loss Hessian, and keeps them in the run store.
 
 Results live in ``<run>/hessians/<id>/`` (the id is the hash of the configuration, like a grid's):
-``hessian.json`` and a Zarr group readable with xarray::
-
-    eigenvalues, residual   float64 [epoch, k]   top eigenvalues (descending), ‖Hv − λv‖/|λ|
-    converged               uint8   [epoch, k]   1 where the residual is within --tol
-    lambda_min, lambda_min_residual  [epoch]     the smallest eigenvalue (negative away from minima)
-    convexity               float64 [epoch]      |λmin / λmax| (Li et al.'s non-convexity measure)
-    trace, trace_stderr     float64 [epoch]      Hutchinson's estimate and its standard error
-    density, density_lambda float64 [epoch, bin] with --density: the smoothed spectral density
-    done                    uint8   [epoch]      1 once the epoch's results are written (last)
+``hessian.json`` and a Zarr group readable with xarray, laid out by `store.hessian_arrays`.
 
 The top eigenvectors of each epoch are stored as a direction file of the run (what
 `grid --directions hessian` uses). Each epoch is written completely before it is marked done, so a
