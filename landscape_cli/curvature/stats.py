@@ -48,7 +48,7 @@ import numpy as np
 
 from landscape_cli._io import read_json, write_json
 from landscape_cli.config import finite
-from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, RunNotFoundError, UsageError
+from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
 from landscape_cli.store.meta import GridMeta
@@ -388,20 +388,6 @@ def check_options(radius: float | None, delta: float, reach: float | None = None
                          f"(box norm): give at most {reach:g}, or leave --radius out for the whole grid")
 
 
-def select_grid(st: Store, run: str, grid: str | None = None) -> tuple[str, str]:
-    """(run id, grid id): the run's grid named by `grid`, else its newest (as `plot` chooses)."""
-    try:
-        run_id = st.resolve(run)
-    except RunNotFoundError:
-        if grid is not None:
-            raise
-        return st.find_grid(run)  # a grid named directly
-    if grid is not None:
-        return st.find_grid(grid, run_id)
-    newest = st.newest_grid(run_id)
-    if newest is None:
-        raise GridStateError(f"run {run_id} has no grid: `landscape grid {run_id[:8]}` makes one")
-    return run_id, newest
 
 
 def stats(
@@ -422,7 +408,7 @@ def stats(
     """
     check_options(radius, delta)
     st = Store.of(store)
-    run_id, grid_id = select_grid(st, run, grid)
+    run_id, grid_id = st.select_grid(run, grid)
     meta = st.read_grid(run_id, grid_id)
     rows = Rows(st.zarr_path(run_id, grid_id), "r")
     if epochs is None:

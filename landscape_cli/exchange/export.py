@@ -45,7 +45,7 @@ from typing import IO, Any
 import numpy as np
 
 from landscape_cli._io import PARTIAL_SUFFIX, atomic_path, os_error
-from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.errors import GridStateError, IntegrityError, StoreError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, open_group
 from landscape_cli.views.readers import Source, select_hessian, select_sources
@@ -271,14 +271,7 @@ def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _select(st: Store, run: str, grid: str | None) -> Source:
-    if grid is None:
-        try:
-            run_id = st.resolve(run)
-        except RunNotFoundError:
-            run_id = None  # perhaps a grid named directly: select_sources finds it
-        if run_id is not None and st.newest_grid(run_id) is None:
-            raise GridStateError(f"run {run_id} has no grid to export: `landscape grid {run_id[:8]}` makes one")
-    return select_sources(st, [run], [grid] if grid is not None else [])[0]
+    return select_sources(st, [run], [grid] if grid is not None else [], "to export")[0]
 
 
 def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, owned: Callable[[Path], bool],

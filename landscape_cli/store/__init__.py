@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from landscape_cli.errors import AmbiguousReferenceError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.errors import AmbiguousReferenceError, GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
 from landscape_cli.store.locks import FileLock, is_locked
 from landscape_cli.store.meta import Damaged, DirectionRecord, DirectionSidecar, GridMeta, HessianMeta, RunMeta
 
@@ -325,6 +325,24 @@ class Store:
             f"grid reference {ref!r} matches {len(matches)} grids ({', '.join(g for _r, g in matches)}): "
             "give more characters"
         )
+
+    def select_grid(self, ref: str, grid: str | None = None, purpose: str = "") -> tuple[str, str]:
+        """(run id, grid id) of what a command names: RUN's grid `grid` (id, prefix or name), else RUN's newest
+        grid; `ref` may also name a grid directly. The one place the newest-grid rule lives (plot, the page,
+        the notebook, export and stats all choose this way); `purpose` ("to plot") completes the message."""
+        try:
+            run_id = self.resolve(ref)
+        except RunNotFoundError:
+            if grid is not None:
+                raise
+            return self.find_grid(ref)  # a grid named directly
+        if grid is not None:
+            return self.find_grid(grid, run_id)
+        newest = self.newest_grid(run_id)
+        if newest is None:
+            what = f" {purpose}" if purpose else ""
+            raise GridStateError(f"run {run_id} has no grid{what}: `landscape grid {run_id[:8]}` makes one")
+        return run_id, newest
 
     def newest_grid(self, run_id: str) -> str | None:
         """The id of the run's most recently created or extended readable grid (None: no grid)."""

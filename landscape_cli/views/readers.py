@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape_cli.errors import GridStateError, IntegrityError, RunNotFoundError, UsageError
+from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
 from landscape_cli.store.meta import EpochRecord, GridMeta, HessianMeta, RunMeta
@@ -103,7 +103,7 @@ class TrajectoryPath:
 # --- choosing what to read ------------------------------------------------------------------------
 
 
-def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) -> list[Source]:
+def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = (), purpose: str = "to plot") -> list[Source]:
     """The grid of each run: named by `grids` (one for all runs, or one per run), else the newest."""
     if not runs:
         raise UsageError("name at least one run (or grid) to plot; `landscape ls` lists them")
@@ -111,20 +111,8 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = ()) ->
         raise UsageError(f"give one --grid for all runs or one per run: got {len(grids)} for {len(runs)} runs")
     sources = []
     for i, ref in enumerate(runs):
-        try:
-            run_id = st.resolve(ref)
-            grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
-            if grid_ref is None:
-                newest = st.newest_grid(run_id)
-                if newest is None:
-                    raise GridStateError(f"run {run_id} has no grid to plot: `landscape grid {run_id[:8]}` makes one")
-                grid_id = newest
-            else:
-                run_id, grid_id = st.find_grid(grid_ref, run_id)
-        except RunNotFoundError:
-            if grids:
-                raise
-            run_id, grid_id = st.find_grid(ref)  # a grid named directly
+        grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
+        run_id, grid_id = st.select_grid(ref, grid_ref, purpose)
         meta = st.read_grid(run_id, grid_id)
         sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
                               st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id), store=st))
