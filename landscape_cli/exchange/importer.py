@@ -52,7 +52,7 @@ def import_run(
     files: list[str | os.PathLike[str]],
     *,
     epochs: list[int] | None = None,
-    activation: str = "relu",
+    activation: str = TrainConfig.activation,
     loss: str | None = None,
     device: str = "auto",
     name: str | None = None,
