@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import private_copy, tree
+from conftest import Grid, Train, private_copy, tree
 
-from landscape_cli import grid, train
 from landscape_cli.errors import StoreError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
@@ -24,17 +23,19 @@ B = {"batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ReLU CNN with planes, a line and a PCA plane, and a tanh MLP (a smooth loss) with small-span grids."""
-    store = tmp_path_factory.mktemp("stats") / "store"
-    train("cnn", "digits", epochs=3, store=store, progress=False, name="t")
-    grid("t", epochs=[2, 3], width=9, span=1.0, pairs=2, batches=2, store=store, name="wide", **B)
-    grid("t", epochs=[3], dims=1, width=21, span=1.0, pairs=2, batches=2, store=store, name="line", **B)
-    grid("t", directions="pca", width=9, batches=1, store=store, name="pca", **B)
-    train("mlp", "digits", epochs=3, activation="tanh", store=store, progress=False, name="smooth")
-    grid("smooth", epochs=[3], width=11, span=0.05, pairs=2, batches=2, store=store, name="zoom", **B)
-    grid("smooth", epochs=[3], dims=1, width=11, span=0.05, pairs=1, batches=1, store=store, name="zline", **B)
-    return store
+def stored(trained_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ReLU CNN with planes, a line and a PCA plane, and a tanh MLP (a smooth loss) with small-span grids.
+
+    The module's copy of the session's master (each run trained once per session)."""
+    return trained_store.copy(  # type: ignore[no-any-return]
+        Train("cnn", epochs=3, name="t"),
+        Grid("t", epochs=[2, 3], width=9, span=1.0, pairs=2, batches=2, name="wide", **B),
+        Grid("t", epochs=[3], dims=1, width=21, span=1.0, pairs=2, batches=2, name="line", **B),
+        Grid("t", directions="pca", width=9, batches=1, name="pca", **B),
+        Train("mlp", epochs=3, activation="tanh", name="smooth"),
+        Grid("smooth", epochs=[3], width=11, span=0.05, pairs=2, batches=2, name="zoom", **B),
+        Grid("smooth", epochs=[3], dims=1, width=11, span=0.05, pairs=1, batches=1, name="zline", **B),
+        to=tmp_path_factory.mktemp("stats") / "store")
 
 
 def _stats(*args: Any, **kwargs: Any) -> Any:
@@ -349,7 +350,9 @@ def test_the_cache_is_reused_only_while_done_marks_and_options_are_unchanged(sto
     edited = _stats("t", grid="wide", store=store)
     assert edited.cached == [] and all(e["mean"]["sharpness"] != 123.0 for e in edited.epochs)
     # an unwritable store: the results are still given, not cached
-    monkeypatch.setattr(stats_module, "write_json", lambda *a: (_ for _ in ()).throw(StoreError("read-only")))
+    import landscape_cli.store as store_module  # the store writes the cache
+
+    monkeypatch.setattr(store_module, "write_json", lambda *a: (_ for _ in ()).throw(StoreError("read-only")))
     cache.unlink()
     unsaved = _stats("t", grid="wide", store=store)
     assert not unsaved.saved and unsaved.epochs == edited.epochs and not cache.exists()

@@ -41,12 +41,10 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from landscape_cli._io import read_json, write_json
 from landscape_cli.config import finite
 from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.store import Store
@@ -289,16 +287,6 @@ def _slot(epoch: int, radius: float | None, delta: float) -> str:
     return f"epoch {epoch}, radius {radius!r}, delta {delta!r}"
 
 
-def _load_cache(path: Path, grid_id: str) -> dict[str, Any]:
-    """The cache's entries; a missing, damaged or foreign file is ignored (it is rewritten)."""
-    try:
-        raw = read_json(path)
-    except (OSError, IntegrityError, UnicodeDecodeError):
-        return {}
-    if not isinstance(raw, dict) or raw.get("format") != STATS_FORMAT or raw.get("grid") != grid_id:
-        return {}
-    entries = raw.get("entries")
-    return dict(entries) if isinstance(entries, dict) else {}
 
 
 def _valid(entry: Any, key: str, epoch: int, pairs: int, batches: int) -> dict[str, Any] | None:
@@ -319,28 +307,12 @@ def _valid(entry: Any, key: str, epoch: int, pairs: int, batches: int) -> dict[s
     return stats
 
 
-def _save_cache(path: Path, grid_id: str, new: dict[str, Any]) -> bool:
-    """Merge `new` entries into the cache file (re-read first: another process may have added some).
-
-    Best effort: a store that cannot be written (read-only, full) keeps its old cache; False then."""
-    entries = _load_cache(path, grid_id)
-    for slot, entry in new.items():
-        entries.pop(slot, None)
-        entries[slot] = entry
-    while len(entries) > MAX_ENTRIES:
-        entries.pop(next(iter(entries)))
-    try:
-        write_json(path, {"format": STATS_FORMAT, "grid": grid_id, "entries": entries})
-    except (LandscapeError, OSError):
-        return False
-    return True
 
 
 def _epoch_stats(st: Store, run_id: str, meta: GridMeta, rows: Rows, state: _State, epochs: Sequence[int],
                  radius: float | None, delta: float, use_cache: bool = True) -> tuple[list[dict[str, Any]], list[int], bool]:
     """The stats of `epochs` (cached ones read, the others computed and cached); (stats, epochs read, saved)."""
-    path = st.stats_file(run_id, meta.id)
-    entries = _load_cache(path, meta.id) if use_cache else {}
+    entries = st.stats_cache(run_id, meta.id, STATS_FORMAT) if use_cache else {}
     batches = int(rows["loss"].shape[2])
     out, cached, new = [], [], {}
     for epoch in epochs:
@@ -357,7 +329,7 @@ def _epoch_stats(st: Store, run_id: str, meta: GridMeta, rows: Rows, state: _Sta
         result = json.loads(json.dumps(result))
         new[slot] = {"key": key, "sha256": _content_hash(result), "stats": result}
         out.append(result)
-    saved = _save_cache(path, meta.id, new) if new else True
+    saved = st.save_stats_cache(run_id, meta.id, STATS_FORMAT, new, MAX_ENTRIES) if new else True
     return out, cached, saved
 
 

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
-from landscape_cli.errors import AmbiguousReferenceError, GridStateError, IntegrityError, RunNotFoundError, StoreError, UsageError
+from landscape_cli.errors import (
+    AmbiguousReferenceError,
+    GridStateError,
+    IntegrityError,
+    LandscapeError,
+    RunNotFoundError,
+    StoreError,
+    UsageError,
+)
 from landscape_cli.store.locks import FileLock, is_locked
 from landscape_cli.store.meta import Damaged, DirectionRecord, DirectionSidecar, GridMeta, HessianMeta, RunMeta
 
@@ -350,6 +358,34 @@ class Store:
         if not metas:
             return None
         return max(metas, key=lambda m: (m.updated or m.created or "", m.id)).id
+
+    # -- the stats cache of a grid --
+
+    def stats_cache(self, run_id: str, grid_id: str, fmt: int) -> dict[str, Any]:
+        """The entries of the grid's stats cache; a missing, damaged or foreign file reads as empty (it is rewritten)."""
+        try:
+            raw = read_json(self.stats_file(run_id, grid_id))
+        except (OSError, IntegrityError, UnicodeDecodeError):
+            return {}
+        if not isinstance(raw, dict) or raw.get("format") != fmt or raw.get("grid") != grid_id:
+            return {}
+        entries = raw.get("entries")
+        return dict(entries) if isinstance(entries, dict) else {}
+
+    def save_stats_cache(self, run_id: str, grid_id: str, fmt: int, new: dict[str, Any], keep: int) -> bool:
+        """Merge `new` entries into the cache (re-read first: another process may have added some), keeping the
+        newest `keep`. Best effort: a store that cannot be written (read-only, full) keeps its old cache; False then."""
+        entries = self.stats_cache(run_id, grid_id, fmt)
+        for slot, entry in new.items():
+            entries.pop(slot, None)
+            entries[slot] = entry
+        while len(entries) > keep:
+            entries.pop(next(iter(entries)))
+        try:
+            write_json(self.stats_file(run_id, grid_id), {"format": fmt, "grid": grid_id, "entries": entries})
+        except (LandscapeError, OSError):
+            return False
+        return True
 
     # -- curvature results --
 
