@@ -223,3 +223,18 @@ def test_the_store_name_check_finds_joins() -> None:
     assert len(_store_name_joins(bad, "bad.py")) == 4
     fine = 'raise IntegrityError(f"{path}: grid.json is damaged")\nx = {"checkpoints": 1}\n'
     assert _store_name_joins(fine, "fine.py") == []
+
+
+def test_only_the_store_reads_and_writes_its_json_files() -> None:
+    """run.json, grid.json, hessian.json, direction sidecars and stats.json are read and written by store/ alone."""
+    users = []
+    for module, path in MODULES.items():
+        if module.startswith(f"{PACKAGE}.store") or module == f"{PACKAGE}._io":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called in ("read_json", "write_json"):
+                    users.append(f"{module}:{node.lineno} calls {called}")
+    assert not users, "\n".join(users)
