@@ -462,7 +462,7 @@ def test_unwritable_outputs_fail_in_one_line_and_leave_nothing(store: Path, tmp_
 @needs_vtk
 def test_a_failure_while_writing_leaves_nothing_half_written(store: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import landscape_cli.exchange.export as ex
+    import landscape_cli.exchange.vtk as ex
 
     calls = []
 
@@ -472,8 +472,8 @@ def test_a_failure_while_writing_leaves_nothing_half_written(store: Path, tmp_pa
             raise OSError(28, "No space left on device")
         return original(vtk, piece, path)
 
-    original = ex._write_piece
-    monkeypatch.setattr(ex, "_write_piece", failing)
+    original = ex.write_piece
+    monkeypatch.setattr(ex, "write_piece", failing)
     out = tmp_path / "new" / "deeper" / "vtk"
     with pytest.raises(StoreError, match="disk full"):
         export("t", grid="plane", format="vtk", out=out, store=store)

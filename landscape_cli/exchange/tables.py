@@ -1,0 +1,195 @@
+"""The exports as tables of numbers: NetCDF-4 (and `open_netcdf` to read one back), npz and CSV.
+
+NetCDF and npz hold every array and attribute of the Zarr group as stored; CSV writes one row per
+point (the grid) or per epoch and eigenpair (curvature results). The layouts are described in
+`landscape_cli.exchange.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.exchange.grid_data import GridData
+from landscape_cli.exchange.writing import atomic
+
+JSON_ATTRS = "json_encoded_attributes"  # NetCDF: the attributes stored as JSON strings
+NPZ_ATTRS = "attributes_json"  # npz: the attributes (and each array's dims and attributes) as one JSON string
+
+
+# --- NetCDF and npz -------------------------------------------------------------------------------
+
+
+def require_netcdf() -> None:
+    try:
+        import h5netcdf  # noqa: F401
+        import xarray  # noqa: F401
+    except ImportError as e:
+        raise UsageError(f"--format netcdf needs xarray and h5netcdf ({e.name} is missing): "
+                         "pip install xarray 'h5netcdf[h5py]'") from e
+
+
+def _encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """NetCDF attributes: strings and numbers as they are, anything else as a JSON string (named in JSON_ATTRS)."""
+    out: dict[str, Any] = {}
+    encoded = []
+    for key, value in attrs.items():
+        if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
+            out[key] = value
+        else:
+            out[key] = json.dumps(value, ensure_ascii=False)
+            encoded.append(key)
+    if encoded:
+        out[JSON_ATTRS] = json.dumps(encoded)
+    return out
+
+
+def write_netcdf(data: GridData, path: Path) -> Path:
+    import xarray as xr
+
+    coords = {n: xr.Variable(data.dims[n], a, _encode_attrs(data.var_attrs[n]))
+              for n, a in data.arrays.items() if data.dims[n] == [n]}
+    variables = {n: xr.Variable(data.dims[n], a, _encode_attrs(data.var_attrs[n]))
+                 for n, a in data.arrays.items() if n not in coords}
+    ds = xr.Dataset(variables, coords=coords, attrs=_encode_attrs(data.attrs))
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, a in data.arrays.items():  # no fill value: nothing is masked on reading, NaNs keep their bits
+        encoding[name] = {"_FillValue": None}
+        if a.ndim and a.size:
+            encoding[name].update(zlib=True, complevel=4, shuffle=True)
+    with atomic(path) as tmp:
+        ds.to_netcdf(tmp, engine="h5netcdf", format="NETCDF4", encoding=encoding)
+    return path
+
+
+def write_npz(data: GridData, path: Path) -> Path:
+    if NPZ_ATTRS in data.arrays:
+        raise IntegrityError(f"the grid has an array named {NPZ_ATTRS}, which npz exports use for the attributes")
+    meta = {
+        "attributes": data.attrs,
+        "arrays": {n: {"dims": data.dims[n], "dtype": str(a.dtype), "attributes": data.var_attrs[n]}
+                   for n, a in data.arrays.items()},
+    }
+    payload: dict[str, Any] = {**data.arrays, NPZ_ATTRS: np.array(json.dumps(meta, ensure_ascii=False))}
+    with atomic(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the name
+        np.savez_compressed(f, **payload)
+    return path
+
+
+def open_netcdf(path: str | os.PathLike[str]) -> Any:
+    """A NetCDF export read back into memory as an xarray Dataset, its JSON-encoded attributes decoded."""
+    import xarray as xr
+
+    ds = xr.load_dataset(path, engine="h5netcdf")
+    ds.attrs = decode_attrs(ds.attrs)
+    for var in ds.variables.values():
+        var.attrs = decode_attrs(var.attrs)
+    return ds
+
+
+def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes with those named in ``json_encoded_attributes`` decoded (and that marker removed)."""
+    out = dict(attrs)
+    names = out.pop(JSON_ATTRS, None)
+    for name in json.loads(names) if names else []:
+        out[name] = json.loads(out[name])
+    return out
+
+
+# --- CSV ------------------------------------------------------------------------------------------
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """Numbers as text: integers plainly, floats in the shortest form that reads back to the same value of
+    their own dtype (float32 stays float32), 'nan', 'inf', '-inf'."""
+    return np.asarray(values).astype(str)
+
+
+def _write_lines(f: IO[str], columns: list[np.ndarray]) -> None:
+    f.writelines(",".join(row) + "\n" for row in zip(*columns, strict=True))
+
+
+def write_csv(data: GridData, path: Path) -> list[Path]:
+    loss_dims = data.dims["loss"]
+    axes = [d for d in loss_dims if d not in ("epoch", "pair", "batch")]  # [y, x] or [x]
+    header = ["epoch", "pair", "batch", *reversed(axes), "loss", "accuracy", "done"]
+    loss, done = data.masked("loss"), data.point_done()
+    accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
+    inner = loss.shape[1:]
+    index = np.indices(inner).reshape(len(inner), -1)  # one epoch's points, in the loss array's order
+    texts = {d: _text(data.coord(d))[index[k]] for k, d in enumerate(loss_dims[1:])}
+    epochs = _text(data.coord("epoch"))
+    files = [path]
+    with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(header) + "\n")
+        for ei in range(loss.shape[0]):
+            epoch = np.full(index.shape[1], epochs[ei])
+            _write_lines(f, [epoch, texts["pair"], texts["batch"], *(texts[d] for d in reversed(axes)),
+                             _text(loss[ei].ravel()), _text(accuracy[ei].ravel()),
+                             _text(done[ei].ravel().astype(np.uint8))])
+    if "path_x" in data.arrays and "path_loss" in data.arrays:
+        files.append(_write_path_csv(data, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}")))
+    return files
+
+
+def _write_path_csv(data: GridData, path: Path) -> Path:
+    """A PCA trajectory: one row per (checkpoint, batch): its coordinates, distance from the plane, own values."""
+    loss = data.arrays["path_loss"]  # [path_epoch, batch]
+    n, b = loss.shape
+    rows = np.repeat(np.arange(n), b)
+    cols = ["path_epoch", "batch", "path_x", *(["path_y"] if "path_y" in data.arrays else []), "path_residual",
+            "path_loss", "path_accuracy"]
+    values: dict[str, np.ndarray] = {
+        "path_epoch": _text(data.coord("path_epoch"))[rows],
+        "batch": _text(data.coord("batch"))[np.tile(np.arange(b), n)],
+        **{c: _text(data.arrays[c])[rows] for c in ("path_x", "path_y", "path_residual") if c in data.arrays},
+        "path_loss": _text(loss.ravel()),
+        "path_accuracy": _text(data.arrays["path_accuracy"].ravel() if "path_accuracy" in data.arrays
+                               else np.full(loss.size, np.nan, np.float32)),
+    }
+    cols = [c for c in cols if c in values]
+    with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(cols) + "\n")
+        _write_lines(f, [values[c] for c in cols])
+    return path
+
+
+def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
+    """One row per (epoch, eigenpair) with the epoch's scalars beside it; the density in a second file."""
+    a = data.arrays
+    done = a["done"] > 0
+    epochs, k = a["eigenvalues"].shape
+
+    def per_epoch(name: str) -> np.ndarray:  # NaN where the epoch is not done
+        return np.where(done, a[name], np.nan).astype(a[name].dtype)
+
+    def per_pair(name: str) -> np.ndarray:
+        return np.where(done[:, None], a[name], np.nan if a[name].dtype.kind == "f" else 0).astype(a[name].dtype)
+
+    scalars = [n for n in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr") if n in a]
+    header = ["epoch", "k", "eigenvalue", "residual", "converged", *scalars, "done"]
+    rows = np.repeat(np.arange(epochs), k)
+    columns = [_text(a["epoch"])[rows], _text(np.tile(np.arange(k), epochs)),
+               _text(per_pair("eigenvalues").ravel()), _text(per_pair("residual").ravel()),
+               _text(per_pair("converged").ravel()), *(_text(per_epoch(n))[rows] for n in scalars),
+               _text(done.astype(np.uint8))[rows]]
+    with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(header) + "\n")
+        _write_lines(f, columns)
+    files = [path]
+    if "density" in a:
+        density_path = path.with_name(f"{path.stem}_density{path.suffix or '.csv'}")
+        bins = a["density"].shape[1]
+        rows = np.repeat(np.arange(epochs), bins)
+        with atomic(density_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write("epoch,bin,lambda,density,done\n")
+            _write_lines(f, [_text(a["epoch"])[rows], _text(np.tile(np.arange(bins), epochs)),
+                             _text(per_pair("density_lambda").ravel()), _text(per_pair("density").ravel()),
+                             _text(done.astype(np.uint8))[rows]])
+        files.append(density_path)
+    return files

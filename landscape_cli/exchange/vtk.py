@@ -1,0 +1,259 @@
+"""The VTK export: XML files for ParaView, the loss as height over the grid's plane (or line).
+
+One ``.vts`` surface (``.vtp`` polyline for a 1-D grid) per (epoch, pair, batch) and per epoch's mean,
+``path.vtp`` for a PCA trajectory, ``epochs_mean.pvd`` and the manifest; built in a temporary
+directory that replaces the output directory only when every file is written. The layout is described
+in `landscape_cli.exchange.export`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from landscape_cli.errors import StoreError, UsageError
+from landscape_cli.exchange.grid_data import GridData
+from landscape_cli.exchange.writing import cannot_write, replace_dir, temporary
+
+MANIFEST = "landscape-export.json"  # in a VTK export directory: also what marks it as one (safe to replace)
+LOG_OFFSET = 0.1  # h52vtp's log(z + 0.1)
+VTK_INSTALL = "pip install 'landscape-cli[vtk]'"
+HIDDENPOINT, HIDDENCELL = 2, 32  # vtkDataSetAttributes' ghost flags (checked against vtk when it is imported)
+
+
+class Summary(Protocol):
+    """What the manifest repeats of the export (its `ExportResult`)."""
+
+    grid_id: str
+    run_id: str
+    kind: str
+    dims: int
+    points_total: int
+    points_missing: int
+    points_diverged: int
+
+
+def import_vtk() -> Any:
+    """The vtk classes the export uses (imported lazily: vtk is the optional extra `landscape-cli[vtk]`)."""
+    try:
+        from vtkmodules.util import numpy_support
+        from vtkmodules.vtkCommonCore import vtkDoubleArray, vtkObject, vtkPoints
+        from vtkmodules.vtkCommonDataModel import vtkCellArray, vtkDataSetAttributes, vtkPolyData, vtkStructuredGrid
+        from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter, vtkXMLStructuredGridWriter
+    except ImportError as e:
+        raise UsageError(f"--format vtk needs the vtk package, which is not installed: {VTK_INSTALL}") from e
+    assert (vtkDataSetAttributes.HIDDENPOINT, vtkDataSetAttributes.HIDDENCELL) == (HIDDENPOINT, HIDDENCELL)
+    return type("Vtk", (), {
+        "numpy_support": numpy_support, "vtkDoubleArray": vtkDoubleArray, "vtkObject": vtkObject,
+        "vtkPoints": vtkPoints, "vtkCellArray": vtkCellArray, "ghost_name": vtkDataSetAttributes.GhostArrayName(),
+        "vtkPolyData": vtkPolyData, "vtkStructuredGrid": vtkStructuredGrid,
+        "vtkXMLPolyDataWriter": vtkXMLPolyDataWriter, "vtkXMLStructuredGridWriter": vtkXMLStructuredGridWriter,
+    })
+
+
+def height(loss: np.ndarray, zmax: float | None = None, log: bool = False) -> np.ndarray:
+    """The VTK height (float64) of loss values, as h52vtp: clipped at `zmax`, then log(z + 0.1) with `log`."""
+    z = np.asarray(loss, np.float64).copy()
+    if zmax is not None:
+        z[z > zmax] = zmax
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = np.log(z + LOG_OFFSET)
+    return z
+
+
+@dataclass
+class _Piece:
+    """One VTK file's points: coordinates [n, 2], the height and the fields, and which points are shown."""
+
+    xy: np.ndarray
+    z: np.ndarray
+    fields: dict[str, np.ndarray]
+    visible: np.ndarray
+    shape: tuple[int, ...]  # (ny, nx) for a surface, (n,) for a line
+    time: float | None = None
+
+
+def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndarray, zmax: float | None, log: bool,
+           shape: tuple[int, ...], extra: dict[str, np.ndarray] | None = None, time: float | None = None) -> _Piece:
+    z = height(loss, zmax, log)
+    visible = done & np.isfinite(z)
+    diverged = done & ~np.isfinite(loss)
+    shown = z[visible]
+    z_out = np.where(visible, z, np.nan)
+    fields: dict[str, np.ndarray] = {"loss": loss, "accuracy": accuracy, "done": done.astype(np.uint8),
+                                     "diverged": diverged.astype(np.uint8), "height": z_out}
+    fields.update(extra or {})
+    flat = np.where(visible, z, shown.min() if shown.size else 0.0)  # hidden points: a finite z out of the way
+    return _Piece(xy, flat, fields, visible, shape, time)
+
+
+def _vtk_array(vtk: Any, name: str, values: np.ndarray) -> Any:
+    arr = np.ascontiguousarray(values.reshape(values.shape[0], -1) if values.ndim > 1 else values)
+    out = vtk.numpy_support.numpy_to_vtk(arr, deep=True)
+    out.SetName(name)
+    return out
+
+
+def _fill(vtk: Any, dataset: Any, piece: _Piece) -> None:
+    points = vtk.vtkPoints()
+    points.SetDataTypeToDouble()
+    xyz = np.column_stack([piece.xy, piece.z]).astype(np.float64)
+    points.SetData(vtk.numpy_support.numpy_to_vtk(np.ascontiguousarray(xyz), deep=True))
+    dataset.SetPoints(points)
+    pd = dataset.GetPointData()
+    for name, values in piece.fields.items():
+        pd.AddArray(_vtk_array(vtk, name, values))
+    pd.SetActiveScalars("height")
+    ghost = np.where(piece.visible, 0, HIDDENPOINT).astype(np.uint8)
+    pd.AddArray(_vtk_array(vtk, vtk.ghost_name, ghost))
+    if piece.time is not None:
+        t = vtk.vtkDoubleArray()
+        t.SetName("TimeValue")  # ParaView reads it as the dataset's time: the epoch
+        t.InsertNextValue(piece.time)
+        dataset.GetFieldData().AddArray(t)
+
+
+def _polyline(vtk: Any, piece: _Piece) -> Any:
+    """A line's points joined in order; hidden points break it (a lone visible point becomes a vertex)."""
+    poly = vtk.vtkPolyData()
+    _fill(vtk, poly, piece)
+    lines, verts = vtk.vtkCellArray(), vtk.vtkCellArray()
+    run: list[int] = []
+    for i, shown in enumerate([*piece.visible.tolist(), False]):
+        if shown:
+            run.append(i)
+            continue
+        if len(run) == 1:
+            verts.InsertNextCell(1)
+            verts.InsertCellPoint(run[0])
+        elif run:
+            lines.InsertNextCell(len(run))
+            for j in run:
+                lines.InsertCellPoint(j)
+        run = []
+    poly.SetLines(lines)
+    poly.SetVerts(verts)
+    return poly
+
+
+def write_piece(vtk: Any, piece: _Piece, path: Path) -> int:
+    """Write one piece (a .vts surface or a .vtp line); returns its hidden points."""
+    if len(piece.shape) == 2:
+        dataset = vtk.vtkStructuredGrid()
+        ny, nx = piece.shape
+        dataset.SetDimensions(nx, ny, 1)
+        _fill(vtk, dataset, piece)
+        if nx > 1 and ny > 1:  # the cells touching a hidden point, hidden too (for readers that look at cells only)
+            shown = piece.visible.reshape(ny, nx)
+            corners = shown[:-1, :-1] & shown[1:, :-1] & shown[:-1, 1:] & shown[1:, 1:]
+            cells = np.where(corners.ravel(), 0, HIDDENCELL).astype(np.uint8)
+            dataset.GetCellData().AddArray(_vtk_array(vtk, vtk.ghost_name, cells))
+        writer = vtk.vtkXMLStructuredGridWriter()
+    else:
+        dataset = _polyline(vtk, piece)
+        writer = vtk.vtkXMLPolyDataWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputData(dataset)
+    writer.SetDataModeToAppended()
+    writer.EncodeAppendedDataOff()
+    writer.SetCompressorTypeToZLib()
+    shown = vtk.vtkObject.GetGlobalWarningDisplay()
+    vtk.vtkObject.GlobalWarningDisplayOff()  # a failure is reported below, in one line
+    try:
+        ok = writer.Write()
+    finally:
+        vtk.vtkObject.SetGlobalWarningDisplay(shown)
+    if ok != 1 or not path.is_file():
+        raise StoreError(f"cannot write {path} (VTK error code {writer.GetErrorCode()}): check the disk and --out")
+    return int((~piece.visible).sum())
+
+
+def _name(epoch: int, pair: int | None = None, batch: int | None = None) -> str:
+    return f"epoch-{epoch:04d}_mean" if pair is None else f"epoch-{epoch:04d}_pair-{pair}_batch-{batch}"
+
+
+def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float | None,
+               log: bool) -> tuple[list[Path], int]:
+    plane = data.line_dims == 2
+    suffix = ".vts" if plane else ".vtp"
+    x = np.asarray(data.coord("x"), np.float64)
+    y = np.asarray(data.coord("y"), np.float64) if plane else np.zeros(1)
+    gx, gy = np.meshgrid(x, y)  # [y, x]: x varies fastest, VTK's point order
+    xy = np.column_stack([gx.ravel(), gy.ravel()])
+    shape = (len(y), len(x)) if plane else (len(x),)
+    loss, done = data.masked("loss"), data.point_done()
+    accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
+    epochs, pairs, batches = data.coord("epoch"), data.coord("pair"), data.coord("batch")
+    names: list[str] = []
+    means: list[tuple[int, str]] = []
+    hidden = 0
+    tmp = temporary(out)
+    try:
+        tmp.mkdir()
+        for ei, epoch in enumerate(epochs.tolist()):
+            for pi, pair in enumerate(pairs.tolist()):
+                for bi, batch in enumerate(batches.tolist()):
+                    piece = _piece(xy, loss[ei, pi, bi].ravel(), accuracy[ei, pi, bi].ravel(), done[ei, pi, bi].ravel(),
+                                   zmax, log, shape, time=float(epoch))
+                    name = _name(epoch, pair, batch) + suffix
+                    hidden += write_piece(vtk, piece, tmp / name)
+                    names.append(name)
+            all_done = done[ei].all(axis=(0, 1))
+            with np.errstate(invalid="ignore"):
+                mean_loss = np.where(all_done, loss[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
+                mean_acc = np.where(all_done, accuracy[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
+            piece = _piece(xy, mean_loss.ravel(), mean_acc.ravel(), all_done.ravel(), zmax, log, shape,
+                           time=float(epoch))
+            name = _name(epoch) + suffix
+            hidden += write_piece(vtk, piece, tmp / name)
+            names.append(name)
+            means.append((epoch, name))
+        if "path_x" in data.arrays and "path_loss" in data.arrays:
+            hidden += _write_path(vtk, data, tmp / "path.vtp", zmax, log)
+            names.append("path.vtp")
+        pvd = "epochs_mean.pvd"
+        (tmp / pvd).write_text(
+            '<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n  <Collection>\n'
+            + "".join(f'    <DataSet timestep="{e}" part="0" file="{n}"/>\n' for e, n in means)
+            + "  </Collection>\n</VTKFile>\n")
+        names.append(pvd)
+        manifest = {
+            "format": "vtk", "grid": result.grid_id, "run": result.run_id, "kind": result.kind, "dims": result.dims,
+            "zmax": zmax, "log": log, "height": ("log(min(loss, zmax) + 0.1)" if zmax is not None else "log(loss + 0.1)")
+            if log else ("min(loss, zmax)" if zmax is not None else "loss"),
+            "points_total": result.points_total, "points_missing": result.points_missing,
+            "points_diverged": result.points_diverged, "points_hidden": hidden, "files": names,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        names.append(MANIFEST)
+        replace_dir(tmp, out)
+    except StoreError:
+        raise
+    except OSError as e:
+        raise cannot_write(e, out) from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [out / n for n in names], hidden
+
+
+def _write_path(vtk: Any, data: GridData, path: Path, zmax: float | None, log: bool) -> int:
+    """A PCA trajectory as a polyline in training order at (path_x, path_y, mean loss over the batches)."""
+    loss = data.arrays["path_loss"]  # [path_epoch, batch]
+    accuracy = data.arrays.get("path_accuracy", np.full_like(loss, np.nan))
+    n = loss.shape[0]
+    px = np.asarray(data.arrays["path_x"], np.float64)
+    py = np.asarray(data.arrays["path_y"], np.float64) if "path_y" in data.arrays else np.zeros(n)
+    with np.errstate(invalid="ignore"):
+        mean_loss, mean_acc = loss.astype(np.float64).mean(axis=1), accuracy.astype(np.float64).mean(axis=1)
+    extra = {"epoch": np.asarray(data.coord("path_epoch"), np.int64), "loss_batches": loss,
+             "accuracy_batches": accuracy}
+    if "path_residual" in data.arrays:
+        extra["residual"] = np.asarray(data.arrays["path_residual"], np.float64)
+    piece = _piece(np.column_stack([px, py]), mean_loss, mean_acc, np.ones(n, bool), zmax, log, (n,), extra)
+    return write_piece(vtk, piece, path)
