@@ -160,7 +160,7 @@ def import_(
 
 
 def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
-    """List every run in the store, with its grids and their progress.
+    """List every run in the store, with its grids, its Hessian results and their progress.
 
     Example: `landscape ls --store runs`
     """
@@ -187,6 +187,8 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
                       human_size(r["size_bytes"]))
         for g in r["grids"]:
             table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))
+        for h in r.get("hessians", []):
+            table.add_row(f"  └ {h['id']}", h.get("name") or "", *_hessian_cells(h))
     stdout().print(table)
 
 
@@ -197,6 +199,15 @@ def _grid_cells(g: dict[str, Any]) -> list[str]:
     diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
     return [f"grid {g['description']}", g["norm"] if g["kind"] != "interpolate" else "", f"bn {g['bn']}",
             f"ep {epochs}", f"{pct(g['done'])} done{diverged}", "", ""]
+
+
+def _hessian_cells(h: dict[str, Any]) -> list[str]:
+    if h.get("status") == "damaged":
+        return ["hessian", "", "", "", "[red]damaged[/red]", "", ""]
+    data = "all" if h["batches"] == "all" else f"{h['batches']}x{h['batch_size']}"
+    what = f"hessian top {h['top']}" + (" + density" if h.get("density") else "")
+    done = "complete" if h["status"] == "complete" else f"{len(h['epochs_done'])}/{len(h['epochs'])} epochs done"
+    return [what, f"batches {data}", f"bn {h['bn']}", f"ep {','.join(str(e) for e in h['epochs'])}", done, "", ""]
 
 
 def layers(

@@ -114,7 +114,7 @@ def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> d
     cfg = meta.config
     return {"id": meta.id, "name": meta.name, "epochs": meta.epochs,
             "epochs_done": [e for e, d in zip(meta.epochs, done, strict=False) if d], "top": cfg.top,
-            "batches": cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
+            "batches": "all" if cfg.whole else cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
             "status": "complete" if done.size and done.all() else "partial",
             "path": str(store.hessian_dir(run_id, meta.id))}
 
