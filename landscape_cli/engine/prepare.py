@@ -154,8 +154,11 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
     facts = kind.epoch_facts(ctx, meta, [e for e in epochs if str(e) not in known])
     if facts:
         meta.kind = {**meta.kind, "epochs": {**known, **facts}}
-    changed = (epochs != meta.epochs or bool(facts) or (name is not None and meta.name != name)
-               or meta.evaluator != evaluation)
+    renamed = name is not None and meta.name != name
+    if renamed:  # an existing grid asked for under another --name
+        was = f"was {meta.name!r}" if meta.name is not None else "was unnamed"
+        note(f"grid {grid_id} is now named {name!r} ({was}): the same grid, computed once")
+    changed = epochs != meta.epochs or bool(facts) or renamed or meta.evaluator != evaluation
     meta.evaluator = evaluation
     grow(zarr_path, epochs)
     if changed or not st.has_grid(run_id, grid_id):

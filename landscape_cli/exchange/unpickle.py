@@ -563,18 +563,25 @@ def _is_batch_counter(key: str) -> bool:
 # --- which files, which epochs -----------------------------------------------------------------
 
 
+OPTIMIZER_SUFFIXES = (".optim.pt", ".optimizer.pt", ".optim.pth", ".optimizer.pth")
+
+
 def checkpoint_files(paths: list[Path]) -> list[Path]:
     """The checkpoint files that `paths` name: files as given, folders expanded into theirs in natural order.
 
     Natural order (``epoch-2`` before ``epoch-10``) so that files pair with ``--epochs`` as a person reads them.
+    A folder's optimizer-state files (``*.optim.pt``, as this tool's store keeps beside its checkpoints) are
+    skipped; given by name, a file is read as it is.
     """
     if not paths:
         raise UsageError("no checkpoint files given: give files or folders of .pt, .pth, .ckpt, .bin or .safetensors")
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
+            # optimizer states beside the weights (this tool's epoch-0006.optim.pt) are not checkpoints of a model
             found = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                            and p.suffix.lower() in SUFFIXES), key=lambda p: _natural(p.name))
+                            and p.suffix.lower() in SUFFIXES and not p.name.lower().endswith(OPTIMIZER_SUFFIXES)),
+                           key=lambda p: _natural(p.name))
             if not found:
                 raise UsageError(f"{path} holds no checkpoint files ({', '.join(SUFFIXES)})")
             files += found

@@ -1,0 +1,73 @@
+"""Commands on a copy of the frozen second-release store (`data/legacy-0.2.0`): fast, no training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+LEGACY2 = Path(__file__).parent / "data" / "legacy-0.2.0"
+IDS = json.loads((LEGACY2 / "ids.json").read_text())
+
+
+def test_ls_lists_each_runs_hessian_results_in_its_table(cli: Any, store: Path) -> None:
+    shutil.copytree(LEGACY2 / "store", store)
+    done = cli("ls")
+    assert done.exit_code == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if IDS["hessian_id"] in line]
+    assert len(rows) == 1, done.stdout
+    row = rows[0]
+    assert "curvature" in row and "hessian top 2" in row and "batches 1x64" in row and "ep 3" in row
+    assert "complete" in row
+    # the same results as `ls --json` reports them
+    [run] = [r for r in json.loads(cli("ls", "--json").stdout)["runs"] if r["id"] == IDS["run_id"]]
+    [h] = [h for h in run["hessians"] if h["id"] == IDS["hessian_id"]]
+    assert h["name"] == "curvature" and h["epochs_done"] == [3] and h["batches"] == 1
+
+
+def test_ls_shows_partial_hessian_results_with_their_progress(cli: Any, store: Path) -> None:
+    import zarr
+
+    shutil.copytree(LEGACY2 / "store", store)
+    [results] = store.glob(f"*/hessians/{IDS['hessian_id']}/hessian.zarr")
+    zarr.open_array(results / "done", mode="r+")[0] = 0  # as a kill before the epoch's done-mark leaves it
+    row = next(line for line in cli("ls").stdout.splitlines() if IDS["hessian_id"] in line)
+    assert "0/1 epochs done" in row and "complete" not in row
+
+
+def test_verify_tells_an_imported_run_to_import_its_files_again(cli: Any, store: Path) -> None:
+    shutil.copytree(LEGACY2 / "store", store)
+    [ckpt] = store.glob(f"{IDS['imported_id']}/checkpoints/epoch-0003.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[:-10] + b"0123456789")
+    done = cli("verify", IDS["imported_id"], "--json")
+    assert done.exit_code != 0
+    [problem] = json.loads(done.stdout)["problems"]
+    assert problem["problem"] == "checkpoint of epoch 3 does not match its recorded sha256"
+    assert "the same `landscape import` command" in problem["fix"] and "landscape train" not in problem["fix"]
+    # a trained run's damaged checkpoint is still made again by its training command
+    [trained] = store.glob(f"{IDS['run_id']}/checkpoints/epoch-0001.pt")
+    trained.write_bytes(trained.read_bytes()[:-10] + b"0123456789")
+    [problem] = json.loads(cli("verify", IDS["run_id"], "--json").stdout)["problems"]
+    assert "`landscape train` command again" in problem["fix"]
+
+
+def test_importing_a_folder_of_this_tools_checkpoints_skips_optimizer_states(cli: Any, store: Path,
+                                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "ckpts"
+    shutil.copytree(LEGACY2 / "store" / IDS["run_id"] / "checkpoints", folder)
+    assert (folder / "epoch-0003.optim.pt").is_file()
+    done = cli("import", "mlp", "digits", str(folder), "--name", "again", "--json")
+    assert done.exit_code == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["imported"] == [0, 1, 2, 3] and [f["epoch"] for f in out["files"]] == [0, 1, 2, 3]
+    assert not any(f["file"].endswith(".optim.pt") for f in out["files"])
+
+
+def test_asking_for_a_grid_under_another_name_says_it_renames_it(cli: Any, store: Path) -> None:
+    shutil.copytree(LEGACY2 / "store", store)
+    done = cli("grid", "legacy2", "--grid", "line", "--name", "line2")
+    assert done.exit_code == 0, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"grid {IDS['grids']['line']} is now named 'line2' (was 'line')" in said
+    assert cli("grid", "legacy2", "--grid", "line2", "--name", "line2").stderr.count("now named") == 0
