@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 LEGACY2 = Path(__file__).parent / "data" / "legacy-0.2.0"
 IDS = json.loads((LEGACY2 / "ids.json").read_text())
 
@@ -71,3 +73,23 @@ def test_asking_for_a_grid_under_another_name_says_it_renames_it(cli: Any, store
     said = " ".join(done.stderr.split())
     assert f"grid {IDS['grids']['line']} is now named 'line2' (was 'line')" in said
     assert cli("grid", "legacy2", "--grid", "line2", "--name", "line2").stderr.count("now named") == 0
+
+
+def test_readme_checkpoint_recipe_loads_a_store_checkpoint(store: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """README's recipe, run as written on a store checkpoint (its RUN replaced by the run's id), rebuilds the model
+    with the checkpoint's weights."""
+    import torch
+
+    shutil.copytree(LEGACY2 / "store", store / "runs")
+    monkeypatch.chdir(store)
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = text.split("<!-- recipe: checkpoint -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(block.replace("RUN", IDS["run_id"]), "README.md", "exec"), namespace)
+    ckpt, model = namespace["ckpt"], namespace["model"]
+    assert capsys.readouterr().out.startswith("3 mlp ")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, ckpt["state_dict"][name]), name
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # what README warns of
+        model.load_state_dict(ckpt)
