@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 LEGACY2 = Path(__file__).parent / "data" / "legacy-0.2.0"
@@ -93,3 +94,46 @@ def test_readme_checkpoint_recipe_loads_a_store_checkpoint(store: Path, monkeypa
         assert torch.equal(tensor, ckpt["state_dict"][name]), name
     with pytest.raises(RuntimeError, match="Unexpected key"):  # what README warns of
         model.load_state_dict(ckpt)
+
+
+def test_a_hessian_grid_reuses_the_users_curvature_results(cli: Any, store: Path) -> None:
+    """With `landscape hessian --top 2` results for the grid's batches on hand, `grid --directions hessian` computes
+    no results of its own: its eigenvectors are those results' (and its values those of the second release's
+    Hessian grid, made from results with the same eigenvectors, at the points both grids hold)."""
+    import xarray as xr
+
+    shutil.copytree(LEGACY2 / "store", store)
+    run_dir = store / IDS["run_id"]
+    [old_grid] = run_dir.glob(f"grids/{IDS['grids']['hessian']}")
+    own = json.loads((old_grid / "grid.json").read_text())["kind"]["hessian"]
+    assert own != IDS["hessian_id"]
+    shutil.rmtree(run_dir / "hessians" / own)  # only the user's results (`landscape hessian ... --probes 8`) are left
+    before = sorted(p.name for p in (run_dir / "hessians").iterdir())
+    done = cli("grid", "legacy2", "--directions", "hessian", "--epochs", "3", "--width", "3", "--span", "0.05",
+               "--batches", "1", "--batch-size", "64", "--name", "reuse", "--json")
+    assert done.exit_code == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert sorted(p.name for p in (run_dir / "hessians").iterdir()) == before  # nothing computed
+    assert out["facts"]["hessian"] == IDS["hessian_id"]
+    results = json.loads((run_dir / "hessians" / IDS["hessian_id"] / "hessian.json").read_text())
+    recorded = out["facts"]["epochs"]["3"]
+    assert recorded["file"] == results["eigenvectors"]["3"]["file"]
+    assert recorded["sha256"] == results["eigenvectors"]["3"]["sha256"]
+    new = xr.open_zarr(out["zarr"]).loss.sel(epoch=3).values  # [pair, batch, y, x]
+    old = xr.open_zarr(old_grid / "landscape.zarr").loss.sel(epoch=3).values[:, :, ::2, ::2]
+    np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6)
+
+
+def test_plot_hessian_draws_the_most_complete_results(cli: Any, store: Path, tmp_path: Path) -> None:
+    shutil.copytree(LEGACY2 / "store", store)
+    fuller = cli("hessian", "legacy2", "--epochs", "2,3", "--top", "3", "--probes", "4", "--batches", "1",
+                 "--batch-size", "64", "--json")
+    assert fuller.exit_code == 0, fuller.stderr
+    fuller_id = json.loads(fuller.stdout)["id"]
+    # results made later but holding fewer epochs do not replace it as the default
+    later = cli("hessian", "legacy2", "--epochs", "3", "--top", "2", "--probes", "6", "--batches", "1",
+                "--batch-size", "64", "--json")
+    assert later.exit_code == 0, later.stderr
+    drawn = cli("plot", "legacy2", "--hessian", "--out", str(tmp_path / "h.png"), "--json")
+    assert drawn.exit_code == 0, drawn.stderr
+    assert json.loads(drawn.stdout)["hessian"] == fuller_id

@@ -40,6 +40,7 @@ class GridContext:
     config: GridConfig
     shapes: dict[str, tuple[int, ...]]  # every parameter of the model, in the model's order
     names: list[str]  # the parameters the grid moves
+    curvature: str | None = None  # the curvature results the engine made sure of (a Hessian grid's eigenvectors)
 
 
 @dataclass
@@ -103,8 +104,10 @@ class DirectionKind:
         """The epochs the grid computes, from the requested (or, `given` False, all the run's) epochs."""
         return epochs
 
-    def curvature(self, cfg: GridConfig) -> HessianConfig | None:
-        """Curvature results the grid needs (computed by the engine before it prepares the grid; None: none)."""
+    def curvature(self, st: Store, run: RunMeta, cfg: GridConfig, epochs: list[int],
+                  recorded: dict[str, Any] | None) -> HessianConfig | None:
+        """Curvature results the grid needs for `epochs` (computed by the engine before it prepares the grid;
+        None: none). `recorded` is what an existing grid's grid.json says of its kind."""
         return None
 
     def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:

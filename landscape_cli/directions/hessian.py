@@ -23,7 +23,7 @@ from landscape_cli.kernel.evaluate import Slice
 from landscape_cli.models.checkpoints import safe_load
 from landscape_cli.store import Store
 from landscape_cli.store.hessian_arrays import read_results
-from landscape_cli.store.meta import GridMeta, RunMeta
+from landscape_cli.store.meta import GridMeta, HessianMeta, RunMeta
 
 TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so lines and planes share them
 
@@ -32,6 +32,12 @@ def hessian_config(cfg: GridConfig) -> HessianConfig:
     """The curvature results a Hessian grid uses: --top 2 with the grid's batches, BatchNorm mode and parameters."""
     return HessianConfig(cfg.run, top=TOP, batches=cfg.batches, batch_size=cfg.batch_size, bn=cfg.bn,
                          perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer, split=cfg.split, whole=cfg.whole)
+
+
+def holds_top_two(results: HessianConfig, want: HessianConfig) -> bool:
+    """Whether results hold the two eigenvectors a grid wanting `want` needs: the same loss, top >= 2."""
+    same = ("batches", "batch_size", "bn", "perturb_biasbn", "layer", "split", "whole")
+    return results.top >= TOP and all(getattr(results, k) == getattr(want, k) for k in same)
 
 
 @register_kind
@@ -46,27 +52,46 @@ class HessianKind(DirectionKind):
             raise UsageError("--directions hessian needs --bn train or eval (the Hessian of the grid's own loss)")
         return {}
 
-    def curvature(self, cfg: GridConfig) -> HessianConfig | None:
-        """The curvature results the grid reads its eigenvectors from (the engine computes what they lack)."""
-        return hessian_config(cfg)
+    def curvature(self, st: Store, run: RunMeta, cfg: GridConfig, epochs: list[int],
+                  recorded: dict[str, Any] | None) -> HessianConfig | None:
+        """The curvature results the grid reads its eigenvectors from (the engine computes the epochs they lack).
+
+        A grid keeps the results it was made with. A new grid reuses the run's results for the same loss
+        (batches, BatchNorm mode, parameters) with at least two eigenpairs, as `landscape hessian` made them:
+        those holding most of the epochs asked for, then the grid's own default, then the most eigenpairs.
+        With none, the default: --top 2 on the grid's batches.
+        """
+        if recorded and recorded.get("hessian"):
+            return st.read_hessian(run.id, str(recorded["hessian"])).config
+        default = hessian_config(cfg)
+        best: tuple[Any, ...] | None = None
+        chosen = default
+        for meta in st.hessians(run.id):
+            if not isinstance(meta, HessianMeta) or not holds_top_two(meta.config, default):
+                continue
+            done = {r["epoch"] for r in read_results(st.hessian_zarr(run.id, meta.id), meta.epochs)}
+            rank = (len(done & set(epochs)), meta.id == default.hessian_id, meta.config.top, meta.id)
+            if best is None or rank > best:
+                best, chosen = rank, meta.config
+        return chosen
 
     def prepare(self, ctx: GridContext, checkpoint_loss: Any) -> Prepared:
         ranges = [(float(a.lo), float(a.hi)) for a in ctx.config.axes if a.lo is not None and a.hi is not None]
-        return Prepared([], ranges, {"hessian": hessian_config(ctx.config).hessian_id, "epochs": {}})
+        results = ctx.curvature or hessian_config(ctx.config).hessian_id
+        return Prepared([], ranges, {"hessian": results, "epochs": {}})
 
     def epoch_facts(self, ctx: GridContext, meta: GridMeta, epochs: list[int]) -> dict[str, Any]:
         """For each new epoch: its top eigenvalues and the direction file holding its eigenvectors."""
-        h = hessian_config(ctx.config)
-        if not ctx.store.has_hessian(ctx.run.id, h.hessian_id):
-            raise IntegrityError(f"the curvature results {h.hessian_id} this grid uses are missing: run the same "
+        hid = str(meta.kind.get("hessian") or hessian_config(ctx.config).hessian_id)
+        if not ctx.store.has_hessian(ctx.run.id, hid):
+            raise IntegrityError(f"the curvature results {hid} this grid uses are missing: run the same "
                                  "`landscape grid` command again")
-        results = ctx.store.read_hessian(ctx.run.id, h.hessian_id)
-        numbers = {r["epoch"]: r for r in read_results(ctx.store.hessian_zarr(ctx.run.id, h.hessian_id),
-                                                       results.epochs)}
+        results = ctx.store.read_hessian(ctx.run.id, hid)
+        numbers = {r["epoch"]: r for r in read_results(ctx.store.hessian_zarr(ctx.run.id, hid), results.epochs)}
         out = {}
         for e in epochs:
             if e not in numbers or e not in results.eigenvectors:
-                raise IntegrityError(f"the curvature results {h.hessian_id} lack epoch {e}: run the same "
+                raise IntegrityError(f"the curvature results {hid} lack epoch {e}: run the same "
                                      "`landscape grid` command again")
             record = results.eigenvectors[e]
             out[str(e)] = {"eigenvalues": numbers[e]["eigenvalues"][:TOP], "residual": numbers[e]["residual"][:TOP],

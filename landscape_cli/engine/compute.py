@@ -151,10 +151,11 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
 
         st.ensure_writable()
         data = load_dataset(run_meta.dataset["name"], runtime.data_dir, recorded=run_meta.dataset)  # before any write
-        needed = kind.curvature(cfg)
+        needed = kind.curvature(st, run_meta, cfg, wanted, existing.kind if existing is not None else None)
         if needed is not None:  # outside the grid's lock: minutes
             compute_results(st, run_meta, needed, wanted, device=runtime.device, data_dir=runtime.data_dir,
                             progress=progress)
+            ctx.curvature = needed.hessian_id
         batches = Batches.of(data, cfg)
         evaluation = recorded or _new_evaluator(ctx, wanted[0], batches, dev, points_per_pass)
         evaluation = with_threads(evaluation, writer(share), torch.get_num_threads(), grid_id, runtime.note)

@@ -19,8 +19,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from landscape_cli.config import HessianConfig
-
-DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
+from landscape_cli.store.grid_arrays import DECODE_ERRORS
 
 
 def _codecs() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.hessian_arrays import read_results
 from landscape_cli.store.meta import EpochRecord, GridMeta, HessianMeta, RunMeta
 
 METRICS = ("loss", "accuracy")
@@ -160,12 +161,20 @@ def _shape_text(s: Source) -> str:
 
 
 def select_hessian(st: Store, run_id: str, ref: str | None) -> HessianMeta:
-    """The run's curvature results named by id (prefix) or name, else the newest."""
+    """The run's curvature results named by id (prefix) or name, else the most complete: the most finished
+    epochs, then the most eigenpairs, then the newest (a grid's own top-2 results never hide a fuller one)."""
     metas = [m for m in st.hessians(run_id) if isinstance(m, HessianMeta)]
     if not metas:
         raise GridStateError(f"run {run_id} has no curvature results: `landscape hessian {run_id[:8]}` computes them")
     if ref is None:
-        return max(metas, key=lambda m: (m.updated or m.created or "", m.id))
+        def completeness(m: HessianMeta) -> tuple[int, int, str, str]:
+            try:
+                finished = len(read_results(st.hessian_zarr(run_id, m.id), m.epochs))
+            except (OSError, *DECODE_ERRORS):
+                finished = 0
+            return finished, m.config.top, m.updated or m.created or "", m.id
+
+        return max(metas, key=completeness)
     matches = [m for m in metas if m.name == ref] or [m for m in metas if m.id.startswith(ref)]
     if len(matches) != 1:
         known = ", ".join(m.id + (f" ({m.name})" if m.name else "") for m in metas)
