@@ -471,14 +471,20 @@ def data_size(dataset: dict[str, Any], split: str) -> int:
 
 
 def check_batches(batches: int, batch_size: int, whole: bool, split: str, dataset: dict[str, Any]) -> None:
-    """Refuse more images than the split has (the grid's batches are its first ones)."""
+    """Refuse more samples than the split has (the grid's batches are its first ones)."""
     size = data_size(dataset, split)
+    unit = sample_word(dataset)
     if not whole and batches * batch_size > size:
         raise UsageError(
-            f"--batches {batches} x --batch-size {batch_size} = {batches * batch_size} images, but "
-            f"{dataset['name']} has {size} {'training' if split == 'train' else 'validation'} images: at most "
+            f"--batches {batches} x --batch-size {batch_size} = {batches * batch_size} {unit}, but "
+            f"{dataset['name']} has {size} {'training' if split == 'train' else 'validation'} {unit}: at most "
             f"{size // batch_size} batches of {batch_size} (or --batches all)"
         )
+
+
+def sample_word(dataset: dict[str, Any]) -> str:
+    """What a run's samples are called in messages: images for the built-in (image) datasets, else samples."""
+    return "samples" if "source" in dataset else "images"
 
 
 def parse_epochs(text: str | None) -> list[int] | None:

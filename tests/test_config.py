@@ -141,3 +141,13 @@ def test_a_damaged_direction_sidecar_is_one_integrity_error(tmp_path: Path) -> N
     sidecar.write_text('{"id": 3}')
     with pytest.raises(IntegrityError, match=sidecar.name):
         st.direction_sidecar(sidecar)
+
+
+def test_too_many_batches_counts_samples_in_the_datasets_own_word(run: RunMeta) -> None:
+    from landscape_cli.config import check_batches
+
+    with pytest.raises(UsageError, match=r"= 512 images, but digits has 360 validation images"):
+        check_batches(2, 256, False, "val", run.dataset)
+    tokens = {"name": "toy:tokens", "train_size": 100, "val_size": 20, "source": {"kind": "module"}}
+    with pytest.raises(UsageError, match=r"= 128 samples, but toy:tokens has 100 training samples: at most 1 batches"):
+        check_batches(2, 64, False, "train", tokens)
