@@ -137,3 +137,12 @@ def test_plot_hessian_draws_the_most_complete_results(cli: Any, store: Path, tmp
     drawn = cli("plot", "legacy2", "--hessian", "--out", str(tmp_path / "h.png"), "--json")
     assert drawn.exit_code == 0, drawn.stderr
     assert json.loads(drawn.stdout)["hessian"] == fuller_id
+
+
+def test_ls_shows_the_epochs_an_imported_run_holds(cli: Any, store: Path) -> None:
+    shutil.copytree(LEGACY2 / "store", store)
+    row = next(line for line in cli("ls").stdout.splitlines() if IDS["imported_id"] in line)
+    cells = [c.strip() for c in row.split("│")]
+    assert "1,3" in cells and "1/1" not in row  # it holds epochs 1 and 3 as imported, not "1 of 1 trained"
+    trained = next(line for line in cli("ls").stdout.splitlines() if f"│ {IDS['run_id']}" in line)
+    assert "3/3" in trained

@@ -182,8 +182,9 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
             table.add_row(r["id"], "", "", "", "", "", "[red]damaged[/red]", "", "")
             continue
         done = "-" if r["epochs_done"] is None else str(r["epochs_done"])
+        epochs = ",".join(map(str, r["epochs"])) if r["imported"] else f"{done}/{r['epochs_requested']}"
         table.add_row(r["id"], r["name"] or "", r["model"], r["dataset"], r["activation"],
-                      f"{done}/{r['epochs_requested']}", r["status"], pct(r["val_accuracy"]),
+                      epochs, r["status"], pct(r["val_accuracy"]),
                       human_size(r["size_bytes"]))
         for g in r["grids"]:
             table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))

@@ -35,6 +35,8 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "seed": cfg.seed,
         "epochs_done": max(len(meta.epochs) - 1, 0) if meta.epochs else None,
         "epochs_requested": meta.epochs_requested,
+        "epochs": meta.epoch_numbers,  # the checkpoints the run holds
+        "imported": cfg.imported is not None,  # `landscape import`: epochs as given, not trained here
         "status": run_status(store, meta),
         "val_accuracy": last.val_accuracy if last else None,
         "val_loss": last.val_loss if last else None,
