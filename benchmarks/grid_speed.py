@@ -147,15 +147,17 @@ def load_library_model(store_path: str, device: Any) -> tuple[Any, list[Any]]:
     """The run's checkpoint as a model on `device` and the grid's batches, as the grid prepares them."""
     import torch
 
-    from landscape_cli import Store, _perf, checkpoints
+    from landscape_cli import Store
     from landscape_cli.data import load_dataset
+    from landscape_cli.kernel import device as perf
+    from landscape_cli.models import checkpoints
 
-    _perf.tune_allocator()
+    perf.tune_allocator()
     store = Store(store_path)
     [run_id] = store.run_ids()
     model = checkpoints.build_model(checkpoints.load(store.run_dir(run_id) / "checkpoints/epoch-0000.pt")).to(device)
     data = load_dataset("bench-28")
-    cl = _perf.use_channels_last(model, device)
+    cl = perf.use_channels_last(model, device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     batches = [(data.prepare(data.train_x[i * BATCH_SIZE:(i + 1) * BATCH_SIZE], device, cl),
@@ -216,7 +218,7 @@ def child_forward_or_grid(spec: Spec, device: Any) -> dict[str, Any]:
     peak = Peak(device)
     extra: dict[str, Any] = {}
     if mode.startswith("grid"):
-        from landscape_cli import evaluate
+        from landscape_cli.kernel import evaluate
 
         rows_peak = []
         center = evaluate.Affine.center
@@ -353,7 +355,7 @@ def reset_peak() -> int:
 
 
 def run_model_params(run_path: Path):  # type: ignore[no-untyped-def]
-    from landscape_cli import checkpoints
+    from landscape_cli.models import checkpoints
 
     model = checkpoints.build_model(checkpoints.load(run_path / "checkpoints/epoch-0000.pt"))
     return list(model.parameters())

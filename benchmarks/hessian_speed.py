@@ -33,18 +33,20 @@ def child(store_path: str, mode: str, n: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from landscape_cli import Store, _perf, checkpoints
+    from landscape_cli import Store
     from landscape_cli.data import load_dataset
     from landscape_cli.directions import perturbed_names
+    from landscape_cli.kernel import device as perf
     from landscape_cli.kernel.hvp import operator
+    from landscape_cli.models import checkpoints
 
     register_bench_dataset()
-    _perf.tune_allocator()
+    perf.tune_allocator()
     store = Store(store_path)
     [run_id] = store.run_ids()
     model = checkpoints.build_model(checkpoints.load(store.run_dir(run_id) / "checkpoints/epoch-0000.pt"))
     # the library trains in channels_last (convolutional models on CPU) but computes Hessians without it
-    cl = mode == "backward-channels-last" and _perf.use_channels_last(model, torch.device("cpu"))
+    cl = mode == "backward-channels-last" and perf.use_channels_last(model, torch.device("cpu"))
     if cl:
         model = model.to(memory_format=torch.channels_last)
     data = load_dataset("bench-28")

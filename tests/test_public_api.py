@@ -88,3 +88,26 @@ def test_readme_request_recipe_runs_as_written(tmp_path: Path, monkeypatch: pyte
     assert g.grid_id == same.grid_id and g.complete and same.computed_rows == 0
     loss = g.to_xarray().loss.sel(epoch=5).values
     assert loss.shape == (3, 1, 21, 21) and np.isfinite(loss).all()
+
+
+def test_benchmarks_and_examples_import_only_what_exists() -> None:
+    """Every `landscape_cli` import in benchmarks/ and examples/ (inside functions too) names a module or attribute
+    that exists: the benchmarks run rarely, so a moved module must not break them unnoticed."""
+    import ast
+
+    missing = []
+    for path in sorted([*(REPO / "benchmarks").glob("*.py"), *(REPO / "examples").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "landscape_cli":
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    try:
+                        importlib.import_module(f"{node.module}.{alias.name}")
+                    except ModuleNotFoundError:
+                        if not hasattr(module, alias.name):
+                            missing.append(f"{path.name}:{node.lineno}: {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "landscape_cli":
+                        importlib.import_module(alias.name)
+    assert not missing, missing
