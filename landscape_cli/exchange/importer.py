@@ -62,14 +62,18 @@ def import_run(
 ) -> ImportResult:
     """Make a run of `model` on `dataset` from checkpoint `files` (or folders of them), one per epoch.
 
-    `epochs` gives each file's epoch (else the single number in each file name). Nothing is written
-    unless every file reads and fits the model.
+    `epochs` gives each file's epoch (else the epoch a Lightning checkpoint stores, counted as this tool
+    counts them: Lightning's `epoch=k` checkpoint, saved after k + 1 epochs of training, is epoch k + 1;
+    else the single number in each file name). Nothing is written unless every file reads and fits the model.
     """
     model_src, data_src = model_source(model), dataset_source(dataset)
     if not model_src.builtin and activation != TrainConfig.activation:
         raise UsageError(f"--activation applies to the built-in models only: {model_src.ref!r} is your model")
     paths = checkpoint_files([Path(f).expanduser() for f in files])
-    numbers = epoch_numbers(paths, epochs)
+    if epochs is not None:
+        epoch_numbers(paths, epochs)  # a bad --epochs is refused before any file is read
+    found_files = [read_weights(path) for path in paths]
+    numbers = epoch_numbers(paths, epochs, found_files)
     order = sorted(range(len(paths)), key=lambda i: numbers[i])
     data = load_dataset(data_src, data_dir)
     scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
@@ -80,7 +84,7 @@ def import_run(
     expected = net.state_dict()
     states, origins = [], []
     for i in order:  # read and fit every file before anything is written
-        found = read_weights(paths[i])
+        found = found_files[i]
         states.append(match_state(found.state, expected, paths[i]))
         origins.append({"epoch": numbers[i], "file": str(paths[i].resolve()), "sha256": file_sha256(paths[i]),
                         "layout": found.source, "reader": found.reader, "placeholders": found.placeholders})
@@ -125,7 +129,8 @@ def import_run(
                 meta.epochs.append(EpochRecord(
                     epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                     val_accuracy=val_acc, seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint_name(epoch),
-                    sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"])))
+                    sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
+                    checkpoint_train_loss=train_loss, checkpoint_train_accuracy=train_acc))  # (the same: at it)
                 bar.advance()
         st.write_run(meta)  # last: a run that failed half-way leaves no trace
     return ImportResult(run_id, run_dir, meta, [numbers[i] for i in order])

@@ -44,6 +44,9 @@ class ForeignFile:
     reader: str  # "safetensors", "weights_only" (torch's restricted loader) or "restricted" (ours, with placeholders)
     placeholders: list[str] = field(default_factory=list)  # module.qualname of every object not rebuilt
     extra: dict[str, int] = field(default_factory=dict)  # plain int top-level values: "epoch", "global_step"...
+    # a Lightning checkpoint's place in training as this tool counts epochs (0 = the initial weights), or why not
+    lightning_epoch: int | None = None
+    lightning_problem: str | None = None
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -73,7 +76,30 @@ def read_weights(path: Path) -> ForeignFile:
 
     state, source = _find_state(obj, path, placeholders)
     extra = {k: v for k, v in obj.items() if isinstance(k, str) and type(v) is int} if isinstance(obj, dict) else {}
-    return ForeignFile(path, state, source, reader, placeholders, extra)
+    epoch, problem = lightning_epoch(obj)
+    return ForeignFile(path, state, source, reader, placeholders, extra, epoch, problem)
+
+
+def lightning_epoch(obj: Any) -> tuple[int | None, str | None]:
+    """The epoch of a Lightning checkpoint as this tool counts them: (epoch, None), or (None, why not).
+
+    Lightning stores `epoch`, the 0-based index of the epoch being trained when it saved, and in its
+    fit loop's `epoch_progress` how many epochs' training it had processed. A checkpoint saved at the
+    end of epoch index k (ModelCheckpoint's default: `epoch=k-step=...ckpt`) holds the weights after
+    k + 1 epochs of training, which is this tool's epoch k + 1 (epoch 0 is the initial weights). A
+    checkpoint saved inside an epoch (every_n_train_steps) is between two epochs: (None, the reason).
+    Not a Lightning checkpoint: (None, None).
+    """
+    if not isinstance(obj, dict) or "pytorch-lightning_version" not in obj or type(obj.get("epoch")) is not int:
+        return None, None
+    epoch = int(obj["epoch"])
+    try:
+        processed = obj["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        processed = None  # an old Lightning without loop state: its checkpoints are saved at epoch ends
+    if processed is not None and int(processed) != epoch + 1:
+        return None, (f"it was saved inside epoch {epoch} (step {obj.get('global_step')}), not at an epoch's end")
+    return epoch + 1, None
 
 
 def _looks_like_safetensors(head: bytes, path: Path) -> bool:
@@ -596,8 +622,10 @@ def checkpoint_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def epoch_numbers(paths: list[Path], epochs: list[int] | None) -> list[int]:
-    """The epoch of each file: `epochs` (from --epochs) if given, else the one number in each file name."""
+def epoch_numbers(paths: list[Path], epochs: list[int] | None,
+                  files: list[ForeignFile] | None = None) -> list[int]:
+    """The epoch of each file: `epochs` (from --epochs) if given, else the epoch a Lightning checkpoint stores
+    (see `lightning_epoch`), else the one number in each file name."""
     if epochs is not None:
         if len(epochs) != len(paths):
             raise UsageError(f"--epochs gives {len(epochs)} epoch(s) for {len(paths)} file(s): give one per file, "
@@ -610,13 +638,20 @@ def epoch_numbers(paths: list[Path], epochs: list[int] | None) -> list[int]:
         return list(epochs)
     numbers: list[int] = []
     owner: dict[int, Path] = {}
-    for path in map(Path, paths):
+    for i, path in enumerate(map(Path, paths)):
+        stored = files[i] if files is not None else None
+        if stored is not None and stored.lightning_problem is not None:
+            raise UsageError(f"{path.name} is a Lightning checkpoint that is no epoch of training: "
+                             f"{stored.lightning_problem}; give the epoch of each file with --epochs")
         found = re.findall(r"\d+", path.stem)
-        if len(found) != 1:
+        if stored is not None and stored.lightning_epoch is not None:
+            epoch = stored.lightning_epoch
+        elif len(found) != 1:
             what = f"several numbers ({', '.join(found)})" if found else "no number"
             raise UsageError(f"the file name {path.name} holds {what}, so its epoch is unknown: "
                              "give the epoch of each file with --epochs")
-        epoch = int(found[0])
+        else:
+            epoch = int(found[0])
         if epoch in owner:
             raise UsageError(f"{owner[epoch].name} and {path.name} both name epoch {epoch}: "
                              "give the epoch of each file with --epochs")
