@@ -4,6 +4,11 @@ Epoch 0 is the untrained model (evaluated and checkpointed, not trained); epochs
 data order of each epoch is drawn from a generator seeded by (seed, epoch), and the optimizer state
 is saved with every checkpoint, so a run stopped at any moment and resumed from its last complete
 checkpoint ends with bitwise the same weights as an uninterrupted run (on CPU).
+
+Each epoch records the train split's loss twice: `train_loss`, the running mean over the epoch's
+mini-batches (what the optimizer saw, the weights moving under it), and `checkpoint_train_loss`, the
+train split evaluated at the saved checkpoint in eval mode (one more pass, drawing no random numbers),
+the value a landscape at that checkpoint is comparable with.
 """
 
 from __future__ import annotations
@@ -183,17 +188,30 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         if epoch == 0:
             train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last,
                                                    scorer=scorer)
+            at_loss, at_acc = train_loss, train_acc
         else:
             train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress,
                                                  scorer)
+            at_loss, at_acc = _at_checkpoint(net, data, device, channels_last, scorer)
         val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last, scorer=scorer)
         metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3)}
+                   "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3),
+                   "checkpoint_train_loss": at_loss, "checkpoint_train_accuracy": at_acc}
         record = _save_epoch(st, meta, net, opt, epoch, metrics)
         trained.append(epoch)
         if on_epoch is not None:
             on_epoch(record)
     return TrainResult(run_id, run_dir, meta, trained)
+
+
+def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels_last: bool,
+                   scorer: Loss) -> tuple[float, float | None]:
+    """The train split's loss and accuracy at the checkpoint just made (eval mode, as import scores one).
+
+    Any random numbers the model might draw are given back (`fork_rng`): continuing a run stays bitwise."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return evaluate_split(net, data, "train", device, channels_last=channels_last, scorer=scorer)
 
 
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
@@ -235,7 +253,9 @@ def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optim
     record = EpochRecord(epoch=epoch, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
                          val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
                          seconds=metrics["seconds"], checkpoint=checkpoint_name(epoch), sha256=file_sha256(ckpt_path),
-                         weights_sha256=checkpoints.state_hash(ckpt["state_dict"]))
+                         weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
+                         checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
+                         checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"))
     meta.epochs.append(record)
     meta.resume = FileRecord(optimizer_name(epoch), file_sha256(optim_path), epoch)
     st.write_run(meta)

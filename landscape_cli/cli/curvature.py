@@ -7,6 +7,7 @@ are imported inside the commands so that `landscape --help` starts fast.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import typer
@@ -145,10 +146,16 @@ def stats(
     - curvature: H of L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to the 5x5 points nearest the
       centre (a line: 5 points, H = L''), its eigenvalues λ and condition max(abs λ) / min(abs λ)
       (inf when min is 0)
+    - fit: the fit's residual (RMS, relative to the spread of L over the window) and how far the
+      eigenvalues of the same fit to the 3x3 window differ; "poor" above 10% or 25%: the landscape
+      is not quadratic there and λ describes the window, not the centre
+    - stored λ (a Hessian-eigenvector grid): the eigenvalues grid.json recorded, per unit of weight;
+      along the axes ‖w‖·v the curvature is λ·‖w‖², so fit/λ (‖w‖²) should agree for both axes
     - ε-sharpness (Keskar et al. 2017): max(L − L0) over the points with |u|∞ <= ε, the centre
       included; relative: that / (1 + L0)
     - flat radius: |u|∞ (box norm) of the nearest point with L > L0 + δ; when none, the grid's
-      half-width max |u|∞, a lower bound (shown ≥)
+      half-width max |u|∞, a lower bound (shown ≥); when that point is on the grid's first ring,
+      an upper bound (shown ≤: the radius is within one grid spacing)
     - below: the share of the points with L <= L0 + δ
     - centre is min: L0 <= the smallest stored L (within 1e-7 relative)
 
@@ -158,6 +165,7 @@ def stats(
     Example: `landscape stats quickstart --radius 0.5 --delta 0.05`
     """
     from landscape_cli.config import parse_epochs
+    from landscape_cli.curvature.stats import radius_mark
     from landscape_cli.curvature.stats import stats as grid_stats
     from landscape_cli.views.listing import describe_grid
 
@@ -177,24 +185,55 @@ def stats(
                         f"--grid {result.grid_id} --resume` computes the rest)")
         if e["diverged"]:
             err().print(f"epoch {e['epoch']}: {e['diverged']} diverged values (NaN/Inf) count as above every threshold")
+        landscapes = [*e["panels"], e["mean"]] if len(e["panels"]) > 1 else e["panels"]
+        poor = [m for m in landscapes if m.get("fit_poor")]
+        if poor:
+            worst = max(poor, key=lambda m: (_finite(m["fit_residual_relative"]), _finite(m["fit_disagreement"])))
+            err().print(f"epoch {e['epoch']}: the quadratic fits {len(poor)} of {len(landscapes)} landscapes poorly "
+                        f"(up to {pct(worst['fit_residual_relative'])} of the spread over the 5x5 window left "
+                        f"unexplained, the 3x3 window's curvature {pct(worst['fit_disagreement'])} apart): their "
+                        "curvature is the window's average, not the centre's (a finer grid, e.g. a smaller --span, "
+                        "tells)")
     if not result.saved:
         err().print("the results could not be cached (the store is not writable)")
     eps = "whole grid" if radius is None else f"{radius:g}"
     table = Table(title=f"grid {result.grid_id}{name_suffix(meta.name)} of run {result.run_id}: {describe_grid(meta)}; "
                         f"ε {eps}, δ {delta:g}")
-    for col in ("epoch", "pair/batch", "L0", "curvature λ", "condition", "ε-sharpness (rel)", "flat radius",
-                "below L0+δ", "centre is min"):
+    hessian_kind = meta.config.kind == "hessian"
+    columns = ["epoch", "pair/batch", "L0", "curvature λ", *(["stored λ (fit/λ)"] if hessian_kind else []),
+               "fit (resid, 3x3 Δ)", "condition", "ε-sharpness (rel)", "flat radius", "below L0+δ", "centre is min"]
+    for col in columns:
         table.add_column(col, justify="left" if col == "pair/batch" else "right")
     for e in result.epochs:
         rows = e["panels"] if len(e["panels"]) > 1 else []
         for m in [*rows, e["mean"]]:
             label = "mean" if m["pair"] is None and rows else \
                 f"pair {m['pair'] or 0}, batch {m['batch'] or 0}"
-            flat = ("≥" if m["flat_radius_lower_bound"] else "") + num(m["flat_radius"], 3)
+            flat = radius_mark(m) + num(m["flat_radius"], 3)
             is_min = "-" if m["center_is_min"] is None else "yes" if m["center_is_min"] else "no"
+            fit = f"{pct(m['fit_residual_relative'])}, {pct(m['fit_disagreement'])}" + (" poor" if m["fit_poor"] else "")
+            stored = [_stored_text(e.get("stored_eigenvalues"), m["eigenvalues"]) if m["pair"] is None else ""] \
+                if hessian_kind else []
             table.add_row(str(e["epoch"]), label, num(m["center_loss"]), ", ".join(num(v, 3) for v in m["eigenvalues"]),
-                          num(m["condition"], 3), f"{num(m['sharpness'], 3)} ({num(m['sharpness_relative'], 3)})", flat,
+                          *stored, fit, num(m["condition"], 3),
+                          f"{num(m['sharpness'], 3)} ({num(m['sharpness_relative'], 3)})", flat,
                           pct(m["share_below"]), is_min)
     stdout().print(table)
     stdout().print("curvature: eigenvalues of the in-plane Hessian of a quadratic fitted to the points nearest the "
-                   "centre; flat radius in the box norm |u|∞ (≥: no point exceeds L0 + δ)")
+                   "centre; fit: its residual relative to the spread of L, and how far the 3x3 window's fit is from "
+                   "it (poor above 10% or 25%); flat radius in the box norm |u|∞ (≥: no point exceeds L0 + δ, a "
+                   "lower bound; ≤: the nearest point above L0 + δ is on the first ring, an upper bound)"
+                   + ("; stored λ: the Hessian's eigenvalues as grid.json records them, per unit of weight (along "
+                      "the axes ‖w‖·v the curvature is λ·‖w‖², so fit/λ estimates ‖w‖²)" if hessian_kind else ""))
+
+
+def _finite(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else -1.0
+
+
+def _stored_text(stored: list[float] | None, fitted: list[float]) -> str:
+    """A Hessian grid's stored eigenvalues and, beside each, the fitted curvature over it: "3.23, 3.01 (fit/λ 49.7, 49)"."""
+    if not stored:
+        return "-"
+    ratios = [f / v if v else math.nan for f, v in zip(fitted, stored, strict=False)]
+    return f"{', '.join(num(v, 4) for v in stored)} (fit/λ {', '.join(num(r, 3) for r in ratios)})"

@@ -99,7 +99,10 @@ def grid(
     bn: Annotated[
         str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step), eval (running "
                           "statistics; interpolated along interpolation lines) or recompute (running statistics "
-                          "re-estimated on the grid's batches at every point: twice the forward passes).")
+                          "re-estimated on the grid's batches at every point, then eval: twice the forward passes; "
+                          "as PyTorch's momentum=None, each batch weighs the same: the mean of the batches' means and "
+                          "of their unbiased variances, so with --batches all a short last piece (from half a batch; "
+                          "a smaller one is merged into the piece before it) counts as much as a full one).")
     ] = GridRequest.bn,
     grid_ref: Annotated[
         str | None,
@@ -223,9 +226,14 @@ def plot(
     surface: Annotated[bool, typer.Option(help="3-D surfaces (2-D grids).")] = False,
     log: Annotated[bool, typer.Option(help="Logarithmic colour (or height, or y) scale.")] = False,
     clip: Annotated[float | None, typer.Option(help="Cap values above this (e.g. high losses).", show_default=False)] = None,
-    reduce: Annotated[str, typer.Option(help="none, mean (over pairs and batches), batches or pairs. A line's curves "
-                                        "are means over pairs and batches unless batches (one per pair) or pairs "
-                                        "(one per batch).")] = "none",
+    reduce: Annotated[str | None, typer.Option(help="none, mean (over pairs and batches), batches or pairs. A line's "
+                                               "curves are means over pairs and batches unless batches (one per "
+                                               "pair) or pairs (one per batch). With --html: the selection the page "
+                                               "opens on [default: none; with --html: mean].",
+                                               show_default=False)] = None,
+    scale: Annotated[str, typer.Option(help="Colour scale of a 2-D grid's panels: shared (one for every panel and "
+                                       "GIF frame, to compare them) or panel (each its own colour bar: an "
+                                       "epoch-0 or zoomed panel is not one flat colour).")] = "shared",
     animate: Annotated[bool, typer.Option(help="A GIF over the epochs (2-D grids).")] = False,
     out: Annotated[Path | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",
                                              show_default=False)] = None,
@@ -233,7 +241,9 @@ def plot(
     html: Annotated[
         bool, typer.Option("--html", help="One self-contained HTML page instead (no network needed to view it): the "
                            "3-D surface to rotate and the contour map, a slider over every epoch, pair and batch "
-                           "selectors; large grids decimated. --out PAGE.html [default: the grid's plots/].")
+                           "selectors, opened on the mean over pairs and batches (--reduce picks another); --log "
+                           "and --clip as for figures; large grids decimated. --out PAGE.html [default: the grid's "
+                           "plots/].")
     ] = False,
     hessian: Annotated[
         bool, typer.Option("--hessian", help="Draw the run's curvature results instead (`landscape hessian`): "
@@ -246,9 +256,10 @@ def plot(
     """Draw the loss landscape of a run's grid, or compare several epochs or runs side by side.
 
     A 2-D grid, one epoch: the reference figure, a panel per (direction pair, batch), heatmaps of the
-    loss minus its centre value on one colour scale, and a red arrow for the negative gradient at the
-    centre. Several epochs or runs are laid out side by side on one scale (their grids need the same
-    --width and --span, or --range and --yrange). A PCA plane is drawn as contours with the training
+    loss minus its centre value on one colour scale (--scale panel: one per panel), and a red arrow for
+    the negative gradient at the centre. Several epochs or runs are laid out side by side on one scale
+    (rows: runs, columns: epochs; their grids need the same --width and --span, or --range and
+    --yrange). A PCA plane is drawn as contours with the training
     path on it (axes: each component's share of the variance).
 
     A 1-D grid (--dims 1, interpolate, pca --dims 1) is drawn as curves against its coordinate: one
@@ -267,13 +278,13 @@ def plot(
 
         given = [flag for flag, on in (("--contour", contour), ("--surface", surface), ("--animate", animate),
                                        ("--epochs", epochs is not None), ("--epoch", epoch is not None),
-                                       ("--hessian", hessian), ("--show", show), ("--log", log),
-                                       ("--clip", clip is not None), ("--reduce", reduce != "none"),
+                                       ("--hessian", hessian), ("--show", show), ("--scale", scale != "shared"),
                                        ("--pair", pair is not None), ("--batch", batch is not None)) if on]
         if given:
             raise UsageError(f"--html makes a page with every epoch, pair and batch and its own controls: drop "
                              f"{', '.join(given)}")
-        page = write_html(runs, grids=grid or (), metric=metric, out=out, store=store)
+        page = write_html(runs, grids=grid or (), metric=metric, out=out, store=store, log=log, clip=clip,
+                          reduce=reduce or "mean")
         if json_output:
             print_json(page.to_json())
         else:
@@ -302,7 +313,8 @@ def plot(
     chosen = [epoch] if epoch is not None else parse_epochs(epochs)
     result = draw_plot(
         runs, grids=grid or (), epochs=chosen, pair=pair, batch=batch, metric=metric, contour=contour,
-        surface=surface, log=log, clip=clip, reduce=reduce, animate=animate, out=out, show=show, store=store,
+        surface=surface, log=log, clip=clip, reduce=reduce or "none", scale=scale, animate=animate, out=out, show=show,
+        store=store,
     )
     panels = [
         {"title": p.title, "run": p.source.run_id, "grid": p.source.grid_id, "epoch": p.epoch, "pair": p.pair,
@@ -351,6 +363,15 @@ def export(
                                    show_default=False)
     ] = None,
     log: Annotated[bool, typer.Option(help="vtk: log(loss + 0.1) as height and field (h52vtp's --log).")] = False,
+    height_scale: Annotated[
+        float | None, typer.Option("--height-scale", help="vtk: z = height × this [default: 1, 2 or 5 × 10^k making "
+                                   "the heights' range about the grid's width; recorded in each file's field data].",
+                                   show_default=False)
+    ] = None,
+    flat: Annotated[
+        bool, typer.Option("--flat", help="vtk: z = 0, the height only as the point scalar `height` (for ParaView's "
+                           "Warp By Scalar, scale factor the recorded height_scale).")
+    ] = False,
     hessian: Annotated[
         bool, typer.Option("--hessian", help="Export the run's curvature results (`landscape hessian`) instead, as "
                            "netcdf, csv or npz; --grid picks results by id or name [default: the newest].")
@@ -363,9 +384,11 @@ def export(
     Every export holds every value with the `done` mask beside it, so points not computed yet (done 0)
     are never confused with diverged ones (NaN/Inf, done 1); an unfinished grid exports what is done and
     says how many points are missing. NetCDF and npz hold every array, coordinate and attribute (nested
-    attributes as JSON strings); CSV has one row per epoch, pair, batch and point; VTK writes one
+    attributes as JSON strings; NetCDF with the CF-1.8 attributes: units, flags, title, history); CSV has
+    one row per epoch, pair, batch and point, after the run and grid ids; VTK writes one
     structured grid per epoch, pair and batch plus the mean, the loss as height and as a point field,
-    NaN points hidden, and a PCA grid's path as a polyline (needs `pip install 'landscape-cli[vtk]'`).
+    NaN points hidden, and a PCA grid's path as a polyline (needs `pip install 'landscape-cli[vtk]'`);
+    the height is scaled to the grid's width (--height-scale), or 0 with --flat for Warp By Scalar.
 
     Example: `landscape export quickstart --format vtk --zmax 10 --log`
     """
@@ -373,16 +396,20 @@ def export(
     from landscape_cli.exchange.export import export_hessian
 
     if hessian:
-        if zmax is not None or log:
-            raise UsageError("--zmax and --log shape a VTK surface: curvature results have none")
+        if zmax is not None or log or height_scale is not None or flat:
+            raise UsageError("--zmax, --log, --height-scale and --flat shape a VTK surface: curvature results have none")
         result = export_hessian(run, hessian=grid, format=format_, out=out, store=store)
     else:
-        result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, store=store)
+        result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, height_scale=height_scale,
+                              flat=flat, store=store)
     if json_output:
         print_json(result.to_json())
         return
     for line in result.notes:  # points not computed yet, diverged points
         err().print(line)
     files = f" ({_count(len(result.files), 'file')})" if len(result.files) > 1 else ""
+    if result.height_scale is not None:
+        z = "z = 0, warp by height" if flat else "z = height"
+        files = f"{files[:-1] if files else ' ('}, {z} × {result.height_scale:g})"
     what = "curvature results" if hessian else "grid"
     stdout().print(f"{result.format} export of {what} {result.grid_id}{files}: {result.path}")

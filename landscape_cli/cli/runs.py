@@ -75,8 +75,11 @@ def train(
 
     def report(record: Any) -> None:
         if not quiet:
+            at = record.train_at_checkpoint()
+            train = (f"train loss {num(at[0])} acc {pct(at[1])}" if at is not None else "")
+            mean = f"  (mean during the epoch {num(record.train_loss)})" if record.epoch > 0 else ""
             err().print(
-                f"epoch {record.epoch:>3}  train loss {num(record.train_loss)} acc {pct(record.train_accuracy)}"
+                f"epoch {record.epoch:>3}  {train}{mean}"
                 f"  val loss {num(record.val_loss)} acc {pct(record.val_accuracy)}  ({record.seconds:.1f} s)"
             )
 
@@ -102,13 +105,19 @@ def train(
 
 def _epochs_table(meta: Any) -> Table:
     cfg = meta.config
-    how = "imported" if cfg.imported is not None else f"{cfg.optimizer}, lr {cfg.lr}"
-    table = Table(title=f"{cfg.model} / {cfg.dataset} / {cfg.activation}  ({how})")
-    for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
+    imported = cfg.imported is not None
+    how = "imported" if imported else f"{cfg.optimizer}, lr {cfg.lr}"
+    model = cfg.model if "source" in meta.model else f"{cfg.model} / {cfg.activation}"  # a factory's model: as written
+    table = Table(title=f"{model} / {cfg.dataset}  ({how})")
+    columns = ["epoch", "train loss", "train acc"] + ([] if imported else ["mean loss during the epoch"])
+    for col in (*columns, "val loss", "val acc", "seconds"):
         table.add_column(col, justify="right")
     for r in meta.epochs:
-        table.add_row(str(r.epoch), num(r.train_loss), pct(r.train_accuracy), num(r.val_loss), pct(r.val_accuracy),
-                      f"{r.seconds:.1f}")
+        at = r.train_at_checkpoint(imported)  # at the checkpoint (eval mode), where it is known
+        cells = [str(r.epoch), num(at[0]) if at else "-", pct(at[1]) if at else "-"]
+        if not imported:
+            cells.append(num(r.train_loss) if r.epoch > 0 else "-")
+        table.add_row(*cells, num(r.val_loss), pct(r.val_accuracy), f"{r.seconds:.1f}")
     return table
 
 

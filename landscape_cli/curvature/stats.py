@@ -7,16 +7,26 @@ centre loss over the batches). u is a point's coordinates (its coefficients alon
 directions: (x, y) for a plane, x for a line), L its loss, L0 the stored centre loss (u = 0),
 |u|∞ = max_k |u_k| the box norm:
 
-- centre: L0 and the centre accuracy, as stored (`center_loss`, `center_accuracy`);
+- centre: L0 and the centre accuracy, as stored (`center_loss`, `center_accuracy`; the accuracy NaN
+  where L0 is not finite, as every reader reads it);
 - curvature: H of the quadratic L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to the 5x5 grid points
   nearest the centre (a line: the 5 nearest; fewer where an axis has fewer), in the grid's
   coordinate units; its eigenvalues λ (descending) and condition max|λ| / min|λ| (inf when
   min|λ| = 0; a line has the one curvature L'' and no condition);
+- fit quality: the fit's RMS residual, and relative to the RMS spread of L over the fitted points
+  (sqrt(1 − R²)); the eigenvalues of the same fit to the 3x3 window, and their disagreement
+  max|λ5x5 − λ3x3| / max|λ|; the fit is poor when the relative residual exceeds 0.1 or the
+  disagreement 0.25 (a landscape that is not quadratic over the window: a quartic, a kink);
+- a Hessian-eigenvector grid's stored eigenvalues (grid.json, per unit of weight: along its axes
+  ‖w‖·v the curvature is λ·‖w‖², so fitted/stored estimates ‖w‖², the same for both axes when both agree);
 - ε-sharpness (Keskar et al. 2017): max(L − L0) over the points with |u|∞ <= ε, the centre (L0)
   included so it is >= 0 (ε: `radius`, default the whole grid); relative: that / (1 + L0);
 - flat radius: the box radius min |u|∞ of the nearest point with L > L0 + δ (δ: `delta`, default
   0.1), i.e. every point with |u|∞ below it is within δ of L0; when no point exceeds L0 + δ, the
-  grid's half-width max |u|∞, flagged as a lower bound;
+  grid's half-width max |u|∞, flagged as a lower bound (≥); when that point is on the first ring
+  (no computed point lies between it and the centre), flagged as an upper bound (≤: the radius is
+  somewhere within one grid spacing). Radii are rounded to 12 significant digits (0.1, not
+  0.09999999999999998);
 - share below: the share of the computed points with L <= L0 + δ;
 - centre is min: L0 <= the smallest stored L (within 1e-7 relative).
 
@@ -48,36 +58,50 @@ import numpy as np
 from landscape_cli.config import finite
 from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.store import Store
-from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.store.meta import GridMeta
 
 DEFAULT_DELTA = 0.1
 FIT_WIDTH = 5  # grid points per axis of the window the quadratic is fitted to
+CHECK_WIDTH = 3  # ... and of the smaller window whose fit it is compared with
+POOR_RESIDUAL = 0.1  # a fit leaving more than this share of the window's spread (RMS) unexplained is poor
+POOR_DISAGREEMENT = 0.25  # ... and one whose eigenvalues move by more than this (relative) in the 3x3 window
 MIN_RELATIVE = 1e-7  # "the centre is the minimum" within this relative tolerance
-STATS_FORMAT = 1  # of stats.json and of the cache keys: bump when a metric's definition changes
+RADIUS_DIGITS = 12  # radii are coordinates: rounded to this many significant digits (0.1, not 0.09999999999999998)
+STATS_FORMAT = 2  # of stats.json and of the cache keys: bump when a metric's definition changes
 MAX_ENTRIES = 256  # cache entries kept per grid (the oldest go first)
-METRICS = ("center_loss", "center_accuracy", "hessian", "eigenvalues", "condition", "fit_points", "sharpness",
-           "sharpness_relative", "flat_radius", "flat_radius_lower_bound", "share_below", "center_is_min",
-           "points", "computed", "diverged")
+METRICS = ("center_loss", "center_accuracy", "hessian", "eigenvalues", "condition", "fit_points", "fit_residual",
+           "fit_residual_relative", "eigenvalues_3x3", "fit_disagreement", "fit_poor", "sharpness",
+           "sharpness_relative", "flat_radius", "flat_radius_lower_bound", "flat_radius_upper_bound", "share_below",
+           "center_is_min", "points", "computed", "diverged")
 
 
 # --- the metrics of one landscape ------------------------------------------------------------------
 
 
-def _window(c: np.ndarray) -> np.ndarray:
-    """Indices of the FIT_WIDTH coordinates nearest 0 (a contiguous block, shifted inside the axis)."""
+def _window(c: np.ndarray, width: int = FIT_WIDTH) -> np.ndarray:
+    """Indices of the `width` coordinates nearest 0 (a contiguous block, shifted inside the axis)."""
     n = len(c)
-    width = min(FIT_WIDTH, n)
+    width = min(width, n)
     start = int(np.clip(int(np.argmin(np.abs(c))) - width // 2, 0, n - width))
     return np.arange(start, start + width)
 
 
 def quadratic_hessian(u: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """H of L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to points u [n, d] (d = 1 or 2); NaN if underdetermined."""
+    return quadratic_fit(u, loss)[0]
+
+
+def quadratic_fit(u: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """(H, RMS residual, relative residual) of L ≈ c + gᵀu + ½ uᵀHu fitted by least squares to points u [n, d].
+
+    The relative residual is the RMS residual over the RMS deviation of L from its mean over the points
+    (sqrt(1 − R²)): 0 for a quadratic, near 1 when the quadratic explains nothing (0 when L is constant).
+    All NaN when the fit is underdetermined."""
     d = u.shape[1]
     nan = np.full((d, d), np.nan)
     if len(u) == 0:
-        return nan
+        return nan, math.nan, math.nan
     scale = np.max(np.abs(u), axis=0)
     scale[scale == 0] = 1.0
     s = u / scale  # columns of similar size: the solution is the same, the arithmetic better conditioned
@@ -87,10 +111,31 @@ def quadratic_hessian(u: np.ndarray, loss: np.ndarray) -> np.ndarray:
         a = np.stack([np.ones(len(s)), s[:, 0], s[:, 1], s[:, 0] ** 2 / 2, s[:, 0] * s[:, 1], s[:, 1] ** 2 / 2],
                      axis=1)
     if np.linalg.matrix_rank(a) < a.shape[1]:
-        return nan
+        return nan, math.nan, math.nan
     coef = np.linalg.lstsq(a, loss, rcond=None)[0]
     h = np.array([[coef[2]]]) if d == 1 else np.array([[coef[3], coef[4]], [coef[4], coef[5]]])
-    return h / np.outer(scale, scale)
+    residual = float(np.sqrt(np.mean((a @ coef - loss) ** 2)))
+    spread = float(np.sqrt(np.mean((loss - loss.mean()) ** 2)))
+    relative = residual / spread if spread > 0 else (0.0 if residual == 0 else math.inf)
+    return h / np.outer(scale, scale), residual, relative
+
+
+def _eigenvalues(hessian: np.ndarray) -> np.ndarray:
+    d = len(hessian)
+    return np.sort(np.linalg.eigvalsh(hessian))[::-1] if np.all(np.isfinite(hessian)) else np.full(d, np.nan)
+
+
+def _disagreement(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a − b| over the largest magnitude of either: how far two fits' eigenvalues are apart (0: the same)."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return math.nan
+    top = float(max(np.max(np.abs(a)), np.max(np.abs(b))))
+    return float(np.max(np.abs(a - b))) / top if top > 0 else 0.0
+
+
+def clean_radius(r: float) -> float:
+    """A radius (a coordinate, or a box norm of one) without float noise: 0.1, not 0.09999999999999998."""
+    return float(f"{r:.{RADIUS_DIGITS}g}") if math.isfinite(r) else float(r)
 
 
 def _condition(eigenvalues: np.ndarray) -> float:
@@ -102,7 +147,7 @@ def _condition(eigenvalues: np.ndarray) -> float:
 
 def half_width(coords: Sequence[np.ndarray]) -> float:
     """The grid's half-width in the box norm: the largest |u|∞ of its points."""
-    return float(max(np.max(np.abs(c)) for c in coords))
+    return clean_radius(float(max(np.max(np.abs(c)) for c in coords)))
 
 
 def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np.ndarray], center_loss: float,
@@ -123,16 +168,23 @@ def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np
     box = np.max(np.abs(u), axis=1)  # |u|∞ of every point
     l0 = float(center_loss)
 
-    # curvature: a quadratic through the finite computed points of the window around the centre
-    window = np.zeros((len(x),) if dims == 1 else (len(coords[1]), len(x)), bool)
-    if dims == 2:
-        window[np.ix_(_window(np.asarray(coords[1])), _window(x))] = True
-    else:
-        window[_window(x)] = True
-    fit = window.reshape(-1) & finite_
-    hessian = quadratic_hessian(u[fit], loss[fit]) if len(x) >= 3 and (dims == 1 or len(coords[1]) >= 3) \
-        else np.full((dims, dims), np.nan)
-    eigenvalues = np.sort(np.linalg.eigvalsh(hessian))[::-1] if np.all(np.isfinite(hessian)) else np.full(dims, np.nan)
+    # curvature: a quadratic through the finite computed points of the window around the centre, and
+    # the same through the 3x3 window inside it (a quadratic landscape gives both the same curvature)
+    def window(width: int) -> np.ndarray:
+        w = np.zeros((len(x),) if dims == 1 else (len(coords[1]), len(x)), bool)
+        if dims == 2:
+            w[np.ix_(_window(np.asarray(coords[1]), width), _window(x, width))] = True
+        else:
+            w[_window(x, width)] = True
+        return w.reshape(-1) & finite_
+
+    nan_fit = (np.full((dims, dims), np.nan), math.nan, math.nan)
+    fits = len(x) >= 3 and (dims == 1 or len(coords[1]) >= 3)
+    fit, check = window(FIT_WIDTH), window(CHECK_WIDTH)
+    hessian, residual, relative = quadratic_fit(u[fit], loss[fit]) if fits else nan_fit
+    eigenvalues = _eigenvalues(hessian)
+    eigenvalues_3x3 = _eigenvalues(quadratic_fit(u[check], loss[check])[0] if fits else nan_fit[0])
+    disagreement = _disagreement(eigenvalues, eigenvalues_3x3)
 
     # diverged points are above every threshold
     above = np.where(finite_, loss, np.inf)
@@ -141,7 +193,10 @@ def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np
         sharpness = max(0.0, float(np.max(above[inside] - l0))) if inside.any() else 0.0
         violating = computed & (above > l0 + delta)
         lower_bound = not violating.any()
-        flat = half_width(coords) if lower_bound else float(np.min(box[violating]))
+        flat = half_width(coords) if lower_bound else clean_radius(float(np.min(box[violating])))
+        # no computed point between the centre and the nearest one above L0 + δ (it is on the first ring
+        # of the grid: the spacing): the flat radius is somewhere in (0, flat], an upper bound
+        upper_bound = not lower_bound and not bool((computed & (box > 0) & (box < np.min(box[violating]))).any())
         below = computed & (above <= l0 + delta)
         share = float(below.sum() / computed.sum())
         if finite_.any():
@@ -151,6 +206,7 @@ def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np
             center_is_min = None
     else:  # no centre value (not computed yet, or the checkpoint itself diverged), or no point computed yet
         sharpness, flat, lower_bound, share, center_is_min = math.nan, math.nan, False, math.nan, None
+        upper_bound = False
     return {
         "center_loss": l0,
         "center_accuracy": float(center_accuracy),
@@ -158,10 +214,16 @@ def landscape_metrics(values: np.ndarray, known: np.ndarray, coords: Sequence[np
         "eigenvalues": [float(v) for v in eigenvalues],
         "condition": _condition(eigenvalues) if dims == 2 else None,
         "fit_points": int(fit.sum()),
+        "fit_residual": residual,
+        "fit_residual_relative": relative,
+        "eigenvalues_3x3": [float(v) for v in eigenvalues_3x3],
+        "fit_disagreement": disagreement,
+        "fit_poor": bool(relative > POOR_RESIDUAL or disagreement > POOR_DISAGREEMENT),
         "sharpness": float(sharpness),
         "sharpness_relative": float(sharpness / (1 + l0)) if math.isfinite(l0) else math.nan,
         "flat_radius": float(flat),
         "flat_radius_lower_bound": bool(lower_bound),
+        "flat_radius_upper_bound": bool(upper_bound),
         "share_below": share,
         "center_is_min": None if center_is_min is None else bool(center_is_min),
         "points": len(loss),
@@ -243,13 +305,14 @@ def compute_epoch(rows: Rows, meta: GridMeta, epoch: int, state: _State, radius:
     if state.center[ei]:
         try:
             center_loss = np.asarray(rows["center_loss"][ei, :], np.float64)
-            center_accuracy = np.asarray(rows["center_accuracy"][ei, :], np.float64)
+            center_accuracy = accuracy_where_finite(np.asarray(rows["center_accuracy"][ei, :], np.float64),
+                                                    center_loss)
         except DECODE_ERRORS as e:
             raise _damaged(meta.run, meta.id, "centre values", epoch) from e
     else:
         center_loss = center_accuracy = np.full(batches, np.nan)
     reach = half_width(coords)
-    eps = reach if radius is None else radius
+    eps = reach if radius is None else clean_radius(radius)
     panels = []
     for p in range(pairs):
         for b in range(batches):
@@ -273,7 +336,18 @@ def compute_epoch(rows: Rows, meta: GridMeta, epoch: int, state: _State, radius:
         "diverged": sum(p["diverged"] for p in panels),
         "mean": {"pair": None, "batch": None, **mean},
         "panels": panels,
+        "stored_eigenvalues": stored_eigenvalues(meta, epoch),
     }
+
+
+def stored_eigenvalues(meta: GridMeta, epoch: int) -> list[float] | None:
+    """A Hessian-eigenvector grid's eigenvalues at `epoch` as grid.json's kind facts recorded them (those of
+    its axes, per unit of weight: along an axis ‖w‖·v the curvature is λ·‖w‖²); None for other kinds."""
+    if meta.config.kind != "hessian":
+        return None
+    facts = (meta.kind.get("epochs") or {}).get(str(epoch)) or {}
+    values = facts.get("eigenvalues") if isinstance(facts, dict) else None
+    return [float(v) for v in values[:meta.config.dims]] if isinstance(values, list) else None
 
 
 # --- the cache ---------------------------------------------------------------------------------------
@@ -428,6 +502,14 @@ def summary(st: Store, run_id: str, meta: GridMeta, epochs: Sequence[int] | None
 
 def title_text(mean: dict[str, Any]) -> str:
     """One line for a figure's title: "ε-sharpness 0.83 (rel 0.41), flat radius 0.15 (δ 0.1)"."""
-    flat = f"{'≥' if mean['flat_radius_lower_bound'] else ''}{mean['flat_radius']:.3g}"
+    flat = f"{radius_mark(mean)}{mean['flat_radius']:.3g}"
     return (f"ε-sharpness {mean['sharpness']:.3g} (rel {mean['sharpness_relative']:.3g}), "
             f"flat radius {flat} (δ {mean['delta']:g})")
+
+
+def radius_mark(m: dict[str, Any]) -> str:
+    """How a flat radius is printed before its value: "≥" (no point exceeds L0 + δ: a lower bound), "≤" (the
+    nearest point above L0 + δ is on the grid's first ring: the radius is at most one spacing), else ""."""
+    if m.get("flat_radius_lower_bound"):
+        return "≥"
+    return "≤" if m.get("flat_radius_upper_bound") else ""

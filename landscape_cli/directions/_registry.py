@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
@@ -120,8 +121,8 @@ class DirectionKind:
                                single_kernel=cfg.single_kernel)
 
     def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
-        """The coefficients along an axis: `axis.count` points from lo to hi."""
-        return np.linspace(lo, hi, axis.count)
+        """The coefficients along an axis: `axis.count` evenly spaced decimal points from lo to hi."""
+        return decimal_points(lo, hi, axis.count)
 
     def formula(self, cfg: GridConfig) -> str:
         """What the stored values are the loss at, in words (the arrays' descriptions)."""
@@ -147,6 +148,22 @@ class DirectionKind:
     def slice(self, ctx: GridContext, meta: GridMeta, em: EpochModel,
               pair: int) -> contextlib.AbstractContextManager[Slice]:
         raise NotImplementedError
+
+
+def decimal_points(lo: float, hi: float, count: int) -> np.ndarray:
+    """`count` evenly spaced points from lo to hi (float64), each the float nearest to lo + i·(hi − lo)/(count − 1)
+    computed exactly from the decimals lo and hi are written as (their shortest repr).
+
+    So the points are the decimals the range implies (`--range -0.5,1.8 --width 24`: ..., 1.7, 1.8, never
+    np.linspace's 1.7999999999999998): a point whose exact value has a short decimal form is that decimal's
+    float, read back from text as written. Grids made before 0.3 hold np.linspace's values, a few ulps away;
+    their stored coordinates are kept (`store.grid_arrays.repair` accepts them).
+    """
+    if count < 2:
+        return np.array([lo][:count], np.float64)
+    a, b = Fraction(repr(float(lo))), Fraction(repr(float(hi)))
+    step = (b - a) / (count - 1)
+    return np.array([float(a + i * step) for i in range(count)], np.float64)
 
 
 _KINDS: dict[str, DirectionKind] = {}

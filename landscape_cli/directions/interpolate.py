@@ -20,7 +20,14 @@ import torch
 from torch import Tensor
 
 from landscape_cli.config import Axis, GridConfig, GridRequest
-from landscape_cli.directions._registry import DirectionKind, EpochModel, GridContext, Prepared, register_kind
+from landscape_cli.directions._registry import (
+    DirectionKind,
+    EpochModel,
+    GridContext,
+    Prepared,
+    decimal_points,
+    register_kind,
+)
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.evaluate import Slice
 from landscape_cli.models import checkpoints
@@ -92,9 +99,9 @@ class InterpolateKind(DirectionKind):
         return list(weights)
 
     def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
-        """`count` points from lo to hi; the inner points nearest to 0 and 1 become exactly 0 and 1 (the
-        range's ends stay where they are unless they are 0 or 1 themselves)."""
-        t = np.linspace(lo, hi, axis.count)
+        """`count` decimal points from lo to hi (`decimal_points`); the inner points nearest to 0 and 1 become
+        exactly 0 and 1 (the range's ends stay where they are unless they are 0 or 1 themselves)."""
+        t = decimal_points(lo, hi, axis.count)
         t[0], t[-1] = lo, hi
         for exact in (0.0, 1.0):
             if exact in (lo, hi):

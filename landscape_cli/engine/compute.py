@@ -115,7 +115,10 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
     name, resume, points_per_pass = request.name, request.resume, request.points_per_pass
     dev = sess.device(device)
     deterministic_kernels(dev)
-    weights = _parameters(checkpoints.load_epoch(st, run_meta.id, epoch_record(run_meta, wanted[0])))
+    model = checkpoints.build_model(checkpoints.load_epoch(st, run_meta.id, epoch_record(run_meta, wanted[0])))
+    weights = {k: v.detach() for k, v in model.named_parameters()}
+    batchnorm = has_batchnorm(model)  # recorded in grid.json: plots name the --bn mode only of such a model
+    del model
     names = kind.names(weights, cfg)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     del weights  # only their names and shapes are needed from here on
@@ -165,7 +168,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
             make_dirs(st.locks_dir(run_id, grid_id))
             with grid_lock(st, run_id, grid_id):
                 loss_of = lambda e: checkpoint_loss(ctx, batches, dev, e)  # noqa: E731
-                meta = prepare_grid(ctx, wanted, name, loss_of, evaluation, runtime.note)
+                meta = prepare_grid(ctx, wanted, name, loss_of, evaluation, runtime.note, batchnorm)
         return meta, evaluation
 
     prepared, evaluation = sess.lead(prepare)
@@ -200,6 +203,11 @@ def _new_evaluator(ctx: GridContext, epoch: int, batches: Batches, dev: torch.de
         else:
             points_per_pass = 1
     return EvaluatorRecord(points_per_pass, ctx.config.precision, dev.type)
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    """Whether `model` has BatchNorm layers: the modules whose mode --bn sets (as the evaluator finds them)."""
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def _parameters(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

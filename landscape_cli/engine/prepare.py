@@ -97,8 +97,10 @@ def grid_lock(st: Store, run_id: str, grid_id: str) -> Iterator[FileLock]:
 
 
 def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of: Any, evaluation: EvaluatorRecord,
-                 note: Callable[[str], None]) -> GridMeta:
-    """Create the grid (directions, arrays, grid.json) or add the new epochs; metadata last."""
+                 note: Callable[[str], None], batchnorm: bool | None = None) -> GridMeta:
+    """Create the grid (directions, arrays, grid.json) or add the new epochs; metadata last. `batchnorm`: whether
+    the model has BatchNorm layers, recorded in grid.json (and added to a grid made before it was, when it
+    is written next)."""
     st, run_meta, cfg = ctx.store, ctx.run, ctx.config
     kind = get_kind(cfg.kind)
     run_id, grid_id = run_meta.id, cfg.grid_id
@@ -142,6 +144,7 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
             ranges=prepared.ranges,
             kind=prepared.info,
             evaluator=evaluation,
+            batchnorm=batchnorm,
         )
         if damaged_meta:
             st.write_grid(meta)
@@ -160,6 +163,8 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
         note(f"grid {grid_id} is now named {name!r} ({was}): the same grid, computed once")
     changed = epochs != meta.epochs or bool(facts) or renamed or meta.evaluator != evaluation
     meta.evaluator = evaluation
+    if meta.batchnorm is None:
+        meta.batchnorm = batchnorm
     grow(zarr_path, epochs)
     if changed or not st.has_grid(run_id, grid_id):
         meta.epochs = epochs

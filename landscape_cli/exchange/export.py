@@ -4,20 +4,30 @@
 newest grid), reads its Zarr group and writes:
 
 - ``netcdf``: every array, coordinate and attribute of the group, NetCDF-4 (HDF5) through xarray's
-  h5netcdf engine, dtypes kept, no fill-value masking (values are bitwise those of the store). Nested
-  attributes (dicts, lists, booleans, None) are JSON strings, named in the attribute
+  h5netcdf engine, dtypes kept, no fill-value masking (values are bitwise those of the store), with
+  the attributes of CF-1.8: ``Conventions``, ``title``, ``source``, ``history``, ``references``,
+  ``comment``; ``units`` "1" on every quantity (losses, accuracies, coefficients and counts are
+  dimensionless); ``flag_values``/``flag_meanings`` on ``done`` and ``center_done``; the x (and y) axis'
+  ``long_name`` says what it is for the grid's kind (t for an interpolation, PC1/PC2, the Hessian's
+  eigenvectors, d1/d2). Lists of numbers (a PCA's ``explained_variance_ratio``) are numeric attributes;
+  nested attributes (dicts, other lists, booleans, None) are JSON strings, named in the attribute
   ``json_encoded_attributes``; `open_netcdf` reads a file back with them decoded.
-- ``csv``: one row per (epoch, pair, batch, point): ``epoch,pair,batch,x[,y],loss,accuracy,done``, floats
-  in the shortest form that reads back to the same float32 (coordinates: float64), ``nan`` where the
-  value is NaN. PCA grids also get ``<name>_path.csv``: the trajectory, one row per (checkpoint, batch).
+- ``csv``: one row per (epoch, pair, batch, point): ``run,grid,epoch,pair,batch,x[,y],loss,accuracy,done``
+  (the run and grid ids, so files of several runs concatenate), floats in the shortest form that reads
+  back to the same float32 (coordinates: float64), ``nan`` where the value is NaN. PCA grids also get
+  ``<name>_path.csv``: the trajectory, one row per (checkpoint, batch).
 - ``vtk``: a directory of XML VTK files for ParaView: ``epoch-0005_pair-0_batch-1.vts`` per (epoch,
   pair, batch) and ``epoch-0005_mean.vts`` (the mean over pairs and batches), the loss as height (z) —
   ``.vtp`` polylines for a 1-D grid — ``path.vtp`` for a PCA trajectory, ``epochs_mean.pvd`` (the means as
   a time series) and ``landscape-export.json`` (what was written, with which options).
   As Li et al.'s ``h52vtp.py``: `zmax` clips the height (values above it become zmax), then `log`
-  takes log(height + 0.1). Point fields: ``loss``, ``accuracy`` (as stored), ``done``, ``diverged``,
-  ``height`` (the z drawn) and ``vtkGhostType``: points that are missing or not finite are HIDDENPOINT,
-  so ParaView leaves them, and every cell touching them (marked HIDDENCELL too), out of the surface.
+  takes log(height + 0.1). z is the height times `height_scale` (default: 1, 2 or 5 × 10^k chosen so
+  that the heights' range is about the grid's width), or 0 with `flat` (for ParaView's Warp By
+  Scalar, whose scale factor is then `height_scale`); each file's field data records ``height_scale``
+  and ``flat``. Point fields: ``loss``, ``accuracy`` (as stored), ``done``, ``diverged``, ``height``
+  (unscaled: the active scalar) and ``vtkGhostType``: points that are missing or not finite are
+  HIDDENPOINT, so ParaView leaves them, and every cell touching them (marked HIDDENCELL too), out of
+  the surface.
 - ``npz``: every array of the group under its name (coordinates included), compressed, plus
   ``attributes_json``: the group's attributes and each array's dimensions and attributes.
 
@@ -42,11 +52,14 @@ from typing import Any
 
 import numpy as np
 
+from landscape_cli._io import now
+from landscape_cli._version import __version__
 from landscape_cli.errors import UsageError
 from landscape_cli.exchange.grid_data import read_grid
 from landscape_cli.exchange.tables import (
     JSON_ATTRS,
     NPZ_ATTRS,
+    Description,
     decode_attrs,
     open_netcdf,
     require_netcdf,
@@ -55,15 +68,26 @@ from landscape_cli.exchange.tables import (
     write_netcdf,
     write_npz,
 )
-from landscape_cli.exchange.vtk import HIDDENCELL, HIDDENPOINT, LOG_OFFSET, MANIFEST, VTK_INSTALL, height, import_vtk, write_vtk
+from landscape_cli.exchange.vtk import (
+    HIDDENCELL,
+    HIDDENPOINT,
+    LOG_OFFSET,
+    MANIFEST,
+    VTK_INSTALL,
+    default_scale,
+    height,
+    import_vtk,
+    write_vtk,
+)
 from landscape_cli.exchange.writing import prepare_parent, undone_on_failure
 from landscape_cli.store import Store
-from landscape_cli.views.readers import Source, select_hessian, select_sources
+from landscape_cli.store.meta import HessianMeta
+from landscape_cli.views.readers import Source, axis_labels, geometry, select_hessian, select_sources
 
 __all__ = [
     "DEFAULT_NAMES", "FORMATS", "HESSIAN_FORMATS", "HESSIAN_NAMES", "HIDDENCELL", "HIDDENPOINT", "JSON_ATTRS",
-    "LOG_OFFSET", "MANIFEST", "NPZ_ATTRS", "VTK_INSTALL", "ExportResult", "decode_attrs", "export", "export_hessian",
-    "height", "open_netcdf",
+    "LOG_OFFSET", "MANIFEST", "NPZ_ATTRS", "VTK_INSTALL", "ExportResult", "decode_attrs", "default_scale", "export",
+    "export_hessian", "height", "open_netcdf",
 ]
 
 FORMATS = ("netcdf", "csv", "vtk", "npz")
@@ -76,7 +100,9 @@ class ExportResult:
 
     Point counts are over the grid's loss array (epochs × pairs × batches × points): `points_missing`
     lie in rows not done yet, `points_diverged` are done with a NaN/Inf loss. `points_hidden` (vtk
-    only) counts the points left out of the geometry in every file written (surfaces, means, path).
+    only) counts the points left out of the geometry in every file written (surfaces, means, path);
+    `height_scale` (vtk only) is the factor from height to z (with `flat`, z is 0 and it is Warp By
+    Scalar's factor).
     """
 
     format: str
@@ -88,6 +114,7 @@ class ExportResult:
     points_missing: int
     points_diverged: int
     points_hidden: int | None = None
+    height_scale: float | None = None
     kind: str = ""
     dims: int = 0
     epochs: list[int] = field(default_factory=list)
@@ -106,6 +133,7 @@ class ExportResult:
             "grid": self.grid_id, "run": self.run_id, "kind": self.kind, "dims": self.dims, "epochs": self.epochs,
             "task": self.task, "points_total": self.points_total, "points_missing": self.points_missing,
             "points_diverged": self.points_diverged, "points_hidden": self.points_hidden,
+            **({"height_scale": self.height_scale} if self.height_scale is not None else {}),
             "complete": self.complete, "bytes": self.bytes, "seconds": round(self.seconds, 3), "notes": self.notes,
         }
 
@@ -118,28 +146,26 @@ def export(
     out: str | os.PathLike[str] | None = None,
     zmax: float | None = None,
     log: bool = False,
+    height_scale: float | None = None,
+    flat: bool = False,
     store: Store | str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Write the grid of `run` (named by `grid`, else the run's newest) as `format`: netcdf, csv, vtk or npz.
 
     `out` is the file to write (the directory for vtk); an existing directory receives the default
     name; default: ``<grid dir>/exports/landscape.nc|.csv|.npz`` or ``<grid dir>/exports/vtk/``. `zmax`
-    and `log` shape the VTK height as Li et al.'s h52vtp does (clip at zmax, then log(z + 0.1)).
+    and `log` shape the VTK height as Li et al.'s h52vtp does (clip at zmax, then log(z + 0.1));
+    z is that height times `height_scale` (default: `default_scale`, the heights' range about the
+    grid's width), or 0 with `flat` (the height only as a point field, for ParaView's Warp By Scalar).
     """
     started = time.perf_counter()
     fmt = str(format).strip().lower()
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {format!r}: choose one of {', '.join(FORMATS)}")
-    if fmt != "vtk" and (zmax is not None or log):
-        raise UsageError("--zmax and --log shape the VTK height: they apply to --format vtk only")
-    if zmax is not None:
-        given = zmax
-        try:
-            zmax = float(zmax)
-        except (TypeError, ValueError):
-            zmax = float("nan")
-        if not (np.isfinite(zmax) and zmax > 0):
-            raise UsageError(f"--zmax must be a finite positive number, got {given!r}")
+    if fmt != "vtk" and (zmax is not None or log or height_scale is not None or flat):
+        raise UsageError("--zmax, --log, --height-scale and --flat shape the VTK height: they apply to --format vtk only")
+    zmax = _positive(zmax, "--zmax")
+    height_scale = _positive(height_scale, "--height-scale")
     vtk = import_vtk() if fmt == "vtk" else None
     if fmt == "netcdf":
         require_netcdf()
@@ -158,14 +184,15 @@ def export(
             task=str(source.run.dataset.get("task", "classification")),
         )
         if fmt == "netcdf":
-            result.files = [write_netcdf(data, target)]
+            result.files = [write_netcdf(data, target, _describe(source))]
         elif fmt == "npz":
             result.files = [write_npz(data, target)]
         elif fmt == "csv":
-            result.files = write_csv(data, target)
+            result.files = write_csv(data, target, {"run": source.run_id, "grid": source.grid_id})
         else:
             assert vtk is not None
-            result.files, result.points_hidden = write_vtk(vtk, data, target, result, zmax, log)
+            result.files, result.points_hidden, result.height_scale = write_vtk(vtk, data, target, result, zmax, log,
+                                                                                height_scale, flat)
     _measure(result, started)
     if result.points_missing:
         result.notes.append(f"{result.points_missing} of {result.points_total} points are in rows not computed yet "
@@ -210,7 +237,7 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
                               points_total=int(done.size), points_missing=int((~done).sum()), points_diverged=0,
                               kind="hessian", epochs=[int(e) for e in data.arrays["epoch"]])
         if fmt == "netcdf":
-            result.files = [write_netcdf(data, target)]
+            result.files = [write_netcdf(data, target, _describe_hessian(meta))]
         elif fmt == "npz":
             result.files = [write_npz(data, target)]
         else:
@@ -219,6 +246,64 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
     if result.points_missing:
         result.notes.append(f"{result.points_missing} of {result.points_total} epochs are not computed yet (done 0)")
     return result
+
+
+# --- options, descriptions -------------------------------------------------------------------------
+
+
+def _positive(value: float | None, option: str) -> float | None:
+    """A finite positive number (one line if not), or None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (np.isfinite(number) and number > 0):
+        raise UsageError(f"{option} must be a finite positive number, got {value!r}")
+    return number
+
+
+def _history(created: str, versions: dict[str, str], made: str, command: str) -> str:
+    """CF's history: one line per step, oldest first, each "time: what"."""
+    version = versions.get("landscape")
+    first = f"{created}: {made}" + (f" (landscape-cli {version})" if version else "")
+    return f"{first}\n{now()}: {command} (landscape-cli {__version__})" if created else f"{now()}: {command}"
+
+
+def _describe(source: Source) -> Description:
+    """A grid's NetCDF title, source, history and axis names."""
+    run, grid = source.run, source.grid
+    what = f"{run.config.model} on {run.config.dataset}"
+    labels = axis_labels(source)
+    if source.kind == "interpolate":
+        axes = {"x": "t, the interpolation coefficient: the weights are (1 - t)·w_A + t·w_B (A: the epoch, B: the "
+                     "target checkpoint)"}
+    elif source.kind in ("pca", "hessian", "random"):
+        names = {"pca": labels,
+                 "hessian": ["v1, the eigenvector of each epoch's largest Hessian eigenvalue",
+                             "v2, the eigenvector of each epoch's second-largest Hessian eigenvalue"],
+                 "random": ["d1, a random direction", "d2, a random direction"]}[source.kind]
+        axes = {axis: f"coefficient of {name}" for axis, name in zip(("x", "y")[:source.dims], names, strict=False)}
+    else:
+        axes = {}
+    return Description(
+        title=f"Loss landscape of {source.name} ({what}): {geometry(source)}",
+        source=f"landscape-cli: losses of {what} checkpoints (run {source.run_id}) evaluated by grid {source.grid_id}",
+        history=_history(grid.created, grid.versions, f"landscape grid computed grid {source.grid_id}",
+                         f"landscape export {source.run_id} --grid {source.grid_id} --format netcdf"),
+        axes=axes,
+    )
+
+
+def _describe_hessian(meta: HessianMeta) -> Description:
+    return Description(
+        title=f"Hessian eigenvalues, trace and spectral density of run {meta.run} (results {meta.id})",
+        source=f"landscape-cli: Lanczos eigenpairs and Hutchinson trace of the loss Hessian of run {meta.run}",
+        history=_history(meta.created, meta.versions, f"landscape hessian computed results {meta.id}",
+                         f"landscape export {meta.run} --hessian --grid {meta.id} --format netcdf"),
+        axes={"k": "index of the eigenpair (0: the largest eigenvalue)", "bin": "index of the density's bin"},
+    )
 
 
 # --- choosing the grid and the output path ---------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The grid (or curvature results) read into memory for export: every array of its Zarr group, once."""
+"""The grid (or curvature results) read into memory for export: every array of its Zarr group, once.
+
+Accuracy (`accuracy`, `center_accuracy`, `path_accuracy`) is read NaN wherever its loss is not finite, as
+every reader of the tool reads it (a grid stored before the kernel wrote NaN there is masked, not rewritten)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from landscape_cli.errors import GridStateError, IntegrityError
-from landscape_cli.store.grid_arrays import DECODE_ERRORS, open_group
+from landscape_cli.store.grid_arrays import ACCURACY_OF, DECODE_ERRORS, accuracy_where_finite, open_group
 
 
 @dataclass
@@ -83,4 +86,7 @@ def read_grid(zarr_path: Path, grid_id: str, required: tuple[str, ...] = ("loss"
             arrays[name] = a[:n]
     if n == 0:
         raise GridStateError(f"grid {grid_id} has no epochs yet: nothing to export")
+    for accuracy, loss in ACCURACY_OF.items():  # a grid stored before the kernel wrote NaN there
+        if accuracy in arrays and loss in arrays and arrays[accuracy].shape == arrays[loss].shape:
+            arrays[accuracy] = accuracy_where_finite(arrays[accuracy], arrays[loss])
     return GridData(arrays, dims, var_attrs, attrs)

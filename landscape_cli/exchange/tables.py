@@ -1,14 +1,16 @@
 """The exports as tables of numbers: NetCDF-4 (and `open_netcdf` to read one back), npz and CSV.
 
-NetCDF and npz hold every array and attribute of the Zarr group as stored; CSV writes one row per
-point (the grid) or per epoch and eigenpair (curvature results). The layouts are described in
-`landscape_cli.exchange.export`.
+NetCDF and npz hold every array and attribute of the Zarr group as stored (NetCDF adds the CF
+attributes: `Conventions`, `title`, `history`, `source`, units, flags, axis labels per grid kind);
+CSV writes one row per point (the grid) or per epoch and eigenpair (curvature results). The layouts
+are described in `landscape_cli.exchange.export`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -20,6 +22,28 @@ from landscape_cli.exchange.writing import atomic
 
 JSON_ATTRS = "json_encoded_attributes"  # NetCDF: the attributes stored as JSON strings
 NPZ_ATTRS = "attributes_json"  # npz: the attributes (and each array's dims and attributes) as one JSON string
+CONVENTIONS = "CF-1.8"  # the newest CF version the CF checker (cfchecker 4.1) checks against
+REFERENCES = ("Li, Xu, Taylor, Studer, Goldstein: Visualizing the Loss Landscape of Neural Nets, NeurIPS 2018 "
+              "(arXiv:1712.09913)")
+DIMENSIONLESS = "1"  # CF's units of a dimensionless quantity: losses, accuracies, coefficients, counts, indices
+# CF flag variables: their values and what each means (blank-separated words)
+FLAGS: dict[str, tuple[tuple[int, ...], str]] = {
+    "done": ((0, 1), "not_computed computed"),
+    "center_done": ((0, 1, 2), "not_computed values_only values_and_gradients"),
+    "converged": ((0, 1), "not_converged converged"),
+}
+
+
+@dataclass
+class Description:
+    """What a NetCDF export says of itself: CF's global attributes, and the long_name of each grid axis."""
+
+    title: str
+    source: str
+    history: str
+    axes: dict[str, str] = field(default_factory=dict)  # a coordinate ("x", "y", "k") -> its long_name
+    comment: str = ("done marks the computed values: NaN with done 1 diverged, done 0 not computed yet. Nested "
+                    f"attributes are JSON strings, named in the attribute {JSON_ATTRS}.")
 
 
 # --- NetCDF and npz -------------------------------------------------------------------------------
@@ -34,13 +58,20 @@ def require_netcdf() -> None:
                          "pip install xarray 'h5netcdf[h5py]'") from e
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """NetCDF attributes: strings and numbers as they are, anything else as a JSON string (named in JSON_ATTRS)."""
+    """NetCDF attributes: strings, numbers and numpy arrays as they are, lists of numbers as numeric arrays, anything
+    else as a JSON string (named in JSON_ATTRS)."""
     out: dict[str, Any] = {}
     encoded = []
     for key, value in attrs.items():
-        if isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool)):
+        if isinstance(value, str | np.ndarray) or _number(value):
             out[key] = value
+        elif isinstance(value, list | tuple) and value and all(_number(v) for v in value):
+            out[key] = np.asarray(value, np.float64 if any(isinstance(v, float) for v in value) else np.int64)
         else:
             out[key] = json.dumps(value, ensure_ascii=False)
             encoded.append(key)
@@ -49,14 +80,39 @@ def _encode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_netcdf(data: GridData, path: Path) -> Path:
+def cf_attributes(data: GridData, description: Description) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The group's and each array's attributes as a CF-1.8 file carries them: the global attributes first
+    (Conventions, title, source, history, references, comment), then the store's; units "1" on every
+    quantity (all are dimensionless), flag_values/flag_meanings on the done-marks, the axes' long_name."""
+    attrs = {"Conventions": CONVENTIONS, "title": description.title, "source": description.source,
+             "history": description.history, "references": REFERENCES, "comment": description.comment,
+             **{k: v for k, v in data.attrs.items() if k not in ("Conventions", "title", "source", "history")}}
+    var_attrs: dict[str, dict[str, Any]] = {}
+    for name, a in data.arrays.items():
+        va = dict(data.var_attrs[name])
+        if name in description.axes and data.dims[name] == [name]:
+            va["long_name"] = description.axes[name]
+        if name in FLAGS and a.dtype.kind in "iu":
+            values, meanings = FLAGS[name]
+            va.update(flag_values=np.asarray(values, a.dtype),
+                      flag_meanings=meanings)
+        elif a.dtype.kind in "iuf":
+            va.setdefault("units", DIMENSIONLESS)
+        var_attrs[name] = va
+    return attrs, var_attrs
+
+
+def write_netcdf(data: GridData, path: Path, description: Description | None = None) -> Path:
+    """Every array, coordinate and attribute of `data` as NetCDF-4, values bitwise as stored; with a `description`,
+    the CF attributes too (`cf_attributes`)."""
     import xarray as xr
 
-    coords = {n: xr.Variable(data.dims[n], a, _encode_attrs(data.var_attrs[n]))
+    attrs, var_attrs = cf_attributes(data, description) if description else (data.attrs, data.var_attrs)
+    coords = {n: xr.Variable(data.dims[n], a, _encode_attrs(var_attrs[n]))
               for n, a in data.arrays.items() if data.dims[n] == [n]}
-    variables = {n: xr.Variable(data.dims[n], a, _encode_attrs(data.var_attrs[n]))
+    variables = {n: xr.Variable(data.dims[n], a, _encode_attrs(var_attrs[n]))
                  for n, a in data.arrays.items() if n not in coords}
-    ds = xr.Dataset(variables, coords=coords, attrs=_encode_attrs(data.attrs))
+    ds = xr.Dataset(variables, coords=coords, attrs=_encode_attrs(attrs))
     encoding: dict[str, dict[str, Any]] = {}
     for name, a in data.arrays.items():  # no fill value: nothing is masked on reading, NaNs keep their bits
         encoding[name] = {"_FillValue": None}
@@ -114,10 +170,13 @@ def _write_lines(f: IO[str], columns: list[np.ndarray]) -> None:
     f.writelines(",".join(row) + "\n" for row in zip(*columns, strict=True))
 
 
-def write_csv(data: GridData, path: Path) -> list[Path]:
+def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) -> list[Path]:
+    """One row per point: the `keys` columns first (run and grid ids: files of several grids concatenate), then
+    ``epoch,pair,batch,x[,y],loss,accuracy,done``."""
+    keys = keys or {}
     loss_dims = data.dims["loss"]
     axes = [d for d in loss_dims if d not in ("epoch", "pair", "batch")]  # [y, x] or [x]
-    header = ["epoch", "pair", "batch", *reversed(axes), "loss", "accuracy", "done"]
+    header = [*keys, "epoch", "pair", "batch", *reversed(axes), "loss", "accuracy", "done"]
     loss, done = data.masked("loss"), data.point_done()
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
     inner = loss.shape[1:]
@@ -129,15 +188,16 @@ def write_csv(data: GridData, path: Path) -> list[Path]:
         f.write(",".join(header) + "\n")
         for ei in range(loss.shape[0]):
             epoch = np.full(index.shape[1], epochs[ei])
-            _write_lines(f, [epoch, texts["pair"], texts["batch"], *(texts[d] for d in reversed(axes)),
+            _write_lines(f, [*(np.full(index.shape[1], v) for v in keys.values()), epoch, texts["pair"], texts["batch"],
+                             *(texts[d] for d in reversed(axes)),
                              _text(loss[ei].ravel()), _text(accuracy[ei].ravel()),
                              _text(done[ei].ravel().astype(np.uint8))])
     if "path_x" in data.arrays and "path_loss" in data.arrays:
-        files.append(_write_path_csv(data, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}")))
+        files.append(_write_path_csv(data, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}"), keys))
     return files
 
 
-def _write_path_csv(data: GridData, path: Path) -> Path:
+def _write_path_csv(data: GridData, path: Path, keys: dict[str, str]) -> Path:
     """A PCA trajectory: one row per (checkpoint, batch): its coordinates, distance from the plane, own values."""
     loss = data.arrays["path_loss"]  # [path_epoch, batch]
     n, b = loss.shape
@@ -154,8 +214,8 @@ def _write_path_csv(data: GridData, path: Path) -> Path:
     }
     cols = [c for c in cols if c in values]
     with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(",".join(cols) + "\n")
-        _write_lines(f, [values[c] for c in cols])
+        f.write(",".join([*keys, *cols]) + "\n")
+        _write_lines(f, [*(np.full(n * b, v) for v in keys.values()), *(values[c] for c in cols)])
     return path
 
 

@@ -1,5 +1,9 @@
 """The VTK export: XML files for ParaView, the loss as height over the grid's plane (or line).
 
+The height (z) is the loss times a height scale (by default one that makes the surface's height range
+about its width, so a zoom of span 0.01 is a surface, not a needle), or 0 with `flat` for ParaView's
+Warp By Scalar (the point field ``height``, scaled by the recorded ``height_scale``).
+
 One ``.vts`` surface (``.vtp`` polyline for a 1-D grid) per (epoch, pair, batch) and per epoch's mean,
 ``path.vtp`` for a PCA trajectory, ``epochs_mean.pvd`` and the manifest; built in a temporary
 directory that replaces the output directory only when every file is written. The layout is described
@@ -9,6 +13,7 @@ in `landscape_cli.exchange.export`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +62,8 @@ def import_vtk() -> Any:
 
 
 def height(loss: np.ndarray, zmax: float | None = None, log: bool = False) -> np.ndarray:
-    """The VTK height (float64) of loss values, as h52vtp: clipped at `zmax`, then log(z + 0.1) with `log`."""
+    """The VTK height (float64) of loss values, as h52vtp: clipped at `zmax`, then log(z + 0.1) with `log`; the
+    point field ``height``. The points' z is this times the height scale (0 when flat)."""
     z = np.asarray(loss, np.float64).copy()
     if zmax is not None:
         z[z > zmax] = zmax
@@ -65,6 +71,23 @@ def height(loss: np.ndarray, zmax: float | None = None, log: bool = False) -> np
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log(z + LOG_OFFSET)
     return z
+
+
+def nice(value: float) -> float:
+    """`value` rounded to 1, 2 or 5 × 10^k (the nearest in ratio), so that a scale reads as a decimal."""
+    k = math.floor(math.log10(value))
+    mantissa = min((1, 2, 5, 10), key=lambda m: abs(math.log(value / (m * 10.0**k))))
+    return float(f"{mantissa}e{k}")
+
+
+def default_scale(heights: np.ndarray, width: float) -> float:
+    """The height scale that makes the range of `heights` (those finite) about `width` (the surface's extent along x
+    or y, the larger), rounded by `nice`; 1 when either is 0 or there is no height."""
+    shown = heights[np.isfinite(heights)]
+    spread = float(shown.max() - shown.min()) if shown.size else 0.0
+    if not (spread > 0 and width > 0 and math.isfinite(spread / width)):
+        return 1.0
+    return nice(width / spread)
 
 
 @dataclass
@@ -77,11 +100,23 @@ class _Piece:
     visible: np.ndarray
     shape: tuple[int, ...]  # (ny, nx) for a surface, (n,) for a line
     time: float | None = None
+    scale: float = 1.0  # z = height × scale
+    flat: bool = False  # z = 0
 
 
-def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndarray, zmax: float | None, log: bool,
+@dataclass(frozen=True)
+class Height:
+    """How a VTK export draws the loss: h52vtp's `zmax` and `log`, then z = height × `scale` (0 when `flat`)."""
+
+    zmax: float | None = None
+    log: bool = False
+    scale: float = 1.0
+    flat: bool = False
+
+
+def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndarray, how: Height,
            shape: tuple[int, ...], extra: dict[str, np.ndarray] | None = None, time: float | None = None) -> _Piece:
-    z = height(loss, zmax, log)
+    z = height(loss, how.zmax, how.log)
     visible = done & np.isfinite(z)
     diverged = done & ~np.isfinite(loss)
     shown = z[visible]
@@ -89,8 +124,9 @@ def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndar
     fields: dict[str, np.ndarray] = {"loss": loss, "accuracy": accuracy, "done": done.astype(np.uint8),
                                      "diverged": diverged.astype(np.uint8), "height": z_out}
     fields.update(extra or {})
-    flat = np.where(visible, z, shown.min() if shown.size else 0.0)  # hidden points: a finite z out of the way
-    return _Piece(xy, flat, fields, visible, shape, time)
+    drawn = np.where(visible, z, shown.min() if shown.size else 0.0)  # hidden points: a finite z out of the way
+    drawn = np.zeros_like(drawn) if how.flat else drawn * how.scale
+    return _Piece(xy, drawn, fields, visible, shape, time, how.scale, how.flat)
 
 
 def _vtk_array(vtk: Any, name: str, values: np.ndarray) -> Any:
@@ -112,11 +148,14 @@ def _fill(vtk: Any, dataset: Any, piece: _Piece) -> None:
     pd.SetActiveScalars("height")
     ghost = np.where(piece.visible, 0, HIDDENPOINT).astype(np.uint8)
     pd.AddArray(_vtk_array(vtk, vtk.ghost_name, ghost))
+    fd = dataset.GetFieldData()
+    fd.AddArray(_vtk_array(vtk, "height_scale", np.array([piece.scale], np.float64)))  # z = height × height_scale
+    fd.AddArray(_vtk_array(vtk, "flat", np.array([int(piece.flat)], np.uint8)))  # 1: z = 0, warp by height
     if piece.time is not None:
         t = vtk.vtkDoubleArray()
         t.SetName("TimeValue")  # ParaView reads it as the dataset's time: the epoch
         t.InsertNextValue(piece.time)
-        dataset.GetFieldData().AddArray(t)
+        fd.AddArray(t)
 
 
 def _polyline(vtk: Any, piece: _Piece) -> Any:
@@ -178,8 +217,10 @@ def _name(epoch: int, pair: int | None = None, batch: int | None = None) -> str:
     return f"epoch-{epoch:04d}_mean" if pair is None else f"epoch-{epoch:04d}_pair-{pair}_batch-{batch}"
 
 
-def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float | None,
-               log: bool) -> tuple[list[Path], int]:
+def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float | None, log: bool,
+              scale: float | None = None, flat: bool = False) -> tuple[list[Path], int, float]:
+    """Write the export directory; returns its files, the points hidden and the height scale used (`scale`, else
+    `default_scale` of the grid's shown heights over its width)."""
     plane = data.line_dims == 2
     suffix = ".vts" if plane else ".vtp"
     x = np.asarray(data.coord("x"), np.float64)
@@ -188,6 +229,10 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
     xy = np.column_stack([gx.ravel(), gy.ravel()])
     shape = (len(y), len(x)) if plane else (len(x),)
     loss, done = data.masked("loss"), data.point_done()
+    if scale is None:
+        width = max(float(np.ptp(x)) if x.size else 0.0, float(np.ptp(y)) if plane and y.size else 0.0)
+        scale = default_scale(height(loss, zmax, log), width)
+    how = Height(zmax, log, scale, flat)
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
     epochs, pairs, batches = data.coord("epoch"), data.coord("pair"), data.coord("batch")
     names: list[str] = []
@@ -200,7 +245,7 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
             for pi, pair in enumerate(pairs.tolist()):
                 for bi, batch in enumerate(batches.tolist()):
                     piece = _piece(xy, loss[ei, pi, bi].ravel(), accuracy[ei, pi, bi].ravel(), done[ei, pi, bi].ravel(),
-                                   zmax, log, shape, time=float(epoch))
+                                   how, shape, time=float(epoch))
                     name = _name(epoch, pair, batch) + suffix
                     hidden += write_piece(vtk, piece, tmp / name)
                     names.append(name)
@@ -208,14 +253,13 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
             with np.errstate(invalid="ignore"):
                 mean_loss = np.where(all_done, loss[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
                 mean_acc = np.where(all_done, accuracy[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
-            piece = _piece(xy, mean_loss.ravel(), mean_acc.ravel(), all_done.ravel(), zmax, log, shape,
-                           time=float(epoch))
+            piece = _piece(xy, mean_loss.ravel(), mean_acc.ravel(), all_done.ravel(), how, shape, time=float(epoch))
             name = _name(epoch) + suffix
             hidden += write_piece(vtk, piece, tmp / name)
             names.append(name)
             means.append((epoch, name))
         if "path_x" in data.arrays and "path_loss" in data.arrays:
-            hidden += _write_path(vtk, data, tmp / "path.vtp", zmax, log)
+            hidden += _write_path(vtk, data, tmp / "path.vtp", how)
             names.append("path.vtp")
         pvd = "epochs_mean.pvd"
         (tmp / pvd).write_text(
@@ -226,7 +270,8 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
         manifest = {
             "format": "vtk", "grid": result.grid_id, "run": result.run_id, "kind": result.kind, "dims": result.dims,
             "zmax": zmax, "log": log, "height": ("log(min(loss, zmax) + 0.1)" if zmax is not None else "log(loss + 0.1)")
-            if log else ("min(loss, zmax)" if zmax is not None else "loss"),
+            if log else ("min(loss, zmax)" if zmax is not None else "loss"), "height_scale": scale, "flat": flat,
+            "z": "0 (flat: warp by the point field height, scale factor height_scale)" if flat else "height × height_scale",
             "points_total": result.points_total, "points_missing": result.points_missing,
             "points_diverged": result.points_diverged, "points_hidden": hidden, "files": names,
         }
@@ -239,10 +284,10 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
         raise cannot_write(e, out) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [out / n for n in names], hidden
+    return [out / n for n in names], hidden, scale
 
 
-def _write_path(vtk: Any, data: GridData, path: Path, zmax: float | None, log: bool) -> int:
+def _write_path(vtk: Any, data: GridData, path: Path, how: Height) -> int:
     """A PCA trajectory as a polyline in training order at (path_x, path_y, mean loss over the batches)."""
     loss = data.arrays["path_loss"]  # [path_epoch, batch]
     accuracy = data.arrays.get("path_accuracy", np.full_like(loss, np.nan))
@@ -255,5 +300,5 @@ def _write_path(vtk: Any, data: GridData, path: Path, zmax: float | None, log: b
              "accuracy_batches": accuracy}
     if "path_residual" in data.arrays:
         extra["residual"] = np.asarray(data.arrays["path_residual"], np.float64)
-    piece = _piece(np.column_stack([px, py]), mean_loss, mean_acc, np.ones(n, bool), zmax, log, (n,), extra)
+    piece = _piece(np.column_stack([px, py]), mean_loss, mean_acc, np.ones(n, bool), how, (n,), extra)
     return write_piece(vtk, piece, path)

@@ -7,7 +7,8 @@ costs one forward pass per batch. The weights are written in place (``torch._for
 state_dict copies), every point from the saved starting weights so that a point's value never
 depends on which points came before it (resuming gives bitwise the same numbers), and the batches
 stay on the device. On exit the model's weights, BatchNorm buffers and train/eval modes are
-exactly as they were.
+exactly as they were. Where a point's loss is not finite (NaN or ±Inf: the weights diverged) its
+accuracy is NaN too, never the share of NaN logits whose argmax happened to hit the class.
 
 BatchNorm modes: ``train`` (the default, as in the reference experiment) normalizes with the batch's
 own statistics, i.e. the loss of one training step on that batch, without updating the running
@@ -39,6 +40,7 @@ from landscape_cli.data.losses import CrossEntropy, Loss, get_loss, loss_for_tar
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel import batched
 from landscape_cli.kernel.types import Batch, Point
+from landscape_cli.store.grid_arrays import accuracy_where_finite
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Slice:
         if self.points_per_pass > 1 and not self.recompute_bn and self.tensors:
             with torch.no_grad():
                 bl, ba = batched.evaluate_points(self, points, self.points_per_pass)
-            return self._pool(bl.cpu().numpy()), self._pool(ba.cpu().numpy())
+            return _scored(self._pool(bl.cpu().numpy()), self._pool(ba.cpu().numpy()))
         device = self.tensors[0].device if self.tensors else torch.device("cpu")
         loss = torch.empty(len(points), len(self.batches), device=device)
         acc = torch.empty(len(points), len(self.batches), device=device)
@@ -128,7 +130,7 @@ class Slice:
                     loss[i, j] = self.loss(out, y)
                     acc[i, j] = self.loss.accuracy(out, y)
             self.restore()
-        return self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy())
+        return _scored(self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy()))
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
         """[..., batch] values, or with `weights` their sample-weighted mean as one batch [..., 1] (float32)."""
@@ -158,7 +160,7 @@ class Slice:
                 out = self._forward(x)
                 losses.append(self.loss(out, y).item())
                 accs.append(self.loss.accuracy(out, y).item())
-        return self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32))
+        return _scored(self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32)))
 
     def center(self, gradient: bool = True) -> Center:
         """Values at the centre (all coordinates 0); gradients are NaN unless the slice defines them."""
@@ -216,8 +218,8 @@ class Affine(Slice):
             for p, flag in zip(self.params, flags, strict=True):
                 p.requires_grad_(flag)
         # (per batch in float64 until pooled: the gradient of a sample mean is the weighted mean of the gradients)
-        return Center(self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32)),
-                      self._pool(np.array(grads, np.float64).T).astype(np.float32))
+        loss_, acc_ = _scored(self._pool(np.array(losses, np.float32)), self._pool(np.array(accs, np.float32)))
+        return Center(loss_, acc_, self._pool(np.array(grads, np.float64).T).astype(np.float32))
 
 
 class Segment(Slice):
@@ -245,6 +247,12 @@ class Segment(Slice):
         self.restore()
         loss, acc = self._values()
         return Center(loss, acc, np.full((1, len(loss)), np.nan, np.float32))
+
+
+def _scored(loss: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy as returned: the accuracy NaN wherever the loss is not finite (a diverged point,
+    or a pooled set with a diverged piece), whatever the argmax of its NaN logits counted."""
+    return loss, accuracy_where_finite(accuracy, loss).astype(np.float32, copy=False)
 
 
 def _dot(grads: Sequence[Tensor | None], direction: list[Tensor]) -> float:
@@ -378,7 +386,8 @@ def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, 
     `d1`/`d2` map parameter names to direction tensors (e.g. from `landscape_cli.directions.normalize`);
     parameters not named are not perturbed. The loss follows the targets (integer class indices:
     cross-entropy with accuracy; float targets: mean squared error, accuracy NaN) unless `loss`
-    ("cross-entropy", "mse" or a `landscape_cli.data.losses.Loss`) names it.
+    ("cross-entropy", "mse" or a `landscape_cli.data.losses.Loss`) names it. Where the loss is not
+    finite (a diverged point) the accuracy is NaN.
     """
     if not batches:
         raise UsageError("evaluate_plane needs at least one (inputs, targets) batch")

@@ -16,9 +16,11 @@ plus what the grid's direction kind stores once (a PCA plane's path: ``path_x``.
 
 A row is the unit of work: its values are written first, its done-mark after, each chunk its own
 file written atomically by Zarr, so a kill loses at most the row in flight and a NaN from a diverged
-point is a value, never a hole. Every chunk carries a CRC32C checksum, so a damaged chunk fails to
-decode instead of being read as numbers. Done-marks are one-element chunks, so several workers can
-mark rows of one grid without rewriting each other's chunks.
+point is a value, never a hole (its accuracy is NaN too: `accuracy_where_finite`; older grids hold the
+argmax accuracy of NaN logits there, which every reader of the tool masks on read). Every chunk
+carries a CRC32C checksum, so a damaged chunk fails to decode instead of being read as numbers.
+Done-marks are one-element chunks, so several workers can mark rows of one grid without rewriting
+each other's chunks.
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ from landscape_cli.errors import IntegrityError
 CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
 GRADIENTS = ("grad_a", "grad_b")  # one per axis
+ACCURACY_OF = {"accuracy": "loss", "center_accuracy": "center_loss", "path_accuracy": "path_loss"}  # its loss
+
+
+def accuracy_where_finite(accuracy: Any, loss: Any) -> Any:
+    """`accuracy` with NaN wherever `loss` (the same points) is NaN or ±Inf: a diverged point has no accuracy
+    (the argmax of NaN logits counts as a class, e.g. 0.098 on ten classes, and means nothing).
+
+    The one rule of the tool, applied by the kernel to every value it returns and by every reader to grids
+    stored before it did (masked on read, never rewritten): numpy arrays (and scalars) give a numpy array of
+    the accuracy's dtype, xarray DataArrays a DataArray (lazily, `DataArray.where`)."""
+    finite = np.isfinite(loss)
+    if hasattr(accuracy, "where") and not isinstance(accuracy, np.ndarray):  # an xarray DataArray
+        return accuracy.where(finite)
+    a = np.asarray(accuracy)
+    return np.where(finite, a, np.asarray(np.nan, a.dtype if a.dtype.kind == "f" else np.float64))
 
 
 class CenterValues(Protocol):
@@ -176,7 +193,7 @@ def repair(path: Path, layout: Layout, attrs: dict[str, Any], epochs: list[int])
                 a = zarr.open_array(path / name, mode="r", zarr_format=3)
                 if a.shape != expected and not (name in arrays and a.shape[1:] == expected[1:]):
                     raise ValueError(f"shape {a.shape}, expected {expected}")
-                if name in constant and not np.array_equal(a[...], constant[name], equal_nan=True):
+                if name in constant and not _same_constant(name, np.asarray(a[...]), constant[name]):
                     raise ValueError("wrong stored values")
             except (*DECODE_ERRORS, KeyError, FileNotFoundError):
                 broken.append(name)
@@ -187,6 +204,21 @@ def repair(path: Path, layout: Layout, attrs: dict[str, Any], epochs: list[int])
     except OSError as e:
         raise os_error(e, path) from e
     return rebuilt
+
+
+AXES = ("x", "y")
+AXIS_ULPS = 16  # how far (in ulps of the axis's largest |value|) a stored coordinate may lie from the layout's
+
+
+def _same_constant(name: str, stored: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether a stored-once array holds the layout's values. The x and y coordinates of grids made before 0.3
+    are np.linspace's, a few ulps from the decimal points made now: those are the grid's, and kept."""
+    if np.array_equal(stored, expected, equal_nan=True):
+        return True
+    if name not in AXES or stored.shape != expected.shape or stored.dtype.kind != "f" or not expected.size:
+        return False
+    tolerance = AXIS_ULPS * np.finfo(np.float64).eps * float(np.max(np.abs(expected)))
+    return bool(np.all(np.abs(stored.astype(np.float64) - expected) <= tolerance))
 
 
 def grow(path: Path, epochs: list[int]) -> None:

@@ -53,7 +53,13 @@ def _stamps_json(versions: dict[str, str], created: str, updated: str | None) ->
 
 @dataclass
 class EpochRecord:
-    """One checkpoint of a run: its metrics and where its weights are (relative to the run directory)."""
+    """One checkpoint of a run: its metrics and where its weights are (relative to the run directory).
+
+    `train_loss`/`train_accuracy` of a trained epoch >= 1 are the running mean over the epoch's
+    mini-batches (the weights changing under it, in training mode); of epoch 0 and of an imported run
+    they are the train split evaluated at the checkpoint. `checkpoint_train_loss`/`_accuracy` are the
+    train split evaluated at the checkpoint in eval mode (as `val_loss` is), recorded since they were
+    added (older records lack them: None, and omitted from the JSON)."""
 
     epoch: int
     train_loss: float
@@ -64,6 +70,8 @@ class EpochRecord:
     checkpoint: str
     sha256: str
     weights_sha256: str
+    checkpoint_train_loss: float | None = None  # None: not recorded (a record written before it was)
+    checkpoint_train_accuracy: float | None = None  # None also for a regression
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> EpochRecord:
@@ -74,14 +82,31 @@ class EpochRecord:
             value = _need(d, key, acc, where)
             return None if value is None else float(value)
 
+        def absent(key: str) -> float | None:
+            return optional(key) if isinstance(d, dict) and key in d else None
+
         return cls(int(_need(d, "epoch", int, where)), float(_need(d, "train_loss", num, where)),
                    optional("train_accuracy"), float(_need(d, "val_loss", num, where)),
                    optional("val_accuracy"), float(_need(d, "seconds", num, where)),
                    str(_need(d, "checkpoint", str, where)), str(_need(d, "sha256", str, where)),
-                   str(_need(d, "weights_sha256", str, where)))
+                   str(_need(d, "weights_sha256", str, where)), absent("checkpoint_train_loss"),
+                   absent("checkpoint_train_accuracy"))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.checkpoint_train_loss is None:  # not recorded: the record as older releases wrote it
+            del out["checkpoint_train_loss"], out["checkpoint_train_accuracy"]
+        return out
+
+    def train_at_checkpoint(self, imported: bool = False) -> tuple[float, float | None] | None:
+        """The train split's loss and accuracy at the checkpoint: as recorded, else `train_loss` where it was
+        evaluated there (epoch 0; every epoch of an `imported` run); None where only the running mean over the
+        epoch's mini-batches is known."""
+        if self.checkpoint_train_loss is not None:
+            return self.checkpoint_train_loss, self.checkpoint_train_accuracy
+        if imported or self.epoch == 0:
+            return self.train_loss, self.train_accuracy
+        return None
 
 
 @dataclass
@@ -291,6 +316,7 @@ class GridMeta:
     ranges: list[tuple[float, float]] = field(default_factory=list)
     kind: dict[str, Any] = field(default_factory=dict)
     evaluator: EvaluatorRecord | None = None  # how points are computed (None: made before it was recorded)
+    batchnorm: bool | None = None  # whether the model has BatchNorm layers (None: made before it was recorded)
     format: int = GRID_FORMAT
 
     @classmethod
@@ -320,6 +346,7 @@ class GridMeta:
             ranges=ranges,
             kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
             evaluator=EvaluatorRecord.from_json(d.get("evaluator"), cfg.precision),
+            batchnorm=d["batchnorm"] if isinstance(d.get("batchnorm"), bool) else None,
             format=GRID_FORMAT,
         )
 
@@ -336,6 +363,7 @@ class GridMeta:
             "ranges": [list(r) for r in self.ranges],
             "kind": self.kind,
             "evaluator": self.evaluator.to_json() if self.evaluator is not None else {},
+            **({"batchnorm": self.batchnorm} if self.batchnorm is not None else {}),
             **_stamps_json(self.versions, self.created, self.updated),
         }
 

@@ -10,11 +10,15 @@ Every view takes its axes from the grid's stored coordinates (x, and y for a pla
 Layouts of a 2-D grid (a plane):
 - one grid, one epoch: the reference figure, one panel per (direction pair, batch), rows = pairs,
   columns = batches (`pair=` / `batch=` keep one row / column; `reduce=` averages);
-- several epochs or several runs: rows = runs, columns = epochs, each panel one (pair, batch)
-  (default 0, 0) or an average (`reduce="mean"` over pairs and batches, "batches", "pairs");
+- several epochs or several runs: rows = runs, columns = epochs (runs at one epoch: side by side),
+  each panel one (pair, batch) (default 0, 0) or an average (`reduce="mean"` over pairs and batches,
+  "batches", "pairs");
 - a PCA plane: labelled contours of the metric (or a surface) with the trajectory drawn on it, one
   marker per checkpoint, arrows in training order, axes labelled with their explained variance.
-Compared panels always share one colour scale.
+Panels share one colour scale (`scale="panel"`: each its own colour bar). The figure is sized to its
+square panels (nothing left blank beside them), titles are wrapped to the measured width of their
+text, and tick labels are round numbers with the digits they need (tiny or huge coordinates and
+values in a power of ten that the axis label states).
 
 A 1-D grid (a line: random `--dims 1`, an interpolation, a PCA line) is one axes of curves of the
 metric against the coordinate: one per epoch (and run), the mean over pairs and batches with its
@@ -24,14 +28,16 @@ its two checkpoints (t = 0 and t = 1); a PCA line shows each checkpoint at its o
 
 from __future__ import annotations
 
+import io
 import os
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import Formatter
 
 from landscape_cli._io import atomic_path, check_writable, os_error
 from landscape_cli.errors import StoreError, UsageError
@@ -45,26 +51,41 @@ from landscape_cli.views.readers import (
     TrajectoryPath,
     axis_labels,
     batch_text,
+    batchnorm_text,
     check_metric,
     directions_text,
     eigenvalues,
     geometry,
     kind_text,
+    model_text,
     read_epoch,
     read_line,
     read_path,
     select_sources,
     target_text,
+    train_text,
     trajectory,
 )
 
-__all__ = ["Curve", "Panel", "PlotResult", "Source", "Style", "TrajectoryPath", "build_curves", "build_panels", "draw",
-           "draw_curves", "plot", "select_sources"]
+__all__ = ["Curve", "LandscapeFigure", "Panel", "PlotResult", "Source", "Style", "TrajectoryPath", "build_curves",
+           "build_panels", "draw", "draw_curves", "plot", "select_sources"]
 
 REDUCTIONS = ("none", "mean", "batches", "pairs")
+SCALES = ("shared", "panel")
 FORMATS = (".png", ".pdf", ".svg")
 DIVERGED_COLOUR = "magenta"
 PATH_COLOUR = "black"
+
+
+class LandscapeFigure(Figure):
+    """The figures `plot` returns: matplotlib Figures that also show themselves in a notebook (IPython
+    displays an object's `_repr_png_`), where a bare Figure, held by no pyplot manager, shows only its repr
+    until `%matplotlib inline` runs."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=self.dpi)
+        return buffer.getvalue()
 
 
 @dataclass
@@ -196,6 +217,8 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
                                                                             f"pair {p_sel[0]}, {batch_text(s, b_sel[0])}")
             title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
             panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
+    if len(epochs) == 1:  # runs compared at one epoch: side by side
+        return panels, (1, len(sources))
     return panels, (len(sources), len(epochs))
 
 
@@ -266,6 +289,7 @@ class Style:
     surface: bool = False
     log: bool = False
     clip: float | None = None
+    scale: str = "shared"  # one colour scale for every panel (and frame), or "panel": each its own
 
 
 def _displayed(panel: Panel, style: Style) -> np.ndarray:
@@ -341,38 +365,260 @@ def _far_note(paths: list[TrajectoryPath], style: Style) -> str | None:
             f"{where}, so {drawn} not the {style.metric} along the path")
 
 
+TITLE_SIZE, PANEL_TITLE_SIZE, NOTE_SIZE, LABEL_SIZE, TICK_SIZE = 9.0, 8.0, 7.0, 7.0, 7.0
+MIN_WIDTH = 7.4  # inches: a plane figure is at least this wide (a title line of ~110 characters), its panels grown to it
+MAX_SIDE = 5.6  # inches: the largest panel
+
+
+def _text_width(text: str, size: float) -> float:
+    """The width of one line of `text` in points, at `size` points, in the figures' font (measured, not guessed)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    width, _, _ = text_to_path.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return float(width)
+
+
+def _wrap(text: str, width: float, size: float) -> list[str]:
+    """The lines of `text`, each broken at spaces to fit `width` points (a longer word stays whole)."""
+    lines = []
+    for line in text.split("\n"):
+        current = ""
+        for word in line.split(" "):
+            trial = f"{current} {word}" if current else word
+            if current and _text_width(trial, size) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    return lines
+
+
+def _text_room(fig_width: float) -> float:
+    """The width in points a line of the figure's title or notes may take (a margin each side)."""
+    return fig_width * 72 - 16
+
+
 def _write_title(fig: Any, title: str) -> None:
     """The figure's title, each line wrapped to the figure's width."""
-    width = max(40, int(fig.get_figwidth() * 72 / 5.2))  # characters of 9-point text
-    lines = [part for line in title.split("\n") for part in textwrap.wrap(line, width, break_long_words=False) or [""]]
-    fig.suptitle("\n".join(lines), fontsize=9)
+    fig.suptitle("\n".join(_wrap(title, _text_room(fig.get_figwidth()), TITLE_SIZE)), fontsize=TITLE_SIZE)
 
 
 def _write_notes(fig: Any, notes: list[str]) -> None:
     """The note line(s) under the panels, with room made for them."""
-    lines = textwrap.wrap(";  ".join(notes), max(40, int(fig.get_figwidth() * 72 / 4.0))) if notes else []
+    lines = _wrap(";  ".join(notes), _text_room(fig.get_figwidth()), NOTE_SIZE) if notes else []
     if lines:
-        fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, ha="left", va="bottom")
-    bottom = min(0.3, (len(lines) * 9 + 5) / (fig.get_figheight() * 72)) if lines else 0.03
+        fig.text(0.01, 0.005, "\n".join(lines), fontsize=NOTE_SIZE, ha="left", va="bottom")
+    bottom = min(0.3, (len(lines) * NOTE_SIZE * 1.25 + 5) / (fig.get_figheight() * 72)) if lines else 0.01
     engine = fig.get_layout_engine()
     if engine is not None:
         engine.set(rect=(0, bottom, 1, 1 - bottom))
 
 
+# --- the geometry of a figure of planes: panels sized to what they hold, nothing left blank ------------
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Inches around the panels of a row: the y label and ticks on the left, the colour bar(s), the gaps."""
+
+    left: float  # the first column's y label and tick labels
+    bar: float  # a colour bar beside each panel (--scale panel), else 0
+    gap: float  # between columns: the next panel's tick labels
+    right: float  # the shared colour bar and its label (0 with a bar per panel)
+
+    @classmethod
+    def of(cls, style: Style) -> _Geometry:
+        per_panel = style.scale == "panel"
+        if style.surface:  # a 3-D axes holds its own labels
+            return cls(0.1, 0.85 if per_panel else 0.0, 0.15, 0.1 if per_panel else 0.95)
+        return cls(0.75, 0.95 if per_panel else 0.0, 0.5, 0.1 if per_panel else 1.05)
+
+    def width(self, cols: int, side: float) -> float:
+        return self.left + cols * (side + self.bar) + (cols - 1) * self.gap + self.right
+
+    def side(self, fig_width: float, cols: int) -> float:
+        """The width of one panel (its axes) in a figure `fig_width` inches wide."""
+        return (fig_width - self.left - self.right - (cols - 1) * self.gap) / cols - self.bar
+
+
+def _plane_size(shape: tuple[int, int], style: Style, titles: list[str], panel_titles: list[str],
+                notes: list[list[str]]) -> tuple[float, float]:
+    """The figure's size in inches for `shape` panels: square panels (3 in; grown up to 5 in so that the
+    figure is MIN_WIDTH wide), and the height of the longest wrapped title, panel titles and notes."""
+    rows, cols = shape
+    geo = _Geometry.of(style)
+    side = 3.3 if style.surface else 3.0
+    if geo.width(cols, side) < MIN_WIDTH:
+        side = min(MAX_SIDE, geo.side(MIN_WIDTH, cols))
+    width = geo.width(cols, side)
+    room = _text_room(width)
+    title_lines = max(len(_wrap(t, room, TITLE_SIZE)) for t in titles)
+    panel_lines = max((len(_wrap(t, side * 72 - 4, PANEL_TITLE_SIZE)) for t in panel_titles), default=1)
+    note_lines = max((len(_wrap(";  ".join(n), room, NOTE_SIZE)) for n in notes if n), default=0)
+    height = ((title_lines * TITLE_SIZE * 1.25 + 12) / 72
+              + rows * (side + (panel_lines * PANEL_TITLE_SIZE * 1.25 + 8) / 72)
+              + (rows - 1) * 0.1 + (0.25 if style.surface else 0.5)
+              + ((note_lines * NOTE_SIZE * 1.25 + 8) / 72 if note_lines else 0.05))
+    return round(width, 2), round(height, 2)
+
+
+# --- ticks that read: few enough to fit, as many digits as they need, tiny or huge numbers scaled --------
+
+
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _exponent(*values: float) -> int:
+    """The power of ten the labels of an axis over `values` are given in: 0 unless the numbers are tiny
+    (below 0.01) or huge (10 000 and above), whose ticks would otherwise be long strings of digits."""
+    finite = [abs(v) for v in values if np.isfinite(v)]
+    largest = max(finite, default=0.0)
+    if largest == 0:
+        return 0
+    e = int(np.floor(np.log10(largest)))
+    return e if e <= -3 or e >= 4 else 0
+
+
+def _power(e: int) -> str:
+    """", ×10⁻⁴": what an axis label says of its ticks given in a power of ten (nothing for 0)."""
+    return f", ×10{str(e).translate(SUPERSCRIPT)}" if e else ""
+
+
+def _number(value: float, ticks: Sequence[float], e: int) -> str:
+    """A tick's label: `value` / 10^e with the fewest decimals that tell every tick apart exactly."""
+    factor = 10.0 ** -e
+    scaled = sorted({float(t) * factor for t in ticks if np.isfinite(t)})
+    steps = np.diff(scaled)
+    step = float(steps[steps > 0].min()) if (steps > 0).any() else abs(value * factor) or 1.0
+    decimals = next((d for d in range(12) if all(abs(round(v, d) - v) <= 1e-3 * step for v in scaled)), 12)
+    text = f"{value * factor:.{decimals}f}"
+    if float(text) == 0:
+        text = f"{0:.{decimals}f}"
+    return text.replace("-", "−")
+
+
+class _Decimals(Formatter):
+    """Tick labels by `_number`: given in 10^e, with the decimals the axis's ticks need."""
+
+    def __init__(self, e: int) -> None:
+        self.e = e
+        self.ticks: list[float] = []
+
+    def set_locs(self, locs: Any) -> None:
+        self.ticks = [float(v) for v in locs]
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return _number(x, self.ticks or [x], self.e)
+
+
+def _formatter(e: int) -> Any:
+    return _Decimals(e)
+
+
+def _ticks(axis: Any, bins: int, e: int) -> None:
+    """At most `bins` + 1 round ticks on `axis`, labelled by `_number`."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(nbins=bins, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(_formatter(e))
+
+
+def _colour_ticks(cb: Any, norm: Any, style: Style) -> int:
+    """The colour bar's ticks (no "2.03 × 10⁰"): round numbers on a linear or narrow log scale, powers of
+    ten on a log scale over a decade or more; returns the power of ten its labels are given in."""
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, NullLocator
+
+    lo, hi = float(norm.vmin), float(norm.vmax)
+    if style.log and not style.surface and hi / max(lo, 1e-300) >= 10:
+        cb.locator = LogLocator(base=10)
+        cb.formatter = _formatter_g()
+        cb.minorformatter = NullFormatter()
+        return 0
+    e = _exponent(lo, hi)
+    cb.locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    cb.formatter = _formatter(e)
+    if style.log and not style.surface:
+        cb.minorlocator = NullLocator()
+    return e
+
+
+def _formatter_g() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{v:g}".replace("-", "−"))
+
+
+def _tick_bins(side: float) -> int:
+    """Intervals between ticks along a panel side of `side` inches: a label (~6 characters) every 0.6 in or more."""
+    return max(2, min(6, int(side / 0.6)))
+
+
+def _plane_notes(panels: list[Panel], style: Style, arrow_scale: float | None) -> list[str]:
+    """What the note line under a figure of planes says."""
+    paths = [p.path for p in panels if p.path is not None]
+    far = _far_note(paths, style)
+    notes = [far] if far else []  # first: it says how to read the figure
+    if arrow_scale is not None and style.metric == "loss" and not style.surface:
+        notes.append(f"red arrows: −∇L projected on the plane, ×{arrow_scale:.3g}")
+    if paths and not style.surface:
+        notes.append("black: the training path (checkpoints by epoch, arrows in training order)")
+    total_div = sum(p.diverged for p in panels)
+    if total_div:
+        notes.append(f"{DIVERGED_COLOUR}: {total_div} diverged points (NaN/Inf)")
+    if any((~p.computed).any() for p in panels):
+        notes.append("hatched grey: not computed yet")
+    if style.clip is not None:
+        notes.append(f"clipped at {style.clip:g}")
+    if style.scale == "panel" and len(panels) > 1:
+        notes.append("each panel has its own colour scale")
+    return notes
+
+
+def _panel_title(panel: Panel, one_epoch: set[int]) -> str:
+    values = eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
+    eigen = " · " + ", ".join(f"λ{j + 1} {v:.3g}" for j, v in enumerate(values)) if values else ""
+    return panel.title + eigen + (f"  ({panel.diverged} diverged)" if panel.diverged else "")
+
+
+def _levels(lo: float, hi: float, style: Style) -> tuple[np.ndarray, Any]:
+    """About 10 contour levels between `lo` and `hi` and how each is labelled: round numbers (with the
+    digits they need), or on a log scale over a decade or more, evenly spaced in the log (3 digits)."""
+    from matplotlib.ticker import MaxNLocator
+
+    if style.log and hi / max(lo, 1e-300) >= 10:
+        return np.geomspace(lo, hi, 12), (lambda v: f"{v:.3g}")
+    levels = np.asarray(MaxNLocator(nbins=12, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi), np.float64)
+    levels = levels[(levels >= lo) & (levels <= hi)]
+    if len(levels) < 2:
+        levels = np.linspace(lo, hi, 12)
+    e = _exponent(float(levels[0]), float(levels[-1]))
+    return levels, (lambda v: _number(v, list(levels), e))
+
+
+def _norm(lo: float, hi: float, style: Style) -> Any:
+    from matplotlib import colors
+
+    if style.log:
+        vmin = max(lo, 1e-12)
+        return colors.LogNorm(vmin=vmin, vmax=hi if hi > vmin else vmin * 1.001)
+    return colors.Normalize(vmin=lo, vmax=hi)
+
+
 def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, scale: tuple[float, float],
          arrow_scale: float | None, suptitle: str) -> tuple[list[Any], list[str]]:
-    """Draw the `panels` of planes on `fig` (cleared first); returns the panel axes and the notes written."""
-    from matplotlib import colormaps, colors
+    """Draw the `panels` of planes on `fig` (cleared first); returns the panel axes and the notes written.
+    `scale` is the shared colour scale; with `style.scale` "panel" each panel takes its own."""
+    from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
     fig.clear()
     rows, cols = shape
-    lo, hi = scale
-    norm = colors.LogNorm(vmin=max(lo, 1e-12), vmax=max(hi, lo * 1.001, 1e-11)) if style.log else \
-        colors.Normalize(vmin=lo, vmax=hi)
+    per_panel = style.scale == "panel"
     cmap = colormaps["viridis"].with_extremes(bad=DIVERGED_COLOUR)
     axes = []
-    mappable = None
+    mappables: list[tuple[Any, Any, Any]] = []  # (axes, mappable, norm)
     source = panels[0].source  # compared grids have the same coordinates
     xs, ys = source.coords
     X, Y = np.meshgrid(xs, ys)
@@ -381,7 +627,13 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
     square = bool(np.isclose(extent[1] - extent[0], extent[3] - extent[2]))
     one_epoch = {p.epoch for p in panels}
     xlabel, ylabel = axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)
+    ex, ey = _exponent(*extent[:2]), _exponent(*extent[2:])
+    side = _Geometry.of(style).side(fig.get_figwidth(), cols)
+    bins = _tick_bins(side)
     for i, panel in enumerate(panels):
+        lo, hi = _scale([panel], style) if per_panel else scale
+        norm = _norm(lo, hi, style)
+        mappable = None
         # a path on a surface is drawn over it (never sorted behind it by depth)
         kw: dict[str, Any] = {"projection": "3d", "computed_zorder": panel.path is None} if style.surface else {}
         ax: Any = fig.add_subplot(rows, cols, i + 1, **kw)
@@ -394,7 +646,17 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
             mappable = ax.plot_surface(X, Y, np.ma.masked_invalid(zz), cmap=cmap, vmin=zlo, vmax=zhi,
                                        linewidth=0, antialiased=True)
             ax.set_zlim(zlo, zhi)
-            ax.set_zlabel(_label(style), fontsize=7)
+            ez = _exponent(zlo, zhi)
+            for axis, e in ((ax.xaxis, ex), (ax.yaxis, ey), (ax.zaxis, ez)):
+                _ticks(axis, 3, e)
+            ax.set_zlabel(_label(style) + _power(ez), fontsize=LABEL_SIZE, labelpad=6)
+            ax.set_xlabel(xlabel + _power(ex), fontsize=LABEL_SIZE, labelpad=11)
+            ax.set_ylabel(ylabel + _power(ey), fontsize=LABEL_SIZE, labelpad=11)
+            ax.tick_params(labelsize=TICK_SIZE - 1, pad=0)
+            for axis in (ax.xaxis, ax.yaxis):  # level: a label turned along its axis crosses the tick labels
+                axis.set_rotate_label(False)
+            ax.set_box_aspect(None, zoom=0.82)
+            ax.set_facecolor("none")  # a neighbour's z label is never hidden behind it
             if diverged.any():
                 ax.scatter(X[diverged], Y[diverged], np.full(int(diverged.sum()), zhi), color=DIVERGED_COLOUR,
                            marker="x", s=12)
@@ -403,11 +665,11 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
                 ax.plot(panel.path.x, panel.path.y, np.log10(pz) if style.log else pz, color=PATH_COLOUR, marker="o",
                         markersize=3, linewidth=0.9, gid="trajectory", zorder=5)
         elif style.contour:
-            levels = np.geomspace(norm.vmin or 1e-12, norm.vmax or 1, 12) if style.log else np.linspace(lo, hi, 12)
+            levels, label = _levels(float(norm.vmin), float(norm.vmax), style)
             masked = np.ma.masked_invalid(z)
             if np.isfinite(z).sum() >= 4:
                 cs = ax.contour(X, Y, masked, levels=levels, cmap=cmap, norm=norm, linewidths=0.9)
-                ax.clabel(cs, fontsize=6, fmt="%.3g")
+                ax.clabel(cs, fontsize=6, fmt=label)
                 mappable = cs
             if diverged.any():
                 ax.scatter(X[diverged], Y[diverged], color=DIVERGED_COLOUR, marker="x", s=10, linewidths=0.8)
@@ -429,32 +691,26 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
             ax.plot([0], [0], marker="+", color="red", markersize=6)
             if panel.path is not None:
                 _draw_plane_path(ax, panel.path)
-        values = eigenvalues(panel.source, panel.epoch) if len(one_epoch) > 1 else []
-        eigen = " · " + ", ".join(f"λ{j + 1} {v:.3g}" for j, v in enumerate(values)) if values else ""
-        ax.set_title(panel.title + eigen + (f"  ({panel.diverged} diverged)" if panel.diverged else ""), fontsize=8)
-        ax.tick_params(labelsize=7)
-        if i // cols == rows - 1:
-            ax.set_xlabel(xlabel, fontsize=7)
-        if i % cols == 0:
-            ax.set_ylabel(ylabel, fontsize=7)
-    if mappable is not None:
-        cb = fig.colorbar(mappable, ax=axes, shrink=0.85, pad=0.02)
-        cb.set_label(_label(style), fontsize=8)
-        cb.ax.tick_params(labelsize=7)
-    paths = [p.path for p in panels if p.path is not None]
-    far = _far_note(paths, style)
-    notes = [far] if far else []  # first: it says how to read the figure
-    if arrow_scale is not None and style.metric == "loss" and not style.surface:
-        notes.append(f"red arrows: −∇L projected on the plane, ×{arrow_scale:.3g}")
-    if paths and not style.surface:
-        notes.append("black: the training path (checkpoints by epoch, arrows in training order)")
-    total_div = sum(p.diverged for p in panels)
-    if total_div:
-        notes.append(f"{DIVERGED_COLOUR}: {total_div} diverged points (NaN/Inf)")
-    if any((~p.computed).any() for p in panels):
-        notes.append("hatched grey: not computed yet")
-    if style.clip is not None:
-        notes.append(f"clipped at {style.clip:g}")
+            _ticks(ax.xaxis, bins, ex)
+            _ticks(ax.yaxis, bins, ey)
+            ax.tick_params(labelsize=TICK_SIZE)
+            if i // cols == rows - 1:
+                ax.set_xlabel(xlabel + _power(ex), fontsize=LABEL_SIZE)
+            if i % cols == 0:
+                ax.set_ylabel(ylabel + _power(ey), fontsize=LABEL_SIZE)
+        title = "\n".join(_wrap(_panel_title(panel, one_epoch), side * 72 - 4, PANEL_TITLE_SIZE))
+        ax.set_title(title, fontsize=PANEL_TITLE_SIZE)
+        if mappable is not None:
+            mappables.append((ax, mappable, norm))
+    bars = mappables if per_panel else mappables[-1:]
+    for ax, mappable, norm in bars:
+        cb = fig.colorbar(mappable, ax=ax if per_panel else axes, shrink=0.9 if per_panel else 0.85, pad=0.03,
+                          fraction=0.08 if per_panel else 0.15)
+        e = _colour_ticks(cb, norm if not style.surface else mappable.norm, style)
+        if not per_panel or axes.index(ax) % cols == cols - 1:
+            cb.set_label(_label(style) + _power(e), fontsize=LABEL_SIZE + 1)
+        cb.ax.tick_params(labelsize=TICK_SIZE)
+    notes = _plane_notes(panels, style, arrow_scale)
     _write_title(fig, suptitle)
     _write_notes(fig, notes)
     return axes, notes
@@ -527,7 +783,10 @@ def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], styl
     if style.log:
         ax.set_yscale("log")
     one_epoch = {c.epoch for c in curves}
-    ax.set_xlabel(axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0], fontsize=8)
+    ex = _exponent(float(source.coords[0][0]), float(source.coords[0][-1]))
+    _ticks(ax.xaxis, 8, ex)  # a tiny span's coordinates in a power of ten, as on planes
+    ax.set_xlabel(axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0] + _power(ex),
+                  fontsize=8)
     ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
     title = _curves_title(curves)
     diverged = sum(c.diverged for c in curves)
@@ -566,24 +825,21 @@ def _curves_title(curves: list[Curve]) -> str:
 
 def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
     s = sources[0]
-    g = s.grid.config
-    where = ", ".join(t for t in (geometry(s), directions_text(s), f"BatchNorm {g.bn}") if t)
+    where = ", ".join(t for t in (geometry(s), directions_text(s), batchnorm_text(s)) if t)
     if len(sources) == 1 and len(epochs) == 1:
         e = epochs[0]
-        cfg, rec = s.run.config, s.epoch_record(e)
+        rec = s.epoch_record(e)
         metrics = ""
         if rec:
             def acc(value: float | None) -> str:
                 return "" if value is None else f", acc {100 * value:.1f}%"
 
-            metrics = (f" — train loss {rec.train_loss:.3g}{acc(rec.train_accuracy)}; "
-                       f"val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}")
+            metrics = f" — {train_text(s, e)}; val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}"
         stats = _stats_text(s, e) if s.dims == 2 else ""
-        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}, epoch {e}{metrics}\n"
+        return (f"{model_text(s)}, epoch {e}{metrics}\n"
                 f"{style.metric}, {where}{stats}\nrun {s.run_id}, grid {s.grid_id}")
     if len(sources) == 1:
-        cfg = s.run.config
-        return (f"{cfg.model} / {cfg.activation} / {cfg.dataset}: {style.metric}, epochs "
+        return (f"{model_text(s)}: {style.metric}, epochs "
                 f"{','.join(map(str, epochs))}, {geometry(s)} (grid {s.grid_id})")
     return f"{style.metric}, {geometry(s)}: " + " vs ".join(x.label for x in sources)
 
@@ -615,11 +871,13 @@ def plot(
     log: bool = False,
     clip: float | None = None,
     reduce: str = "none",
+    scale: str = "shared",
     animate: bool = False,
     out: str | os.PathLike[str] | None = None,
     show: bool = False,
     store: Store | str | os.PathLike[str] | None = None,
     dpi: int = 120,
+    save: bool = True,
 ) -> PlotResult:
     """Draw the landscape of one or more runs' grids and save it (PNG by default, in the grid's plots/).
 
@@ -627,11 +885,16 @@ def plot(
     path), a line (1-D grid) as curves. Returns the saved path, the matplotlib figure, and what was
     drawn with the arrays it shows: the panels of a plane, the curves of a line, a PCA path. The figure
     is not registered with pyplot (the backend is left as it is); `show=True` opens it in a window.
+    `scale="panel"` gives each panel of a plane its own colour scale (default "shared": one for all
+    panels and frames, to compare them). `save=False` writes no file unless `out` is given (not with
+    `animate`, which is a file); the figure displays itself in a notebook.
     """
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
     if reduce not in REDUCTIONS:
         raise UsageError(f"unknown --reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+    if scale not in SCALES:
+        raise UsageError(f"unknown --scale {scale!r}: choose one of {', '.join(SCALES)}")
     if clip is not None and not (np.isfinite(clip) and (clip > 0 or metric == "accuracy")):
         raise UsageError(f"--clip must be a finite positive number, got {clip}")
     if contour and surface:
@@ -645,17 +908,24 @@ def plot(
     check_metric(sources, metric)
     first = sources[0]
     if first.dims == 1:
-        refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate)) if v]
+        refused = [o for o, v in (("--contour", contour), ("--surface", surface), ("--animate", animate),
+                                  ("--scale panel", scale == "panel")) if v]
         if refused:
             verb = "applies" if len(refused) == 1 else "apply"
             raise UsageError(f"{' and '.join(refused)} {verb} to 2-D grids only: grid {first.grid_id} is a line "
                              f"({kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
     chosen = _epochs_for(sources, epochs, animate)
     # a PCA plane: contours of the metric by default (its path is drawn on them)
-    style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip)
-    path = out_path or _default_path(st, first, chosen, style, pair, batch, reduce, len(sources), animate)
+    style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip,
+                  scale)
+    if animate and not save and out_path is None:
+        raise UsageError("an animation is a GIF file: give out=FILE.gif (or save=True: the grid's plots/)")
+    path = out_path or (_default_path(st, first, chosen, style, pair, batch, reduce, len(sources), animate, scale)
+                        if save else None)
 
     def prepare_dir() -> None:
+        if path is None:
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             check_writable(path.parent)
@@ -671,7 +941,8 @@ def plot(
         try:
             prepare_dir()
             line_axes, line_notes = draw_curves(fig, curves, paths, style, _suptitle(sources, chosen, style))
-            _save(fig, path, dpi)
+            if path is not None:
+                _save(fig, path, dpi)
             _show(fig, show)
         finally:
             _close(fig, show)
@@ -680,10 +951,13 @@ def plot(
     frames = [[e] for e in chosen] if animate else [chosen]
     built = [build_panels(sources, f, metric, pair, batch, reduce) for f in frames]
     every = [p for panels, _ in built for p in panels]
-    scale = _scale(every, style)
+    shared = _scale(every, style)
     arrow = _arrow_scale(every, _reach(first)) if metric == "loss" else None
-    rows, cols = built[0][1]
-    fig = _figure((max(3.2 * cols + 1.4, 7.0), 3.0 * rows + 1.5), dpi, show)
+    one_epoch = {p.epoch for p in built[0][0]}
+    size = _plane_size(built[0][1], style, [_suptitle(sources, f, style) for f in frames],
+                       [_panel_title(p, one_epoch) for p in every],
+                       [_plane_notes(panels, style, arrow) for panels, _ in built])
+    fig = _figure(size, dpi, show)
     axes: list[Any] = []
     notes: list[str] = []
     try:
@@ -692,14 +966,16 @@ def plot(
             from matplotlib.animation import PillowWriter
 
             writer = PillowWriter(fps=2)
+            assert path is not None  # (an animation is always written)
             with atomic_path(path, keep_suffix=True) as tmp, writer.saving(fig, str(tmp), dpi):
                 for (panels, shape), frame in zip(built, frames, strict=True):
-                    axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, frame, style))
+                    axes, notes = draw(fig, panels, shape, style, shared, arrow, _suptitle(sources, frame, style))
                     writer.grab_frame()
         else:
             panels, shape = built[0]
-            axes, notes = draw(fig, panels, shape, style, scale, arrow, _suptitle(sources, chosen, style))
-            _save(fig, path, dpi)
+            axes, notes = draw(fig, panels, shape, style, shared, arrow, _suptitle(sources, chosen, style))
+            if path is not None:
+                _save(fig, path, dpi)
         _show(fig, show)
     finally:
         _close(fig, show)
@@ -709,15 +985,14 @@ def plot(
 
 
 def _figure(size: tuple[float, float], dpi: int, show: bool) -> Any:
-    """A figure with constrained layout: pyplot's only for `show` (a window), else a bare Figure on Agg."""
+    """A figure with constrained layout: pyplot's only for `show` (a window), else a bare `LandscapeFigure` on Agg."""
     if show:
         from matplotlib import pyplot as plt
 
         return plt.figure(figsize=size, dpi=dpi, layout="constrained")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    fig = LandscapeFigure(figsize=size, dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -758,7 +1033,7 @@ def _check_out(out: str | os.PathLike[str] | None, animate: bool) -> Path | None
 
 
 def _default_path(st: Store, source: Source, epochs: list[int], style: Style, pair: int | None, batch: int | None,
-                  reduce: str, n_sources: int, animate: bool) -> Path:
+                  reduce: str, n_sources: int, animate: bool, scale: str = "shared") -> Path:
     mode = "curve" if source.dims == 1 else "surface" if style.surface else "contour" if style.contour else "heatmap"
     parts = [style.metric, mode]
     if style.log:
@@ -772,6 +1047,8 @@ def _default_path(st: Store, source: Source, epochs: list[int], style: Style, pa
         parts.append(f"batch{batch}")
     if reduce != "none":
         parts.append(f"{reduce}")
+    if scale != "shared" and source.dims == 2:
+        parts.append(f"{scale}-scale")
     if n_sources > 1:
         parts.append(f"vs{n_sources - 1}")
     return st.plot_path(source.run_id, source.grid_id, "_".join(parts) + (".gif" if animate else ".png"))

@@ -4,10 +4,12 @@
     ds = landscape_cli.open("quickstart")      # a run (its newest grid) or a grid, by id, prefix or name
     ds.landscape.plot(epochs=[0, 5], contour=True)
 
-`open` reads the grid's Zarr group lazily (`xarray.open_zarr`) and notes in the Dataset's attributes
-which store, run and grid it came from; the accessor hands those to `landscape_cli.plot`, so the
+`open` reads the grid's Zarr group lazily (`xarray.open_zarr`; the accuracy arrays and their losses are
+read when masked, lazily only where dask is installed) and notes in the Dataset's attributes which
+store, run and grid it came from; the accessor hands those to `landscape_cli.plot`, so the
 figure is the CLI's own (same panels, scales, arrows, PCA path), returned as a matplotlib Figure
-that a notebook displays.
+that displays itself as an image in a notebook (`_repr_png_`: no `%matplotlib inline` needed). A
+notebook's figure is written to no file unless asked (`out=`, or `save=True`: the grid's plots/).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import xarray as xr
 
 from landscape_cli.errors import UsageError
 from landscape_cli.store import Store
+from landscape_cli.store.grid_arrays import ACCURACY_OF, accuracy_where_finite
 from landscape_cli.views.figures import PlotResult
 from landscape_cli.views.figures import plot as plot_grids
 from landscape_cli.views.readers import select_sources
@@ -33,11 +36,16 @@ def open(ref: str, *, grid: str | None = None, store: Store | str | os.PathLike[
 
     The grid is chosen as `landscape plot` chooses it. Variables: `loss`, `accuracy` [epoch, pair,
     batch, y, x] (a line: no y), `done` (which rows are computed: a NaN with done 1 diverged, with
-    done 0 is not computed yet), the centre values and gradients, and a PCA grid's path.
+    done 0 is not computed yet), the centre values and gradients, and a PCA grid's path. Accuracy
+    (`accuracy`, `center_accuracy`, `path_accuracy`) is NaN wherever the loss is not finite, in grids
+    stored before the tool stored it so too (masked here; the Zarr arrays are not rewritten).
     """
     st = Store.of(store)
     [source] = select_sources(st, [ref], [grid] if grid is not None else [])
     ds = xr.open_zarr(source.zarr_path)
+    for accuracy, loss in ACCURACY_OF.items():
+        if accuracy in ds and loss in ds:
+            ds[accuracy] = accuracy_where_finite(ds[accuracy], ds[loss])
     ds.attrs.update({STORE_ATTR: str(st.root), RUN_ATTR: source.run_id, GRID_ATTR: source.grid_id})
     return ds
 
@@ -59,16 +67,18 @@ class LandscapeAccessor:
         store = attrs.get(STORE_ATTR)
         return (Path(store) if store else Store.of(None).root), str(run), str(grid)
 
-    def plot(self, **options: Any) -> Any:
+    def plot(self, *, save: bool = False, **options: Any) -> Any:
         """The figure `landscape plot` draws for this grid (options as `landscape_cli.plot`'s: epochs, pair,
-        batch, metric, contour, surface, log, clip, reduce, ...); also saved in the grid's plots/ as the CLI
-        saves it. Returns the matplotlib Figure (a notebook shows it)."""
-        return self.plot_result(**options).figure
+        batch, metric, contour, surface, log, clip, reduce, scale, ...). Returns a matplotlib Figure that a
+        notebook displays as an image by itself (no `%matplotlib inline` needed). Writes no file unless asked:
+        `out="fig.png"` (.pdf, .svg), or `save=True` for the grid's plots/ as the CLI saves it; an `animate`
+        GIF needs one of them."""
+        return self.plot_result(save=save, **options).figure
 
-    def plot_result(self, **options: Any) -> PlotResult:
-        """As `plot`, with what was drawn (panels or curves, the saved path)."""
+    def plot_result(self, *, save: bool = False, **options: Any) -> PlotResult:
+        """As `plot`, with what was drawn (panels or curves, the saved path: None when nothing was written)."""
         store, run, grid = self.where
         unknown = builtins.set(options) & {"grids", "store", "show"}
         if unknown:
             raise UsageError(f"ds.landscape.plot() draws this Dataset's grid: drop {', '.join(sorted(unknown))}")
-        return plot_grids([run], grids=[grid], store=store, **options)
+        return plot_grids([run], grids=[grid], store=store, save=save, **options)

@@ -3,17 +3,23 @@
 A plane (2-D grid) is drawn twice side by side, as a 3-D surface that can be rotated (WebGL) and as
 a contour map; a line (1-D grid) as curves, one per epoch. A slider moves over the grid's epochs,
 selectors choose the direction pair and the batch, or their mean (what `plot --reduce mean` draws):
-a change redraws both plots. A PCA plane has its trajectory drawn on both, one marker per
-checkpoint labelled with its epoch (on the surface at the checkpoint's own metric).
+a change redraws both plots. The page opens on the last epoch and the mean over pairs and batches
+(`reduce`: "batches" opens on pair 0 averaged over batches, "pairs" on batch 0 averaged over pairs,
+"none" on pair 0, batch 0). `log` and `clip` mean what they mean in `plot`: the mean drawn is capped at
+`clip`, and with `log` both plots draw log10 of it (non-positive values are gaps), a line on a log axis.
+A PCA plane has its trajectory drawn on both, one marker per checkpoint labelled with its epoch (on
+the surface at the checkpoint's own metric).
 
-The page needs no network: plotly.js is written into it (about 4.8 MB) and the grid's values are
-embedded once as JSON (7 significant digits, `null` for a point that diverged or is not computed
-yet); a small script of the page computes the means and switches the traces with `Plotly.react`.
-The points of a large grid are decimated along x and y (every k-th point, the centre and the ends
-kept) so that the page stays a few MB, and the page says so.
+The page needs no network: a partial bundle of plotly.js (only the trace types the page draws:
+surface, scatter3d, scatter, contour; about 1.75 MB, built from plotly.js's own sources as
+views/assets/PLOTLY.md records) is written into it, and the grid's values are embedded once as JSON
+(7 significant digits, `null` for a point that diverged or is not computed yet); a small script of
+the page computes the means and switches the traces with `Plotly.react`. The points of a large grid
+are decimated along x and y (every k-th point, the centre and the ends kept) so that the page stays
+a few MB, and the page says so.
 
 Reads the grid as `landscape plot` does (through `readers`, with the same titles and conventions); never
-imports torch or matplotlib, and imports plotly only to write a page.
+imports torch, matplotlib or plotly (the bundle is package data).
 """
 
 from __future__ import annotations
@@ -32,25 +38,30 @@ import numpy as np
 from landscape_cli._io import atomic_path, check_writable, os_error
 from landscape_cli.errors import GridStateError, LandscapeError, StoreError, UsageError
 from landscape_cli.store import Store
+from landscape_cli.views.figures import REDUCTIONS
 from landscape_cli.views.readers import (
     METRICS,
     Source,
     axis_labels,
     batch_text,
+    batchnorm_text,
     check_metric,
     directions_text,
     geometry,
     kind_text,
+    model_text,
     read_epoch,
     read_line,
     read_path,
     select_sources,
     target_text,
+    train_text,
     trajectory,
 )
 
-MAX_VALUES = 250_000  # values embedded in one page (about 9 bytes each as JSON: 2.2 MB) before x and y are decimated
+MAX_VALUES = 80_000  # values embedded in one page (about 9 bytes each as JSON: 0.7 MB; with the 1.75 MB bundle <= 2.5 MB)
 SUFFIXES = (".html", ".htm")
+PLOTLY_BUNDLE = "plotly-partial.min.js"  # plotly.js 4.1.1: surface, scatter3d, scatter, contour (assets/PLOTLY.md)
 
 
 @dataclass
@@ -80,6 +91,9 @@ def write_html(
     out: str | os.PathLike[str] | None = None,
     store: Store | str | os.PathLike[str] | None = None,
     max_points: int = 10_000,
+    log: bool = False,
+    clip: float | None = None,
+    reduce: str = "mean",
 ) -> HtmlResult:
     """Write one interactive HTML page of the grid of each run in `runs` (a run selector when several).
 
@@ -88,9 +102,17 @@ def write_html(
     surface) shown; the page as a whole holds at most `MAX_VALUES` values: beyond either, every k-th
     point along x and y is kept (the centre and the ends always). `out`: an .html file (default:
     `plots/landscape.html` in the first grid's directory; `landscape-accuracy.html` for accuracy).
+    `log`, `clip`: as `plot`'s, applied to what the page draws (the embedded values stay the stored
+    ones). `reduce`: what the page opens on: "mean" (over pairs and batches, the default), "batches"
+    (pair 0, mean over batches), "pairs" (batch 0, mean over pairs) or "none" (pair 0, batch 0).
     """
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if reduce not in REDUCTIONS:
+        raise UsageError(f"unknown --reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)
+                             or not (np.isfinite(clip) and (clip > 0 or metric == "accuracy"))):
+        raise UsageError(f"--clip must be a finite positive number, got {clip}")
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
         raise UsageError(f"max_points must be a positive whole number, got {max_points!r}")
     st = Store.of(store)
@@ -117,6 +139,10 @@ def write_html(
         "metric": metric,
         "sources": [_source_data(s, metric, keep) for s in sources],
         "decimated": _decimation_note(first, step, keep) if step > 1 else None,
+        "log": bool(log),
+        "clip": None if clip is None else float(clip),
+        # the selection the page opens on: a pair and a batch, -1 for the mean over them
+        "open": {"pair": -1 if reduce in ("mean", "pairs") else 0, "batch": -1 if reduce in ("mean", "batches") else 0},
     }
     page = _page(data, sources, metric)
     try:
@@ -224,7 +250,7 @@ def _epoch_text(s: Source, epoch: int) -> str:
     def acc(value: float | None) -> str:
         return "" if value is None else f", acc {100 * value:.1f}%"
 
-    return f"train loss {rec.train_loss:.3g}{acc(rec.train_accuracy)}; val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}"
+    return f"{train_text(s, epoch)}; val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}"
 
 
 def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, Any]:
@@ -277,19 +303,13 @@ def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, An
 
 
 def _page(data: dict[str, Any], sources: list[Source], metric: str) -> bytes:
-    try:
-        from plotly.offline import get_plotlyjs  # a 4.8 MB script: only when a page is written
-    except ImportError as e:
-        raise LandscapeError("--html needs plotly (its plotly.js is written into the page): pip install plotly") from e
-
-    plotly_js = get_plotlyjs().replace("</script", "<\\/script")
+    plotly_js = _asset(PLOTLY_BUNDLE).replace("</script", "<\\/script")
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False)
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     s = sources[0]
-    cfg = s.grid.config
-    where = ", ".join(t for t in (geometry(s), directions_text(s), f"BatchNorm {cfg.bn}") if t)
+    where = ", ".join(t for t in (geometry(s), directions_text(s), batchnorm_text(s)) if t)
     if len(sources) == 1:
-        heading = f"{s.name} — {s.run.config.model} / {s.run.config.activation} / {s.run.config.dataset}"
+        heading = f"{s.name} — {model_text(s)}"
         ids = f"run {s.run_id}, grid {s.grid_id}"
     else:
         heading = " vs ".join(x.label for x in sources)
@@ -307,5 +327,10 @@ def _page(data: dict[str, Any], sources: list[Source], metric: str) -> bytes:
 
 
 def _asset(name: str) -> str:
-    """A file of the page shipped as package data (views/assets/): its HTML template and its script."""
-    return resources.files("landscape_cli.views").joinpath("assets", name).read_text(encoding="utf-8")
+    """A file of the page shipped as package data (views/assets/): its HTML template, its script and the
+    plotly.js bundle."""
+    try:
+        return resources.files("landscape_cli.views").joinpath("assets", name).read_text(encoding="utf-8")
+    except OSError as e:
+        raise LandscapeError(f"the page's {name} is missing from the installed package (views/assets/): "
+                             "reinstall landscape-cli") from e

@@ -2,6 +2,7 @@
 `landscape plot` chooses them), a run's curvature results (`select_hessian`), a grid's values per
 epoch (`read_epoch` for a plane, `read_line` for a line), a PCA grid's trajectory (`read_path`,
 `trajectory`), and the texts that name what a grid is (`geometry`, `axis_labels`, `kind_text`, ...).
+Accuracy is read NaN wherever the loss is not finite (`accuracy_where_finite`), old grids included.
 
 Reads run.json, grid.json and the Zarr arrays through the store; never imports torch, matplotlib or
 plotly: figures (`figures`, `hessian_figure`), pages (`page`), notebooks (`notebook`) and exports
@@ -19,7 +20,7 @@ import numpy as np
 
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 from landscape_cli.store import Store
-from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
+from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.store.hessian_arrays import read_results
 from landscape_cli.store.meta import EpochRecord, GridMeta, HessianMeta, RunMeta
 
@@ -43,8 +44,7 @@ class Source:
 
     @property
     def label(self) -> str:
-        cfg = self.run.config
-        return f"{self.name}: {cfg.model}/{cfg.activation}/{cfg.dataset}"
+        return f"{self.name}: {model_text(self, '/')}"
 
     @property
     def name(self) -> str:
@@ -194,6 +194,15 @@ def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
     )
 
 
+def _metric(rows: Rows, loss: str, accuracy: str, metric: str, index: tuple[Any, ...]) -> np.ndarray:
+    """The loss array's values at `index`, or the accuracy's, NaN where the loss is not finite (as the kernel
+    now stores it; a grid stored before holds the argmax accuracy of NaN logits there): float64."""
+    values = np.asarray(rows[loss][index], np.float64)
+    if metric == "loss":
+        return values
+    return np.asarray(accuracy_where_finite(np.asarray(rows[accuracy][index], np.float64), values))
+
+
 @dataclass
 class EpochData:
     values: np.ndarray  # [P, B, H, W]
@@ -214,7 +223,7 @@ def read_epoch(source: Source, epoch: int, metric: str) -> EpochData:
     gb = np.full_like(ga, np.nan)
     what = "centre values"
     try:
-        center = np.asarray(rows["center_loss" if metric == "loss" else "center_accuracy"][ei], np.float64)
+        center = _metric(rows, "center_loss", "center_accuracy", metric, (ei,))
         for p in range(pairs):
             what = f"centre gradient of pair {p}"
             ga[p], gb[p] = rows["grad_a"][ei, p], rows["grad_b"][ei, p]
@@ -222,7 +231,7 @@ def read_epoch(source: Source, epoch: int, metric: str) -> EpochData:
                 what = f"row {y} of pair {p}"
                 done[p, y] = rows["done"][ei, p, y] > 0
                 if done[p, y]:
-                    values[p, :, y, :] = rows[metric][ei, p, :, y, :]
+                    values[p, :, y, :] = _metric(rows, "loss", "accuracy", metric, (ei, p, slice(None), y, slice(None)))
     except DECODE_ERRORS as e:
         raise _damaged(source, what, epoch) from e
     return EpochData(values, done, center, ga, gb)
@@ -246,7 +255,7 @@ def read_line(source: Source, epoch: int, metric: str) -> LineData:
             what = f"the line of pair {p}"
             done[p] = rows["done"][ei, p] > 0
             if done[p]:
-                values[p] = rows.read_row(metric, ei, p, 0)
+                values[p] = _metric(rows, "loss", "accuracy", metric, (ei, p, slice(None), slice(None)))
     except DECODE_ERRORS as e:
         raise _damaged(source, what, epoch) from e
     return LineData(values, done)
@@ -273,7 +282,9 @@ def read_path(source: Source, metric: str) -> PathData | None:
         x = np.asarray(root["path_x"][:], np.float64)
         y = np.asarray(root["path_y"][:], np.float64) if source.dims == 2 else None
         residual = np.asarray(root["path_residual"][:], np.float64)
-        own = np.asarray(root["path_loss" if metric == "loss" else "path_accuracy"][...], np.float64)
+        own = np.asarray(root["path_loss"][...], np.float64)
+        if metric != "loss":
+            own = np.asarray(accuracy_where_finite(np.asarray(root["path_accuracy"][...], np.float64), own))
     except (*DECODE_ERRORS, KeyError) as e:
         raise IntegrityError(
             f"grid {source.grid_id} has damaged or missing trajectory arrays (path_*): `landscape grid "
@@ -296,6 +307,18 @@ def trajectory(source: Source, data: PathData | None, batches: list[int]) -> Tra
 
 
 # --- what a grid is, in words ---------------------------------------------------------------------
+
+
+def train_text(s: Source, epoch: int) -> str:
+    """The epoch's train loss (and accuracy) for titles: "train loss 0.123, acc 96.1%" at the checkpoint where the
+    run recorded it, else "train loss (running mean over epoch 5) 0.14, acc 95.2%"; "" without a record."""
+    rec = s.epoch_record(epoch)
+    if rec is None:
+        return ""
+    at = rec.train_at_checkpoint(imported=s.run.config.imported is not None)
+    loss, accuracy = at if at is not None else (rec.train_loss, rec.train_accuracy)
+    label = "train loss" if at is not None else f"train loss (running mean over epoch {epoch})"
+    return f"{label} {loss:.3g}" + ("" if accuracy is None else f", acc {100 * accuracy:.1f}%")
 
 
 def batch_text(s: Source, b: int) -> str:
@@ -367,3 +390,31 @@ def directions_text(s: Source) -> str:
     if cfg.layer:
         return f"layer {cfg.layer}"
     return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
+
+
+# the built-in models (models/) with BatchNorm layers: a grid made before grids recorded whether the model has
+# any (grid.json "batchnorm") falls back to this (tests/test_labels.py checks it against the registry)
+BATCHNORM_MODELS = frozenset({"resnet", "plain", "cnn", "vgg"})
+
+
+def model_text(s: Source, sep: str = " / ") -> str:
+    """"model / activation / dataset": the activation only for a built-in model, which --activation rewrites (a
+    factory's model is never rewritten: its recorded "relu" says nothing)."""
+    cfg = s.run.config
+    builtin = "source" not in s.run.model
+    return sep.join([cfg.model, *([cfg.activation] if builtin else []), cfg.dataset])
+
+
+def has_batchnorm(s: Source) -> bool | None:
+    """Whether the grid's model has BatchNorm layers (whose mode --bn sets): as the grid recorded it, else known
+    for the built-in models, else None (a factory's grid made before grids recorded it)."""
+    if s.grid.batchnorm is not None:
+        return s.grid.batchnorm
+    if "source" not in s.run.model:
+        return s.run.config.model in BATCHNORM_MODELS
+    return None
+
+
+def batchnorm_text(s: Source) -> str:
+    """"BatchNorm train" for a model with BatchNorm layers; "" for one without (or not known to have any)."""
+    return f"BatchNorm {s.grid.config.bn}" if has_batchnorm(s) else ""

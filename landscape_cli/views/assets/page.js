@@ -4,11 +4,14 @@
   const D = JSON.parse(document.getElementById("landscape-data").textContent);
   const $ = (id) => document.getElementById(id);
   const METRIC = D.metric;
+  const LOG = !!D.log, CLIP = D.clip === undefined ? null : D.clip;
+  const LABEL = LOG ? "log10 " + METRIC : METRIC;  // what a plane's height and colour are
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf"];
   const DIVERGED = "magenta";
   const CONFIG = {responsive: true, displaylogo: false};
-  const state = {src: 0, epoch: 0, pair: 0, batch: 0, shared: true};
+  const OPEN = D.open || {pair: -1, batch: -1};  // -1: the mean over pairs (batches); plot's --reduce
+  const state = {src: 0, epoch: 0, pair: OPEN.pair, batch: OPEN.batch, shared: true};
   let renders = 0;
   let timer = null;
 
@@ -19,6 +22,15 @@
     const n = parseInt(hex.slice(1), 16);
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + a + ")";
   }
+  // what `plot --clip/--log` draw of a value: capped at the clip; on a log scale, non-positive values are
+  // gaps. A plane draws log10 of it (as plot's surfaces); a line keeps the value on a log axis.
+  function clipped(v) { return v !== null && CLIP !== null && v > CLIP ? CLIP : v; }
+  function shown(v) {
+    v = clipped(v);
+    if (!LOG || v === null) return v;
+    return v > 0 ? Math.log10(v) : null;
+  }
+  function onAxis(v) { v = clipped(v); return LOG && v !== null && !(v > 0) ? null : v; }
   function src() { return D.sources[state.src]; }
   function chosen(s) {
     return {pairs: state.pair < 0 ? range(s.pairs) : [state.pair],
@@ -95,9 +107,9 @@
     return [lo, hi];
   }
   function values(s, ei, sel) {
-    if (D.dims === 2) return [].concat(...plane(s, ei, sel).z);
+    if (D.dims === 2) return [].concat(...plane(s, ei, sel).z).map(shown);
     const l = line(s, ei, sel);
-    return l.v.concat(l.hi || [], l.lo || []);
+    return l.v.concat(l.hi || [], l.lo || []).map(onAxis);
   }
   function zrange(s, sel, extra) {
     const eis = state.shared ? range(s.epochs.length) : [state.epoch];
@@ -112,18 +124,21 @@
 
   function renderPlane() {
     const s = src(), ei = state.epoch, sel = chosen(s), p = plane(s, ei, sel), e = s.epochs[ei];
-    const ownz = s.path ? own(s, sel) : null;
+    const ownz = s.path ? own(s, sel).map(shown) : null;
     const [lo, hi] = zrange(s, sel, ownz);
+    const z = p.z.map((row) => row.map(shown));  // what is drawn: p.z's nulls are diverged, z's may be log gaps
+    let gaps = 0;
+    p.z.forEach((row, r) => row.forEach((v, c) => { if (v !== null && z[r][c] === null) gaps += 1; }));
     const [xl, yl] = s.axes[ei];
     const diverged = {x: [], y: []};
     p.z.forEach((row, r) => {
       if (!p.computed[r]) return;
       row.forEach((v, c) => { if (v === null) { diverged.x.push(s.x[c]); diverged.y.push(s.y[r]); } });
     });
-    const hover = "x %{x:.4g}<br>y %{y:.4g}<br>" + METRIC + " %{z:.5g}<extra></extra>";
-    const surface = [{type: "surface", x: s.x, y: s.y, z: p.z, colorscale: "Viridis", cmin: lo, cmax: hi,
-                      colorbar: {title: {text: METRIC}, len: 0.75, thickness: 14}, hovertemplate: hover, name: METRIC}];
-    const contour = [{type: "contour", x: s.x, y: s.y, z: p.z, colorscale: "Viridis", zmin: lo, zmax: hi, zauto: false,
+    const hover = "x %{x:.4g}<br>y %{y:.4g}<br>" + LABEL + " %{z:.5g}<extra></extra>";
+    const surface = [{type: "surface", x: s.x, y: s.y, z: z, colorscale: "Viridis", cmin: lo, cmax: hi,
+                      colorbar: {title: {text: LABEL}, len: 0.75, thickness: 14}, hovertemplate: hover, name: METRIC}];
+    const contour = [{type: "contour", x: s.x, y: s.y, z: z, colorscale: "Viridis", zmin: lo, zmax: hi, zauto: false,
                       autocontour: false, contours: {start: lo, end: hi, size: (hi - lo) / 12, coloring: "heatmap",
                       showlabels: true, labelfont: {size: 9, color: "white"}}, connectgaps: false, showscale: false,
                       line: {width: 0.6, color: "rgba(255,255,255,0.6)"}, hovertemplate: hover, name: METRIC}];
@@ -142,14 +157,15 @@
       const P = s.path, labels = P.epochs.map(String);
       // drawn a little above its points (a 3-D scene has no drawing order): the hover says the true values
       const lift = (hi - lo) * 0.015;
-      surface.push({type: "scatter3d", mode: "lines+markers+text", x: P.x, y: P.y, text: labels, customdata: ownz,
+      const ownRaw = own(s, sel);
+      surface.push({type: "scatter3d", mode: "lines+markers+text", x: P.x, y: P.y, text: labels, customdata: ownRaw,
                     z: ownz.map((v) => (v === null ? null : v + lift)), textposition: "top center", textfont: {size: 10},
                     line: {color: "black", width: 3}, marker: {color: "white", size: 3, line: {color: "black", width: 1}},
                     name: "trajectory", hovertemplate: "epoch %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
       contour.push({type: "scatter", mode: "lines+markers+text", x: P.x, y: P.y, text: labels, textposition: "top right",
                     textfont: {size: 10}, line: {color: "black", width: 1},
                     marker: {color: "white", size: 7, line: {color: "black", width: 1.2}}, name: "trajectory",
-                    customdata: ownz, hovertemplate: "epoch %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
+                    customdata: ownRaw, hovertemplate: "epoch %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
       for (let i = 0; i + 1 < P.x.length; i++) {
         annotations.push({x: P.x[i + 1], y: P.y[i + 1], ax: P.x[i], ay: P.y[i], xref: "x", yref: "y", axref: "x", ayref: "y",
                           text: "", showarrow: true, arrowhead: 2, arrowsize: 1, arrowwidth: 1, arrowcolor: "black",
@@ -166,7 +182,7 @@
     const surfaceLayout = {title: {text: t, font: {size: 13}}, margin: {l: 0, r: 0, t: 60, b: 0}, uirevision: "keep",
                            showlegend: false,
                            scene: {xaxis: {title: {text: esc(xl)}}, yaxis: {title: {text: esc(yl)}},
-                                   zaxis: {title: {text: METRIC}, range: [lo, hi + (hi - lo) * 0.02]},
+                                   zaxis: {title: {text: LABEL}, range: [lo, hi + (hi - lo) * 0.02]},
                                    aspectmode: "manual", aspectratio: {x: 1, y: 1, z: 0.7}}};
     const contourLayout = {title: {text: "contours · epoch " + e + " · centre " + METRIC + " " + fmt(c0), font: {size: 13}},
                            margin: {l: 60, r: 20, t: 60, b: 50}, uirevision: "keep", showlegend: false,
@@ -176,6 +192,9 @@
     const missing = p.computed.filter((ok) => !ok).length;
     notes([diverged.x.length ? diverged.x.length + " diverged points (NaN/Inf): magenta ×, left out of the surface" : "",
            missing ? missing + " rows not computed yet: left out (grey)" : "",
+           gaps ? gaps + " points at or below 0 left out of the log scale" : "",
+           LOG ? "log scale: the plots draw log10 " + METRIC : "",
+           CLIP !== null ? "clipped at " + fmt(CLIP) : "",
            "red +: the centre (the checkpoint), " + METRIC + " " + fmt(c0),
            s.path ? "black: the training path, one marker per checkpoint labelled by epoch (on the surface at its own " +
              METRIC + ")" : "",
@@ -186,18 +205,19 @@
 
   function renderLine() {
     const s = src(), sel = chosen(s), traces = [], left = [];
-    const ownz = s.path ? own(s, sel) : null;
+    const ownz = s.path ? own(s, sel).map(onAxis) : null;
     const [lo, hi] = zrange(s, sel, ownz);
     let diverged = 0;
     s.epochs.forEach((e, ei) => {
       const l = line(s, ei, sel), colour = PALETTE[ei % PALETTE.length], on = ei === state.epoch;
       if (!l.computed) { left.push("epoch " + e); return; }
       if (on && l.lo) {
-        traces.push({type: "scatter", mode: "lines", x: s.x, y: l.hi, line: {width: 0}, hoverinfo: "skip", showlegend: false});
-        traces.push({type: "scatter", mode: "lines", x: s.x, y: l.lo, line: {width: 0}, fill: "tonexty",
+        traces.push({type: "scatter", mode: "lines", x: s.x, y: l.hi.map(onAxis), line: {width: 0}, hoverinfo: "skip",
+                     name: "min–max", showlegend: false});
+        traces.push({type: "scatter", mode: "lines", x: s.x, y: l.lo.map(onAxis), line: {width: 0}, fill: "tonexty",
                      fillcolor: rgba(colour, 0.2), hoverinfo: "skip", name: "min–max", showlegend: false});
       }
-      traces.push({type: "scatter", mode: s.x.length <= 25 ? "lines+markers" : "lines", x: s.x, y: l.v,
+      traces.push({type: "scatter", mode: s.x.length <= 25 ? "lines+markers" : "lines", x: s.x, y: l.v.map(onAxis),
                    name: "epoch " + e, line: {color: colour, width: on ? 3 : 1.2}, marker: {size: on ? 6 : 4},
                    opacity: on ? 1 : 0.35, hovertemplate: "epoch " + e + ": " + METRIC + " %{y:.5g}<extra></extra>"});
       if (on) {
@@ -221,15 +241,20 @@
                           xanchor: "right", yanchor: "top", font: {size: 10, color: "#444"}});
       });
     }
-    const pad = (hi - lo) * 0.04;
+    // a log axis takes its range in log10 units
+    const [ylo, yhi] = !LOG ? [lo, hi] : lo > 0 ? [Math.log10(lo), Math.log10(hi)] : [-1, 0];
+    const pad = (yhi - ylo) * 0.04;
+    const yaxis = {title: {text: LOG ? METRIC + " (log scale)" : METRIC}, range: [ylo - pad, yhi + pad]};
+    if (LOG) yaxis.type = "log";
     const layout = {title: {text: title(s, state.epoch), font: {size: 13}}, margin: {l: 70, r: 20, t: 70, b: 50},
                     uirevision: "keep", xaxis: {title: {text: esc(s.axes[state.epoch][0])}, zeroline: false},
-                    yaxis: {title: {text: METRIC}, range: [lo - pad, hi + pad]}, shapes: shapes, annotations: annotations,
+                    yaxis: yaxis, shapes: shapes, annotations: annotations,
                     legend: {font: {size: 10}, traceorder: "normal"}};
     notes([sel.pairs.length * sel.batches.length > 1 ? "band: min–max over the " + selText(s).replace(/^.*mean over /, "") +
            " of the selected epoch" : "",
            diverged ? diverged + " diverged points (NaN/Inf): magenta ×, gaps in the curve" : "",
            left.length ? "not computed yet, left out: " + left.join(", ") : "",
+           CLIP !== null ? "clipped at " + fmt(CLIP) : "",
            s.path && s.path.far ? s.path.far : ""]);
     return Plotly.react("curves", traces, layout, CONFIG);
   }
