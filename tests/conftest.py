@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -50,6 +53,16 @@ def run_cli(*args: str, threads: int = 1, **kwargs: object) -> subprocess.Comple
     )
 
 
+def run_in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """`landscape ARGS` in-process with one torch thread (as run_cli's processes), as run_cli's result: where a
+    fresh interpreter proves nothing more (the exit code and error line come from the same app)."""
+    from landscape_cli.cli import app
+
+    with one_thread():
+        result = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
@@ -72,3 +85,159 @@ def tree(path: Path) -> dict[str, tuple[int, int]]:
         str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in sorted(path.rglob("*")) if p.is_file() and p.name != ".lock"
     }
+
+
+# --- trained stores, built once per session ------------------------------------------------------------
+#
+# Training and grids are deterministic (same configuration: same run id, bitwise the same weights and
+# values), so a store that several tests (or modules) need is built once per session from its recipe, kept
+# read-only as a master, and handed out as copies. `trained_store("cnn", epochs=2, name="tiny")` is a
+# master with that one run; `trained_store.build(Train(...), Grid(...), Cli(...))` one made by several
+# commands in order. Every distinct training configuration is trained once: a recipe's runs are copied
+# from one-run masters, then named by `train` itself (which trains nothing more). Nothing may write
+# into a master: a test that changes its store takes `copy_store(...)` (or `private_copy`), and the
+# session ends with an error if any master changed.
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a store's recipe: `train` or `grid` through the Python API, or a CLI line."""
+
+    kind: str  # "train", "grid" or "cli"
+    args: tuple[str, ...]
+    options: tuple[tuple[str, Any], ...] = ()
+    syspath: str | None = None  # prepended to sys.path while the step runs (your own factories)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def Train(model: str, dataset: str = "digits", *, syspath: Path | None = None, **options: Any) -> Step:
+    """`landscape_cli.train(model, dataset, **options)` (progress off)."""
+    return Step("train", (model, dataset), tuple(sorted(options.items())), str(syspath) if syspath else None)
+
+
+def Grid(run: str, *, syspath: Path | None = None, **options: Any) -> Step:
+    """`landscape_cli.grid(run, **options)` (progress off)."""
+    return Step("grid", (run,), tuple(sorted(options.items())), str(syspath) if syspath else None)
+
+
+def Cli(*args: str) -> Step:
+    """`landscape ARGS --store MASTER`, in-process; it must succeed."""
+    return Step("cli", tuple(args))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses run: never oversubscribe, and the same values
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class StoreFactory:
+    """Masters built on first use, by recipe (see above); the same recipe gives the same directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.masters: dict[str, Path] = {}
+        self.snapshots: dict[Path, dict[str, tuple[int, int]]] = {}
+        self.runs: dict[str, tuple[Path, str]] = {}  # one-run masters: training config -> (store, run id)
+        self.made = 0  # directories made (a build that failed leaves its own behind)
+
+    def __call__(self, model: str, dataset: str = "digits", **options: Any) -> Path:
+        """A master holding the one run `train(model, dataset, **options)` makes."""
+        return self.build(Train(model, dataset, **options))
+
+    def build(self, *steps: Step) -> Path:
+        key = repr(steps)
+        if key not in self.masters:
+            store = self._directory("store")
+            store.mkdir(parents=True)
+            with self._environment(store):
+                for step in steps:
+                    self._apply(step, store)
+            self.masters[key] = store
+            self.snapshots[store] = tree(store)
+        return self.masters[key]
+
+    def copy(self, *steps: Step, to: Path) -> Path:
+        """A private copy (at `to`, which must not exist) of the master `steps` build."""
+        shutil.copytree(self.build(*steps), to)
+        return to
+
+    def _directory(self, kind: str) -> Path:
+        self.made += 1
+        return self.root / f"{kind}-{self.made}" / "store"
+
+    def changed(self) -> list[str]:
+        """The masters that differ from what was built (a test wrote into one)."""
+        return [str(store) for store, before in self.snapshots.items() if tree(store) != before]
+
+    @contextlib.contextmanager
+    def _environment(self, store: Path) -> Iterator[None]:
+        with pytest.MonkeyPatch.context() as mp, one_thread():
+            mp.setenv("LANDSCAPE_STORE", str(store))
+            mp.setenv("LANDSCAPE_DATA", str(self.root / "data"))
+            mp.setenv("NO_COLOR", "1")
+            mp.setenv("COLUMNS", "200")
+            mp.delenv("LANDSCAPE_DEBUG", raising=False)
+            yield
+
+    def _apply(self, step: Step, store: Path) -> None:
+        from landscape_cli import grid, train
+
+        with pytest.MonkeyPatch.context() as mp:
+            if step.syspath:
+                mp.syspath_prepend(step.syspath)
+            if step.kind == "train":
+                model, dataset = step.args
+                run_store, run_id = self._run(step)
+                if not (store / run_id).exists():
+                    shutil.copytree(run_store / run_id, store / run_id)
+                # names the copied run (or continues it): what this command does in a store that has the run
+                train(model, dataset, store=store, **{"progress": False, **step.kwargs})
+            elif step.kind == "grid":
+                grid(*step.args, store=store, **{"progress": False, **step.kwargs})
+            else:
+                from landscape_cli.cli import app
+
+                result = CliRunner().invoke(app, [*step.args, "--store", str(store)])
+                assert result.exit_code == 0, f"{step.args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
+
+    def _run(self, step: Step) -> tuple[Path, str]:
+        """The one-run master of a training step's configuration (its name aside), trained on first use."""
+        from landscape_cli import train
+
+        options = {k: v for k, v in step.options if k not in ("name", "progress")}
+        key = repr((step.args, sorted(options.items()), step.syspath))
+        if key not in self.runs:
+            store = self._directory("run")
+            result = train(*step.args, store=store, **options, progress=False)
+            self.runs[key] = (store, result.run_id)
+            self.snapshots[store] = tree(store)
+        return self.runs[key]
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreFactory]:
+    """The session's read-only master stores (see StoreFactory); copy one before changing it."""
+    factory = StoreFactory(tmp_path_factory.mktemp("masters"))
+    yield factory
+    changed = factory.changed()
+    assert not changed, f"a test wrote into a shared master store (copy it first): {changed}"
+
+
+@pytest.fixture
+def copy_store(trained_store: StoreFactory, tmp_path: Path) -> Callable[..., Path]:
+    """copy_store(*steps) -> this test's own copy of that master at tmp_path/"store" (its $LANDSCAPE_STORE)."""
+
+    def make(*steps: Step) -> Path:
+        return trained_store.copy(*steps, to=tmp_path / "store")
+
+    return make

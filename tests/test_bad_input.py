@@ -11,21 +11,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import Grid, StoreFactory, Train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from landscape_cli import grid, train
+from landscape_cli import grid
 from landscape_cli.cli import app
 from landscape_cli.models import create_model
 
+# the store every bad invocation meets: trained once per session (conftest's trained_store)
+SHARED = (Train("mlp", epochs=1, name="tiny"), Grid("tiny", width=3, pairs=1, batches=1, name="g"))
+
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("bad-input") / "store"
-    train("mlp", "digits", epochs=1, store=store, progress=False, name="tiny")
-    grid("tiny", store=store, width=3, pairs=1, batches=1, progress=False, name="g")
-    return store
+def shared(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's own copy, which the random invocations may change (a successful train or grid)."""
+    return trained_store.copy(*SHARED, to=tmp_path_factory.mktemp("bad-input") / "store")
 
 
 @pytest.fixture
@@ -187,7 +189,8 @@ def test_non_ascii_names_and_paths_with_spaces(cli: Any, tmp_path: Path) -> None
     (["plot"], 2, "Missing argument 'runs'"),
     (["layers", ""], 2, "empty run reference"),
 ])
-def test_edge_values(shared: Path, args: list[str], code: int, needle: str) -> None:
+def test_edge_values(copy_store: Any, args: list[str], code: int, needle: str) -> None:
+    shared = copy_store(*SHARED)  # a copy per case: a case that wrote would change no other's store
     result = CliRunner().invoke(app, [*args, "--store", str(shared)])
     check(result)
     assert result.exit_code == code and needle in result.stderr, result.stderr
@@ -206,10 +209,9 @@ def test_huge_values_that_are_valid(cli: Any, tmp_path: Path) -> None:
     assert listing["runs"][0]["epochs_done"] == 1
 
 
-def test_diverged_points_are_stored_as_computed(tmp_path: Path) -> None:
+def test_diverged_points_are_stored_as_computed(trained_store: StoreFactory, tmp_path: Path) -> None:
     """NaN and Inf losses are kept exactly (never replaced), counted by ls, and plotted as such."""
-    store = tmp_path / "s"
-    train("mlp", "digits", epochs=1, store=store, progress=False, name="m")
+    store = trained_store.copy(Train("mlp", epochs=1, name="m"), to=tmp_path / "s")  # trained once per session
     g = grid("m", store=store, width=5, pairs=1, batches=1, batch_size=64, span=1e19, epochs=[1], progress=False)
     ds = g.to_xarray()
     loss = ds.loss.sel(epoch=1, pair=0, batch=0).values

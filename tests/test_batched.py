@@ -101,7 +101,8 @@ def _agree(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarra
     np.testing.assert_array_equal(got[1], want[1])
 
 
-@pytest.fixture(scope="module", params=list_models())
+# vgg, the largest model (~7 s of the module), only in the full suite
+@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.slow) if m == "vgg" else m for m in list_models()])
 def built(request: pytest.FixtureRequest) -> tuple[nn.Module, nn.Module, Batches]:
     model, shape = _make(request.param, 0)
     other, _ = _make(request.param, 1)

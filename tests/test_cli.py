@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, tree
+from conftest import Cli, Train, run_cli, tree
 
 from landscape_cli import __version__
 
@@ -29,6 +29,12 @@ def one_error_line(result: Any, code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return str(lines[0])
+
+
+# Stores the tests below start from, each trained once per session (conftest's trained_store) and copied to
+# the test's $LANDSCAPE_STORE: the same as running these commands there first.
+TINY = Train("cnn", epochs=1, name="tiny")  # landscape train cnn digits --epochs 1 --name tiny
+M_GRID = (Train("mlp", epochs=1, name="m"), Cli("grid", "m", "--width", "3", "--pairs", "1", "--batches", "1", "-q"))
 
 
 def test_version_and_help(cli: Any) -> None:
@@ -100,9 +106,9 @@ BAD_TRAIN = [
 
 
 @pytest.mark.parametrize(("args", "code", "needles"), BAD_TRAIN, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_input_is_one_line_and_changes_nothing(cli: Any, store: Path, args: list[str], code: int,
+def test_bad_input_is_one_line_and_changes_nothing(cli: Any, copy_store: Any, args: list[str], code: int,
                                                    needles: list[str]) -> None:
-    ok(cli("train", "mlp", "digits", "--epochs", "0", "-q"))
+    store = copy_store(Train("mlp", epochs=0))  # `landscape train mlp digits --epochs 0`, trained once
     before = tree(store)
     one_error_line(cli(*args), code, *needles)
     assert tree(store) == before
@@ -131,6 +137,7 @@ def test_debug_shows_the_traceback(cli: Any, monkeypatch: pytest.MonkeyPatch) ->
     assert result.exit_code == 2 and "Traceback" in result.stderr and "Error: unknown model" in result.stderr
 
 
+@pytest.mark.slow  # two fresh interpreters; CliRunner checks the same boundary above
 def test_console_script_exit_codes() -> None:
     """The installed entry point (not just CliRunner) uses the same boundary and exit codes."""
     bad = run_cli("train", "alexnet", "digits")
@@ -148,10 +155,10 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
     assert out.strip() == ""
 
 
-def test_plot_ls_and_help_never_import_torch(cli: Any, store: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # a fresh interpreter; test_importing_the_cli_loads_no_heavy_library stays quick
+def test_plot_ls_and_help_never_import_torch(copy_store: Any, tmp_path: Path) -> None:
     """`plot` (with --epochs parsed), `ls` and `--help` read the store without torch (~1.4 s saved per call)."""
-    ok(cli("train", "mlp", "digits", "--epochs", "1", "--name", "m", "-q"))
-    ok(cli("grid", "m", "--width", "3", "--pairs", "1", "--batches", "1", "-q"))
+    copy_store(*M_GRID)
     code = (
         "import sys; from landscape_cli.cli import app; "
         f"app(['plot', 'm', '--epochs', '0,1', '--out', {str(tmp_path / 'p.png')!r}], standalone_mode=False); "
@@ -163,8 +170,8 @@ def test_plot_ls_and_help_never_import_torch(cli: Any, store: Path, tmp_path: Pa
     assert (tmp_path / "p.png").is_file()
 
 
-def test_grid_through_the_cli(cli: Any, store: Path) -> None:
-    ok(cli("train", "cnn", "digits", "--epochs", "1", "--name", "tiny", "-q"))
+def test_grid_through_the_cli(cli: Any, copy_store: Any) -> None:
+    copy_store(TINY)  # `landscape train cnn digits --epochs 1 --name tiny`, trained once
     args = ["grid", "tiny", "--width", "5", "--pairs", "1", "--batches", "2", "--batch-size", "64", "-q"]
     data = json.loads(ok(cli(*args, "--json")).stdout)
     assert data["rows_done"] == data["rows_total"] == 2 * 5 and data["epochs"] == [0, 1]
@@ -215,20 +222,19 @@ BAD_GRID = [
 
 
 @pytest.mark.parametrize(("args", "code", "needles"), BAD_GRID, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_grid_input_is_one_line_and_changes_nothing(cli: Any, store: Path, args: list[str], code: int,
+def test_bad_grid_input_is_one_line_and_changes_nothing(cli: Any, copy_store: Any, args: list[str], code: int,
                                                         needles: list[str]) -> None:
-    ok(cli("train", "cnn", "digits", "--epochs", "1", "--name", "tiny", "-q"))
-    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "mlp", "-q"))
-    ok(cli("grid", "mlp", "--width", "2", "--pairs", "1", "--batches", "1", "--name", "mlpgrid", "-q"))
+    store = copy_store(TINY, Train("mlp", epochs=0, name="mlp"),
+                       Cli("grid", "mlp", "--width", "2", "--pairs", "1", "--batches", "1", "--name", "mlpgrid", "-q"))
     before = tree(store)
     one_error_line(cli(*args), code, *needles)
     assert tree(store) == before
 
 
-def test_partial_grid_says_how_far_it_got(cli: Any, store: Path) -> None:
+def test_partial_grid_says_how_far_it_got(cli: Any, copy_store: Any) -> None:
     from landscape_cli.store.grid_arrays import Rows
 
-    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "m", "-q"))
+    store = copy_store(Train("mlp", epochs=0, name="m"))
     args = ["grid", "m", "--width", "4", "--pairs", "1", "--batches", "1", "-q"]
     data = json.loads(ok(cli(*args, "--json")).stdout)
     Rows(Path(data["zarr"])).clear_row(0, 0, 1)
@@ -238,9 +244,8 @@ def test_partial_grid_says_how_far_it_got(cli: Any, store: Path) -> None:
     assert json.loads(ok(cli(*args, "--resume", "--json")).stdout)["rows_computed"] == 1
 
 
-def test_plot_through_the_cli(cli: Any, store: Path, tmp_path: Path) -> None:
-    ok(cli("train", "mlp", "digits", "--epochs", "1", "--name", "m", "-q"))
-    ok(cli("grid", "m", "--width", "3", "--pairs", "1", "--batches", "1", "-q"))
+def test_plot_through_the_cli(cli: Any, copy_store: Any, tmp_path: Path) -> None:
+    copy_store(*M_GRID)
     result = ok(cli("plot", "m"))
     path = Path(result.stdout.strip())
     assert path.is_file() and path.parent.name == "plots"
@@ -262,10 +267,9 @@ BAD_PLOT = [
 
 
 @pytest.mark.parametrize(("args", "code", "needles"), BAD_PLOT, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_plot_input(cli: Any, store: Path, args: list[str], code: int, needles: list[str]) -> None:
-    ok(cli("train", "mlp", "digits", "--epochs", "1", "--name", "m", "-q"))
-    ok(cli("train", "mlp", "digits", "--epochs", "0", "--name", "empty", "--seed", "1", "-q"))
-    ok(cli("grid", "m", "--width", "2", "--pairs", "1", "--batches", "1", "-q"))
+def test_bad_plot_input(cli: Any, copy_store: Any, args: list[str], code: int, needles: list[str]) -> None:
+    store = copy_store(Train("mlp", epochs=1, name="m"), Train("mlp", epochs=0, name="empty", seed=1),
+                       Cli("grid", "m", "--width", "2", "--pairs", "1", "--batches", "1", "-q"))
     before = tree(store)
     one_error_line(cli(*args), code, *needles)
     assert tree(store) == before

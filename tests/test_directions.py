@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import StoreFactory
 
 from landscape_cli.directions import (
     draw_random,
@@ -129,15 +130,13 @@ def test_stored_once_and_refused_when_damaged(weights: dict[str, torch.Tensor], 
 
 
 @pytest.fixture(scope="module")
-def five_epochs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from landscape_cli import train
-
-    store = tmp_path_factory.mktemp("kinds") / "store"
-    train("cnn", "digits", epochs=4, store=store, progress=False, name="r")
-    return store
+def five_epochs(trained_store: StoreFactory) -> Path:
+    """The session's master (trained once, read-only): the tests take copies."""
+    return trained_store("cnn", epochs=4, name="r")
 
 
-@pytest.mark.parametrize("kind", list_kinds())
+# the Hessian kind computes top eigenvectors at every epoch (~20 s): slow; test_hessian grids along them quickly
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k == "hessian" else k for k in list_kinds()])
 def test_every_kind_makes_a_grid_centred_on_its_checkpoints(five_epochs: Path, kind: str, tmp_path: Path) -> None:
     """Registry-driven: each kind's grid is complete, stable (same call: nothing to compute) and its centre
     (all coordinates 0) is each grid epoch's checkpoint, whose loss is computed here by hand."""

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, private_copy, subprocess_env, tree
+from conftest import REPO, StoreFactory, private_copy, subprocess_env, tree
 
-from landscape_cli import train
 from landscape_cli.engine.compute import grid
 from landscape_cli.engine.distributed import Share, parse_shard, torchrun_ranks
 from landscape_cli.errors import LandscapeError, UsageError
@@ -33,10 +32,9 @@ ARRAYS = ("loss", "accuracy", "done", "center_loss", "center_accuracy", "center_
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("distributed") / "store"
-    train("cnn", "digits", epochs=1, store=store, progress=False, name="tiny")
-    return store
+def trained(trained_store: StoreFactory) -> Path:
+    """The session's master (trained once, read-only): the tests take copies."""
+    return trained_store("cnn", epochs=1, name="tiny")
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +125,7 @@ def test_shard_and_rank_parsing() -> None:
 # --- shards and ranks equal one process bitwise ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_shards_at_once_equal_one_process(store: Path, reference: dict[str, np.ndarray]) -> None:
     procs = [landscape("grid", "tiny", *CLI_OPTIONS, "--shard", f"{i}/2", "--json", store=store) for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -154,6 +153,7 @@ def test_a_shard_alone_leaves_the_rest_to_resume(store: Path, reference: dict[st
     assert_bitwise(arrays(rest.zarr_path), reference)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_equal_one_process(store: Path, reference: dict[str, np.ndarray]) -> None:
     proc = torchrun("tiny", *CLI_OPTIONS, store=store)
     out, errs = proc.communicate(timeout=600)
@@ -163,6 +163,7 @@ def test_torchrun_ranks_equal_one_process(store: Path, reference: dict[str, np.n
     assert_bitwise(arrays(zarr_of(store)), reference)
 
 
+@pytest.mark.slow
 def test_bad_input_on_every_rank_is_one_line(store: Path) -> None:
     before = tree(store)
     proc = torchrun("tiny", *CLI_OPTIONS, "--epochs", "7", store=store)
@@ -187,6 +188,7 @@ def _worker(rank: int, parent: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_rank_loses_only_its_unfinished_rows(store: Path) -> None:
     options = ["--epochs", "0,1", "--width", "9", "--pairs", "2", "--batches", "all", "--batch-size", "32"]
     proc = torchrun("tiny", *options, store=store)

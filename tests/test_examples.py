@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, subprocess_env
@@ -36,7 +37,7 @@ def test_quickstart_script(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_analyses_script(tmp_path: Path) -> None:
+def test_analyses_script(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """README's pictures of the new grid kinds come from this script: lines, interpolation, PCA plane."""
     out = tmp_path / "figures"
     out.mkdir()
@@ -44,9 +45,9 @@ def test_analyses_script(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["interpolation.png", "lines.png", "pca.png"]
     import json
 
-    env = {**subprocess_env(), "LANDSCAPE_STORE": str(tmp_path / "runs")}
-    listing = subprocess.run([sys.executable, "-m", "landscape_cli", "ls", "--json"], env=env, capture_output=True,
-                             text=True, check=True)
+    monkeypatch.setenv("LANDSCAPE_STORE", str(tmp_path / "runs"))  # the script's store, listed in-process
+    listing = cli("ls", "--json")
+    assert listing.exit_code == 0, listing.stderr
     [run] = json.loads(listing.stdout)["runs"]
     kinds = {g["name"]: (g["kind"], g["dims"], g["status"]) for g in run["grids"]}
     assert kinds == {"lines": ("random", 1, "complete"), "interpolation": ("interpolate", 1, "complete"),

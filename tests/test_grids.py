@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, private_copy, run_cli, subprocess_env
+from conftest import REPO, Cli, StoreFactory, Train, private_copy, run_in_process, subprocess_env
 
 from landscape_cli import train
 from landscape_cli.config import parse_epochs
@@ -28,13 +28,13 @@ from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 
 SMALL = {"width": 5, "pairs": 2, "batches": 2, "batch_size": 64, "progress": False}
+TINY = Train("cnn", epochs=2, name="tiny")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("grids") / "store"
-    train("cnn", "digits", epochs=2, store=store, progress=False, name="tiny")
-    return store
+def trained(trained_store: StoreFactory) -> Path:
+    """The session's master (trained once, read-only): the tests take copies."""
+    return trained_store.build(TINY)
 
 
 @pytest.fixture
@@ -264,12 +264,11 @@ GRID_ARGS = ["grid", "tiny", "--epochs", "0,2", "--width", "11", "--pairs", "2",
              "--quiet"]
 
 
-def test_killed_grid_resumes_bitwise(store: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_killed_grid_resumes_bitwise(store: Path, trained_store: StoreFactory, tmp_path: Path) -> None:
     """SIGKILL at a random moment, then --resume: arrays bitwise equal to an uninterrupted run."""
-    reference = tmp_path / "reference"
-    shutil.copytree(store, reference)
-    done = run_cli(*GRID_ARGS, "--store", str(reference))
-    assert done.returncode == 0, done.stderr
+    # the uninterrupted run: the same store and command, in-process with one thread (a read-only master)
+    reference = trained_store.build(TINY, Cli(*GRID_ARGS))
     proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *GRID_ARGS, "--store", str(store)],
                             env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -278,9 +277,9 @@ def test_killed_grid_resumes_bitwise(store: Path, tmp_path: Path) -> None:
     time.sleep(random.Random(1).uniform(0.0, 0.5))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = run_cli(*GRID_ARGS, "--store", str(store))
+    partial = run_in_process(*GRID_ARGS, "--store", str(store))
     assert partial.returncode == 1 and "pass --resume" in partial.stderr
-    resumed = run_cli(*GRID_ARGS, "--resume", "--store", str(store))
+    resumed = run_in_process(*GRID_ARGS, "--resume", "--store", str(store))
     assert resumed.returncode == 0, resumed.stderr
     import xarray as xr
 

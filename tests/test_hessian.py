@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import StoreFactory, Train
 from torch import nn
 
-from landscape_cli import train
 from landscape_cli.curvature.hessian import hessian
 from landscape_cli.curvature.spectrum import extreme_eigenpairs, hutchinson_trace, spectral_density
 from landscape_cli.data import load_dataset
@@ -141,10 +141,10 @@ def test_the_model_is_left_as_it_was(tiny: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("hessian") / "store"
-    train("mlp", "digits", epochs=2, store=store, progress=False, name="m")
-    return store
+def run_store(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's copy of the session's master (trained once per session)."""
+    return trained_store.copy(Train("mlp", epochs=2, name="m"),
+                              to=tmp_path_factory.mktemp("hessian") / "store")
 
 
 OPTS = {"batches": 2, "batch_size": 64, "probes": 10, "progress": False, "layer": "3.weight"}
@@ -208,11 +208,10 @@ def test_grids_along_the_top_eigenvectors(run_store: Path, tmp_path: Path) -> No
     small = {"batches": 2, "batch_size": 64, "progress": False}
     results = hessian("m", epochs=[2], store=store, probes=10, **small)
     plane = grid("m", directions="hessian", epochs=[2], width=5, span=0.02, store=store, **small)
-    # --probes 10 is another configuration: the grid computed the default one (--top 2, 100 probes)
-    assert plane.meta.kind["hessian"] != results.hessian_id
-    assert len(list((store / plane.run_id / "hessians").iterdir())) == 2
-    default = hessian("m", epochs=[2], store=store, **small)
-    assert default.computed == [] and default.hessian_id == plane.meta.kind["hessian"]  # made by the grid, reused
+    # results for the grid's loss with --top 2 are reused, whatever their --probes: the grid computed none
+    assert plane.meta.kind["hessian"] == results.hessian_id
+    assert len(list((store / plane.run_id / "hessians").iterdir())) == 1
+    default = results
     facts = plane.meta.kind["epochs"]["2"]
     assert facts["eigenvalues"] == default.summary()[0]["eigenvalues"]
     ds = plane.to_xarray()
@@ -246,6 +245,7 @@ def test_grids_along_the_top_eigenvectors(run_store: Path, tmp_path: Path) -> No
     assert label.startswith("v1 (λ1 = ") and f"{facts['eigenvalues'][0]:.4g}" in label
 
 
+@pytest.mark.slow  # figures (~3 s)
 def test_plot_of_curvature_results_shows_the_stored_numbers(run_store: Path, tmp_path: Path) -> None:
     import xarray as xr
     from typer.testing import CliRunner

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import Grid, StoreFactory, Train
 
-from landscape_cli import train
 from landscape_cli.engine.compute import grid
 from landscape_cli.errors import UsageError
 from landscape_cli.store.grid_arrays import Rows
@@ -39,14 +39,15 @@ G = {"batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One trained run with a plane, a line and a PCA plane (the tests only read it)."""
-    store = tmp_path_factory.mktemp("html") / "store"
-    train("cnn", "digits", epochs=3, store=store, progress=False, name="relu")
-    grid("relu", store=store, name="plane", width=7, pairs=2, batches=2, **G)
-    grid("relu", store=store, name="line", dims=1, width=9, pairs=2, batches=2, **G)
-    grid("relu", store=store, name="pca", directions="pca", width=7, batches=2, **G)
-    return store
+def store(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One trained run with a plane, a line and a PCA plane (the tests only read it; pages are written beside
+    its grids). The module's copy of the session's master (the run trained once per session)."""
+    return trained_store.copy(
+        Train("cnn", epochs=3, name="relu"),
+        Grid("relu", name="plane", width=7, pairs=2, batches=2, **G),
+        Grid("relu", name="line", dims=1, width=9, pairs=2, batches=2, **G),
+        Grid("relu", name="pca", directions="pca", width=7, batches=2, **G),
+        to=tmp_path_factory.mktemp("html") / "store")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def _z(values: Any) -> np.ndarray:
 
 
 def test_plane_page_slider_and_selectors(open_page: Callable[[Path], Page], store: Path) -> None:
-    result = write_html(["relu"], grids=["plane"], store=store)
+    result = write_html(["relu"], grids=["plane"], store=store, reduce="none")  # opens on pair 0, batch 0
     source = result.sources[0]
     assert result.path == source.plots_dir / "landscape.html" and result.path.is_file()  # the grid's plots/
     assert result.bytes == result.path.stat().st_size and not result.decimated and result.epochs == [0, 1, 2, 3]
@@ -195,9 +196,8 @@ def test_line_and_pca_pages_load(open_page: Callable[[Path], Page], store: Path,
     assert "PCA plane" in page.title("surface") and page.errors == []
 
 
-def test_diverged_and_missing_points_are_gaps_never_zero(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    train("mlp", "digits", epochs=0, store=store, progress=False, name="wild")
+def test_diverged_and_missing_points_are_gaps_never_zero(copy_store: Any, tmp_path: Path) -> None:
+    store = copy_store(Train("mlp", epochs=0, name="wild"))  # trained once per session
     g = grid("wild", store=store, span=1e20, width=5, pairs=1, batches=1, **G)
     Rows(g.zarr_path).clear_row(0, 0, 1)  # row 1 not computed yet
     result = write_html(["wild"], store=store, out=tmp_path / "wild.html")
@@ -224,7 +224,8 @@ def test_large_grids_are_decimated_keeping_centre_and_ends(store: Path, tmp_path
     assert result.bytes < full.bytes and not full.decimated
 
 
-def test_accuracy_pages_and_bad_input(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_accuracy_pages_and_bad_input(store: Path, trained_store: StoreFactory, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     acc = write_html(["relu"], grids=["plane"], store=store, metric="accuracy")
     assert acc.path.name == "landscape-accuracy.html" and _data(acc.path)["metric"] == "accuracy"
     with pytest.raises(UsageError, match="loss, accuracy"):
@@ -239,9 +240,8 @@ def test_accuracy_pages_and_bad_input(store: Path, tmp_path: Path, monkeypatch: 
         write_html(["relu"], store=store, out=tmp_path / "no" / "page.html")
     # a regression: only a loss
     monkeypatch.syspath_prepend(str(USERLAND))
-    regression = tmp_path / "regression"
-    train("toy_factories:regressor", "toy_factories:waves", epochs=1, batch_size=32, store=regression, progress=False,
-          name="waves")
+    regression = trained_store.copy(Train("toy_factories:regressor", "toy_factories:waves", epochs=1, batch_size=32,
+                                          name="waves", syspath=USERLAND), to=tmp_path / "regression")
     grid("waves", width=3, pairs=1, batches=1, store=regression, **G)
     with pytest.raises(UsageError, match="regression"):
         write_html(["waves"], store=regression, metric="accuracy", out=tmp_path / "a.html")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import private_copy
+from conftest import StoreFactory, Train, private_copy
 
-from landscape_cli import grid, train
+from landscape_cli import grid
 from landscape_cli.data import load_dataset
 from landscape_cli.errors import UsageError
 from landscape_cli.models import create_model
@@ -21,12 +21,13 @@ LINE = {"directions": "interpolate", "batches": 2, "batch_size": 64, "progress":
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("interpolate") / "store"
-    train("cnn", "digits", epochs=3, store=store, progress=False, name="a")
-    train("cnn", "digits", epochs=2, seed=1, store=store, progress=False, name="b")  # same model, other seed
-    train("mlp", "digits", epochs=0, store=store, progress=False, name="mlp")
-    return store
+def runs(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's copy of the session's master (each run trained once per session)."""
+    return trained_store.copy(
+        Train("cnn", epochs=3, name="a"),
+        Train("cnn", epochs=2, seed=1, name="b"),  # same model, other seed
+        Train("mlp", epochs=0, name="mlp"),
+        to=tmp_path_factory.mktemp("interpolate") / "store")
 
 
 @pytest.fixture

@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, Grid, StoreFactory, Train
 from matplotlib.image import imread
 
 import landscape_cli
-from landscape_cli import train
-from landscape_cli.engine.compute import grid
 from landscape_cli.errors import LandscapeError
+from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    store = tmp_path_factory.mktemp("notebook") / "store"
-    train("cnn", "digits", epochs=1, store=store, progress=False, name="nb")
-    plane = grid("nb", width=5, pairs=2, batches=2, batch_size=64, store=store, progress=False, name="plane")
-    line = grid("nb", dims=1, width=7, pairs=1, batches=1, batch_size=64, store=store, progress=False, name="line")
-    return {"store": store, "plane": plane, "line": line}
+def made(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The module's copy of the session's master (the run trained once per session), and its two grids."""
+    store = trained_store.copy(
+        Train("cnn", epochs=1, name="nb"),
+        Grid("nb", width=5, pairs=2, batches=2, batch_size=64, name="plane"),
+        Grid("nb", dims=1, width=7, pairs=1, batches=1, batch_size=64, name="line"),
+        to=tmp_path_factory.mktemp("notebook") / "store")
+    st = Store(store)
+    grids = {}
+    for name in ("plane", "line"):
+        run_id, grid_id = st.find_grid(name)
+        grids[name] = SimpleNamespace(grid_id=grid_id, zarr_path=st.zarr_path(run_id, grid_id))
+    return {"store": store, **grids}
 
 
 def test_open_gives_the_stored_arrays(made: dict[str, Any]) -> None:

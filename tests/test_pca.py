@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import private_copy
+from conftest import StoreFactory, Train, private_copy
 
-from landscape_cli import grid, train
+from landscape_cli import grid
 from landscape_cli.data import load_dataset
 from landscape_cli.directions import pca as pca_module
 from landscape_cli.errors import UsageError
@@ -22,11 +22,10 @@ PLANE = {"directions": "pca", "batches": 2, "batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("pca") / "store"
-    train("cnn", "digits", epochs=5, store=store, progress=False, name="t")
-    train("cnn", "digits", epochs=2, seed=3, store=store, progress=False, name="short")
-    return store
+def trained(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's copy of the session's master (each run trained once per session)."""
+    return trained_store.copy(Train("cnn", epochs=5, name="t"), Train("cnn", epochs=2, seed=3, name="short"),
+                              to=tmp_path_factory.mktemp("pca") / "store")
 
 
 @pytest.fixture

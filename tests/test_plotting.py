@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import private_copy
+from conftest import Grid, StoreFactory, Train, private_copy
 
 from landscape_cli import train
-from landscape_cli.engine.compute import grid
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.views.figures import plot
@@ -26,16 +25,17 @@ G = {"width": 5, "pairs": 2, "batches": 2, "batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("plots") / "store"
-    train("cnn", "digits", epochs=2, store=store, progress=False, name="relu")
-    train("cnn", "digits", epochs=2, store=store, progress=False, name="tanh", activation="tanh")
-    train("mlp", "digits", epochs=0, store=store, progress=False, name="wild")
-    grid("relu", store=store, name="main", **G)
-    grid("tanh", store=store, name="main", **G)
-    grid("relu", store=store, name="wide", **{**G, "width": 3})
-    grid("wild", store=store, span=1e20, name="diverging", **G)
-    return store
+def base_store(trained_store: StoreFactory) -> Path:
+    """The session's master (each run trained once per session; read-only): the tests take copies."""
+    return trained_store.build(
+        Train("cnn", epochs=2, name="relu"),
+        Train("cnn", epochs=2, name="tanh", activation="tanh"),
+        Train("mlp", epochs=0, name="wild"),
+        Grid("relu", name="main", **G),
+        Grid("tanh", name="main", **G),
+        Grid("relu", name="wide", **{**G, "width": 3}),
+        Grid("wild", span=1e20, name="diverging", **G),
+    )
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_title_and_arrows(store: Path) -> None:
     title = result.figure._suptitle.get_text()
     run = next(r for r in (json.loads(p.read_text()) for p in store.glob("*/run.json")) if r["name"] == "relu")
     rec = run["epochs"][1]
-    for text in ("cnn", "relu", "digits", "epoch 1", f"{rec['train_loss']:.3g}", f"{rec['val_loss']:.3g}",
+    for text in ("cnn", "relu", "digits", "epoch 1", f"{rec['checkpoint_train_loss']:.3g}", f"{rec['val_loss']:.3g}",
                  f"{100 * rec['val_accuracy']:.1f}%"):
         assert text in title
     ds = _ds(store, "relu", "main").sel(epoch=1)
@@ -209,18 +209,19 @@ K = {"batches": 2, "batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def kinds_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("kinds") / "store"
-    train("cnn", "digits", epochs=5, store=store, progress=False, name="t")
-    train("cnn", "digits", epochs=5, store=store, progress=False, name="u", seed=1)
-    grid("t", dims=1, width=7, pairs=2, store=store, name="line", **K)
-    grid("u", dims=1, width=7, pairs=2, store=store, name="line", **K)
-    grid("u", dims=1, width=5, pairs=1, store=store, name="short", **K)
-    grid("t", directions="interpolate", epochs=[0, 2], to_epoch=5, width=9, store=store, name="interp", **K)
-    grid("t", directions="interpolate", epochs=[5], to="u", width=9, store=store, name="mode", **K)
-    grid("t", directions="pca", width=7, store=store, name="pca", **K)
-    grid("t", directions="pca", dims=1, width=7, store=store, name="pca1", **K)
-    return store
+def kinds_store(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's copy of the session's master (each run trained once per session): plots are written into it."""
+    return trained_store.copy(
+        Train("cnn", epochs=5, name="t"),
+        Train("cnn", epochs=5, name="u", seed=1),
+        Grid("t", dims=1, width=7, pairs=2, name="line", **K),
+        Grid("u", dims=1, width=7, pairs=2, name="line", **K),
+        Grid("u", dims=1, width=5, pairs=1, name="short", **K),
+        Grid("t", directions="interpolate", epochs=[0, 2], to_epoch=5, width=9, name="interp", **K),
+        Grid("t", directions="interpolate", epochs=[5], to="u", width=9, name="mode", **K),
+        Grid("t", directions="pca", width=7, name="pca", **K),
+        Grid("t", directions="pca", dims=1, width=7, name="pca1", **K),
+        to=tmp_path_factory.mktemp("kinds") / "store")
 
 
 @pytest.fixture
@@ -243,6 +244,7 @@ def _texts(result: Any) -> str:
     return " ".join(" ".join(t.get_text().split()) for t in result.figure.texts)
 
 
+@pytest.mark.slow  # eight figures (~4 s)
 def test_figures_leave_the_backend_and_pyplot_alone(store: Path, kinds_store: Path, tmp_path: Path) -> None:
     from matplotlib import pyplot as plt
 

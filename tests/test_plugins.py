@@ -44,6 +44,7 @@ def _model(ckpt: dict[str, Any], factory: Any) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow  # a fresh interpreter loads the factories again (~6 s)
 def test_a_regression_from_module_factories(userland: Path, store: Path, tmp_path: Path) -> None:
     import toy_factories as toy
 

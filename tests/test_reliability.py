@@ -1,7 +1,11 @@
 """Reliability: random SIGKILLs, Ctrl-C, concurrent processes, damaged files, full and read-only disks.
 
-Every process here is a real `python -m landscape_cli` subprocess with one torch thread (two run at
-once in the concurrency tests: never more threads than the 2 cores).
+Every process that is killed, interrupted or run beside another is a real `python -m landscape_cli`
+subprocess with one torch thread (two run at once in the concurrency tests: never more threads than the
+2 cores); those tests are marked slow. The commands run after it (finishing or resuming the job, ls and
+verify), and those that meet damaged files or full and read-only disks, run in-process (`landscape`: the
+same app, exit code and error line, with one torch thread), as do the uninterrupted references (built
+once per session).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli, subprocess_env
+from conftest import REPO, Cli, StoreFactory, Train, run_cli, subprocess_env
+from conftest import run_in_process as landscape  # `landscape ARGS` in-process, one torch thread
 
 KILL_SEED = 20261127
 TRAIN = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "16", "--name", "k", "-q"]
@@ -64,18 +69,18 @@ def weights(store: Path) -> list[str]:
 
 def readable(store: Path) -> None:
     """Everything a later command reads can be read: ls works and verify finds no damage."""
-    listing = ok(run_cli("ls", "--json", "--store", str(store)))
+    listing = ok(landscape("ls", "--json", "--store", str(store)))
     json.loads(listing.stdout)
-    ok(run_cli("verify", "--store", str(store)))
+    ok(landscape("verify", "--store", str(store)))
+
+
+REFERENCE = (Train("cnn", epochs=4, batch_size=16, name="k"), Cli(*GRID))  # TRAIN, then GRID
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted train + grid, one thread, to compare against."""
-    store = tmp_path_factory.mktemp("reference") / "store"
-    ok(run_cli(*TRAIN, "--store", str(store)))
-    ok(run_cli(*GRID, "--store", str(store)))
-    return store
+def reference(trained_store: StoreFactory) -> Path:
+    """An uninterrupted train + grid, one thread, to compare against (the session's read-only master)."""
+    return trained_store.build(*REFERENCE)
 
 
 def _kill_rounds(args: list[str], fresh: Any, check: Any, want: int, rng: random.Random, window: float) -> int:
@@ -105,7 +110,7 @@ def _kill_rounds(args: list[str], fresh: Any, check: Any, want: int, rng: random
                         stream.close()
             assert proc.returncode == 0
             break
-        ok(run_cli(*args, "--store", str(store)))
+        ok(landscape(*args, "--store", str(store)))  # finishes the job (in-process)
         check(store)
     return landed
 
@@ -159,14 +164,9 @@ def kind_arrays(store: Path, kind: str) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def kinds_reference(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Each new grid kind computed by one uninterrupted process."""
-    store = tmp_path_factory.mktemp("kinds") / "store"
-    shutil.copytree(reference, store)
-    shutil.rmtree(next(store.glob("*/grids")))
-    for kind in KINDS:
-        ok(run_cli(*kind_args(kind), "--store", str(store)))
-    return store
+def kinds_reference(trained_store: StoreFactory) -> Path:
+    """Each new grid kind computed by one uninterrupted process (one thread; the session's read-only master)."""
+    return trained_store.build(*REFERENCE, *(Cli(*kind_args(kind)) for kind in KINDS))
 
 
 @pytest.mark.slow
@@ -184,7 +184,7 @@ def test_every_grid_kind_resumes_bitwise_after_a_kill(kinds_reference: Path, ref
     COUNTS["kills"] += 1
     readable(store)
     assert not kind_arrays(store, kind)["done"].all(), "the kill should land mid-grid"
-    ok(run_cli(*kind_args(kind), "--resume", "--store", str(store)))
+    ok(landscape(*kind_args(kind), "--resume", "--store", str(store)))
     ours, theirs = kind_arrays(store, kind), kind_arrays(kinds_reference, kind)
     assert sorted(ours) == sorted(theirs)
     for name, values in theirs.items():
@@ -212,12 +212,11 @@ HESSIAN = ["hessian", "k", "--epochs", "0,1,2,3,4", "--batches", "1", "--batch-s
 
 
 @pytest.mark.slow
-def test_killed_hessian_keeps_finished_epochs_and_resumes_bitwise(reference: Path, tmp_path: Path) -> None:
+def test_killed_hessian_keeps_finished_epochs_and_resumes_bitwise(reference: Path, trained_store: StoreFactory,
+                                                                 tmp_path: Path) -> None:
     import xarray as xr
 
-    alone = tmp_path / "alone"
-    shutil.copytree(reference, alone)
-    ok(run_cli(*HESSIAN, "--store", str(alone)))
+    alone = trained_store.build(*REFERENCE, Cli(*HESSIAN))  # uninterrupted, one thread (read-only master)
     store = tmp_path / "store"
     shutil.copytree(reference, store)
     proc = start(*HESSIAN, store=store)
@@ -230,7 +229,7 @@ def test_killed_hessian_keeps_finished_epochs_and_resumes_bitwise(reference: Pat
     finished = [int(e) for e, d in zip(kept.epoch.values, kept.done.values, strict=True) if d]
     assert finished and len(finished) < 5, "the kill should land after the first epoch and before the last"
     readable(store)
-    again = json.loads(ok(run_cli(*HESSIAN, "--json", "--store", str(store))).stdout)
+    again = json.loads(ok(landscape(*HESSIAN, "--json", "--store", str(store))).stdout)
     assert sorted(again["computed"]) == sorted(set(range(5)) - set(finished))  # finished epochs were kept
     [reference_path] = alone.glob("*/hessians/*/hessian.zarr")
     ours, theirs = xr.open_zarr(zarr_path), xr.open_zarr(reference_path)
@@ -257,21 +256,22 @@ def _interrupt(args: list[str], store: Path, once: str) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     line = _interrupt(TRAIN, store, "*/checkpoints/epoch-0001.pt")
     assert "interrupted" in line and "run the same command again to resume" in line
-    ok(run_cli(*TRAIN, "--store", str(store)))
+    ok(landscape(*TRAIN, "--store", str(store)))
     assert weights(store) == weights(reference)
     line = _interrupt(GRID, store, "*/grids/*/landscape.zarr/done/c/0/1/2")
     assert "grid interrupted" in line and "--resume" in line
-    ok(run_cli(*GRID, "--resume", "--store", str(store)))
+    ok(landscape(*GRID, "--resume", "--store", str(store)))
     assert all(np.array_equal(a, b, equal_nan=True)
                for a, b in zip(grid_arrays(store).values(), grid_arrays(reference).values(), strict=True))
 
 
 @pytest.mark.slow
-def test_two_grid_processes_share_one_grid(reference: Path, tmp_path: Path) -> None:
+def test_two_grid_processes_share_one_grid(reference: Path, trained_store: StoreFactory, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(reference, store)
     shutil.rmtree(next(store.glob("*/grids")))
@@ -287,15 +287,13 @@ def test_two_grid_processes_share_one_grid(reference: Path, tmp_path: Path) -> N
     assert results[0]["rows_done"] == results[1]["rows_done"] == total
     computed = [r["rows_computed"] for r in results]
     assert sum(computed) == total and min(computed) > 0, computed  # each row once, both worked
-    alone = tmp_path / "alone"
-    shutil.copytree(reference, alone)
-    shutil.rmtree(next(alone.glob("*/grids")))
-    ok(run_cli(*big, "--store", str(alone)))
+    alone = trained_store.build(REFERENCE[0], Cli(*big))  # TRAIN, then this grid alone: one thread (read-only master)
     for name, values in grid_arrays(alone).items():
         assert np.array_equal(grid_arrays(store)[name], values, equal_nan=True), name
     readable(store)
 
 
+@pytest.mark.slow
 def test_a_second_grid_without_resume_is_told_to_join(reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(reference, store)
@@ -311,6 +309,7 @@ def test_a_second_grid_without_resume_is_told_to_join(reference: Path, tmp_path:
     readable(store)
 
 
+@pytest.mark.slow
 def test_two_train_processes_and_a_killed_holder(reference: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     slow = ["train", "resnet", "digits", "--epochs", "3", "-q"]  # outlives the second process's start-up
@@ -325,7 +324,7 @@ def test_two_train_processes_and_a_killed_holder(reference: Path, tmp_path: Path
     first.send_signal(signal.SIGKILL)  # the holder dies: its lock goes with it
     first.wait()
     COUNTS["kills"] += 1
-    ok(run_cli(*slow, "--store", str(store)))
+    ok(landscape(*slow, "--store", str(store)))
     assert len(weights(store)) == 4
     readable(store)
 
@@ -354,7 +353,7 @@ def damaged(reference: Path, tmp_path: Path) -> Iterator[Path]:
 
 
 def _problems(store: Path) -> list[dict[str, Any]]:
-    done = run_cli("verify", "--json", "--store", str(store))
+    done = landscape("verify", "--json", "--store", str(store))
     report = json.loads(done.stdout)
     assert (done.returncode == 0) == report["ok"]
     if not report["ok"]:
@@ -367,7 +366,7 @@ def test_damaged_checkpoint_is_reported_and_refused(damaged: Path) -> None:
     _flip(ckpt)
     [problem] = _problems(damaged)
     assert problem["path"] == str(ckpt) and "sha256" in problem["problem"] and "landscape train" in problem["fix"]
-    line = one_error(run_cli(*GRID, "--store", str(damaged), "--width", "5", "--name", "other"), 1)
+    line = one_error(landscape(*GRID, "--store", str(damaged), "--width", "5", "--name", "other"), 1)
     assert "checkpoint of epoch 4" in line and "landscape verify" in line
 
 
@@ -378,7 +377,7 @@ def test_damaged_direction_is_reported_and_refused(damaged: Path) -> None:
     assert {p["path"] for p in problems} == {str(direction)} and len(problems) == 2  # its record and the grid's
     [rows_dir] = damaged.glob("*/grids/*/landscape.zarr/done")
     shutil.rmtree(rows_dir / "c" / "1")  # epoch 4 must be recomputed, which needs the directions
-    line = one_error(run_cli(*GRID, "--resume", "--store", str(damaged)), 1)
+    line = one_error(landscape(*GRID, "--resume", "--store", str(damaged)), 1)
     assert "direction pair" in line and "modified or damaged" in line
 
 
@@ -393,14 +392,14 @@ def test_damaged_chunks_are_reported_refused_by_plot_and_recomputed(damaged: Pat
     _truncate(done, 2)
     problems = _problems(damaged)
     assert len(problems) == 3 and all("--resume" in p["fix"] for p in problems)
-    line = one_error(run_cli("plot", "k", "--store", str(damaged)), 1)
+    line = one_error(landscape("plot", "k", "--store", str(damaged)), 1)
     assert "damaged chunk" in line and "--resume" in line
     [_problem] = [p for p in problems if "row 4 of pair 0, epoch 4" in p["problem"]]
-    ok(run_cli("grid", "k", "--grid", "g", "--resume", "--store", str(damaged)))  # as verify says
+    ok(landscape("grid", "k", "--grid", "g", "--resume", "--store", str(damaged)))  # as verify says
     assert _problems(damaged) == []
     for name, values in grid_arrays(damaged).items():
         assert np.array_equal(values, before[name], equal_nan=True), name
-    ok(run_cli("plot", "k", "--store", str(damaged)))
+    ok(landscape("plot", "k", "--store", str(damaged)))
 
 
 def test_damaged_zarr_metadata_is_rebuilt(damaged: Path) -> None:
@@ -410,9 +409,9 @@ def test_damaged_zarr_metadata_is_rebuilt(damaged: Path) -> None:
     _truncate(zarr_dir / "x" / "zarr.json")
     _truncate(zarr_dir / "zarr.json")
     assert len(_problems(damaged)) == 1
-    line = one_error(run_cli(*GRID, "--store", str(damaged)), 1)
+    line = one_error(landscape(*GRID, "--store", str(damaged)), 1)
     assert "metadata" in line and "--resume" in line
-    done = ok(run_cli(*GRID, "--resume", "--store", str(damaged)))
+    done = ok(landscape(*GRID, "--resume", "--store", str(damaged)))
     assert "rebuilt damaged" in done.stderr
     assert _problems(damaged) == []
     for name, values in grid_arrays(damaged).items():
@@ -427,10 +426,10 @@ def test_edited_or_damaged_grid_json(damaged: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     COUNTS["damaged_files"] += 1
     assert [p["problem"] for p in _problems(damaged)] == ["grid.json does not match its grid id (edited or damaged)"]
-    one_error(run_cli("plot", "k", "--store", str(damaged)), 1)
-    one_error(run_cli(*GRID, "--store", str(damaged)), 1)
+    one_error(landscape("plot", "k", "--store", str(damaged)), 1)
+    one_error(landscape(*GRID, "--store", str(damaged)), 1)
     _truncate(meta_path)
-    ok(run_cli(*GRID, "--resume", "--store", str(damaged)))
+    ok(landscape(*GRID, "--resume", "--store", str(damaged)))
     assert _problems(damaged) == []
     assert json.loads(meta_path.read_text())["epochs"] == [0, 4]
     for name, values in grid_arrays(damaged).items():
@@ -440,10 +439,10 @@ def test_edited_or_damaged_grid_json(damaged: Path) -> None:
 def test_damaged_run_json(damaged: Path) -> None:
     [run_json] = damaged.glob("*/run.json")
     _truncate(run_json, 20)
-    listing = json.loads(ok(run_cli("ls", "--json", "--store", str(damaged))).stdout)
+    listing = json.loads(ok(landscape("ls", "--json", "--store", str(damaged))).stdout)
     assert listing["runs"][0]["status"] == "damaged"
     assert "not valid JSON" in _problems(damaged)[0]["problem"]
-    line = one_error(run_cli(*TRAIN, "--store", str(damaged)), 1)
+    line = one_error(landscape(*TRAIN, "--store", str(damaged)), 1)
     assert "run.json" in line and "landscape verify" in line
 
 
@@ -476,33 +475,35 @@ def _fill(directory: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow  # a tmpfs mounted and filled
 def test_full_disk_is_one_line_and_loses_nothing(reference: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "8m") as disk:
         store = disk / "store"
         shutil.copytree(reference, store)
         shutil.rmtree(next(store.glob("*/grids")))
-        listing = ok(run_cli("ls", "--json", "--store", str(store))).stdout
+        listing = ok(landscape("ls", "--json", "--store", str(store))).stdout
         filler = _fill(disk, 0)
-        line = one_error(run_cli(*GRID, "--store", str(store)), 1)
+        line = one_error(landscape(*GRID, "--store", str(store)), 1)
         assert "disk full" in line and "free some space" in line
-        line = one_error(run_cli("train", "mlp", "digits", "--epochs", "1", "--store", str(store)), 1)
+        line = one_error(landscape("train", "mlp", "digits", "--epochs", "1", "--store", str(store)), 1)
         assert "disk full" in line
-        assert ok(run_cli("ls", "--json", "--store", str(store))).stdout == listing  # the store as it was
+        assert ok(landscape("ls", "--json", "--store", str(store))).stdout == listing  # the store as it was
         assert not list(store.glob("*/grids/*"))
         readable(store)
         # a grid that runs out of space half-way stops with one line and keeps its finished rows
         filler.unlink()
-        ok(run_cli(*[a if a != "0,4" else "0" for a in GRID], "--store", str(store)))
+        ok(landscape(*[a if a != "0,4" else "0" for a in GRID], "--store", str(store)))
         filler = _fill(disk, 24_000)
-        line = one_error(run_cli(*GRID, "--store", str(store)), 1)
+        line = one_error(landscape(*GRID, "--store", str(store)), 1)
         assert "disk full" in line
         readable(store)
         filler.unlink()
-        ok(run_cli(*GRID, "--resume", "--store", str(store)))
+        ok(landscape(*GRID, "--resume", "--store", str(store)))
         for name, values in grid_arrays(reference).items():
             assert np.array_equal(grid_arrays(store)[name], values, equal_nan=True), name
 
 
+@pytest.mark.slow  # a tmpfs mounted and remounted read-only
 def test_read_only_store(reference: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "64m") as disk:
         store = disk / "store"
@@ -510,11 +511,11 @@ def test_read_only_store(reference: Path, tmp_path: Path) -> None:
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
         for args in (["train", "mlp", "digits", "--epochs", "0"], [*GRID[:-3], "--width", "5"],
                      ["plot", "k"]):
-            line = one_error(run_cli(*args, "--store", str(store)), 1)
+            line = one_error(landscape(*args, "--store", str(store)), 1)
             assert "read-only file system" in line and ("--store" in line or "--out" in line), line
-        ok(run_cli("ls", "--store", str(store)))
-        ok(run_cli("verify", "--store", str(store)))
-        ok(run_cli("plot", "k", "--store", str(store), "--out", str(tmp_path / "p.png")))
+        ok(landscape("ls", "--store", str(store)))
+        ok(landscape("verify", "--store", str(store)))
+        ok(landscape("plot", "k", "--store", str(store), "--out", str(tmp_path / "p.png")))
         assert (tmp_path / "p.png").is_file()
 
 

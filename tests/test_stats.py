@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import Grid, Train, private_copy, tree
+from conftest import Grid, StoreFactory, Train, private_copy, tree
 
 from landscape_cli.errors import StoreError
 from landscape_cli.store import Store
@@ -23,11 +23,11 @@ B = {"batch_size": 64, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def stored(trained_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def stored(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ReLU CNN with planes, a line and a PCA plane, and a tanh MLP (a smooth loss) with small-span grids.
 
     The module's copy of the session's master (each run trained once per session)."""
-    return trained_store.copy(  # type: ignore[no-any-return]
+    return trained_store.copy(
         Train("cnn", epochs=3, name="t"),
         Grid("t", epochs=[2, 3], width=9, span=1.0, pairs=2, batches=2, name="wide", **B),
         Grid("t", epochs=[3], dims=1, width=21, span=1.0, pairs=2, batches=2, name="line", **B),
@@ -436,6 +436,7 @@ def test_stats_imports_no_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+@pytest.mark.slow  # figures (~4 s)
 def test_the_reference_figure_title_has_the_stats_line(stored: Path, tmp_path: Path) -> None:
     from landscape_cli import plot
     from landscape_cli.curvature.stats import summary, title_text

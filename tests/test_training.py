@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_cli, subprocess_env
+from conftest import REPO, StoreFactory, run_in_process, subprocess_env
 
 from landscape_cli import train
 from landscape_cli._io import file_sha256
@@ -104,6 +104,7 @@ def test_sgd_with_momentum_trains(store: Path) -> None:
     assert losses[-1] < losses[0] * 0.5
 
 
+@pytest.mark.slow
 def test_resnet_reaches_90_percent_on_digits(store: Path) -> None:
     result = train("resnet", "digits", epochs=5, store=store, progress=False)
     assert result.meta.epochs[-1].val_accuracy >= 0.90
@@ -147,10 +148,11 @@ def _checkpoint_hashes(store: Path) -> list[str]:
 TRAIN_ARGS = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "8", "--quiet"]
 
 
-def test_killed_training_resumes_bitwise(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_killed_training_resumes_bitwise(trained_store: StoreFactory, tmp_path: Path) -> None:
     """SIGKILL in the middle of training, rerun: the same checkpoints as an uninterrupted run."""
-    reference = run_cli(*TRAIN_ARGS, "--store", str(tmp_path / "ref"))
-    assert reference.returncode == 0, reference.stderr
+    # the uninterrupted run of TRAIN_ARGS: in-process with one thread, trained once per session (read-only master)
+    reference = trained_store("cnn", epochs=4, batch_size=8)
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *TRAIN_ARGS, "--store", str(killed)],
                             env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -162,7 +164,7 @@ def test_killed_training_resumes_bitwise(tmp_path: Path) -> None:
     proc.wait()
     [run] = Store(killed).runs()
     assert isinstance(run, RunMeta) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
-    resumed = run_cli(*TRAIN_ARGS, "--store", str(killed))
+    resumed = run_in_process(*TRAIN_ARGS, "--store", str(killed))
     assert resumed.returncode == 0, resumed.stderr
-    assert _checkpoint_hashes(killed) == _checkpoint_hashes(tmp_path / "ref")
+    assert _checkpoint_hashes(killed) == _checkpoint_hashes(reference)
     assert not list(killed.rglob("*.partial"))
