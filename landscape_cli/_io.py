@@ -59,7 +59,7 @@ def check_hash(path: Path, expected: str, what: str) -> None:
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")  # "newest" must not tie within a second
 
 
 # --- atomic writes -----------------------------------------------------------------------------
