@@ -146,3 +146,12 @@ def test_ls_shows_the_epochs_an_imported_run_holds(cli: Any, store: Path) -> Non
     assert "1,3" in cells and "1/1" not in row  # it holds epochs 1 and 3 as imported, not "1 of 1 trained"
     trained = next(line for line in cli("ls").stdout.splitlines() if f"│ {IDS['run_id']}" in line)
     assert "3/3" in trained
+
+
+def test_the_hessian_figure_names_no_batchnorm_mode_for_a_model_without_batchnorm(store: Path, tmp_path: Path) -> None:
+    from landscape_cli.views.hessian_figure import plot_hessian
+
+    shutil.copytree(LEGACY2 / "store", store)
+    drawn = plot_hessian("legacy2", out=tmp_path / "h.png", store=store)  # an mlp: no BatchNorm layers
+    title = drawn.figure._suptitle.get_text()
+    assert title.startswith(f"Hessian of run {IDS['run_id']} (1 batches of 64)") and "BatchNorm" not in title

@@ -18,7 +18,7 @@ from landscape_cli._io import atomic_path, check_writable, os_error
 from landscape_cli.errors import GridStateError, StoreError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.meta import HessianMeta
-from landscape_cli.views.readers import select_hessian
+from landscape_cli.views.readers import BATCHNORM_MODELS, select_hessian
 
 
 @dataclass
@@ -95,7 +95,9 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     for a in np.atleast_1d(axes):
         a.tick_params(labelsize=7)
     cfg = meta.config
-    fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}, BatchNorm {cfg.bn}"
+    run_meta = st.read_run(run_id)  # the BatchNorm mode only for models known to have BatchNorm layers
+    bn = f", BatchNorm {cfg.bn}" if "source" not in run_meta.model and run_meta.config.model in BATCHNORM_MODELS else ""
+    fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}{bn}"
                  + (f", layer {cfg.layer}" if cfg.layer else "") + f"), results {meta.id}", fontsize=9)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
