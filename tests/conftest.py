@@ -241,3 +241,34 @@ def copy_store(trained_store: StoreFactory, tmp_path: Path) -> Callable[..., Pat
         return trained_store.copy(*steps, to=tmp_path / "store")
 
     return make
+
+
+# --- the page tests' browser ---
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium through Playwright, launched once for every page test."""
+    ci = os.environ.get("CI") == "true"
+    if not CHROMIUM.exists():
+        if ci:
+            pytest.fail(f"{CHROMIUM} is missing: the HTML page tests need Debian's Chromium in CI "
+                        "(`apt-get install -y chromium`)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if ci:
+            pytest.fail("Python Playwright is missing: the HTML page tests need it in CI (pip install playwright)")
+        pytest.skip("Python Playwright is missing (pip install playwright)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()

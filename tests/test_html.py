@@ -12,7 +12,6 @@ where they fail. LANDSCAPE_HTML_SCREENSHOT=docs/html-page.png regenerates the sc
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,10 +29,6 @@ from landscape_cli.errors import UsageError
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.views.page import write_html
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic"]
 USERLAND = Path(__file__).parent / "userland"
 G = {"batch_size": 64, "progress": False}
 
@@ -48,28 +43,6 @@ def store(trained_store: StoreFactory, tmp_path_factory: pytest.TempPathFactory)
         Grid("relu", name="line", dims=1, width=9, pairs=2, batches=2, **G),
         Grid("relu", name="pca", directions="pca", width=7, batches=2, **G),
         to=tmp_path_factory.mktemp("html") / "store")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ci = os.environ.get("CI") == "true"
-    if not CHROMIUM.exists():
-        if ci:
-            pytest.fail(f"{CHROMIUM} is missing: the HTML page tests need Debian's Chromium in CI "
-                        "(`apt-get install -y chromium`)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if ci:
-            pytest.fail("Python Playwright is missing: the HTML page tests need it in CI (pip install playwright)")
-        pytest.skip("Python Playwright is missing (pip install playwright)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Page:

@@ -12,7 +12,6 @@ browser tests skip when either is missing, except under CI=true, where they fail
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -30,9 +29,6 @@ from landscape_cli.views.page import PLOTLY_BUNDLE, write_html
 from landscape_cli.views.readers import select_sources
 
 LEGACY = Path(__file__).parent / "data" / "legacy-0.2.0" / "store"  # frozen: copied, never written
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 LIMIT = 2_500_000  # bytes of one page
 TRACES = ["contour", "scatter", "scatter3d", "surface"]  # what page.js draws
 
@@ -46,27 +42,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     grid("legacy2", store=store, name="means", epochs=[0, 3], width=7, pairs=2, batches=2, batch_size=64,
          progress=False)
     return store
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    ci = os.environ.get("CI") == "true"
-    if not CHROMIUM.exists():
-        if ci:
-            pytest.fail(f"{CHROMIUM} is missing: the page tests need Debian's Chromium in CI")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if ci:
-            pytest.fail("Python Playwright is missing: the page tests need it in CI (pip install playwright)")
-        pytest.skip("Python Playwright is missing (pip install playwright)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture
