@@ -6,7 +6,7 @@
 set -euo pipefail
 
 landscape train resnet digits --epochs 5 --name quickstart
-landscape grid quickstart --epochs 0,1,5 --width 13 --pairs 2 --batches 2 --name quickstart
+landscape grid quickstart --epochs 0,1,5 --width "$WIDTH" --pairs 2 --batches 2 --name quickstart
 landscape plot quickstart --epochs 0,1,5 --reduce mean    # the three epochs side by side
 landscape plot quickstart --epoch 5                       # the reference figure: pair x batch panels
 landscape ls

@@ -17,6 +17,10 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one torch thread per worker (two workers never oversubscribe the cores)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,39 +145,53 @@ def one_thread() -> Iterator[None]:
 
 
 class StoreFactory:
-    """Masters built on first use, by recipe (see above); the same recipe gives the same directory."""
+    """Masters built on first use, by recipe (see above); the same recipe gives the same directory.
+
+    Under pytest-xdist the workers share one root: each master is built by the first worker that needs
+    it, under a file lock, and the others wait for it and read the same directory."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.masters: dict[str, Path] = {}
+        self.root.mkdir(parents=True, exist_ok=True)
         self.snapshots: dict[Path, dict[str, tuple[int, int]]] = {}
-        self.runs: dict[str, tuple[Path, str]] = {}  # one-run masters: training config -> (store, run id)
-        self.made = 0  # directories made (a build that failed leaves its own behind)
+        self.made = 0  # directories this process made (a build that failed leaves its own behind)
 
     def __call__(self, model: str, dataset: str = "digits", **options: Any) -> Path:
         """A master holding the one run `train(model, dataset, **options)` makes."""
         return self.build(Train(model, dataset, **options))
 
     def build(self, *steps: Step) -> Path:
-        key = repr(steps)
-        if key not in self.masters:
-            store = self._directory("store")
-            store.mkdir(parents=True)
-            with self._environment(store):
-                for step in steps:
-                    self._apply(step, store)
-            self.masters[key] = store
-            self.snapshots[store] = tree(store)
-        return self.masters[key]
+        return self._once("store", repr(steps), lambda store: self._build(steps, store))
+
+    def _build(self, steps: tuple[Step, ...], store: Path) -> None:
+        store.mkdir(parents=True)
+        with self._environment(store):
+            for step in steps:
+                self._apply(step, store)
 
     def copy(self, *steps: Step, to: Path) -> Path:
         """A private copy (at `to`, which must not exist) of the master `steps` build."""
         shutil.copytree(self.build(*steps), to)
         return to
 
-    def _directory(self, kind: str) -> Path:
-        self.made += 1
-        return self.root / f"{kind}-{self.made}" / "store"
+    def _once(self, kind: str, key: str, make: Callable[[Path], None]) -> Path:
+        """The directory `make` fills for `key`, made once across every worker of the session."""
+        import fcntl
+        import hashlib
+
+        name = f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+        store, done = self.root / name / "store", self.root / name / "done"
+        if not done.exists():
+            with open(self.root / f"{name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not done.exists():
+                    shutil.rmtree(store.parent, ignore_errors=True)  # a build that failed in another worker
+                    self.made += 1
+                    make(store)
+                    done.write_text(key)
+        if store not in self.snapshots:
+            self.snapshots[store] = tree(store)
+        return store
 
     def changed(self) -> list[str]:
         """The masters that differ from what was built (a test wrote into one)."""
@@ -216,18 +234,22 @@ class StoreFactory:
 
         options = {k: v for k, v in step.options if k not in ("name", "progress")}
         key = repr((step.args, sorted(options.items()), step.syspath))
-        if key not in self.runs:
-            store = self._directory("run")
-            result = train(*step.args, store=store, **options, progress=False)
-            self.runs[key] = (store, result.run_id)
-            self.snapshots[store] = tree(store)
-        return self.runs[key]
+
+        def make(store: Path) -> None:
+            with one_thread():
+                result = train(*step.args, store=store, **options, progress=False)
+            (store.parent / "run_id").write_text(result.run_id)
+
+        store = self._once("run", key, make)
+        return store, (store.parent / "run_id").read_text()
 
 
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreFactory]:
     """The session's read-only master stores (see StoreFactory); copy one before changing it."""
-    factory = StoreFactory(tmp_path_factory.mktemp("masters"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    root = tmp_path_factory.getbasetemp().parent / "masters" if worker else tmp_path_factory.mktemp("masters")
+    factory = StoreFactory(root)
     yield factory
     changed = factory.changed()
     assert not changed, f"a test wrote into a shared master store (copy it first): {changed}"

@@ -12,11 +12,14 @@ import pytest
 from conftest import REPO, subprocess_env
 
 
-def run_example(script: str, tmp_path: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def run_example(script: str, tmp_path: Path, *args: str, timeout: int = 900,
+                **env_extra: str) -> subprocess.CompletedProcess[str]:
     """examples/SCRIPT as README runs it: the venv's `landscape` on PATH, a store in tmp_path/runs."""
-    env = subprocess_env(threads=2)
+    # both cores, unless pytest-xdist runs another worker beside this one
+    env = subprocess_env(threads=1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["LANDSCAPE_STORE"] = str(tmp_path / "runs")
+    env.update(env_extra)
     done = subprocess.run([str(REPO / "examples" / script), *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -25,7 +28,9 @@ def run_example(script: str, tmp_path: Path, *args: str, timeout: int = 900) -> 
 
 @pytest.mark.slow
 def test_quickstart_script(tmp_path: Path) -> None:
-    done = run_example("quickstart.sh", tmp_path)
+    # the script as README runs it, on the coarser grid its WIDTH offers (the full 13 x 13 grid is the same
+    # code over more points: 3 minutes of the suite for nothing more)
+    done = run_example("quickstart.sh", tmp_path, WIDTH="5")
     plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
     assert plots == ["loss_heatmap_epoch-5.png", "loss_heatmap_epochs-0-1-5_mean.png"]
     assert "quickstart" in done.stdout and "100.0% done" in done.stdout
