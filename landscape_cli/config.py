@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -42,6 +42,42 @@ def finite(value: float, option: str, *, positive: bool = False, below: float | 
     return value
 
 
+GLOB_CHARACTERS = "*?["  # a --layer value with one of these is a pattern (fnmatch), not a parameter's name
+
+
+def layer_selection(layer: str | Sequence[str] | None) -> tuple[str | None, tuple[str, ...] | None]:
+    """--layer (one value or several) as a configuration records it: (layer, layers).
+
+    One exact parameter name stays `layer`, as grids made before patterns spell it (so their ids do not
+    change); a glob pattern, or several values, become `layers`: sorted, without repeats (the selection is
+    their union, in the model's order, whatever order they were given in).
+    """
+    if layer is None:
+        return None, None
+    values = [layer] if isinstance(layer, str) else list(layer)
+    if not values:
+        return None, None
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise UsageError(f"--layer {v!r}: give a parameter name or a pattern such as 'blocks.3.*' "
+                             "(`landscape layers RUN` lists the names)")
+    unique = sorted(set(values))
+    if len(unique) == 1 and not any(c in unique[0] for c in GLOB_CHARACTERS):
+        return unique[0], None
+    return None, tuple(unique)
+
+
+def check_layers(layer: str | None, layers: tuple[str, ...] | None, single_kernel: bool) -> None:
+    """What a configuration's --layer fields must satisfy (one exact name or patterns, never both)."""
+    if layer is not None and layers is not None:
+        raise UsageError("give --layer as one exact name (layer) or as patterns (layers), not both")
+    if layers is not None and (not layers or layer_selection(layers) != (None, layers)):
+        raise UsageError(f"layers={list(layers)}: patterns are recorded sorted and without repeats, and one exact "
+                         "name as layer= (`layer_selection` spells them)")
+    if single_kernel and layer is None:
+        raise UsageError("--single-kernel needs --layer naming one convolution weight (not a pattern)")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines the weights of every epoch (not the epoch count, device or name).
@@ -60,9 +96,10 @@ class TrainConfig:
     seed: int = 0
     # added since the first release: in the identity only when set, so no existing run changes id
     model_sha256: str | None = None  # of the file defining a model factory (an edited model: a new run)
-    data_sha256: str | None = None  # of a dataset factory's tensors (changed data: a new run)
+    data_sha256: str | None = None  # of a dataset factory's tensors or a text file's bytes (changed data: a new run)
     loss: str | None = None  # --loss, when given (else the dataset's task chooses)
     imported: tuple[str, ...] | None = None  # `landscape import`: each epoch's weights hash, in order
+    block_size: int | None = None  # a text dataset's characters per sample (--block-size)
 
     def validate(self) -> TrainConfig:
         choice(self.activation, ACTIVATIONS, "activation")
@@ -72,13 +109,15 @@ class TrainConfig:
         finite(self.momentum, "--momentum", below=1.0)
         finite(self.weight_decay, "--weight-decay")
         positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        if self.block_size is not None:
+            positive_int(self.block_size, "--block-size")
         if self.optimizer == "adam" and self.momentum != 0:
             raise UsageError("--momentum applies to --optimizer sgd only (adam uses its own betas)")
         return self
 
     def identity(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("model_sha256", "data_sha256", "loss", "imported") or v is not None}
+               if k not in ("model_sha256", "data_sha256", "loss", "imported", "block_size") or v is not None}
         if self.imported is not None:
             out["imported"] = list(self.imported)
         return {**out, "procedure": TRAINING_PROCEDURE}
@@ -168,6 +207,7 @@ class GridConfig:
     target_epoch: int | None = None
     trajectory: tuple[int, ...] | None = None  # pca: the checkpoints whose trajectory defines the plane
     precision: str = "fp32"  # the forward passes' arithmetic (PRECISIONS)
+    layers: tuple[str, ...] | None = None  # --layer patterns (or several names): in the identity only when given
 
     @property
     def kind(self) -> str:
@@ -217,8 +257,7 @@ class GridConfig:
         choice(self.precision, PRECISIONS, "--precision")
         if self.whole and self.batches != 1:
             raise UsageError("--batches all is stored as one batch entry")
-        if self.single_kernel and self.layer is None:
-            raise UsageError("--single-kernel needs --layer naming a convolution weight")
+        check_layers(self.layer, self.layers, self.single_kernel)
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -243,6 +282,8 @@ class GridConfig:
             out["trajectory"] = list(self.trajectory)
         if self.precision != "fp32":
             out["precision"] = self.precision
+        if self.layers is not None:
+            out["layers"] = list(self.layers)
         out["format"] = IDENTITY_FORMAT
         return out
 
@@ -262,7 +303,8 @@ class GridConfig:
         else:
             axes = square_axes(kind, int(d["width"]), float(d["span"]))
         known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
-                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "precision", "format"}
+                 "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "precision", "layers",
+                 "format"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -275,7 +317,8 @@ class GridConfig:
                    bn=str(d["bn"]), split=str(d.get("split", "train")), whole=whole,
                    target_run=target.get("run"), target_epoch=target.get("epoch"),
                    trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None,
-                   precision=str(d.get("precision", "fp32")))
+                   precision=str(d.get("precision", "fp32")),
+                   layers=tuple(str(p) for p in d["layers"]) if d.get("layers") is not None else None)
 
 
 MAX_POINTS_PER_PASS = 4096
@@ -306,7 +349,7 @@ class GridRequest:
     seed: int | None = None
     norm: str | None = None
     perturb_biasbn: bool = False
-    layer: str | None = None
+    layer: str | tuple[str, ...] | None = None  # a parameter's name, or glob patterns over the names
     single_kernel: bool = False
     bn: str = "train"
     directions_from: str | None = None
@@ -324,7 +367,8 @@ class GridRequest:
         if self.points_per_pass is not None:
             positive_int(self.points_per_pass, "--points-per-pass", maximum=MAX_POINTS_PER_PASS)
         epochs = tuple(self.epochs) if self.epochs is not None else None
-        return replace(self, batches=parse_batches(self.batches), epochs=epochs)
+        layer, layers = layer_selection(self.layer)
+        return replace(self, batches=parse_batches(self.batches), epochs=epochs, layer=layers or layer)
 
 
 GridOptions = GridRequest  # the name earlier releases gave the request
@@ -360,6 +404,8 @@ def split_options(request: GridRequest | None, runtime: Runtime | None,
     asked = {k: v for k, v in options.items() if k in request_fields}
     if asked.get("epochs") is not None:
         asked["epochs"] = tuple(asked["epochs"])
+    if asked.get("layer") is not None and not isinstance(asked["layer"], str):
+        asked["layer"] = tuple(asked["layer"])
     how = {k: v for k, v in options.items() if k in runtime_fields}
     return replace(request or GridRequest(), **asked), replace(runtime or Runtime(), **how)
 
@@ -392,6 +438,7 @@ class HessianConfig:
     seed: int = 0
     split: str = "train"
     whole: bool = False  # --batches all
+    layers: tuple[str, ...] | None = None  # --layer patterns (or several names): in the identity only when given
 
     def validate(self) -> HessianConfig:
         positive_int(self.top, "--top", maximum=MAX_TOP)
@@ -405,10 +452,15 @@ class HessianConfig:
         positive_int(self.density_steps, "--steps", minimum=2, maximum=1000)
         positive_int(self.bins, "--bins", minimum=2, maximum=100_000)
         positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        check_layers(self.layer, self.layers, False)
         return self
 
     def identity(self) -> dict[str, Any]:
         out = {**asdict(self), "format": 1}
+        if self.layers is None:  # added since: left out unless given, so no existing result changes id
+            out.pop("layers")
+        else:
+            out["layers"] = list(self.layers)
         if not self.density:  # the density's settings do not change the other results
             for key in ("density_probes", "density_steps", "bins"):
                 out.pop(key)
@@ -430,6 +482,8 @@ class HessianConfig:
         fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         if fields.get("batches") == "all":
             fields.update(batches=1, whole=True)
+        if fields.get("layers") is not None:
+            fields["layers"] = tuple(fields["layers"])
         return cls(**fields)
 
 

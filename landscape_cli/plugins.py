@@ -33,7 +33,7 @@ GROUPS = {"model": "landscape.models", "dataset": "landscape.datasets"}
 class Source:
     """Where a model or dataset factory comes from."""
 
-    kind: str  # "builtin" | "entry-point" | "module" | "file"
+    kind: str  # "builtin" | "entry-point" | "module" | "file" | "text" (a text file's characters: data/text.py)
     ref: str  # what the run records and later commands resolve: name, "pkg.mod:fn" or "/abs/file.py:fn"
     target: str  # "pkg.mod:fn" or "/abs/file.py:fn" (a built-in: its name)
     file: str | None = None  # the file that defines the factory
@@ -46,10 +46,13 @@ class Source:
 
     @property
     def name(self) -> str:
-        """The name in the run's identity: the file's own name (not its folder) for a file factory."""
+        """The name in the run's identity: the file's own name (not its folder) for a file factory, and
+        text:<file name> for a text dataset (its content is covered by its sha256)."""
         if self.kind == "file":
             path, _, attr = self.target.rpartition(":")
             return f"{Path(path).name}:{attr}"
+        if self.kind == "text":
+            return f"text:{Path(self.target).name}"
         return self.ref
 
     def to_json(self) -> dict[str, Any]:

@@ -29,12 +29,12 @@ from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remov
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig, positive_int
-from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
-from landscape_cli.data.losses import Loss, get_loss, loss_for_task
+from landscape_cli.data import Dataset, check_block_size, dataset_record, dataset_source, load_dataset
+from landscape_cli.data.losses import Loss, get_loss, loss_for_task, scored
 from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.kernel.device import select_device, tune_allocator, use_channels_last
 from landscape_cli.kernel.evaluate import evaluate_split
-from landscape_cli.models import build, checkpoints, model_source
+from landscape_cli.models import build, checkpoints, model_source, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name, optimizer_name
@@ -81,6 +81,7 @@ def train(
     activation: str = TrainConfig.activation,
     seed: int = TrainConfig.seed,
     loss: str | None = TrainConfig.loss,
+    block_size: int | None = TrainConfig.block_size,
     device: str = "auto",
     data_dir: str | os.PathLike[str] | None = None,
     store: Store | str | os.PathLike[str] | None = None,
@@ -91,18 +92,23 @@ def train(
     """Train `model` on `dataset`, checkpointing epochs 0..`epochs` into a content-addressed run.
 
     Running it again with the same configuration trains nothing (or resumes where a stopped run
-    left off; more epochs continue the run). Returns the run's id, directory and metadata.
+    left off; more epochs continue the run). Returns the run's id, directory and metadata. `block_size`: the
+    characters per sample of a `text:PATH` dataset (default 64; part of the run's identity).
     """
     model_src, data_src = model_source(model), dataset_source(dataset)
     if not model_src.builtin and activation != TrainConfig.activation:
         raise UsageError(f"--activation replaces the activations of the built-in models only: {model_src.ref!r} is "
                          "your model and is never rewritten (build the activation into its factory)")
+    if takes_tokens(model_src) and activation != TrainConfig.activation:
+        raise UsageError(f"--activation rewrites the built-in image models only: {model_src.ref!r} keeps its GELU")
+    check_block_size(data_src, block_size)
     if loss is not None:
         get_loss(loss)
     # a factory's data is part of the run's identity: load it first (a built-in dataset is named by its name)
-    data = None if data_src.builtin else load_dataset(data_src, data_dir)
+    data = None if data_src.builtin else load_dataset(data_src, data_dir, block_size=block_size)
     config = TrainConfig(model_src.name, data_src.name, batch_size, optimizer, lr, momentum, weight_decay, activation,
-                         seed, model_sha256=model_src.sha256, data_sha256=data.sha256 if data else None, loss=loss)
+                         seed, model_sha256=model_src.sha256, data_sha256=data.sha256 if data else None, loss=loss,
+                         block_size=data.block_size if data else None)
     config.validate()
     positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
     dev = select_device(device)
@@ -217,7 +223,8 @@ def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
                  epoch: int, device: torch.device, channels_last: bool, progress: bool,
                  scorer: Loss) -> tuple[float, float | None]:
-    """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy."""
+    """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy over the
+    scored units (samples, or tokens that are not padding). A mini-batch of padding only is skipped."""
     x_all, y_all = data.train_x, data.train_y
     n = len(y_all)
     order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
@@ -225,20 +232,27 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
     net.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+    units = 0
     with progress_bar(f"epoch {epoch}", steps, unit="batches", enabled=progress) as bar:
         for step in range(steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            y_cpu = y_all[idx]
+            count = scored(y_cpu)  # counted on the CPU: no device sync
+            if not count:  # nothing to score: no loss, no step
+                bar.advance()
+                continue
             x = data.prepare(x_all[idx], device, channels_last)
-            y = y_all[idx].to(device)
+            y = y_cpu.to(device)
             out = net(x)
             loss = scorer(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total_loss += loss.detach() * len(idx)
+            total_loss += loss.detach() * count
             correct += scorer.correct(out.detach(), y)
+            units += count
             bar.advance()
-    return total_loss.item() / n, (correct.item() / n if scorer.has_accuracy else None)
+    return total_loss.item() / units, (correct.item() / units if scorer.has_accuracy else None)
 
 
 def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,

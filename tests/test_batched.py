@@ -102,7 +102,8 @@ def _agree(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarra
 
 
 # vgg, the largest model (~7 s of the module), only in the full suite
-@pytest.fixture(scope="module", params=[pytest.param(m, marks=pytest.mark.slow) if m == "vgg" else m for m in list_models()])
+@pytest.fixture(scope="module",
+                params=[pytest.param(m, marks=pytest.mark.slow) if m == "vgg" else m for m in list_models("images")])
 def built(request: pytest.FixtureRequest) -> tuple[nn.Module, nn.Module, Batches]:
     model, shape = _make(request.param, 0)
     other, _ = _make(request.param, 1)

@@ -161,6 +161,6 @@ def test_the_builtin_models_known_to_have_batchnorm_are_those_that_do() -> None:
     from landscape_cli.models import create_model, list_models
     from landscape_cli.views.readers import BATCHNORM_MODELS
 
-    with_bn = {name for name in list_models() if has_batchnorm(create_model(name, 1, 10, 8))}
+    with_bn = {name for name in list_models("images") if has_batchnorm(create_model(name, 1, 10, 8))}
     assert with_bn == BATCHNORM_MODELS
     assert "mlp" not in with_bn and "cnn" in with_bn

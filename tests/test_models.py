@@ -24,7 +24,7 @@ def test_the_registry_has_the_issue_models() -> None:
     assert {"resnet", "vgg", "plain", "cnn", "mlp"} <= set(list_models())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("images"))
 @pytest.mark.parametrize(("channels", "size"), SHAPES)
 def test_forward_backward_on_every_dataset_shape(name: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def test_forward_backward_on_every_dataset_shape(name: str, channels: int, size:
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("images"))
 @pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 def test_every_activation_is_replaced(name: str, activation: str) -> None:
     baseline = create_model(name, 1, 10, 28, "relu")
@@ -89,7 +89,7 @@ def test_plain_has_no_skip_connections() -> None:
 
 
 def test_unknown_names_list_the_choices() -> None:
-    with pytest.raises(UnknownNameError, match="choose one of cnn, mlp, plain, resnet, vgg"):
+    with pytest.raises(UnknownNameError, match="choose one of cnn, gpt, mlp, plain, resnet, vgg"):
         create_model("alexnet", 1, 10, 28)
     with pytest.raises(KeyError):  # catchable as the built-in too
         create_model("cnn", 1, 10, 28, "gelu")

@@ -49,7 +49,8 @@ def hessian(
         bool, typer.Option(help="Include biases and BatchNorm weights (as grids do).")
     ] = HessianConfig.perturb_biasbn,
     layer: Annotated[
-        str | None, typer.Option(help="Only this parameter tensor (`landscape layers RUN`).", show_default=False)
+        list[str] | None, typer.Option(help="Only this parameter tensor, or the tensors glob patterns select "
+                                       "(repeatable; `landscape layers RUN --layer PATTERN`).", show_default=False)
     ] = None,
     tol: Annotated[
         float, typer.Option(help="Eigenpairs with ‖Hv − λv‖/|λ| above this are marked not converged.")

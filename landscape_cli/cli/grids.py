@@ -81,8 +81,9 @@ def grid(
     ] = None,
     perturb_biasbn: Annotated[bool, typer.Option(help="Also perturb biases and BatchNorm weights.")] = GridRequest.perturb_biasbn,
     layer: Annotated[
-        str | None, typer.Option(help="Perturb only this parameter tensor (`landscape layers RUN` lists them).",
-                                 show_default=False)
+        list[str] | None, typer.Option(help="Perturb only this parameter tensor, or the tensors glob patterns select, "
+                                       "e.g. 'blocks.3.attn.*' (repeatable; `landscape layers RUN --layer PATTERN` "
+                                       "shows the selection).", show_default=False)
     ] = None,
     single_kernel: Annotated[bool, typer.Option(help="With --layer: perturb only its first kernel.")] = GridRequest.single_kernel,
     directions_from: Annotated[
@@ -161,8 +162,9 @@ def grid(
     request = GridRequest(
         epochs=_tuple(parse_epochs(epochs)), directions=directions, dims=dims, width=width, span=span,
         range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs, batches=batches,
-        batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn, layer=layer,
-        single_kernel=single_kernel, bn=bn, directions_from=directions_from, to_epoch=to_epoch, to=to,
+        batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn,
+        layer=tuple(layer) if layer else None, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
+        to_epoch=to_epoch, to=to,
         from_grid=grid_ref, precision=precision, gradient=gradient, points_per_pass=points_per_pass, name=name,
         resume=resume,
     )

@@ -14,8 +14,9 @@ from landscape_cli.cli._common import JsonOpt, print_json, stdout
 
 
 def models(json_output: JsonOpt = False) -> None:
-    """List the models: built-in ones with their parameter counts (1x28x28 and 3x32x32 inputs), and those
-    packages register as entry points (group landscape.models), with where they come from.
+    """List the models: built-in ones with their parameter counts (1x28x28 and 3x32x32 inputs; gpt takes token
+    sequences, e.g. text:PATH), and those packages register as entry points (group landscape.models), with
+    where they come from.
 
     Any `pkg.module:factory` or `./file.py:factory` works too: a factory is called with
     input_shape (a sample's shape) and num_outputs and returns a torch.nn.Module.
@@ -27,12 +28,13 @@ def models(json_output: JsonOpt = False) -> None:
 
     rows: list[dict[str, Any]] = []
     for name in list_models():
+        images = model_entry(name).inputs == "images"  # a model of tokens takes no images: no counts there
         rows.append({
             "name": name,
             "origin": "built-in",
             "description": model_entry(name).description,
-            "parameters_1x28x28": count_parameters(create_model(name, 1, 10, 28)),
-            "parameters_3x32x32": count_parameters(create_model(name, 3, 10, 32)),
+            "parameters_1x28x28": count_parameters(create_model(name, 1, 10, 28)) if images else None,
+            "parameters_3x32x32": count_parameters(create_model(name, 3, 10, 32)) if images else None,
         })
     for name, origin in entry_points("model"):
         rows.append({"name": name, "origin": origin, "description": "", "parameters_1x28x28": None,
@@ -54,7 +56,8 @@ def datasets(json_output: JsonOpt = False) -> None:
     landscape.datasets), with where they come from.
 
     Any `pkg.module:factory` or `./file.py:factory` works too: a factory takes no arguments and
-    returns {"train": (x, y), "val": (x, y), "task": "classification" | "regression"}.
+    returns {"train": (x, y), "val": (x, y), "task": "classification" | "regression"}. So does
+    text:PATH, the characters of any UTF-8 file (train with --block-size).
 
     Example: `landscape datasets`
     """

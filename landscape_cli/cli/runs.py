@@ -51,6 +51,10 @@ def train(
         str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and of the data order.")] = TrainConfig.seed,
+    block_size: Annotated[
+        int | None, typer.Option(help="Characters per sample of a text:PATH dataset [default: 64].",
+                                 show_default=False)
+    ] = None,
     device: DeviceOpt = "auto",
     data_dir: Annotated[
         Path | None,
@@ -67,7 +71,8 @@ def train(
     The run's id is a hash of the training configuration: the same command again trains nothing,
     resumes a stopped run from its last complete epoch, or continues it when --epochs grows. Your own
     model or dataset: pkg.module:factory or ./file.py:factory (README: "Your own model and data");
-    the id then covers the factory file's sha256 and the data's, so edits make a new run.
+    the id then covers the factory file's sha256 and the data's, so edits make a new run. text:PATH trains
+    on a text file's characters (README: "Language models"), e.g. `landscape train gpt text:README.md`.
 
     Example: `landscape train resnet digits --epochs 5 --name quickstart`
     """
@@ -86,7 +91,8 @@ def train(
     try:
         result = train_run(
             model, dataset, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, loss=loss, device=device,
+            momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, loss=loss,
+            block_size=block_size, device=device,
             data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
         )
     except KeyboardInterrupt:
@@ -107,7 +113,8 @@ def _epochs_table(meta: Any) -> Table:
     cfg = meta.config
     imported = cfg.imported is not None
     how = "imported" if imported else f"{cfg.optimizer}, lr {cfg.lr}"
-    model = cfg.model if "source" in meta.model else f"{cfg.model} / {cfg.activation}"  # a factory's model: as written
+    rewritten = "activation" in meta.model.get("args", {})  # a factory's model (or gpt) is used as written
+    model = f"{cfg.model} / {cfg.activation}" if rewritten else cfg.model
     table = Table(title=f"{model} / {cfg.dataset}  ({how})")
     columns = ["epoch", "train loss", "train acc"] + ([] if imported else ["mean loss during the epoch"])
     for col in (*columns, "val loss", "val acc", "seconds"):
@@ -122,18 +129,23 @@ def _epochs_table(meta: Any) -> Table:
 
 
 def import_(
-    model: Annotated[str, typer.Argument(help="The model the weights are of: a built-in name, pkg.module:factory or "
-                                          "./file.py:factory.", show_default=False)],
+    model: Annotated[str, typer.Argument(help="The model the weights are of: a built-in name, pkg.module:factory, "
+                                          "./file.py:factory, or hf:DIR (a Hugging Face causal LM's directory).",
+                                          show_default=False)],
     dataset: Annotated[str, typer.Argument(help="The dataset to score them on (as for train).", show_default=False)],
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files (.pt, .pth, .ckpt, .bin, .safetensors) "
-                                                       "or folders of them.", show_default=False)],
+    checkpoints: Annotated[list[Path] | None, typer.Argument(
+        help="Checkpoint files (.pt, .pth, .ckpt, .bin, .safetensors) or folders of them; for hf:DIR, checkpoint "
+             "directories (e.g. DIR/checkpoint-500) [default for hf:DIR: DIR itself].", show_default=False)] = None,
     epochs: Annotated[
         str | None, typer.Option(help="Each file's epoch, in the order given (e.g. 0,5,9) [default: the single number "
-                                 "in each file name].", show_default=False)
+                                 "in each file name; hf:DIR: 0, 1, ... in training order].", show_default=False)
     ] = None,
     activation: Annotated[str, typer.Option(help="A built-in model's activation, as it was trained.")] = "relu",
     loss: Annotated[
         str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="hf:DIR on text:PATH: tokens per sample [default: 64].", show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
@@ -150,13 +162,29 @@ def import_(
     tensors (Lightning's hyper-parameters...) are replaced by inert placeholders. The run's id is a
     hash of the weights: importing the same files again changes nothing.
 
-    Example: `landscape import resnet digits ckpts/epoch=*.ckpt --epochs 0,1,5 --name theirs`
+    hf:DIR imports a Hugging Face causal LM as save_pretrained wrote it (config.json, model.safetensors
+    or its shards; needs `pip install 'landscape-cli[hf]'`), scored on text:PATH in DIR's own tokens
+    (README: "Hugging Face checkpoints").
+
+    Example: `landscape import resnet digits ckpts/epoch=*.ckpt --epochs 0,1,5 --name theirs`,
+    `landscape import hf:./out text:corpus.txt ./out/checkpoint-* --block-size 128`
     """
     from landscape_cli.config import parse_epochs
+    from landscape_cli.errors import UsageError
+    from landscape_cli.exchange.hf_import import import_hf, is_hf
     from landscape_cli.exchange.importer import import_run
 
-    result = import_run(model, dataset, list(checkpoints), epochs=parse_epochs(epochs), activation=activation,
-                        loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
+    if is_hf(model):
+        if activation != TrainConfig.activation:
+            raise UsageError("--activation applies to the built-in models only: hf:DIR keeps its own")
+        result = import_hf(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs), block_size=block_size,
+                           loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
+    else:
+        if block_size is not None:
+            raise UsageError("--block-size applies to import hf:DIR (train takes it for text:PATH)")
+        result = import_run(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs),
+                            activation=activation, loss=loss, device=device, name=name, store=store,
+                            data_dir=data_dir, progress=not quiet)
     meta = result.meta
     if json_output:
         print_json({"id": result.run_id, "path": result.path, "imported": result.imported,
@@ -221,17 +249,49 @@ def _hessian_cells(h: dict[str, Any]) -> list[str]:
 
 
 def layers(
-    run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
+    run_or_model: Annotated[str, typer.Argument(help="Run id, id prefix or name; or a model name (`landscape models`).",
+                                                show_default=False)],
+    layer: Annotated[
+        list[str] | None, typer.Option(help="Show what this name or glob pattern selects, e.g. 'blocks.3.*' "
+                                       "(repeatable, as for grid and hessian).", show_default=False)
+    ] = None,
+    perturb_biasbn: Annotated[
+        bool, typer.Option(help="With --layer: biases and norm parameters are selected too (as grid's option).")
+    ] = False,
+    dataset: Annotated[
+        str, typer.Option(help="For a model name: the dataset it is built for (its first and last layers follow it).")
+    ] = "digits",
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """List the parameter tensors of RUN's model (the names `grid --layer` accepts).
+    """List the parameter tensors of a run's model (the names `grid --layer` accepts), or what --layer selects.
 
-    Example: `landscape layers quickstart`
+    With --layer NAME or PATTERN (repeatable; shell-style patterns over whole names, * also crosses
+    dots): the tensors each matches, which of them a grid or hessian with the same --layer (and
+    --perturb-biasbn) moves, and how many parameters that is. A pattern that matches nothing is an error.
+
+    Example: `landscape layers quickstart`, `landscape layers quickstart --layer 'layer4.*' --layer 'fc.*'`
     """
-    from landscape_cli.engine.compute import list_layers
+    from rich.markup import escape
 
-    rows = list_layers(run, store)
+    from landscape_cli.engine.compute import layer_report, list_layers
+
+    if layer:
+        report = layer_report(run_or_model, layer, store, perturb_biasbn=perturb_biasbn, dataset=dataset)
+        if json_output:
+            print_json(report)
+            return
+        table = Table(title=escape(f"--layer {' '.join(report['layer'])} of {report['of']}"))
+        for col in ("name", "shape", "parameters", "kind", "matched by", "selected"):
+            table.add_column(col, justify="right" if col == "parameters" else "left")
+        for r in report["layers"]:
+            table.add_row(r["name"], "x".join(map(str, r["shape"])), f"{r['parameters']:,}", r["kind"],
+                          escape(" ".join(r["matched_by"])), "yes" if r["selected"] else "no (--perturb-biasbn)")
+        stdout().print(table)
+        stdout().print(f"selected {report['tensors']} tensors, {report['parameters']:,} of the model's "
+                       f"{report['model_parameters']:,} parameters ({100 * report['fraction']:.2f}%)")
+        return
+    rows = list_layers(run_or_model, store, dataset)
     if json_output:
         print_json(rows)
         return

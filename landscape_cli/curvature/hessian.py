@@ -6,13 +6,16 @@ Results live in ``<run>/hessians/<id>/`` (the id is the hash of the configuratio
 
 The top eigenvectors of each epoch are stored as a direction file of the run (what
 `grid --directions hessian` uses). Each epoch is written completely before it is marked done, so a
-killed computation keeps its finished epochs and the same command computes only the rest.
+killed computation keeps its finished epochs and the same command computes only the rest. A model
+with an operator that has no second derivative (`kernel.hvp.NoSecondDerivative`) fails with one line
+and leaves the results as they were before the command: nothing that looks partial.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ import zarr
 from landscape_cli._io import leave_no_trace, make_dirs, now, os_error, short_hash
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
-from landscape_cli.config import HessianConfig, check_batches, parse_batches
+from landscape_cli.config import HessianConfig, check_batches, layer_selection, parse_batches
 from landscape_cli.curvature.spectrum import extreme_eigenpairs, hutchinson_trace, spectral_density
 from landscape_cli.data import load_dataset
 from landscape_cli.data.losses import run_loss
@@ -33,7 +36,7 @@ from landscape_cli.directions import perturbed_names
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
-from landscape_cli.kernel.hvp import operator
+from landscape_cli.kernel.hvp import NoSecondDerivative, operator
 from landscape_cli.models import checkpoints
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import grow
@@ -73,7 +76,7 @@ def hessian(
     split: str = HessianConfig.split,
     bn: str = HessianConfig.bn,
     perturb_biasbn: bool = False,
-    layer: str | None = None,
+    layer: str | list[str] | tuple[str, ...] | None = None,
     tol: float = HessianConfig.tol,
     probes: int = HessianConfig.probes,
     density: bool = False,
@@ -101,8 +104,9 @@ def hessian(
     run_meta.require_checkpoints()
     parsed = parse_batches(batches)
     whole = parsed == "all"
-    cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, layer, tol, probes,
-                        density, density_probes, steps, bins, seed, split, whole).validate()
+    exact, patterns = layer_selection(layer)  # one name, or glob patterns (`layers`)
+    cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, exact, tol, probes,
+                        density, density_probes, steps, bins, seed, split, whole, layers=patterns).validate()
     wanted = _epochs(epochs, run_meta)
     return compute_results(st, run_meta, cfg, wanted, name=name, device=device, data_dir=data_dir, progress=progress)
 
@@ -118,7 +122,7 @@ def compute_results(st: Store, run_meta: RunMeta, cfg: HessianConfig, wanted: li
     dev = select_device(device)
     first = checkpoints.build_model(checkpoints.load_epoch(st, run_id, epoch_record(run_meta, wanted[0])))
     weights = {k: v.detach() for k, v in first.named_parameters()}
-    names = perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=layer)
+    names = perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=layer, layers=cfg.layers)
     size = sum(weights[n].numel() for n in names)
     if top >= size:
         raise UsageError(f"--top {top}: the Hessian over the perturbed parameters is {size}x{size}: ask for fewer "
@@ -133,14 +137,67 @@ def compute_results(st: Store, run_meta: RunMeta, cfg: HessianConfig, wanted: li
         make_dirs(hdir)
         lock = st.hessian_lock(run_id, hid).acquire("wait for it to finish or stop it; the same command resumes")
         try:
+            before = _Before.of(st, run_id, hid)
             meta = _prepare(st, run_meta, cfg, names, wanted, name)
             tune_allocator()
             t0 = time.perf_counter()
-            computed = _compute(st, run_meta, meta, names, wanted, Batches.of(data, cfg), dev, progress)
+            try:
+                computed = _compute(st, run_meta, meta, names, wanted, Batches.of(data, cfg), dev, progress)
+            except NoSecondDerivative:
+                before.restore(st, run_id, hid)  # no result that looks partial and asks to be recomputed
+                raise
             seconds = time.perf_counter() - t0
         finally:
             lock.release()
     return HessianResult(hid, run_id, hdir, st.hessian_zarr(run_id, hid), meta, computed, seconds)
+
+
+@dataclass(frozen=True)
+class _Before:
+    """The results of one configuration as they were before a command (read under their lock)."""
+
+    meta: HessianMeta | None  # hessian.json, None where there was none
+    arrays: bool  # whether hessian.zarr existed
+
+    @classmethod
+    def of(cls, st: Store, run_id: str, hid: str) -> _Before:
+        return cls(st.read_hessian(run_id, hid) if st.has_hessian(run_id, hid) else None,
+                   st.has_hessian_arrays(run_id, hid))
+
+    def restore(self, st: Store, run_id: str, hid: str) -> None:
+        """Undo what a command that cannot compute its products wrote (call with the lock held).
+
+        Epochs the command finished are kept (with their eigenvectors); the epochs it added but did not
+        finish leave the epoch axis and hessian.json, so no result is left that looks partial. Results
+        that did not exist before are removed (their new directories by `leave_no_trace`).
+        """
+        path = st.hessian_zarr(run_id, hid)
+        old = self.meta.epochs if self.meta is not None else []
+        finished: list[int] = []
+        if self.arrays and st.has_hessian(run_id, hid):
+            meta = st.read_hessian(run_id, hid)
+            root: Any = zarr.open_group(path, mode="r", use_consolidated=False)
+            for i, e in enumerate(meta.epochs):  # the added epochs follow the old ones, computed in that order
+                if e in old:
+                    continue
+                if not epoch_done(root, i):
+                    break
+                finished.append(e)
+        try:
+            if not self.arrays:  # made by this command
+                shutil.rmtree(path, ignore_errors=True)
+            elif finished or self.meta is not None:
+                grow(path, old + finished)  # the epoch axis as it was, plus the finished epochs
+            if finished:
+                meta.epochs = old + finished
+                meta.updated = now()
+                st.write_hessian(meta)
+            elif self.meta is not None:
+                st.write_hessian(self.meta)
+            else:
+                st.hessian_file(run_id, hid).unlink(missing_ok=True)
+        except OSError as e:
+            raise os_error(e, path) from e
 
 
 def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:

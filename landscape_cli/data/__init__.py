@@ -5,6 +5,7 @@ from landscape_cli.data._registry import (
     DATA_ENV,
     Dataset,
     DatasetInfo,
+    check_block_size,
     dataset_info,
     dataset_record,
     dataset_source,
@@ -18,6 +19,6 @@ from landscape_cli.data._registry import (
 from landscape_cli.data.builtin import digits_arrays
 
 __all__ = [
-    "DATA_ENV", "Dataset", "DatasetInfo", "dataset_info", "dataset_record", "dataset_source", "default_data_dir", "digits_arrays",
-    "from_factory", "list_datasets", "load_dataset", "register_dataset", "tensors_sha256",
+    "DATA_ENV", "Dataset", "DatasetInfo", "check_block_size", "dataset_info", "dataset_record", "dataset_source",
+    "default_data_dir", "digits_arrays", "from_factory", "list_datasets", "load_dataset", "register_dataset", "tensors_sha256",
 ]

@@ -3,7 +3,8 @@
 Every dataset is small enough to keep in memory (CIFAR-10: 150 MB as uint8), so batches are
 index operations on a tensor instead of a DataLoader; images are normalized per batch. A dataset
 is a registered loader (`register_dataset`; the built-in ones are in `builtin`), a user's
-`pkg.module:factory` / `./file.py:factory`, or an entry point in the group `landscape.datasets`.
+`pkg.module:factory` / `./file.py:factory`, an entry point in the group `landscape.datasets`, or
+`text:PATH`, the characters of a text file cut into windows of `--block-size` (`text`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from landscape_cli.data.losses import TASKS, loss_for_task
+from landscape_cli.data import tokenized
+from landscape_cli.data.losses import IGNORE_INDEX, TASKS, loss_for_task
+from landscape_cli.data.text import DEFAULT_BLOCK_SIZE, KIND, PREFIX, is_text, load_text, text_source
 from landscape_cli.errors import UnknownNameError, UsageError
 from landscape_cli.plugins import Source, resolve
 
@@ -54,7 +57,14 @@ class Dataset:
     task: str = "classification"
     num_outputs: int = 0  # classes, or the regression targets' trailing size
     images: bool = True  # uint8 images standardized with info.mean / info.std
-    sha256: str | None = None  # of a factory's tensors (a built-in dataset is named by its name)
+    sha256: str | None = None  # of a factory's tensors, or a text file's bytes (a built-in dataset is named by its name)
+    details: dict[str, Any] = field(default_factory=dict)  # what run.json records beyond the common keys (a text)
+
+    @property
+    def block_size(self) -> int | None:
+        """The characters per sample of a `text:` dataset (None for any other)."""
+        size = self.details.get("block_size")
+        return None if size is None else int(size)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -110,19 +120,43 @@ def default_data_dir() -> Path:
 
 
 def dataset_source(ref: str) -> Source:
-    """Where a dataset reference comes from: built-in, entry point, pkg.module:factory or ./file.py:factory."""
+    """Where a dataset reference comes from: built-in, entry point, pkg.module:factory, ./file.py:factory or
+    text:PATH."""
+    if is_text(ref):
+        return text_source(ref)
     return resolve(ref, "dataset", list_datasets())
 
 
+def check_block_size(source: Source, block_size: int | None) -> None:
+    """--block-size is a text dataset's, and a positive number."""
+    if block_size is None:
+        return
+    if source.kind != KIND:
+        raise UsageError(f"--block-size applies to text datasets ({PREFIX}PATH) only, not to {source.ref!r}")
+    if block_size < 1:
+        raise UsageError(f"--block-size must be at least 1, got {block_size}")
+
+
 def load_dataset(ref: str | Source, data_dir: str | os.PathLike[str] | None = None,
-                 recorded: dict[str, Any] | None = None) -> Dataset:
-    """Load a dataset: a registered one (downloaded into `data_dir` the first time if it needs to) or a
-    factory's. With `recorded` (a run's dataset record) a factory must return the data the run was made
-    with (same sha256), and is found where the run recorded it."""
+                 recorded: dict[str, Any] | None = None, block_size: int | None = None) -> Dataset:
+    """Load a dataset: a registered one (downloaded into `data_dir` the first time if it needs to), a
+    factory's, or a text file's windows of `block_size` characters (default 64). With `recorded` (a run's
+    dataset record) a factory must return the data the run was made with (same sha256), and is found where
+    the run recorded it; a text file must be the same file (its sha256), cut with the recorded block size."""
     if recorded is not None and recorded.get("source"):
         source = Source.from_json(recorded["source"])
     else:
         source = ref if isinstance(ref, Source) else dataset_source(ref)
+    if source.kind == tokenized.KIND:  # a text file in a Hugging Face tokenizer's tokens (`import hf:DIR`)
+        tokens = tokenized.load_tokens(source, block_size, recorded)
+        info = DatasetInfo(source.name, 0, 0, tokens.vocab_size, (), (), tokens.description, True)
+        return Dataset(info, *tokens.train, *tokens.val, num_outputs=tokens.vocab_size, images=False,
+                       sha256=tokens.sha256, details=tokens.details)
+    check_block_size(source, block_size)
+    if source.kind == KIND:
+        if recorded is not None:
+            return from_text(source, int(recorded["block_size"]), recorded.get("sha256"))
+        return from_text(source, block_size or DEFAULT_BLOCK_SIZE)
     if source.builtin:
         info = dataset_info(source.ref)
         loader = _DATASETS[source.ref][1]
@@ -170,22 +204,36 @@ def from_factory(source: Source) -> Dataset:
                          f"{list(vy.shape[1:])})")
     loss = loss_for_task(task)
     loss.check_targets(ty, where)
-    if "num_outputs" in result:
+    loss.check_targets(vy, f"{where} (val)")
+    if task == "classification":  # class indices per sample [N] or per token [N, T]; IGNORE_INDEX is padding
+        scored_ty, scored_vy = ty[ty != IGNORE_INDEX], vy[vy != IGNORE_INDEX]
+        if "num_outputs" in result:
+            num_outputs = int(result["num_outputs"])
+        else:
+            num_outputs = int(max(int(scored_ty.max()), int(scored_vy.max()))) + 1
+        if int(min(scored_ty.min(), scored_vy.min())) < 0 or int(max(scored_ty.max(), scored_vy.max())) >= num_outputs:
+            raise UsageError(f"{where}: class indices must lie in 0..{num_outputs - 1} (or be {IGNORE_INDEX}, "
+                             "the ignore index of padding)")
+    elif "num_outputs" in result:
         num_outputs = int(result["num_outputs"])
-    elif task == "classification":
-        if ty.dim() != 1:
-            raise UsageError(f"{where}: classification targets are one class index per sample: shape [N], got "
-                             f"{list(ty.shape)}")
-        num_outputs = int(max(int(ty.max()), int(vy.max()))) + 1
     else:
         num_outputs = int(ty.shape[-1]) if ty.dim() > 1 else 1
-    if task == "classification" and (int(min(ty.min(), vy.min())) < 0 or int(max(ty.max(), vy.max())) >= num_outputs):
-        raise UsageError(f"{where}: class indices must lie in 0..{num_outputs - 1}")
     info = DatasetInfo(source.name, int(tx.shape[1]) if tx.dim() == 4 else 0, int(tx.shape[2]) if tx.dim() == 4 else 0,
                        num_outputs, (), (), source.origin, True)
     data = Dataset(info, tx, ty, vx, vy, task=task, num_outputs=num_outputs, images=False)
     data.sha256 = tensors_sha256([tx, ty, vx, vy], {"task": task, "num_outputs": num_outputs})
     return data
+
+
+def from_text(source: Source, block_size: int, recorded_sha256: str | None = None) -> Dataset:
+    """A text file's windows as a dataset: token ids [N, block_size] -> the next character at each position."""
+    text = load_text(source, block_size, recorded_sha256)
+    (tx, ty), (vx, vy) = text.train, text.val
+    vocab = len(text.vocabulary)
+    info = DatasetInfo(source.name, 0, 0, vocab, (), (), f"the characters of {text.path}", True)
+    return Dataset(info, tx, ty, vx, vy, num_outputs=vocab, images=False, sha256=text.sha256,
+                   details={"path": str(text.path), "characters": text.characters, "block_size": block_size,
+                            "vocabulary": text.vocabulary})
 
 
 def tensors_sha256(tensors: list[Tensor], extra: dict[str, Any]) -> str:
@@ -204,6 +252,8 @@ def dataset_record(source: Source, data: Dataset) -> dict[str, Any]:
                               "num_classes": data.num_outputs, "train_size": len(data.train_y),
                               "val_size": len(data.val_y), "task": data.task, "num_outputs": data.num_outputs,
                               "input_shape": list(data.input_shape)}
+    if source.kind == KIND:  # a text file: its path, the sha256 of its bytes, the block size, the vocabulary
+        source = replace(source, sha256=data.sha256)
     if not source.builtin:
-        record.update(sha256=data.sha256, source=source.to_json())
+        record.update(sha256=data.sha256, source=source.to_json(), **data.details)
     return record

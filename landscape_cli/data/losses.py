@@ -4,6 +4,13 @@ A dataset says its task; the task gives the loss unless `--loss` names one. Clas
 are class indices (cross-entropy, and accuracy); regression targets are float tensors (the mean of
 the squared error over every element, `nn.MSELoss()`'s mean; no accuracy). A regression output must
 have exactly the targets' shape (targets [N] count as [N, 1]): never a silent broadcast.
+
+Token-level classification: targets [N, T] (one class per token) score outputs [N, T, C], the
+cross-entropy averaged over every token whose target is not `IGNORE_INDEX` (-100, as PyTorch and
+Hugging Face pad), and the accuracy is the share of those scored tokens predicted right. A set split
+into pieces is pooled by each piece's number of scored tokens (`scored`: samples for targets [N]
+without padding, so such runs keep their numbers bitwise), which makes the pooled values the mean
+over the whole set's scored tokens, not a mean of per-piece means.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from torch import Tensor
 from landscape_cli.errors import UnknownNameError, UsageError
 
 TASKS = ("classification", "regression")
+IGNORE_INDEX = -100  # a class target never scored (padding), as F.cross_entropy's default ignore_index
 
 
 class Loss:
@@ -39,24 +47,55 @@ class Loss:
         """Refuse targets this loss cannot score (one line naming `where` they came from)."""
 
 
+def scored(y: Tensor) -> int:
+    """How many units the loss of targets `y` averages over, as the weight of a piece of a pooled set: the
+    class targets that are not IGNORE_INDEX (tokens, or samples for targets [N]), else the samples (every
+    sample of a regression has as many elements)."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        return len(y)
+    return int((y != IGNORE_INDEX).sum())
+
+
+def _flat(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Outputs [..., C] and targets [...] as [M, C] and [M] (one row per token); [N, C] and [N] as they are,
+    and so are PyTorch's [N, C, d...] with targets [N, d...] (the class dimension second)."""
+    if y.dim() <= 1 or (out.shape[:1] + out.shape[2:] == y.shape and out.shape[:-1] != y.shape):
+        return out, y
+    if out.dim() != y.dim() + 1 or out.shape[:-1] != y.shape:
+        raise UsageError(f"the model's output has shape {list(out.shape)} but the class targets have "
+                         f"{list(y.shape)}: cross-entropy needs outputs [*targets' shape, classes]")
+    return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+
+
 class CrossEntropy(Loss):
     name = "cross-entropy"
     task = "classification"
     has_accuracy = True
 
     def __call__(self, out: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(out, y)
+        """The mean over the scored targets (IGNORE_INDEX left out; NaN if there is none: refused when loaded)."""
+        return F.cross_entropy(*_flat(out, y), ignore_index=IGNORE_INDEX)
 
     def accuracy(self, out: Tensor, y: Tensor) -> Tensor:
-        return (out.argmax(1) == y).float().mean()
+        out, y = _flat(out, y)
+        hits = out.argmax(1) == y
+        share = hits.float().mean()  # (as before token targets: bitwise the same values without padding)
+        if not y.dtype.is_signed:
+            return share
+        # the share of the scored targets where any target is padding, chosen on the device (no sync)
+        padded = y == IGNORE_INDEX
+        return torch.where(padded.any(), hits.sum() / (~padded).sum(), share)
 
     def correct(self, out: Tensor, y: Tensor) -> Tensor:
-        return (out.argmax(1) == y).sum()
+        out, y = _flat(out, y)
+        return (out.argmax(1) == y).sum()  # an argmax (>= 0) never equals IGNORE_INDEX
 
     def check_targets(self, y: Tensor, where: str) -> None:
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise UsageError(f"{where}: cross-entropy needs integer class indices as targets, got {y.dtype} "
                              "(float targets are a regression: --loss mse)")
+        if y.numel() and scored(y) == 0:
+            raise UsageError(f"{where}: every class target is {IGNORE_INDEX} (the ignore index): nothing to score")
 
 
 class MeanSquaredError(Loss):

@@ -14,7 +14,14 @@ from landscape_cli.directions._registry import (
     list_kinds,
     register_kind,
 )
-from landscape_cli.directions.normalize import Direction, is_bias_or_bn, normalize, perturbed_names
+from landscape_cli.directions.normalize import (
+    Direction,
+    is_bias_or_bn,
+    layer_matches,
+    normalize,
+    perturbed_names,
+    select_layers,
+)
 from landscape_cli.directions.random import draw_random, ensure_stored, load_recorded, parameter_signature
 
 __all__ = [
@@ -28,10 +35,12 @@ __all__ = [
     "ensure_stored",
     "get_kind",
     "is_bias_or_bn",
+    "layer_matches",
     "list_kinds",
     "load_recorded",
     "normalize",
     "parameter_signature",
     "perturbed_names",
     "register_kind",
+    "select_layers",
 ]

@@ -118,7 +118,7 @@ class DirectionKind:
     def names(self, weights: Mapping[str, Tensor], cfg: GridConfig) -> list[str]:
         """The parameters the grid moves (checking --layer / --single-kernel against the model)."""
         return perturbed_names(weights, perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer,
-                               single_kernel=cfg.single_kernel)
+                               single_kernel=cfg.single_kernel, layers=cfg.layers)
 
     def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
         """The coefficients along an axis: `axis.count` evenly spaced decimal points from lo to hi."""

@@ -1,8 +1,8 @@
 """Hessian eigenvector directions (the `hessian` kind): the plane of the top two eigenvectors at each epoch.
 
 The eigenvectors differ per epoch: they come from the run's curvature results (`landscape hessian`
-with --top 2 and the grid's --batches/--batch-size/--bn/--perturb-biasbn/--layer; the grid engine
-computes them before the grid is prepared if missing, and this kind only reads them from the store).
+with --top 2 and the grid's --batches/--batch-size/--bn/--perturb-biasbn/--layer, names or patterns; the
+grid engine computes them before the grid is prepared if missing, and this kind only reads them from the store).
 Each unit eigenvector is scaled by one scalar only, the norm of the perturbed weights of its epoch,
 never filter-normalized, so the axes stay orthogonal eigenvectors and a coordinate of 1 moves the
 weights by their own norm. A `--dims 1` line follows the top eigenvector: the sharpest direction.
@@ -31,12 +31,13 @@ TOP = 2  # the grids' curvature results always hold the top two eigenpairs, so l
 def hessian_config(cfg: GridConfig) -> HessianConfig:
     """The curvature results a Hessian grid uses: --top 2 with the grid's batches, BatchNorm mode and parameters."""
     return HessianConfig(cfg.run, top=TOP, batches=cfg.batches, batch_size=cfg.batch_size, bn=cfg.bn,
-                         perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer, split=cfg.split, whole=cfg.whole)
+                         perturb_biasbn=cfg.perturb_biasbn, layer=cfg.layer, split=cfg.split, whole=cfg.whole,
+                         layers=cfg.layers)
 
 
 def holds_top_two(results: HessianConfig, want: HessianConfig) -> bool:
     """Whether results hold the two eigenvectors a grid wanting `want` needs: the same loss, top >= 2."""
-    same = ("batches", "batch_size", "bn", "perturb_biasbn", "layer", "split", "whole")
+    same = ("batches", "batch_size", "bn", "perturb_biasbn", "layer", "layers", "split", "whole")
     return results.top >= TOP and all(getattr(results, k) == getattr(want, k) for k in same)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
 
 import torch
 from torch import Tensor
@@ -18,9 +19,41 @@ def is_bias_or_bn(tensor: Tensor) -> bool:
     return tensor.dim() <= 1
 
 
+def layer_matches(names: Iterable[str], patterns: Sequence[str]) -> dict[str, list[str]]:
+    """For each --layer pattern, the parameter names it matches (shell-style, case-sensitive, against whole
+    names: `*` also crosses dots), in the model's order."""
+    names = list(names)
+    return {p: [n for n in names if fnmatchcase(n, p)] for p in patterns}
+
+
+def select_layers(weights: Mapping[str, Tensor], patterns: Sequence[str], perturb_biasbn: bool = False) -> list[str]:
+    """The parameters --layer patterns select, in the model's order: every name a pattern matches, biases and
+    norm parameters (the 1-D ones) only with --perturb-biasbn, except that a pattern matching nothing but
+    such parameters (`ln_f.*`) selects them all: it names them and nothing else. A pattern that matches
+    nothing is refused: it never silently selects nothing."""
+    selected: set[str] = set()
+    for pattern, matched in layer_matches(weights, patterns).items():
+        if not matched:
+            example = next(iter(weights), "")
+            raise UnknownNameError(
+                f"--layer {pattern!r} matches no parameter of the model (patterns match whole names such as "
+                f"{example!r}; `landscape layers RUN` lists them all)"
+            )
+        kept = [n for n in matched if perturb_biasbn or not is_bias_or_bn(weights[n])]
+        selected.update(kept or matched)
+    return [n for n in weights if n in selected]
+
+
 def perturbed_names(weights: Mapping[str, Tensor], *, perturb_biasbn: bool = False,
-                    layer: str | None = None, single_kernel: bool = False) -> list[str]:
-    """The parameters a grid moves, checking --layer / --single-kernel against the model."""
+                    layer: str | None = None, single_kernel: bool = False,
+                    layers: Sequence[str] | None = None) -> list[str]:
+    """The parameters a grid moves, checking --layer (one name, or `layers`: patterns) / --single-kernel
+    against the model."""
+    if layers is not None:
+        if layer is not None or single_kernel:
+            raise UsageError("--single-kernel needs --layer naming one convolution weight (not a pattern)"
+                             if single_kernel else "give --layer as one name or as patterns, not both")
+        return select_layers(weights, layers, perturb_biasbn)
     if layer is not None:
         if layer not in weights:
             raise UnknownNameError(

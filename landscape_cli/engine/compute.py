@@ -11,6 +11,7 @@ last), and the missing rows are computed by `execute` (resumable, shareable betw
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from landscape_cli._io import leave_no_trace, make_dirs
-from landscape_cli.config import GridConfig, GridRequest, Runtime, split_options
+from landscape_cli.config import GridConfig, GridRequest, Runtime, layer_selection, split_options
 from landscape_cli.curvature.hessian import compute_results
 from landscape_cli.data import load_dataset
 from landscape_cli.directions import GridContext, get_kind
@@ -27,7 +28,7 @@ from landscape_cli.engine.distributed import Share
 from landscape_cli.engine.execute import checkpoint_loss, deterministic_kernels, execute, load_epoch_model
 from landscape_cli.engine.plan import Plan, resolve, status
 from landscape_cli.engine.prepare import grid_lock, prepare_grid, read_meta, recorded_evaluator, with_threads, writer
-from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError
+from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, RunNotFoundError, UsageError
 from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.models import checkpoints
@@ -222,18 +223,72 @@ def _result(st: Store, meta: GridMeta) -> GridResult:
     return GridResult(meta.id, meta.run, st.grid_dir(meta.run, meta.id), zarr_path, meta, 0, done, total, diverged)
 
 
-def list_layers(run: str, store: Store | str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """The parameter tensors of a run's model: what `--layer` accepts."""
-    from landscape_cli.directions import is_bias_or_bn
+def model_weights(ref: str, store: Store | str | os.PathLike[str] | None = None,
+                  dataset: str = "digits") -> tuple[str, dict[str, torch.Tensor]]:
+    """(what it is, its parameters) of a run's model (its last checkpoint) or, when `ref` names no run, of the
+    registered model `ref` as built for the registered dataset `dataset` (its input and output layers follow it)."""
+    from landscape_cli.data import dataset_info
+    from landscape_cli.models import create_model, list_models
 
     st = Store.of(store)
-    run_id = st.resolve(run)
+    try:
+        run_id = st.resolve(ref)
+    except RunNotFoundError as e:
+        if ref not in list_models():
+            raise RunNotFoundError(f"{e.message}; nor is {ref!r} a model (`landscape models` lists them)") from None
+        info = dataset_info(dataset)
+        try:
+            model = create_model(ref, info.channels, info.num_classes, info.size)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise UsageError(f"model {ref!r} cannot be built for dataset {dataset!r} ({e}): train a run of it and "
+                             "list that run's layers") from None
+        return f"model {ref} for {dataset}", {k: v.detach() for k, v in model.named_parameters()}
     meta = st.read_run(run_id)
     meta.require_checkpoints()
     weights = _parameters(checkpoints.load_epoch(st, run_id, meta.epochs[-1]))
-    return [
-        {"name": n, "shape": list(w.shape), "parameters": w.numel(),
-         "kind": "bias/batchnorm" if is_bias_or_bn(w) else ("conv" if w.dim() == 4 else "weight"),
-         "perturbed_by_default": not is_bias_or_bn(w)}
-        for n, w in weights.items()
-    ]
+    return f"run {run_id}", weights
+
+
+def _layer_row(name: str, w: torch.Tensor) -> dict[str, Any]:
+    from landscape_cli.directions import is_bias_or_bn
+
+    return {"name": name, "shape": list(w.shape), "parameters": w.numel(),
+            "kind": "bias/batchnorm" if is_bias_or_bn(w) else ("conv" if w.dim() == 4 else "weight"),
+            "perturbed_by_default": not is_bias_or_bn(w)}
+
+
+def list_layers(run: str, store: Store | str | os.PathLike[str] | None = None,
+                dataset: str = "digits") -> list[dict[str, Any]]:
+    """The parameter tensors of a run's model (or of a registered model built for `dataset`): what `--layer`
+    accepts."""
+    _, weights = model_weights(run, store, dataset)
+    return [_layer_row(n, w) for n, w in weights.items()]
+
+
+def layer_report(run: str, layer: str | Sequence[str], store: Store | str | os.PathLike[str] | None = None, *,
+                  perturb_biasbn: bool = False, dataset: str = "digits") -> dict[str, Any]:
+    """What `--layer` (one name, or glob patterns) selects of a run's model (or of a registered model): the
+    tensors each pattern matches, which of them a grid (or `hessian`) moves, and how many parameters that is.
+    A pattern that matches nothing is refused as a grid refuses it."""
+    from landscape_cli.directions import layer_matches, perturbed_names
+
+    exact, patterns = layer_selection(layer)
+    if exact is None and patterns is None:
+        raise UsageError("give --layer NAME or --layer PATTERN (repeatable)")
+    what, weights = model_weights(run, store, dataset)
+    selected = set(perturbed_names(weights, perturb_biasbn=perturb_biasbn, layer=exact, layers=patterns))
+    asked = list(patterns) if patterns is not None else [str(exact)]
+    matches = layer_matches(weights, asked)
+    rows = []
+    for n, w in weights.items():
+        by = [p for p in asked if n in matches[p]]
+        if by:
+            rows.append({**_layer_row(n, w), "matched_by": by, "selected": n in selected})
+    chosen = sum(r["parameters"] for r in rows if r["selected"])
+    total = sum(w.numel() for w in weights.values())
+    return {"of": what, "layer": asked, "perturb_biasbn": perturb_biasbn,
+            "patterns": [{"pattern": p, "tensors": len(matches[p]),
+                          "selected": sum(1 for n in matches[p] if n in selected),
+                          "parameters": sum(weights[n].numel() for n in matches[p] if n in selected)} for p in asked],
+            "tensors": len(selected), "parameters": chosen, "model_parameters": total,
+            "fraction": chosen / total if total else 0.0, "layers": rows}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from landscape_cli.config import Axis, GridConfig, GridRequest, check_batches, finite, positive_int
+from landscape_cli.config import Axis, GridConfig, GridRequest, check_batches, finite, layer_selection, positive_int
 from landscape_cli.directions import get_kind
 from landscape_cli.errors import RunNotFoundError, UsageError
 from landscape_cli.store import Store
@@ -46,11 +46,12 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
     pairs = opts.pairs if opts.pairs is not None else (3 if kind.several_pairs else 1)
     batches = opts.batches
     whole = batches == "all"
+    layer, layers = layer_selection(opts.layer)
     cfg = GridConfig(
         run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs,
         batches=1 if whole else int(batches), batch_size=opts.batch_size, seed=seed if seed is not None else 0,
-        norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=opts.layer,
-        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, precision=opts.precision,
+        norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=layer,
+        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, precision=opts.precision, layers=layers,
         **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:

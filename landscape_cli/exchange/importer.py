@@ -28,7 +28,7 @@ from landscape_cli.errors import UsageError
 from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
 from landscape_cli.kernel.device import select_device
 from landscape_cli.kernel.evaluate import evaluate_split
-from landscape_cli.models import build, checkpoints, model_source
+from landscape_cli.models import build, checkpoints, model_source, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.store import Store, checkpoint_name
 from landscape_cli.store.meta import EpochRecord, RunMeta
@@ -69,6 +69,8 @@ def import_run(
     model_src, data_src = model_source(model), dataset_source(dataset)
     if not model_src.builtin and activation != TrainConfig.activation:
         raise UsageError(f"--activation applies to the built-in models only: {model_src.ref!r} is your model")
+    if takes_tokens(model_src) and activation != TrainConfig.activation:
+        raise UsageError(f"--activation applies to the built-in image models only: {model_src.ref!r} keeps its GELU")
     paths = checkpoint_files([Path(f).expanduser() for f in files])
     if epochs is not None:
         epoch_numbers(paths, epochs)  # a bad --epochs is refused before any file is read
@@ -91,7 +93,7 @@ def import_run(
     hashes = [f"{numbers[i]}:{checkpoints.state_hash(state)}" for i, state in zip(order, states, strict=True)]
     config = TrainConfig(model_src.name, data_src.name, batch_size=0, optimizer="none", lr=0.0,
                          activation=activation, model_sha256=model_src.sha256, data_sha256=data.sha256, loss=loss,
-                         imported=tuple(hashes))
+                         imported=tuple(hashes), block_size=data.block_size)
     st = Store.of(store)
     run_id = config.run_id
     if name is not None:

@@ -16,6 +16,10 @@ of an unbatched running buffer from a batched input is refused). Mode ``eval`` r
 statistics: unbatched for an Affine slice, one per point for a Segment that interpolates them.
 Mode ``recompute`` is never batched (`Evaluator` evaluates it point by point).
 
+Attention under vmap: the fused `scaled_dot_product_attention` kernels (flash, memory-efficient,
+cuDNN) have no batching rule, so vmap would run them point by point; the passes of a group run under
+PyTorch's math backend, which batches (the point-by-point loop keeps the fused kernels).
+
 On a GPU a group costs k copies of the moved weights plus k times the activations of one pass;
 `choose_points_per_pass` sizes k from the free memory. On CPU the loop is faster (vmap over
 points measured 2-3x slower there), so CPU gets 1.
@@ -28,6 +32,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from landscape_cli.kernel.types import Batch, Point, Writable
 
@@ -69,7 +74,7 @@ def evaluate_points(s: Writable, points: Sequence[Point], points_per_pass: int) 
         return functional_call(s.model, weights, (x,))
 
     batched_forward = vmap(forward, in_dims=(0, None))
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         for start in range(0, len(points), points_per_pass):
             group = points[start:start + points_per_pass]  # the last group may be shorter
             weights = dict(zip(names, stack_points(s, group), strict=True))

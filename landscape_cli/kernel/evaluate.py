@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from landscape_cli.config import BN_MODES, PRECISIONS, choice, positive_int
 from landscape_cli.data import Dataset
-from landscape_cli.data.losses import CrossEntropy, Loss, get_loss, loss_for_targets
+from landscape_cli.data.losses import CrossEntropy, Loss, get_loss, loss_for_targets, scored
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel import batched
 from landscape_cli.kernel.types import Batch, Point
@@ -76,7 +76,7 @@ class Slice:
         self.tensors = tensors
         self.dims = dims
         self.recompute_bn = False  # set by `Evaluator` for BatchNorm mode "recompute"
-        self.weights: np.ndarray | None = None  # set by `Evaluator`: pool the batches into one sample mean
+        self.weights: np.ndarray | None = None  # set by `Evaluator`: pool the batches into one mean (scored units)
         self.loss: Loss = CrossEntropy()  # set by `Evaluator`
         self.points_per_pass = 1  # set by `Evaluator`: > 1 evaluates that many points per forward pass
         self.precision = "fp32"  # set by `Evaluator`: "bf16" runs the forward passes under autocast
@@ -133,7 +133,8 @@ class Slice:
         return _scored(self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy()))
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
-        """[..., batch] values, or with `weights` their sample-weighted mean as one batch [..., 1] (float32)."""
+        """[..., batch] values, or with `weights` their mean weighted by each batch's scored samples (or tokens)
+        as one batch [..., 1] (float32): the mean over the pooled set's scored units."""
         if self.weights is None:
             return values
         pooled = (values.astype(np.float64) * self.weights).sum(axis=-1, keepdims=True) / self.weights.sum()
@@ -266,8 +267,9 @@ def _dot(grads: Sequence[Tensor | None], direction: list[Tensor]) -> float:
 class Evaluator:
     """Evaluates `model` on fixed `batches` (already on the model's device) in a BatchNorm mode.
 
-    With `weights` (each batch's number of samples) the batches are pieces of one set (--batches all)
-    and every value is pooled into their sample-weighted mean: one batch entry.
+    With `weights` (each batch's number of scored units: samples, or tokens that are not padding for
+    token targets) the batches are pieces of one set (--batches all) and every value is pooled into
+    their weighted mean, the mean over the set's scored units: one batch entry.
 
     `points_per_pass` > 1 evaluates a slice's points that many at a time, one forward pass per batch
     for the whole group (`landscape_cli.kernel.batched`; `batched.choose_points_per_pass` picks a number
@@ -406,19 +408,26 @@ def evaluate_plane(model: nn.Module, batches: Sequence[Batch], d1: Mapping[str, 
 def evaluate_split(model: nn.Module, data: Dataset, split: str, device: torch.device,
                    batch_size: int = 1024, channels_last: bool = False,
                    scorer: Loss | None = None) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for a regression) over a whole split, in eval mode."""
+    """Mean loss and accuracy (None for a regression) over a whole split's scored units (samples, or the tokens
+    that are not padding), in eval mode."""
     scorer = scorer or CrossEntropy()
     x_all, y_all = data.split(split)
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0.0
+    total_loss, correct, n = 0.0, 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(y_all), batch_size):
+            y_cpu = y_all[start:start + batch_size]
+            count = scored(y_cpu)
+            if not count:  # all padding: weighs nothing (its mean would be NaN)
+                continue
             x = data.prepare(x_all[start:start + batch_size], device, channels_last)
-            y = y_all[start:start + batch_size].to(device)
+            y = y_cpu.to(device)
             out = model(x)
-            total_loss += scorer(out, y).item() * len(y)
+            total_loss += scorer(out, y).item() * count
             correct += scorer.correct(out, y).item()
+            n += count
     model.train(was_training)
-    n = len(y_all)
+    if not n:
+        raise UsageError(f"the {split} split has no scored target: every one is padding")
     return total_loss / n, (correct / n if scorer.has_accuracy else None)

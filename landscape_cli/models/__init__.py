@@ -1,6 +1,6 @@
 """Registered models. Importing this package registers every model."""
 
-from landscape_cli.models import resnet, small, vgg  # noqa: F401  (registration)
+from landscape_cli.models import gpt, resnet, small, vgg  # noqa: F401  (registration)
 from landscape_cli.models._registry import (
     ACTIVATIONS,
     build,
@@ -12,6 +12,7 @@ from landscape_cli.models._registry import (
     model_source,
     register_model,
     replace_activations,
+    takes_tokens,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "model_source",
     "register_model",
     "replace_activations",
+    "takes_tokens",
 ]

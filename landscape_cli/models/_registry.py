@@ -11,6 +11,7 @@ from torch import nn
 from landscape_cli.config import ACTIVATIONS as ACTIVATION_NAMES
 from landscape_cli.config import choice
 from landscape_cli.errors import UnknownNameError, UsageError
+from landscape_cli.models import hf
 from landscape_cli.plugins import Source, resolve
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -23,30 +24,43 @@ assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATIONS names the act
 ModelFactory = Callable[..., nn.Module]
 
 
+INPUTS = ("images", "tokens")  # what a built-in model takes: square images, or token ids [N, T]
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     factory: ModelFactory
     description: str
+    inputs: str = "images"
 
 
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, description: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register `factory(in_channels, num_classes, image_size, activation) -> nn.Module`."""
+def register_model(name: str, description: str, inputs: str = "images") -> Callable[[ModelFactory], ModelFactory]:
+    """Register `factory(in_channels, num_classes, image_size) -> nn.Module` (its activations are replaced by
+    --activation's), or with inputs="tokens" `factory(input_shape, num_outputs)` for token ids [N, T] (as a
+    user's factory is called; never rewritten)."""
 
     def decorate(factory: ModelFactory) -> ModelFactory:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelEntry(name, factory, description)
+        choice(inputs, INPUTS, "model inputs")
+        _MODELS[name] = ModelEntry(name, factory, description, inputs)
         return factory
 
     return decorate
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models(inputs: str | None = None) -> list[str]:
+    """The registered models' names (with `inputs`: those taking "images" or "tokens")."""
+    return sorted(n for n, e in _MODELS.items() if inputs is None or e.inputs == inputs)
+
+
+def takes_tokens(source: Source) -> bool:
+    """Whether a model source is a built-in model of token sequences (built like a factory, never rewritten)."""
+    return source.builtin and model_entry(source.ref).inputs == "tokens"
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -80,6 +94,9 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model for inputs of `in_channels` x `image_size`², every activation replaced."""
     entry = model_entry(name)
+    if entry.inputs != "images":
+        raise UsageError(f"the built-in model {name!r} takes {entry.inputs} [N, T], not images: build it with "
+                         "build() and input_shape / num_outputs")
     check_activation(activation)
     model = entry.factory(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
     return replace_activations(model, activation)
@@ -91,11 +108,17 @@ def model_source(ref: str) -> Source:
 
 
 def build(source: Source, args: dict[str, Any]) -> nn.Module:
-    """A model from its source: a built-in with its arguments, or a factory called with input_shape and
-    num_outputs (a factory's model is used as it is: never rewritten)."""
-    if source.builtin:
+    """A model from its source: a built-in with its arguments, or a factory (or a built-in model of tokens) called
+    with input_shape and num_outputs (a factory's model is used as it is: never rewritten), or a Hugging Face
+    model from the config a run recorded (`hf`)."""
+    if source.kind == hf.KIND:
+        return hf.build_hf(args)
+    if takes_tokens(source):
+        factory = model_entry(source.ref).factory
+    elif source.builtin:
         return create_model(source.ref, **args)
-    factory = source.load("model")
+    else:
+        factory = source.load("model")
     model = factory(input_shape=tuple(args["input_shape"]), num_outputs=int(args["num_outputs"]))
     if not isinstance(model, nn.Module):
         raise UsageError(f"model factory {source.ref!r} returned {type(model).__name__}, not a torch.nn.Module")

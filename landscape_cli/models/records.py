@@ -10,15 +10,22 @@ from torch import nn
 from landscape_cli.data import Dataset
 from landscape_cli.data.losses import Loss
 from landscape_cli.errors import UsageError
-from landscape_cli.models._registry import build, count_parameters
+from landscape_cli.models._registry import build, count_parameters, takes_tokens
 from landscape_cli.plugins import Source, one_line
 
 
 def model_args(source: Source, data: Dataset, activation: str) -> dict[str, Any]:
-    """The arguments a model is built with for `data`: a built-in's (images [C, H, W] only) or a factory's."""
-    if not source.builtin:
-        return {"input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    """The arguments a model is built with for `data`: a built-in's (images [C, H, W], or token ids [T] for a
+    model of tokens) or a factory's."""
     shape = data.input_shape
+    if takes_tokens(source):
+        if len(shape) != 1 or data.train_x.is_floating_point() or data.images or data.task != "classification":
+            raise UsageError(f"the built-in model {source.ref!r} takes token ids [N, T] with a class (the next token) "
+                             f"per position; the dataset's inputs are {[len(data.train_x), *shape]} "
+                             f"{data.train_x.dtype}: use text:PATH or a dataset factory of token ids")
+        return {"input_shape": list(shape), "num_outputs": data.num_outputs}
+    if not source.builtin:
+        return {"input_shape": list(shape), "num_outputs": data.num_outputs}
     if len(shape) != 3 or shape[1] != shape[2] or (not data.train_x.is_floating_point() and not data.images):
         raise UsageError(f"the built-in model {source.ref!r} takes square images [N, C, H, H]; the dataset's inputs are "
                          f"{[len(data.train_x), *shape]} {data.train_x.dtype}: use a model factory for other inputs")

@@ -98,7 +98,8 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     run_meta = st.read_run(run_id)  # the BatchNorm mode only for models known to have BatchNorm layers
     bn = f", BatchNorm {cfg.bn}" if "source" not in run_meta.model and run_meta.config.model in BATCHNORM_MODELS else ""
     fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}{bn}"
-                 + (f", layer {cfg.layer}" if cfg.layer else "") + f"), results {meta.id}", fontsize=9)
+                 + (f", layer {cfg.layer}" if cfg.layer else "")
+                 + (f", layers {' '.join(cfg.layers)}" if cfg.layers else "") + f"), results {meta.id}", fontsize=9)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent)

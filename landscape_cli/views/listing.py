@@ -28,7 +28,8 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "name": meta.name,
         "model": cfg.model,
         "dataset": cfg.dataset,
-        "activation": cfg.activation if "source" not in meta.model else "-",  # a factory's model is never rewritten
+        # only a model built with an activation has one to show (a factory's model or gpt is never rewritten)
+        "activation": cfg.activation if "activation" in meta.model.get("args", {}) else "-",
         "optimizer": cfg.optimizer,
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
@@ -76,6 +77,7 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
         "norm": cfg.norm,
         "bn": cfg.bn,
         "layer": cfg.layer,
+        "layers": list(cfg.layers) if cfg.layers is not None else None,  # --layer patterns
         "precision": cfg.precision,
         "evaluator": meta.evaluator.to_json() if meta.evaluator else {},  # how its points are computed
         "facts": meta.kind,

@@ -389,6 +389,8 @@ def directions_text(s: Source) -> str:
         return ""
     if cfg.layer:
         return f"layer {cfg.layer}"
+    if cfg.layers:
+        return f"layers {' '.join(cfg.layers)}"
     return "not normalized" if cfg.norm == "none" else f"{cfg.norm}-normalized"
 
 
@@ -399,9 +401,9 @@ BATCHNORM_MODELS = frozenset({"resnet", "plain", "cnn", "vgg"})
 
 def model_text(s: Source, sep: str = " / ") -> str:
     """"model / activation / dataset": the activation only for a built-in model, which --activation rewrites (a
-    factory's model is never rewritten: its recorded "relu" says nothing)."""
+    factory's model, or gpt, is never rewritten: its recorded "relu" says nothing)."""
     cfg = s.run.config
-    builtin = "source" not in s.run.model
+    builtin = "activation" in s.run.model.get("args", {})
     return sep.join([cfg.model, *([cfg.activation] if builtin else []), cfg.dataset])
 
 
