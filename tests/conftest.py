@@ -304,6 +304,10 @@ LONGEST_FIRST = ("test_reliability.py", "test_examples.py", "test_gpt.py", "test
                  "test_figure_layout.py", "test_page_bundle.py", "test_plotting.py", "test_export_formats.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: the page tests in Chromium are marked slow here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
