@@ -21,33 +21,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now
-from landscape_cli._progress import progress_bar
-from landscape_cli._version import __version__
+from landscape_cli._io import file_sha256
 from landscape_cli.config import TrainConfig
-from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
+from landscape_cli.data import Dataset, dataset_source, load_dataset
 from landscape_cli.data.losses import get_loss, loss_for_task
 from landscape_cli.data.text import KIND as TEXT_KIND
 from landscape_cli.data.tokenized import has_tokenizer, tokenized_source
 from landscape_cli.errors import UsageError
-from landscape_cli.exchange.importer import ImportResult
+from landscape_cli.exchange.importer import ImportResult, write_run
 from landscape_cli.exchange.unpickle import epoch_numbers, read_weights
-from landscape_cli.kernel.device import select_device
-from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.models import checkpoints
 from landscape_cli.models.hf import KIND, PREFIX, CausalLM, build_hf, config_sha256, fit_state, recorded_config, require
-from landscape_cli.models.records import model_record
 from landscape_cli.plugins import Source, one_line
-from landscape_cli.store import Store, checkpoint_name
-from landscape_cli.store.meta import EpochRecord, RunMeta
+from landscape_cli.store import Store
 
 CONFIG = "config.json"
 _SHOWN = 3
@@ -119,49 +111,9 @@ def import_hf(
     cfg = TrainConfig(model_src.name, data_name, batch_size=0, optimizer="none", lr=0.0,
                       model_sha256=model_src.sha256, data_sha256=data.sha256, loss=loss, imported=tuple(hashes),
                       block_size=data.block_size)
-    st = Store.of(store)
-    run_id = cfg.run_id
-    if name is not None:
-        st.check_name(name, run_id)
-    if st.has_run(run_id):
-        meta = st.read_run(run_id)
-        if name is not None and meta.name != name:
-            meta.name = name
-            st.write_run(meta)
-        return ImportResult(run_id, st.run_dir(run_id), meta)
-    st.ensure_writable()
-    dev = select_device(device)
-    run_dir = st.run_dir(run_id)
-    new_dirs = [] if run_dir.exists() else [run_dir]
-    versions = {"landscape": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                "transformers": require().__version__}
-    meta = RunMeta(
-        id=run_id, name=name, config=cfg, model=model_record(model_src, args, net),
-        dataset=dataset_record(data_src, data), epochs_requested=len(states) - 1, epochs=[], resume=None,
-        versions=versions, created=now(),
-    )
-    meta.model["imported"] = origins
-    with leave_no_trace(new_dirs, st.run_file(run_id)):
-        make_dirs(st.checkpoints_dir(run_id))
-        with progress_bar(f"import {run_id}", len(states), unit="checkpoints", enabled=progress) as bar:
-            for i, state in zip(order, states, strict=True):
-                t0 = time.perf_counter()
-                net.load_state_dict(state)
-                net.to(dev)
-                train_loss, train_acc = evaluate_split(net, data, "train", dev, scorer=scorer)
-                val_loss, val_acc = evaluate_split(net, data, "val", dev, scorer=scorer)
-                epoch = numbers[i]
-                ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, cfg.identity(), epoch)
-                path = st.file(run_id, checkpoint_name(epoch))
-                checkpoints.save(path, ckpt)
-                meta.epochs.append(EpochRecord(
-                    epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
-                    val_accuracy=val_acc, seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint_name(epoch),
-                    sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
-                    checkpoint_train_loss=train_loss, checkpoint_train_accuracy=train_acc))
-                bar.advance()
-        st.write_run(meta)  # last: a run that failed half-way leaves no trace
-    return ImportResult(run_id, run_dir, meta, [numbers[i] for i in order])
+    return write_run(store, cfg, model_src, args, net, data_src, data, scorer, states, [numbers[i] for i in order],
+                     origins, name=name, device=device, progress=progress,
+                     versions={"transformers": require().__version__})
 
 
 def read_config(directory: Path) -> dict[str, Any] | None:

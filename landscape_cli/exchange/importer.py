@@ -15,21 +15,24 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig
-from landscape_cli.data import dataset_record, dataset_source, load_dataset
-from landscape_cli.data.losses import get_loss, loss_for_task
+from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
+from landscape_cli.data.losses import Loss, get_loss, loss_for_task
 from landscape_cli.errors import UsageError
 from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
 from landscape_cli.kernel.device import select_device
 from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.models import build, checkpoints, model_source, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
+from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name
 from landscape_cli.store.meta import EpochRecord, RunMeta
 
@@ -94,6 +97,17 @@ def import_run(
     config = TrainConfig(model_src.name, data_src.name, batch_size=0, optimizer="none", lr=0.0,
                          activation=activation, model_sha256=model_src.sha256, data_sha256=data.sha256, loss=loss,
                          imported=tuple(hashes), block_size=data.block_size)
+    return write_run(store, config, model_src, args, net, data_src, data, scorer, states, [numbers[i] for i in order],
+                     origins, name=name, device=device, progress=progress)
+
+
+def write_run(store: Store | str | os.PathLike[str] | None, config: TrainConfig, model_src: Source,
+              args: dict[str, Any], net: nn.Module, data_src: Source, data: Dataset, scorer: Loss,
+              states: list[dict[str, torch.Tensor]], epochs: list[int], origins: list[dict[str, Any]], *,
+              name: str | None, device: str, progress: bool, versions: dict[str, str] | None = None) -> ImportResult:
+    """The imported run in the store: `states` (fitted to `net`, in training order) as the checkpoints of
+    `epochs`, each scored on both splits, run.json written last (a failure half-way leaves no trace); a run
+    that exists already is only (re)named."""
     st = Store.of(store)
     run_id = config.run_id
     if name is not None:
@@ -111,20 +125,20 @@ def import_run(
     meta = RunMeta(
         id=run_id, name=name, config=config, model=model_record(model_src, args, net),
         dataset=dataset_record(data_src, data), epochs_requested=len(states) - 1, epochs=[], resume=None,
-        versions={"landscape": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        versions={"landscape": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                  **(versions or {})},
         created=now(),
     )
     meta.model["imported"] = origins
     with leave_no_trace(new_dirs, st.run_file(run_id)):
         make_dirs(st.checkpoints_dir(run_id))
         with progress_bar(f"import {run_id}", len(states), unit="checkpoints", enabled=progress) as bar:
-            for i, state in zip(order, states, strict=True):
+            for epoch, state in zip(epochs, states, strict=True):
                 t0 = time.perf_counter()
                 net.load_state_dict(state)
                 net.to(dev)
                 train_loss, train_acc = evaluate_split(net, data, "train", dev, scorer=scorer)
                 val_loss, val_acc = evaluate_split(net, data, "val", dev, scorer=scorer)
-                epoch = numbers[i]
                 ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, config.identity(), epoch)
                 path = st.file(run_id, checkpoint_name(epoch))
                 checkpoints.save(path, ckpt)
@@ -135,4 +149,4 @@ def import_run(
                     checkpoint_train_loss=train_loss, checkpoint_train_accuracy=train_acc))  # (the same: at it)
                 bar.advance()
         st.write_run(meta)  # last: a run that failed half-way leaves no trace
-    return ImportResult(run_id, run_dir, meta, [numbers[i] for i in order])
+    return ImportResult(run_id, run_dir, meta, list(epochs))
