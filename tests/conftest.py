@@ -67,6 +67,49 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
+def killed_and_resumed_training(args: list[str], store: Path) -> list[str]:
+    """`landscape ARGS --store STORE` (a training) SIGKILLed somewhere inside its second epoch or later, then
+    rerun in-process to the end: the weights hash of every checkpoint, each checked against its file."""
+    import random
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(store)],
+                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(store.glob("*/checkpoints/epoch-0001.pt")):
+        time.sleep(0.02)
+    time.sleep(random.Random(0).uniform(0.05, 0.3))  # somewhere inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from landscape_cli.store import Store
+
+    [run] = Store(store).runs()
+    assert not isinstance(run, Exception) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
+    resumed = run_in_process(*args, "--store", str(store))
+    assert resumed.returncode == 0, resumed.stderr
+    assert not list(store.rglob("*.partial"))
+    return checkpoint_hashes(store)
+
+
+def checkpoint_hashes(store: Path) -> list[str]:
+    """The weights hash of every checkpoint of the store's one run, each recomputed from its file."""
+    import torch
+
+    from landscape_cli.models.checkpoints import state_hash
+    from landscape_cli.store import Store
+    from landscape_cli.store.meta import RunMeta
+
+    [run] = Store(store).runs()
+    assert isinstance(run, RunMeta)
+    out = []
+    for e in run.epochs:
+        ckpt = torch.load(Store(store).file(run.id, e.checkpoint), weights_only=True)
+        assert state_hash(ckpt["state_dict"]) == e.weights_sha256
+        out.append(e.weights_sha256)
+    return out
+
+
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)

@@ -7,10 +7,8 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, StoreFactory, Train, run_in_process, subprocess_env
+from conftest import REPO, StoreFactory, Train, checkpoint_hashes, killed_and_resumed_training, subprocess_env
 
 from landscape_cli import train
 from landscape_cli.config import TrainConfig
@@ -26,10 +24,9 @@ from landscape_cli.data import load_dataset
 from landscape_cli.data.text import TRAIN_SHARE
 from landscape_cli.kernel.evaluate import Evaluator
 from landscape_cli.models import list_models, model_entry
-from landscape_cli.models.checkpoints import build_model, state_hash
+from landscape_cli.models.checkpoints import build_model
 from landscape_cli.models.gpt import GPT
 from landscape_cli.store import Store
-from landscape_cli.store.meta import RunMeta
 
 WORDS = ("the", "loss", "landscape", "of", "a", "small", "network", "is", "a", "surface", "over", "two",
          "directions", "in", "weight", "space", "and", "its", "valleys", "show", "where", "training", "went")
@@ -262,37 +259,12 @@ def test_block_size_for_another_dataset_is_one_line(cli: Any, tmp_path: Path) ->
 # --- resume ---------------------------------------------------------------------------------------------
 
 
-def _checkpoint_hashes(store: Path) -> list[str]:
-    [run] = Store(store).runs()
-    assert isinstance(run, RunMeta)
-    out = []
-    for e in run.epochs:
-        ckpt = torch.load(Store(store).file(run.id, e.checkpoint), weights_only=True)
-        assert state_hash(ckpt["state_dict"]) == e.weights_sha256
-        out.append(e.weights_sha256)
-    return out
-
-
 @pytest.mark.slow
 def test_killed_gpt_training_resumes_bitwise(trained_store: StoreFactory, book: Path, tmp_path: Path) -> None:
     """SIGKILL in the middle of training gpt on a text, rerun: the same checkpoints as an uninterrupted run."""
     args = ["train", "gpt", f"text:{book}", "--block-size", str(BLOCK), "--epochs", "4", "--batch-size", "4", "--quiet"]
     reference = trained_store("gpt", f"text:{book}", epochs=4, block_size=BLOCK, batch_size=4)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(killed)],
-                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(killed.glob("*/checkpoints/epoch-0001.pt")):
-        time.sleep(0.02)
-    time.sleep(random.Random(0).uniform(0.05, 0.3))  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    [run] = Store(killed).runs()
-    assert isinstance(run, RunMeta) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
-    resumed = run_in_process(*args, "--store", str(killed))
-    assert resumed.returncode == 0, resumed.stderr
-    assert _checkpoint_hashes(killed) == _checkpoint_hashes(reference)
-    assert not list(killed.rglob("*.partial"))
+    assert killed_and_resumed_training(args, tmp_path / "killed") == checkpoint_hashes(reference)
 
 
 @pytest.mark.slow

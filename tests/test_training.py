@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, StoreFactory, run_in_process, subprocess_env
+from conftest import StoreFactory, checkpoint_hashes, killed_and_resumed_training
 
 from landscape_cli import train
 from landscape_cli._io import file_sha256
@@ -22,9 +17,7 @@ from landscape_cli.data import load_dataset
 from landscape_cli.errors import IntegrityError, LockedError
 from landscape_cli.models import create_model
 from landscape_cli.models.checkpoints import state_hash
-from landscape_cli.store import Store
 from landscape_cli.store.locks import FileLock
-from landscape_cli.store.meta import RunMeta
 
 
 def _independent_eval(path: Path) -> tuple[float, float]:
@@ -135,18 +128,6 @@ def test_a_run_in_training_is_not_trained_twice(store: Path) -> None:
         train("mlp", "digits", epochs=1, store=store, progress=False)
 
 
-def _checkpoint_hashes(store: Path) -> list[str]:
-    """Hashes of every checkpoint's tensors, recomputed from the files."""
-    [run] = Store(store).runs()
-    assert isinstance(run, RunMeta)
-    out = []
-    for e in run.epochs:
-        ckpt = torch.load(Store(store).file(run.id, e.checkpoint), weights_only=True)
-        assert state_hash(ckpt["state_dict"]) == e.weights_sha256
-        out.append(e.weights_sha256)
-    return out
-
-
 TRAIN_ARGS = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "8", "--quiet"]
 
 
@@ -155,18 +136,4 @@ def test_killed_training_resumes_bitwise(trained_store: StoreFactory, tmp_path: 
     """SIGKILL in the middle of training, rerun: the same checkpoints as an uninterrupted run."""
     # the uninterrupted run of TRAIN_ARGS: in-process with one thread, trained once per session (read-only master)
     reference = trained_store("cnn", epochs=4, batch_size=8)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *TRAIN_ARGS, "--store", str(killed)],
-                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(killed.glob("*/checkpoints/epoch-0001.pt")):
-        time.sleep(0.02)
-    time.sleep(random.Random(0).uniform(0.05, 0.3))  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    [run] = Store(killed).runs()
-    assert isinstance(run, RunMeta) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
-    resumed = run_in_process(*TRAIN_ARGS, "--store", str(killed))
-    assert resumed.returncode == 0, resumed.stderr
-    assert _checkpoint_hashes(killed) == _checkpoint_hashes(reference)
-    assert not list(killed.rglob("*.partial"))
+    assert killed_and_resumed_training(TRAIN_ARGS, tmp_path / "killed") == checkpoint_hashes(reference)
