@@ -110,6 +110,21 @@ def checkpoint_hashes(store: Path) -> list[str]:
     return out
 
 
+def filter_normalized(raw: dict[str, Any], weights: dict[str, Any]) -> dict[str, Any]:
+    """Li et al.'s filter normalization, written out independently of the library for the tests that
+    recompute a grid by hand: each filter (row) of a direction rescaled to the norm of the weight's;
+    1-D parameters (biases, norms) left out, as a default grid leaves them put."""
+    out = {}
+    for name, w in weights.items():
+        if w.dim() <= 1:
+            continue
+        d = raw[name].clone()
+        for i in range(w.shape[0]):
+            d[i] = d[i] * (w[i].norm() / d[i].norm())
+        out[name] = d
+    return out
+
+
 def subprocess_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, Cli, StoreFactory, Train, private_copy, run_in_process, subprocess_env
+from conftest import REPO, Cli, StoreFactory, Train, filter_normalized, private_copy, run_in_process, subprocess_env
 
 from landscape_cli import train
 from landscape_cli.config import parse_epochs
@@ -53,19 +53,6 @@ def _batches(n: int, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     d = load_dataset("digits")
     x = (d.train_x.float() / 255 - d.info.mean[0]) / d.info.std[0]
     return [(x[i * size:(i + 1) * size], d.train_y[i * size:(i + 1) * size]) for i in range(n)]
-
-
-def _filter_normalized(raw: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Li et al.'s filter normalization, written out here independently of the library."""
-    out = {}
-    for name, w in weights.items():
-        if w.dim() <= 1:
-            continue
-        d = raw[name].clone()
-        for i in range(w.shape[0]):
-            d[i] = d[i] * (w[i].norm() / d[i].norm())
-        out[name] = d
-    return out
 
 
 def _loss_at(ckpt: dict[str, Any], delta: dict[str, torch.Tensor], batch: tuple, bn: str = "train") -> tuple[float, float]:
@@ -107,7 +94,7 @@ def test_grid_points_equal_hand_perturbed_models(store: Path) -> None:
         ckpt = _checkpoint(store, epoch)
         raw = torch.load(g.path.parent.parent / meta["directions"][pair]["file"], weights_only=True)
         weights = {k: v for k, v in ckpt["state_dict"].items() if "running" not in k and "num_batches" not in k}
-        d1, d2 = _filter_normalized(raw["d1"], weights), _filter_normalized(raw["d2"], weights)
+        d1, d2 = filter_normalized(raw["d1"], weights), filter_normalized(raw["d2"], weights)
         a, b_ = float(ds.x[xi]), float(ds.y[yi])
         delta = {n: a * d1[n] + b_ * d2[n] for n in d1}
         loss, acc = _loss_at(ckpt, delta, batches[b])
@@ -126,7 +113,7 @@ def test_projected_gradients_are_stored(store: Path) -> None:
     model.train()
     weights = {k: v.detach() for k, v in model.named_parameters()}
     raw = torch.load(g.path.parent.parent / meta["directions"][1]["file"], weights_only=True)
-    d1, d2 = _filter_normalized(raw["d1"], weights), _filter_normalized(raw["d2"], weights)
+    d1, d2 = filter_normalized(raw["d1"], weights), filter_normalized(raw["d2"], weights)
     x, y = _batches(2, 64)[1]
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -210,8 +197,8 @@ def test_layer_grid_moves_only_that_layer(store: Path) -> None:
     ckpt = _checkpoint(store, 2)
     raw = torch.load(g.path.parent.parent / meta["directions"][0]["file"], weights_only=True)
     weights = {k: v for k, v in ckpt["state_dict"].items() if "running" not in k and "num_batches" not in k}
-    d1 = _filter_normalized(raw["d1"], weights)["features.4.weight"]
-    d2 = _filter_normalized(raw["d2"], weights)["features.4.weight"]
+    d1 = filter_normalized(raw["d1"], weights)["features.4.weight"]
+    d2 = filter_normalized(raw["d2"], weights)["features.4.weight"]
     loss, _ = _loss_at(ckpt, {"features.4.weight": -1.0 * d1 + 0.5 * d2}, _batches(1, 64)[0])
     ds = g.to_xarray()
     assert float(ds.loss.sel(epoch=2, pair=0, batch=0, x=-1.0, y=0.5)) == pytest.approx(loss, rel=1e-4)
@@ -306,7 +293,7 @@ def test_a_line_is_the_middle_row_of_its_plane(store: Path) -> None:
     ckpt = _checkpoint(store, 2)
     raw = torch.load(line.path.parent.parent / line.meta.directions[1].file, weights_only=True)
     weights = {k: v for k, v in ckpt["state_dict"].items() if "running" not in k and "num_batches" not in k}
-    d1 = _filter_normalized(raw["d1"], weights)
+    d1 = filter_normalized(raw["d1"], weights)
     loss, _ = _loss_at(ckpt, {n: -0.5 * d1[n] for n in d1}, _batches(2, 64)[1])
     assert float(ds.loss.sel(epoch=2, pair=1, batch=1, x=-0.5)) == pytest.approx(loss, rel=1e-4)
 

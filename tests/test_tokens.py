@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import StoreFactory, Train
+from conftest import StoreFactory, Train, filter_normalized
 
 from landscape_cli.data import load_dataset
 from landscape_cli.data.losses import IGNORE_INDEX, CrossEntropy, MeanSquaredError, scored
@@ -83,24 +83,11 @@ def _scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[f
             (logits.argmax(1)[keep] == target[keep]).double().mean().item())
 
 
-def _filter_normalized(raw: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Li et al.'s filter normalization (each row of a weight matrix to that row's norm); 1-D parameters stay."""
-    out = {}
-    for name, w in weights.items():
-        if w.dim() <= 1:
-            continue
-        d = raw[name].clone()
-        for i in range(w.shape[0]):
-            d[i] = d[i] * (w[i].norm() / d[i].norm())
-        out[name] = d
-    return out
-
-
 def _directions(g: Any, ckpt: dict[str, Any], pair: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     meta = json.loads((g.path / "grid.json").read_text())
     raw = torch.load(g.path.parent.parent / meta["directions"][pair]["file"], weights_only=True)
     weights = {n: p.detach() for n, p in _model(ckpt).named_parameters()}
-    return _filter_normalized(raw["d1"], weights), _filter_normalized(raw["d2"], weights)
+    return filter_normalized(raw["d1"], weights), filter_normalized(raw["d2"], weights)
 
 
 def test_the_data_has_padding_and_gpt_scores_tokens(padded: Path) -> None:
