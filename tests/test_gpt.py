@@ -4,6 +4,7 @@ followed by every command, the run's identity and records, resume, and bad input
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -278,3 +279,18 @@ def test_the_readme_example_script(tmp_path: Path) -> None:
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["hessian.png", "interpolation.png", "plane.png"]
+
+
+def test_import_cuts_a_text_with_its_block_size(cli: Any, master: Path, book: Path, tmp_path: Path) -> None:
+    """`landscape import gpt text:FILE CKPT... --block-size B` scores the windows the run was trained on: each
+    imported epoch's losses equal the trained run's (the same weights on the same windows)."""
+    trained = json.loads(next(master.glob("*/run.json")).read_text())
+    files = [str(master / trained["id"] / e["checkpoint"]) for e in trained["epochs"]]
+    done = ok(cli("import", "gpt", f"text:{book}", *files, "--epochs", ",".join(str(e["epoch"]) for e in trained["epochs"]),
+                  "--block-size", str(BLOCK), "--store", str(tmp_path / "imported"), "--json", "--quiet"))
+    imported = json.loads(done.stdout)
+    assert imported["dataset"]["block_size"] == BLOCK
+    assert [(e["train_loss"], e["val_loss"]) for e in imported["epochs"]] == [
+        (e["checkpoint_train_loss"], e["val_loss"]) for e in trained["epochs"]]
+    one_line_error(cli("import", "cnn", "digits", files[0], "--block-size", "8", "--store", str(tmp_path / "other")),
+                   "--block-size applies to text datasets")

@@ -145,7 +145,8 @@ def import_(
         str | None, typer.Option(help="cross-entropy or mse [default: from the dataset's task].", show_default=False)
     ] = None,
     block_size: Annotated[
-        int | None, typer.Option(help="hf:DIR on text:PATH: tokens per sample [default: 64].", show_default=False)
+        int | None, typer.Option(help="On text:PATH: tokens (characters, or hf:DIR's tokens) per sample [default: 64].",
+                                 show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
@@ -180,11 +181,9 @@ def import_(
         result = import_hf(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs), block_size=block_size,
                            loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
     else:
-        if block_size is not None:
-            raise UsageError("--block-size applies to import hf:DIR (train takes it for text:PATH)")
         result = import_run(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs),
-                            activation=activation, loss=loss, device=device, name=name, store=store,
-                            data_dir=data_dir, progress=not quiet)
+                            activation=activation, loss=loss, block_size=block_size, device=device, name=name,
+                            store=store, data_dir=data_dir, progress=not quiet)
     meta = result.meta
     if json_output:
         print_json({"id": result.run_id, "path": result.path, "imported": result.imported,

@@ -24,7 +24,7 @@ from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig
-from landscape_cli.data import Dataset, dataset_record, dataset_source, load_dataset
+from landscape_cli.data import Dataset, check_block_size, dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import Loss, get_loss, loss_for_task
 from landscape_cli.errors import UsageError
 from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
@@ -57,6 +57,7 @@ def import_run(
     epochs: list[int] | None = None,
     activation: str = TrainConfig.activation,
     loss: str | None = None,
+    block_size: int | None = None,
     device: str = "auto",
     name: str | None = None,
     store: Store | str | os.PathLike[str] | None = None,
@@ -64,6 +65,7 @@ def import_run(
     progress: bool = True,
 ) -> ImportResult:
     """Make a run of `model` on `dataset` from checkpoint `files` (or folders of them), one per epoch.
+    `block_size`: a text dataset's characters per sample (as `train` takes it; default 64).
 
     `epochs` gives each file's epoch (else the epoch a Lightning checkpoint stores, counted as this tool
     counts them: Lightning's `epoch=k` checkpoint, saved after k + 1 epochs of training, is epoch k + 1;
@@ -80,7 +82,8 @@ def import_run(
     found_files = [read_weights(path) for path in paths]
     numbers = epoch_numbers(paths, epochs, found_files)
     order = sorted(range(len(paths)), key=lambda i: numbers[i])
-    data = load_dataset(data_src, data_dir)
+    check_block_size(data_src, block_size)
+    data = load_dataset(data_src, data_dir, block_size=block_size)
     scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
     scorer.check_targets(data.train_y, f"dataset {data_src.ref!r}")
     probe(model_src, data_src, data, activation, scorer)
