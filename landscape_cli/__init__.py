@@ -21,6 +21,7 @@ _API = {
     "GridConfig": "config",
     "plot": "views.figures",
     "PlotResult": "views.figures",
+    "log_grid": "views.tensorboard",
     "evaluate_plane": "kernel.evaluate",
     "create_model": "models",
     "list_models": "models",

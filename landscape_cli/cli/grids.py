@@ -252,6 +252,13 @@ def plot(
                            "eigenvalues, λmin and trace against epoch, the density per epoch; --grid picks results by "
                            "id or name [default: the newest].")
     ] = False,
+    tensorboard: Annotated[
+        Path | None, typer.Option("--tensorboard", metavar="LOGDIR", help="Also log into this TensorBoard log "
+                                  "directory (made if missing; not inside the store): the figure as an image and "
+                                  "the grid's `landscape stats` (its mean landscape) as scalars, the epoch as the "
+                                  "step; with --hessian the results' eigenvalues, λmin and trace. Needs pip install "
+                                  "'landscape-cli[tensorboard]'.", show_default=False)
+    ] = None,
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -270,11 +277,24 @@ def plot(
 
     Diverged points (NaN/Inf) are magenta; rows not computed yet are hatched (curves: left out).
 
-    Example: `landscape plot quickstart --epochs 0,5 --reduce mean`; `landscape plot quickstart --html`
+    --tensorboard LOGDIR also writes an event file there: the figure as an image (tag
+    landscape/RUN/GRID, at the newest epoch shown) and the stats of each grid's mean landscape at
+    every epoch as scalars (landscape/RUN/GRID/sharpness, ...; the epoch as the step).
+
+    Example: `landscape plot quickstart --epochs 0,5 --reduce mean`; `landscape plot quickstart --html`;
+    `landscape plot quickstart --tensorboard tb/`
     """
     from landscape_cli.config import parse_epochs
     from landscape_cli.views.figures import plot as draw_plot
 
+    logdir = None
+    if tensorboard is not None:
+        from landscape_cli.views.tensorboard import check_logdir
+
+        refused = [flag for flag, on in (("--html", html), ("--animate", animate)) if on]
+        if refused:
+            raise UsageError(f"--tensorboard logs a still figure: drop {' and '.join(refused)}")
+        logdir = check_logdir(tensorboard, store)  # before anything is drawn or written
     if html:
         from landscape_cli.views.page import write_html
 
@@ -303,12 +323,20 @@ def plot(
         if len(runs) != 1 or (grid and len(grid) != 1):
             raise UsageError("--hessian draws one run's curvature results: give one run (and at most one --grid)")
         figure = plot_hessian(runs[0], hessian=grid[0] if grid else None, out=out, store=store)
+        logged = None
+        if logdir is not None:
+            from landscape_cli.views.tensorboard import write_hessian
+
+            logged = write_hessian(logdir, figure, store)
         if json_output:
             print_json({"path": figure.path, "hessian": figure.meta.id, "epochs": figure.epochs,
                         "eigenvalues": figure.eigenvalues.tolist(), "lambda_min": figure.lambda_min.tolist(),
-                        "trace": figure.trace.tolist(), "trace_stderr": figure.trace_stderr.tolist()})
+                        "trace": figure.trace.tolist(), "trace_stderr": figure.trace_stderr.tolist(),
+                        **({"tensorboard": logged.to_json()} if logged else {})})
         else:
             stdout().print(str(figure.path))
+            if logged:
+                stdout().print(str(logged.logdir))
         return
     if epoch is not None and epochs is not None:
         raise UsageError("give --epoch or --epochs, not both")
@@ -318,6 +346,11 @@ def plot(
         surface=surface, log=log, clip=clip, reduce=reduce or "none", scale=scale, animate=animate, out=out, show=show,
         store=store,
     )
+    logged = None
+    if logdir is not None:
+        from landscape_cli.views.tensorboard import write_plot
+
+        logged = write_plot(logdir, result, store)
     panels = [
         {"title": p.title, "run": p.source.run_id, "grid": p.source.grid_id, "epoch": p.epoch, "pair": p.pair,
          "batch": p.batch, "diverged": p.diverged, "computed": bool(p.computed.all())}
@@ -335,7 +368,8 @@ def plot(
                  for t in {id(t.source): t for t in result.paths}.values()]
         print_json({"path": result.path, "grids": grids, "rows": result.shape[0], "columns": result.shape[1],
                     "diverged_points": result.diverged, "arrow_scale": result.arrow_scale, "panels": panels,
-                    "curves": curves, "paths": paths, "notes": result.notes})
+                    "curves": curves, "paths": paths, "notes": result.notes,
+                    **({"tensorboard": logged.to_json()} if logged else {})})
         return
     if result.diverged:
         err().print(f"{result.diverged} diverged points (NaN/Inf) are drawn in magenta")
@@ -347,6 +381,8 @@ def plot(
             err().print(f"the training path lies far from the PCA {'plane' if t.y is not None else 'line'} "
                         f"(up to {100 * t.off_plane:.0f}% of a checkpoint's distance is off it)")
     stdout().print(str(result.path))
+    if logged:
+        stdout().print(str(logged.logdir))
 
 
 def export(

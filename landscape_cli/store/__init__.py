@@ -461,6 +461,11 @@ class Store:
         return self._owns(path, self.hessian_zarr(run_id, hessian_id), self.hessian_file(run_id, hessian_id),
                           self.run_file(run_id))
 
+    def holds(self, path: str | os.PathLike[str]) -> bool:
+        """Whether `path` (symbolic links followed) is the store's directory or anything inside it: where no
+        view may write its own files (a TensorBoard log directory)."""
+        return self._owns(path, self.root)
+
     @staticmethod
     def _owns(path: str | os.PathLike[str], group: Path, *files: Path) -> bool:
         resolved, group = Path(path).resolve(), group.resolve()
