@@ -9,6 +9,16 @@ Each epoch records the train split's loss twice: `train_loss`, the running mean 
 mini-batches (what the optimizer saw, the weights moving under it), and `checkpoint_train_loss`, the
 train split evaluated at the saved checkpoint in eval mode (one more pass, drawing no random numbers),
 the value a landscape at that checkpoint is comparable with.
+
+With `track_lambda_max=K` the top Hessian eigenvalue λmax of the training loss is estimated at step 0
+and after every K optimizer steps (Cohen et al. 2021, "edge of stability"): on fixed probe batches (the
+train split's first `track_batches` batches of `track_batch_size`, never shuffled), BatchNorm in train
+mode, over the parameters `landscape hessian` perturbs by default, by Lanczos (ARPACK) warm-started
+from the previous eigenvector. Tracking changes nothing of the training (no random number is drawn
+from the run's generators; modes and buffers restored): the checkpoints are bitwise those of a run
+without it, and its settings are not part of the run's id. The values are written with each epoch's
+checkpoint (`Store.write_lambda_track`); the warm-start vector travels with the optimizer state, so a
+resumed run computes the same numbers as one trained in one go.
 """
 
 from __future__ import annotations
@@ -22,25 +32,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
-from landscape_cli.config import TrainConfig, positive_int
+from landscape_cli.config import TrainConfig, check_batches, positive_int
+from landscape_cli.curvature.spectrum import extreme_eigenpairs
 from landscape_cli.data import Dataset, check_block_size, dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import Loss, get_loss, loss_for_task, scored
+from landscape_cli.directions import perturbed_names
 from landscape_cli.errors import IntegrityError, UsageError
+from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator, use_channels_last
 from landscape_cli.kernel.evaluate import evaluate_split
+from landscape_cli.kernel.hvp import operator
 from landscape_cli.models import build, checkpoints, model_source, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name, optimizer_name
-from landscape_cli.store.meta import EpochRecord, FileRecord, RunMeta
+from landscape_cli.store.meta import EpochRecord, FileRecord, LambdaPoint, LambdaTrack, RunMeta
 
 MAX_EPOCHS = 100_000
+LAMBDA_TOL = 1e-5  # ARPACK's tolerance for the tracked λmax
+LAMBDA_NCV = 10  # Lanczos basis size of each estimate (warm-started: few restarts)
+LAMBDA_VECTOR = "lambda_max_vector"  # the warm-start vector's key in the optimizer-state file
 
 
 @dataclass
@@ -58,6 +76,22 @@ class TrainResult:
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     digest = hashlib.sha256(f"landscape-data-order:{seed}:{epoch}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def lambda_settings(every: int | None, batches: int, batch_size: int) -> dict[str, Any] | None:
+    """What `train --track-lambda-max` records (and a continuation must repeat); None without tracking."""
+    if every is None:
+        return None
+    return {"every": every, "batches": batches, "batch_size": batch_size, "split": "train", "bn": "train",
+            "parameters": "weights (no bias or BatchNorm)", "method": "lanczos (ARPACK), warm-started",
+            "ncv": LAMBDA_NCV, "tol": LAMBDA_TOL}
+
+
+def _describe(settings: dict[str, Any] | None) -> str:
+    if settings is None:
+        return "no --track-lambda-max"
+    return (f"--track-lambda-max {settings['every']} --track-batches {settings['batches']} "
+            f"--track-batch-size {settings['batch_size']}")
 
 
 def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -88,12 +122,19 @@ def train(
     name: str | None = None,
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    track_lambda_max: int | None = None,
+    track_batches: int = 1,
+    track_batch_size: int | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset`, checkpointing epochs 0..`epochs` into a content-addressed run.
 
     Running it again with the same configuration trains nothing (or resumes where a stopped run
     left off; more epochs continue the run). Returns the run's id, directory and metadata. `block_size`: the
     characters per sample of a `text:PATH` dataset (default 64; part of the run's identity).
+
+    `track_lambda_max=K`: estimate λmax at step 0 and every K optimizer steps on the train split's first
+    `track_batches` batches of `track_batch_size` (default `batch_size`) samples; stored with the run
+    (`Store.read_lambda_track`), not part of its id; a continuation must use the same settings.
     """
     model_src, data_src = model_source(model), dataset_source(dataset)
     if not model_src.builtin and activation != TrainConfig.activation:
@@ -111,6 +152,12 @@ def train(
                          block_size=data.block_size if data else None)
     config.validate()
     positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
+    if track_lambda_max is not None:
+        positive_int(track_lambda_max, "--track-lambda-max")
+        positive_int(track_batches, "--track-batches")
+        positive_int(track_batch_size if track_batch_size is not None else batch_size, "--track-batch-size")
+    settings = lambda_settings(track_lambda_max, track_batches,
+                               track_batch_size if track_batch_size is not None else batch_size)
     dev = select_device(device)
     st = Store.of(store)
     run_id = config.run_id
@@ -128,6 +175,8 @@ def train(
     scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
     scorer.check_targets(data.train_y, f"dataset {data_src.ref!r}")
     probe(model_src, data_src, data, config.activation, scorer)
+    if settings is not None:
+        check_batches(settings["batches"], settings["batch_size"], False, "train", dataset_record(data_src, data))
     run_dir = st.run_dir(run_id)
     new_dirs = [] if run_dir.exists() else [run_dir]
     with leave_no_trace(new_dirs, st.run_file(run_id)):
@@ -135,7 +184,7 @@ def train(
         with st.run_lock(run_id).acquire("wait for that training to finish, or stop it and run this command again"):
             remove_partials(st.checkpoints_dir(run_id))
             return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch, model_src, data_src,
-                                 scorer)
+                                 scorer, settings)
 
 
 
@@ -147,7 +196,7 @@ def train(
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
                   data: Dataset, name: str | None, progress: bool,
                   on_epoch: Callable[[EpochRecord], None] | None, model_src: Source, data_src: Source,
-                  scorer: Loss) -> TrainResult:
+                  scorer: Loss, settings: dict[str, Any] | None = None) -> TrainResult:
     run_dir = st.run_dir(run_id)
     args = model_args(model_src, data, config.activation)
     with torch.random.fork_rng(devices=[]):
@@ -176,9 +225,14 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         st.write_run(meta)
         return TrainResult(run_id, run_dir, meta)
 
+    track = st.read_lambda_track(run_id) if start > 0 else None
+    if start > 0 and (track.settings if track is not None else None) != settings:
+        raise UsageError(f"run {run_id} was trained with {_describe(track.settings if track else None)}: continue "
+                         f"it with the same (asked: {_describe(settings)})")
     opt = make_optimizer(config, net.parameters())
+    vector = None
     if start > 0:
-        _restore(st, meta, net, opt)
+        vector = _restore(st, meta, net, opt)
     tune_allocator()
     channels_last = use_channels_last(net, device)
     net.to(device)
@@ -187,27 +241,78 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     _move_optimizer_state(opt, device)
     if start > 0 or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
         st.write_run(meta)
+    tracker = None
+    if settings is not None:
+        kept = [p for p in track.values if p.epoch < start] if track is not None else []
+        tracker = _LambdaTracker(LambdaTrack(run_id, settings, kept), net, data, device, scorer, vector)
 
     trained = []
+    steps = (len(data.train_y) + config.batch_size - 1) // config.batch_size
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         if epoch == 0:
             train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last,
                                                    scorer=scorer)
             at_loss, at_acc = train_loss, train_acc
+            if tracker is not None:
+                tracker.measure(net, 0, 0)
         else:
+            on_step = tracker.hook(net, (epoch - 1) * steps, epoch) if tracker is not None else None
             train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress,
-                                                 scorer)
+                                                 scorer, on_step)
             at_loss, at_acc = _at_checkpoint(net, data, device, channels_last, scorer)
         val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last, scorer=scorer)
         metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3),
                    "checkpoint_train_loss": at_loss, "checkpoint_train_accuracy": at_acc}
-        record = _save_epoch(st, meta, net, opt, epoch, metrics)
+        record = _save_epoch(st, meta, net, opt, epoch, metrics, tracker)
         trained.append(epoch)
         if on_epoch is not None:
             on_epoch(record)
     return TrainResult(run_id, run_dir, meta, trained)
+
+
+class _LambdaTracker:
+    """λmax of the training loss on fixed probe batches, warm-started from the last eigenvector."""
+
+    def __init__(self, track: LambdaTrack, net: nn.Module, data: Dataset, device: torch.device, scorer: Loss,
+                 vector: np.ndarray | None) -> None:
+        s = track.settings
+        self.track = track
+        self.device = device
+        self.batches = Batches(data, "train", s["batches"], s["batch_size"]).on(device, False)
+        self.names = perturbed_names({k: v.detach() for k, v in net.named_parameters()})
+        self.loss = scorer
+        self.vector = vector
+
+    def hook(self, net: nn.Module, first: int, epoch: int) -> Callable[[int], None]:
+        """What `_train_epoch` calls after its mini-batch b: step first + b + 1 of the run, measured every K."""
+        every = int(self.track.settings["every"])
+
+        def after(b: int) -> None:
+            if (first + b + 1) % every == 0:
+                self.measure(net, first + b + 1, epoch)
+
+        return after
+
+    def measure(self, net: nn.Module, step: int, epoch: int) -> None:
+        """One estimate at the model's weights; random numbers, modes, buffers and requires_grad given back."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        from scipy.sparse.linalg import ArpackError
+
+        with torch.random.fork_rng(devices=devices), \
+                operator(net, self.batches, self.names, "train", None, self.loss) as op:
+            try:
+                pairs = extreme_eigenpairs(op, 1, "LA", 0, tol=LAMBDA_TOL, v0=self.vector, ncv=LAMBDA_NCV)
+                value, residual, vector = float(pairs.values[0]), float(pairs.residuals[0]), pairs.vectors[:, 0]
+            except ArpackError:  # products that are not finite (a diverged training): no value, the run goes on
+                value = residual = float("nan")
+                vector = None
+        if vector is None or not np.isfinite(vector).all() or not np.isfinite(value):
+            self.vector = None  # the next estimate starts afresh (seeded)
+        else:  # kept as float32, as the optimizer-state file keeps it: a resumed run starts from the same vector
+            self.vector = vector.astype(np.float32).astype(np.float64)
+        self.track.values.append(LambdaPoint(step, epoch, value, residual))
 
 
 def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels_last: bool,
@@ -222,7 +327,7 @@ def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels
 
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
                  epoch: int, device: torch.device, channels_last: bool, progress: bool,
-                 scorer: Loss) -> tuple[float, float | None]:
+                 scorer: Loss, on_step: Callable[[int], None] | None = None) -> tuple[float, float | None]:
     """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy over the
     scored units (samples, or tokens that are not padding). A mini-batch of padding only is skipped."""
     x_all, y_all = data.train_x, data.train_y
@@ -240,6 +345,8 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
             count = scored(y_cpu)  # counted on the CPU: no device sync
             if not count:  # nothing to score: no loss, no step
                 bar.advance()
+                if on_step is not None:
+                    on_step(step)
                 continue
             x = data.prepare(x_all[idx], device, channels_last)
             y = y_cpu.to(device)
@@ -251,18 +358,26 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
             total_loss += loss.detach() * count
             correct += scorer.correct(out.detach(), y)
             units += count
+            if on_step is not None:
+                on_step(step)
             bar.advance()
     return total_loss.item() / units, (correct.item() / units if scorer.has_accuracy else None)
 
 
 def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                metrics: dict[str, Any]) -> EpochRecord:
-    """Checkpoint, optimizer state, then metadata: a kill at any point leaves a resumable run."""
+                metrics: dict[str, Any], tracker: _LambdaTracker | None = None) -> EpochRecord:
+    """Checkpoint, optimizer state (with λmax's warm-start vector), the tracked λmax, then metadata: a kill at
+    any point leaves a resumable run (values of epochs run.json does not record are recomputed)."""
     ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch)
     ckpt_path = st.file(meta.id, checkpoint_name(epoch))
     checkpoints.save(ckpt_path, ckpt)
     optim_path = st.file(meta.id, optimizer_name(epoch))
-    checkpoints.save(optim_path, {"epoch": epoch, "optimizer": _cpu_state(opt.state_dict())})
+    state: dict[str, Any] = {"epoch": epoch, "optimizer": _cpu_state(opt.state_dict())}
+    if tracker is not None and tracker.vector is not None:
+        state[LAMBDA_VECTOR] = torch.from_numpy(tracker.vector.astype(np.float32))
+    checkpoints.save(optim_path, state)
+    if tracker is not None:
+        st.write_lambda_track(tracker.track)
     previous = meta.resume
     record = EpochRecord(epoch=epoch, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
                          val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
@@ -278,7 +393,8 @@ def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optim
     return record
 
 
-def _restore(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+def _restore(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer) -> np.ndarray | None:
+    """Weights and optimizer state of the last epoch; returns λmax's warm-start vector where it was saved."""
     last = meta.epochs[-1]
     ckpt = checkpoints.load_epoch(st, meta.id, last)
     net.load_state_dict(ckpt["state_dict"])
@@ -290,6 +406,8 @@ def _restore(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimize
         )
     state = checkpoints.load(st.file(meta.id, resume.file), resume.sha256, f"optimizer state of epoch {last.epoch}")
     opt.load_state_dict(state["optimizer"])
+    vector = state.get(LAMBDA_VECTOR)
+    return vector.double().numpy() if isinstance(vector, Tensor) else None
 
 
 def _cpu_state(obj: Any) -> Any:

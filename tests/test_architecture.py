@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 # names of store files and directories: only store/ joins them into paths
 STORE_NAMES = {"run.json", "grid.json", "landscape.zarr", "zarr.json", "checkpoints", "directions", "grids", "plots",
-               "locks", "hessians", "hessian.json", "hessian.zarr", "stats.json", ".lock"}
+               "locks", "hessians", "hessian.json", "hessian.zarr", "stats.json", "lambda_max.json", ".lock"}
 PATH_CALLS = {"joinpath", "Path", "glob", "rglob", "with_name", "with_suffix", "open", "exists"}
 
 

@@ -252,6 +252,12 @@ def plot(
                            "eigenvalues, λmin and trace against epoch, the density per epoch; --grid picks results by "
                            "id or name [default: the newest].")
     ] = False,
+    lambda_max: Annotated[
+        bool, typer.Option("--lambda-max", help="Draw the λmax tracked during training instead (`landscape train "
+                           "--track-lambda-max K`) against the step, with 2/η (gradient descent's stability "
+                           "threshold; η the run's --lr); --json prints the values [default --out: the run's "
+                           "plots/lambda_max.png].")
+    ] = False,
     tensorboard: Annotated[
         Path | None, typer.Option("--tensorboard", metavar="LOGDIR", help="Also log into this TensorBoard log "
                                   "directory (made if missing; not inside the store): the figure as an image and "
@@ -317,6 +323,23 @@ def plot(
             stdout().print(str(page.path))
         return
 
+    if lambda_max:
+        from landscape_cli.views.sharpness_figure import plot_lambda_max
+
+        given = [flag for flag, on in (("--hessian", hessian), ("--grid", bool(grid)), ("--animate", animate),
+                                       ("--tensorboard", logdir is not None), ("--epochs", epochs is not None),
+                                       ("--epoch", epoch is not None)) if on]
+        if given or len(runs) != 1:
+            raise UsageError("--lambda-max draws one run's tracked λmax: give one run" +
+                             (f" and drop {', '.join(given)}" if given else ""))
+        sharp = plot_lambda_max(runs[0], out=out, store=store)
+        if json_output:
+            print_json(sharp.to_json())
+        else:
+            if sharp.note:
+                err().print(sharp.note)
+            stdout().print(str(sharp.path))
+        return
     if hessian:
         from landscape_cli.views.hessian_figure import plot_hessian
 

@@ -61,6 +61,19 @@ def train(
         typer.Option(help="Where datasets are cached (else $LANDSCAPE_DATA, else ~/.cache/landscape/data).",
                      show_default=False),
     ] = None,
+    track_lambda_max: Annotated[
+        int | None, typer.Option(metavar="K", help="Estimate λmax, the top Hessian eigenvalue of the training loss, "
+                                 "at step 0 and every K optimizer steps (Lanczos warm-started from the last "
+                                 "eigenvector; BatchNorm in train mode): `landscape plot RUN --lambda-max` draws it "
+                                 "against 2/lr. Changes no weight and not the run's id; a continuation must repeat "
+                                 "it.", show_default=False)
+    ] = None,
+    track_batches: Annotated[int, typer.Option(help="Probe batches of --track-lambda-max: the train split's first "
+                                               "ones, never shuffled.")] = 1,
+    track_batch_size: Annotated[
+        int | None, typer.Option(help="Samples per probe batch of --track-lambda-max [default: --batch-size].",
+                                 show_default=False)
+    ] = None,
     store: StoreOpt = None,
     name: NameOpt = None,
     json_output: JsonOpt = False,
@@ -94,6 +107,7 @@ def train(
             momentum=momentum, weight_decay=weight_decay, activation=activation, seed=seed, loss=loss,
             block_size=block_size, device=device,
             data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
+            track_lambda_max=track_lambda_max, track_batches=track_batches, track_batch_size=track_batch_size,
         )
     except KeyboardInterrupt:
         raise Interrupted(

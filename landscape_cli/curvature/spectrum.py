@@ -35,7 +35,8 @@ class Eigenpairs:
 
 
 def extreme_eigenpairs(op: HessianOperator, k: int, which: str, seed: int, tol: float = 1e-4,
-                       max_products: int = 3000, shift: float | None = None) -> Eigenpairs:
+                       max_products: int = 3000, shift: float | None = None, v0: np.ndarray | None = None,
+                       ncv: int | None = None) -> Eigenpairs:
     """The `k` largest ("LA") or smallest ("SA") algebraic eigenpairs, with measured residuals.
 
     The smallest are found as the largest-magnitude eigenvalues of H − shift·I with `shift` the
@@ -43,16 +44,20 @@ def extreme_eigenpairs(op: HessianOperator, k: int, which: str, seed: int, tol: 
     magnitude), as Li et al.'s code does: asking ARPACK for the smallest algebraic ones directly
     crawls when the spectrum clusters near zero. At most about `max_products` Hessian-vector
     products are spent; pairs that did not converge in that budget keep their (large) residuals.
+
+    `v0`: the start vector (a warm start, e.g. the previous eigenvector while training; default: seeded
+    Gaussian); `ncv`: the Lanczos basis size (default max(2k + 1, 20)).
     """
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     n = op.size
-    v0 = _generator(seed, f"start:{which}").standard_normal(n)
+    if v0 is None or not np.any(v0):
+        v0 = _generator(seed, f"start:{which}").standard_normal(n)
     if k >= n - 1 or n <= 16:  # ARPACK needs k < n - 1: small problems are solved densely
         dense = np.stack([op(e) for e in np.eye(n)], axis=1)
         values, vectors = np.linalg.eigh((dense + dense.T) / 2)
     else:
-        ncv = min(n, max(2 * k + 1, 20))
+        ncv = min(n, ncv if ncv is not None else max(2 * k + 1, 20))
         offset = 0.0
         if which == "SA":
             offset = shift if shift is not None else float(extreme_eigenpairs(op, 1, "LA", seed, tol).values[0])

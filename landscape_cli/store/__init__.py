@@ -32,7 +32,15 @@ from landscape_cli.errors import (
     UsageError,
 )
 from landscape_cli.store.locks import FileLock, is_locked
-from landscape_cli.store.meta import Damaged, DirectionRecord, DirectionSidecar, GridMeta, HessianMeta, RunMeta
+from landscape_cli.store.meta import (
+    Damaged,
+    DirectionRecord,
+    DirectionSidecar,
+    GridMeta,
+    HessianMeta,
+    LambdaTrack,
+    RunMeta,
+)
 
 STORE_ENV = "LANDSCAPE_STORE"
 DEFAULT_STORE = "runs"
@@ -47,6 +55,8 @@ LOCKS_DIR = "locks"
 HESSIANS_DIR = "hessians"
 HESSIAN_FILE = "hessian.json"
 HESSIAN_ZARR = "hessian.zarr"
+LAMBDA_FILE = "lambda_max.json"  # λmax tracked during training (train --track-lambda-max)
+RUN_PLOTS_DIR = "plots"  # figures of the run itself (plot --lambda-max)
 LOCK_FILE = ".lock"  # the run's training lock, and a grid's lock for creating or growing its arrays
 
 
@@ -194,6 +204,32 @@ class Store:
 
         meta.updated = now()
         write_json(self.run_file(meta.id), meta.to_json())
+
+    # -- λmax tracked during training --
+
+    def lambda_file(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / LAMBDA_FILE
+
+    def has_lambda_track(self, run_id: str) -> bool:
+        return self.lambda_file(run_id).is_file()
+
+    def read_lambda_track(self, run_id: str) -> LambdaTrack | None:
+        """The run's tracked λmax (`train --track-lambda-max`), None where it has none."""
+        path = self.lambda_file(run_id)
+        if not path.is_file():
+            return None
+        track = LambdaTrack.from_json(read_json(path), path)
+        if track.run != run_id:
+            raise IntegrityError(f"{path} belongs to run {track.run}, not {run_id} (edited or damaged)")
+        return track
+
+    def write_lambda_track(self, track: LambdaTrack) -> None:
+        """Written atomically (renamed into place), before run.json records the epoch it covers."""
+        write_json(self.lambda_file(track.run), track.to_json())
+
+    def run_plot_path(self, run_id: str, filename: str) -> Path:
+        """Where a figure of the run itself (plot --lambda-max) is saved unless told otherwise: its plots/."""
+        return self.run_dir(run_id) / RUN_PLOTS_DIR / filename
 
     def runs(self) -> list[RunMeta | Damaged]:
         """Metadata of every run; a run whose run.json cannot be read is listed as damaged."""

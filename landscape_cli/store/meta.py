@@ -437,3 +437,47 @@ def epoch_record(run: RunMeta, epoch: int) -> EpochRecord:
     if record is None:
         raise GridStateError(f"run {run.id} has no checkpoint for epoch {epoch}")
     return record
+
+
+LAMBDA_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LambdaPoint:
+    """One estimate of λmax during training: after `step` optimizer steps (mini-batches of the run), in `epoch`."""
+
+    step: int
+    epoch: int
+    value: float
+    residual: float  # ‖Hv − λv‖ / |λ| of the estimate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "lambda_max": self.value, "residual": self.residual}
+
+
+@dataclass
+class LambdaTrack:
+    """The run's λmax tracked during training (`train --track-lambda-max`): its settings and values.
+
+    `settings`: every (K steps), batches, batch_size, split, bn, parameters...: fixed for the run's life
+    (not part of its id); continuing with others is refused.
+    """
+
+    run: str
+    settings: dict[str, Any]
+    values: list[LambdaPoint]
+    format: int = LAMBDA_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> LambdaTrack:
+        _format(d, (LAMBDA_FORMAT,), where)
+        points = []
+        for p in _need(d, "values", list, where):
+            points.append(LambdaPoint(int(_need(p, "step", int, where)), int(_need(p, "epoch", int, where)),
+                                      float(_need(p, "lambda_max", (int, float), where)),
+                                      float(_need(p, "residual", (int, float), where))))
+        return cls(str(_need(d, "run", str, where)), dict(_need(d, "settings", dict, where)), points)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "run": self.run, "settings": self.settings,
+                "values": [p.to_json() for p in self.values]}
