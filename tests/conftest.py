@@ -357,7 +357,7 @@ def browser() -> Iterator[Any]:
 # --- order: under pytest-xdist (README's `-n 2 --dist loadfile`) each worker takes the next file as it
 # finishes one, so the longest files go first and the short ones fill the gaps at the end ---
 
-LONGEST_FIRST = ("test_reliability.py", "test_examples.py", "test_gpt.py", "test_distributed.py", "test_bad_input.py",
+LONGEST_FIRST = ("test_gpt.py", "test_reliability.py", "test_examples.py", "test_distributed.py", "test_bad_input.py",
                  "test_grids.py", "test_training.py", "test_html.py", "test_hessian_attention.py", "test_directions.py",
                  "test_figure_layout.py", "test_page_bundle.py", "test_plotting.py", "test_export_formats.py")
 

@@ -28,12 +28,12 @@ def run_example(script: str, tmp_path: Path, *args: str, timeout: int = 900,
 
 @pytest.mark.slow
 def test_quickstart_script(tmp_path: Path, trained_store: StoreFactory) -> None:
-    """README's first command: the script end to end, on the coarser grid its WIDTH offers (the full 13 x 13
+    """README's first command: the script end to end, on the coarsest grid its WIDTH offers (the full 13 x 13
     grid is the same code over more points). Its run is the session's resnet master (the configuration the
     script trains: the same id), so its `train` finds the 5 epochs done; training from scratch to 90 % is
     tests/test_training.py's."""
     trained_store.copy(Train("resnet", epochs=5, name="quickstart"), to=tmp_path / "runs")
-    done = run_example("quickstart.sh", tmp_path, WIDTH="5")
+    done = run_example("quickstart.sh", tmp_path, WIDTH="3")
     plots = sorted(p.name for p in (tmp_path / "runs").glob("*/grids/*/plots/*.png"))
     assert plots == ["loss_heatmap_epoch-5.png", "loss_heatmap_epochs-0-1-5_mean.png"]
     assert "quickstart" in done.stdout and "100.0% done" in done.stdout
