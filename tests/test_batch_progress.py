@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
+pytestmark = pytest.mark.slow  # each test is a real process whose stderr is a pipe or a terminal
+
 LEGACY = Path(__file__).parent / "data" / "legacy-0.2.0" / "store"  # frozen: copied, never written
 GRID = ["grid", "legacy2", "--epochs", "3", "--width", "5", "--pairs", "2", "--batches", "1"]  # 10 rows of 5 points
 PROGRESS = re.compile(r"^grid (\w+): (\d+)/(\d+) points \((\d+)%\), [\d,.]+ points/s, elapsed \d+:\d\d:\d\d, "

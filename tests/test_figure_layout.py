@@ -114,7 +114,8 @@ def _plot(store: Path, **options: Any) -> Any:
 
 @pytest.mark.parametrize("view", VIEWS)
 @pytest.mark.parametrize("span", SPANS)
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", [pytest.param(name, marks=pytest.mark.slow) if name == "3x3 panels" else name
+                                    for name in LAYOUTS])  # (the quick subset keeps 3x3 in the scale panel's test)
 def test_no_text_overlaps_or_is_cut_and_the_panels_fill_the_width(store: Path, layout: str, span: str,
                                                                    view: str) -> None:
     result = _plot(store, grids=[f"span-{span}"], **LAYOUTS[layout], **VIEWS[view])

@@ -83,6 +83,7 @@ def test_a_continued_run_has_the_values_of_one_trained_in_one_go(stores: dict[st
     assert st_c.read_lambda_track(continued.id) == st_t.read_lambda_track(tracked.id)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_and_resumed_has_the_same_values(stores: dict[str, Path], tmp_path: Path) -> None:
     args = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "256", "--optimizer", "sgd", "--lr", "0.05",
             "--momentum", "0", "--track-lambda-max", "3", "--track-batches", "1", "--track-batch-size", "64", "-q"]
