@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from landscape_cli._io import atomic_path, check_writable, os_error
-from landscape_cli.errors import GridStateError, StoreError, UsageError
+from landscape_cli._io import write_figure
+from landscape_cli.errors import GridStateError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.meta import HessianMeta
 from landscape_cli.views.readers import BATCHNORM_MODELS, select_hessian
@@ -100,12 +100,5 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}{bn}"
                  + (f", layer {cfg.layer}" if cfg.layer else "")
                  + (f", layers {' '.join(cfg.layers)}" if cfg.layers else "") + f"), results {meta.id}", fontsize=9)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(path.parent)
-    except OSError as e:
-        message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+    write_figure(fig, path, dpi)
     return HessianFigure(path, fig, meta, epochs, values, lam_min, trace, stderr)

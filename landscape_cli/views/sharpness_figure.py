@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from landscape_cli._io import atomic_path, check_writable, os_error
-from landscape_cli.errors import GridStateError, StoreError, UsageError
+from landscape_cli._io import write_figure
+from landscape_cli.errors import GridStateError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.meta import LambdaTrack, RunMeta
 
@@ -89,12 +89,5 @@ def plot_lambda_max(run: str, *, out: str | os.PathLike[str] | None = None,
     if note:
         ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=6.5, va="top", ha="left", wrap=True,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(path.parent)
-    except OSError as e:
-        message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
-    with atomic_path(path, keep_suffix=True) as tmp:
-        fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)
+    write_figure(fig, path, dpi)
     return SharpnessFigure(path, fig, meta, track, threshold, note)
