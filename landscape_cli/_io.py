@@ -198,14 +198,19 @@ def create_once(path: Path, write: Callable[[IO[bytes]], None]) -> bool:
             tmp.unlink()
 
 
-def write_figure(fig: Any, path: Path, dpi: int) -> None:
-    """A matplotlib figure saved to `path` (its format from the suffix) atomically, its directory made; a
-    directory that cannot be written is one line saying to pass --out."""
+def figure_directory(path: Path) -> None:
+    """The directory of figure file `path` made and checked writable; else one line saying to pass --out."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent)
     except OSError as e:  # (a StoreError too)
         message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
         raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+
+
+def write_figure(fig: Any, path: Path, dpi: int) -> None:
+    """A matplotlib figure saved to `path` (its format from the suffix) atomically, its directory made
+    (`figure_directory`)."""
+    figure_directory(path)
     with atomic_path(path, keep_suffix=True) as tmp:
         fig.savefig(tmp, format=path.suffix[1:], dpi=dpi)

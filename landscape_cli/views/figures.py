@@ -39,8 +39,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter
 
-from landscape_cli._io import atomic_path, check_writable, os_error
-from landscape_cli.errors import StoreError, UsageError
+from landscape_cli._io import atomic_path, figure_directory
+from landscape_cli.errors import UsageError
 from landscape_cli.store import Store
 from landscape_cli.views.readers import (
     METRICS,
@@ -924,14 +924,8 @@ def plot(
                         if save else None)
 
     def prepare_dir() -> None:
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            check_writable(path.parent)
-        except OSError as e:  # (a StoreError too)
-            message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-            raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+        if path is not None:
+            figure_directory(path)
 
     if first.dims == 1:
         curves = build_curves(sources, chosen, metric, pair, batch, reduce)
