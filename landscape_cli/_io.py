@@ -198,14 +198,15 @@ def create_once(path: Path, write: Callable[[IO[bytes]], None]) -> bool:
             tmp.unlink()
 
 
-def figure_directory(path: Path) -> None:
-    """The directory of figure file `path` made and checked writable; else one line saying to pass --out."""
+def figure_directory(path: Path, what: str = "figure", out: str = "FILE") -> None:
+    """The directory of output file `path` (a figure, a page) made and checked writable; else one line saying
+    to pass --out `out` to write the `what` elsewhere."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         check_writable(path.parent)
     except OSError as e:  # (a StoreError too)
         message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-        raise StoreError(f"{message}; pass --out FILE to write the figure elsewhere") from e
+        raise StoreError(f"{message}; pass --out {out} to write the {what} elsewhere") from e
 
 
 def write_figure(fig: Any, path: Path, dpi: int) -> None:

@@ -83,9 +83,10 @@ def killed_and_resumed_training(args: list[str], store: Path) -> list[str]:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     from landscape_cli.store import Store
+    from landscape_cli.store.meta import RunMeta
 
     [run] = Store(store).runs()
-    assert not isinstance(run, Exception) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
+    assert isinstance(run, RunMeta) and 2 <= len(run.epochs) < 5, "the kill should land mid-training"
     resumed = run_in_process(*args, "--store", str(store))
     assert resumed.returncode == 0, resumed.stderr
     assert not list(store.rglob("*.partial"))

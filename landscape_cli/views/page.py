@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape_cli._io import atomic_path, check_writable, os_error
+from landscape_cli._io import atomic_path, figure_directory
 from landscape_cli.errors import GridStateError, LandscapeError, StoreError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.views.figures import REDUCTIONS
@@ -128,12 +128,7 @@ def write_html(
     path = out_path or st.plot_path(first.run_id, first.grid_id,
                                     "landscape.html" if metric == "loss" else f"landscape-{metric}.html")
     if out_path is None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            check_writable(path.parent)
-        except OSError as e:  # (a StoreError too)
-            message = str(e) if isinstance(e, StoreError) else str(os_error(e, path.parent))
-            raise StoreError(f"{message}; pass --out FILE.html to write the page elsewhere") from e
+        figure_directory(path, "page", "FILE.html")
     data = {
         "dims": first.dims,
         "metric": metric,
