@@ -6,7 +6,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from landscape_cli._io import short_hash
@@ -78,6 +78,9 @@ def check_layers(layer: str | None, layers: tuple[str, ...] | None, single_kerne
         raise UsageError("--single-kernel needs --layer naming one convolution weight (not a pattern)")
 
 
+MAX_CHECKPOINT_EVERY = 10**9
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines the weights of every epoch (not the epoch count, device or name).
@@ -100,6 +103,10 @@ class TrainConfig:
     loss: str | None = None  # --loss, when given (else the dataset's task chooses)
     imported: tuple[str, ...] | None = None  # `landscape import`: each epoch's weights hash, in order
     block_size: int | None = None  # a text dataset's characters per sample (--block-size)
+    checkpoint_every: int | None = None  # --checkpoint-every N: a checkpoint every N optimizer steps too
+    # a run the Recorder made of the user's own training loop (landscape_cli.recorder): the initial weights' hash,
+    # the optimizer class and its hyper-parameters, every_steps... (a dict: left out of the object's __hash__)
+    recorded: dict[str, Any] | None = field(default=None, hash=False)
 
     def validate(self) -> TrainConfig:
         choice(self.activation, ACTIVATIONS, "activation")
@@ -111,13 +118,16 @@ class TrainConfig:
         positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
         if self.block_size is not None:
             positive_int(self.block_size, "--block-size")
+        if self.checkpoint_every is not None:
+            positive_int(self.checkpoint_every, "--checkpoint-every", maximum=MAX_CHECKPOINT_EVERY)
         if self.optimizer == "adam" and self.momentum != 0:
             raise UsageError("--momentum applies to --optimizer sgd only (adam uses its own betas)")
         return self
 
     def identity(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("model_sha256", "data_sha256", "loss", "imported", "block_size") or v is not None}
+               if k not in ("model_sha256", "data_sha256", "loss", "imported", "block_size", "checkpoint_every",
+                            "recorded") or v is not None}
         if self.imported is not None:
             out["imported"] = list(self.imported)
         return {**out, "procedure": TRAINING_PROCEDURE}
@@ -335,7 +345,8 @@ class GridRequest:
     continued, and (fixed when the grid is made) how many points one forward pass evaluates.
     """
 
-    epochs: tuple[int, ...] | None = None  # None: all of the run's
+    epochs: tuple[int, ...] | None = None  # None: all of the run's (with at_steps None)
+    at_steps: tuple[int, ...] | None = None  # checkpoints by step (a run with step checkpoints)
     directions: str = "random"
     dims: int | None = None  # the kind's largest
     width: int = 41
@@ -367,8 +378,9 @@ class GridRequest:
         if self.points_per_pass is not None:
             positive_int(self.points_per_pass, "--points-per-pass", maximum=MAX_POINTS_PER_PASS)
         epochs = tuple(self.epochs) if self.epochs is not None else None
+        steps = tuple(self.at_steps) if self.at_steps is not None else None
         layer, layers = layer_selection(self.layer)
-        return replace(self, batches=parse_batches(self.batches), epochs=epochs, layer=layers or layer)
+        return replace(self, batches=parse_batches(self.batches), epochs=epochs, at_steps=steps, layer=layers or layer)
 
 
 GridOptions = GridRequest  # the name earlier releases gave the request
@@ -402,8 +414,9 @@ def split_options(request: GridRequest | None, runtime: Runtime | None,
     if unknown:
         raise TypeError(f"unexpected keyword argument {unknown[0]!r}: options are GridRequest's and Runtime's fields")
     asked = {k: v for k, v in options.items() if k in request_fields}
-    if asked.get("epochs") is not None:
-        asked["epochs"] = tuple(asked["epochs"])
+    for key in ("epochs", "at_steps"):
+        if asked.get(key) is not None:
+            asked[key] = tuple(asked[key])
     if asked.get("layer") is not None and not isinstance(asked["layer"], str):
         asked["layer"] = tuple(asked["layer"])
     how = {k: v for k, v in options.items() if k in runtime_fields}
@@ -558,4 +571,24 @@ def parse_epochs(text: str | None) -> list[int] | None:
             raise UsageError(f"bad --epochs {text!r}: give epoch numbers like 0,1,9 or a range like 0-9") from None
     for e in out:
         positive_int(e, "an epoch number", minimum=0)
+    return out
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    """--at-steps '10,20' or '0-30,50' -> step numbers, parsed as `parse_epochs` parses epochs; None -> None."""
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"bad --at-steps {text!r}: give step numbers like 10,20 or a range like 0-50") from None
+    for s in out:
+        positive_int(s, "a step number", minimum=0)
     return out

@@ -54,6 +54,7 @@ from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name, optimizer_name
 from landscape_cli.store.meta import EpochRecord, FileRecord, LambdaPoint, LambdaTrack, RunMeta
+from landscape_cli.store.retention import apply_retention, parse_keep, remove_unkept
 
 MAX_EPOCHS = 100_000
 LAMBDA_TOL = 1e-5  # ARPACK's tolerance for the tracked λmax
@@ -125,6 +126,8 @@ def train(
     track_lambda_max: int | None = None,
     track_batches: int = 1,
     track_batch_size: int | None = None,
+    checkpoint_every: int | None = None,
+    keep: str | dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset`, checkpointing epochs 0..`epochs` into a content-addressed run.
 
@@ -135,6 +138,11 @@ def train(
     `track_lambda_max=K`: estimate λmax at step 0 and every K optimizer steps on the train split's first
     `track_batches` batches of `track_batch_size` (default `batch_size`) samples; stored with the run
     (`Store.read_lambda_track`), not part of its id; a continuation must use the same settings.
+
+    `checkpoint_every=N`: a checkpoint every N optimizer steps as well as at every epoch's end (part of the run's
+    id; its checkpoints are keyed by step). A run killed within an epoch continues from its last step checkpoint
+    (optimizer state, running means and the position in the epoch's data order are kept with it) and ends bitwise
+    as an uninterrupted run. `keep`: the retention policy (`--keep every=K,last=N,epochs`; see `parse_keep`).
     """
     model_src, data_src = model_source(model), dataset_source(dataset)
     if not model_src.builtin and activation != TrainConfig.activation:
@@ -149,8 +157,9 @@ def train(
     data = None if data_src.builtin else load_dataset(data_src, data_dir, block_size=block_size)
     config = TrainConfig(model_src.name, data_src.name, batch_size, optimizer, lr, momentum, weight_decay, activation,
                          seed, model_sha256=model_src.sha256, data_sha256=data.sha256 if data else None, loss=loss,
-                         block_size=data.block_size if data else None)
+                         block_size=data.block_size if data else None, checkpoint_every=checkpoint_every)
     config.validate()
+    policy = parse_keep(keep) if not isinstance(keep, dict) else keep
     positive_int(epochs, "--epochs", minimum=0, maximum=MAX_EPOCHS)
     if track_lambda_max is not None:
         positive_int(track_lambda_max, "--track-lambda-max")
@@ -167,7 +176,8 @@ def train(
         meta = st.read_run(run_id)
         if meta.config.imported is not None:
             raise UsageError(f"run {run_id} was imported (`landscape import`): it has no training to continue")
-        if len(meta.epochs) > epochs and (name is None or meta.name == name):
+        if (meta.epochs_done >= epochs and (name is None or meta.name == name)
+                and (policy is None or meta.retention == policy)):
             return TrainResult(run_id, st.run_dir(run_id), meta)
     st.ensure_writable()
     if data is None:
@@ -184,7 +194,7 @@ def train(
         with st.run_lock(run_id).acquire("wait for that training to finish, or stop it and run this command again"):
             remove_partials(st.checkpoints_dir(run_id))
             return _train_locked(st, run_id, config, epochs, dev, data, name, progress, on_epoch, model_src, data_src,
-                                 scorer, settings)
+                                 scorer, settings, policy)
 
 
 
@@ -196,7 +206,8 @@ def train(
 def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, device: torch.device,
                   data: Dataset, name: str | None, progress: bool,
                   on_epoch: Callable[[EpochRecord], None] | None, model_src: Source, data_src: Source,
-                  scorer: Loss, settings: dict[str, Any] | None = None) -> TrainResult:
+                  scorer: Loss, settings: dict[str, Any] | None = None,
+                  policy: dict[str, Any] | None = None) -> TrainResult:
     run_dir = st.run_dir(run_id)
     args = model_args(model_src, data, config.activation)
     with torch.random.fork_rng(devices=[]):
@@ -220,34 +231,42 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     if name is not None:
         meta.name = name
     meta.epochs_requested = max(epochs, meta.epochs_requested)
-    start = len(meta.epochs)
-    if start > epochs:
+    if policy is not None and meta.retention != policy:
+        meta.retention = policy
+        if meta.epochs:
+            apply_retention(st, meta)
+    steps = (len(data.train_y) + config.batch_size - 1) // config.batch_size
+    every = config.checkpoint_every
+    last = meta.epochs[-1] if meta.epochs else None
+    start = last.epoch + 1 if last is not None else 0  # a step checkpoint's epoch: the epochs completed before it
+    first_batch = 0 if last is None or last.epoch_end is not False else int(last.step or 0) - last.epoch * steps
+    if last is not None and last.epoch_end is not False and start > epochs:
         st.write_run(meta)
         return TrainResult(run_id, run_dir, meta)
 
-    track = st.read_lambda_track(run_id) if start > 0 else None
-    if start > 0 and (track.settings if track is not None else None) != settings:
+    track = st.read_lambda_track(run_id) if last is not None else None
+    if last is not None and (track.settings if track is not None else None) != settings:
         raise UsageError(f"run {run_id} was trained with {_describe(track.settings if track else None)}: continue "
                          f"it with the same (asked: {_describe(settings)})")
     opt = make_optimizer(config, net.parameters())
-    vector = None
-    if start > 0:
-        vector = _restore(st, meta, net, opt)
+    vector, sums = None, None
+    if last is not None:
+        vector, sums = _restore(st, meta, net, opt)
     tune_allocator()
     channels_last = use_channels_last(net, device)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     _move_optimizer_state(opt, device)
-    if start > 0 or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
+    if last is not None or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
         st.write_run(meta)
     tracker = None
     if settings is not None:
-        kept = [p for p in track.values if p.epoch < start] if track is not None else []
-        tracker = _LambdaTracker(LambdaTrack(run_id, settings, kept), net, data, device, scorer, vector)
+        done_step = (last.step if last.step is not None else last.epoch * steps) if last is not None else -1
+        kept = [p for p in track.values if p.step <= done_step] if track is not None else []
+        tracker = LambdaTracker(LambdaTrack(run_id, settings, kept), net, data, device, scorer, vector)
 
     trained = []
-    steps = (len(data.train_y) + config.batch_size - 1) // config.batch_size
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         if epoch == 0:
@@ -257,22 +276,37 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
             if tracker is not None:
                 tracker.measure(net, 0, 0)
         else:
-            on_step = tracker.hook(net, (epoch - 1) * steps, epoch) if tracker is not None else None
+            begin = (epoch - 1) * steps
+            saver = None
+            if every is not None:
+                def saver(b: int, running: _Running, epoch: int = epoch, begin: int = begin) -> None:
+                    step = begin + b + 1
+                    if step % every == 0 and b + 1 < steps:
+                        loss, acc = running.means()
+                        metrics = {"train_loss": loss, "train_accuracy": acc, "val_loss": None, "val_accuracy": None,
+                                   "seconds": round(time.perf_counter() - running.since, 3)}
+                        _save_epoch(st, meta, net, opt, epoch - 1, metrics, tracker, step=step, epoch_end=False,
+                                    running=running)
+                        running.since = time.perf_counter()
             train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress,
-                                                 scorer, on_step)
+                                                 scorer, tracker.hook(net, begin, epoch) if tracker else None,
+                                                 first_batch, sums, saver)
+            first_batch, sums = 0, None
             at_loss, at_acc = _at_checkpoint(net, data, device, channels_last, scorer)
         val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last, scorer=scorer)
         metrics = {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                    "val_accuracy": val_acc, "seconds": round(time.perf_counter() - t0, 3),
                    "checkpoint_train_loss": at_loss, "checkpoint_train_accuracy": at_acc}
-        record = _save_epoch(st, meta, net, opt, epoch, metrics, tracker)
+        stepped = every is not None
+        record = _save_epoch(st, meta, net, opt, epoch, metrics, tracker, step=epoch * steps if stepped else None,
+                             epoch_end=True if stepped else None)
         trained.append(epoch)
         if on_epoch is not None:
             on_epoch(record)
     return TrainResult(run_id, run_dir, meta, trained)
 
 
-class _LambdaTracker:
+class LambdaTracker:
     """λmax of the training loss on fixed probe batches, warm-started from the last eigenvector."""
 
     def __init__(self, track: LambdaTrack, net: nn.Module, data: Dataset, device: torch.device, scorer: Loss,
@@ -325,54 +359,92 @@ def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels
         return evaluate_split(net, data, "train", device, channels_last=channels_last, scorer=scorer)
 
 
+class _Running:
+    """The running sums of an epoch (loss × units, correct, units) and when the last checkpoint was saved."""
+
+    def __init__(self, device: torch.device, saved: dict[str, Any] | None = None) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device)
+        self.units = 0
+        if saved is not None:  # as a step checkpoint kept them: the resumed epoch's means are the uninterrupted ones
+            self.loss = saved["loss"].to(device)
+            self.correct = saved["correct"].to(device)
+            self.units = int(saved["units"])
+        self.since = time.perf_counter()
+        self.has_accuracy = True
+
+    def means(self) -> tuple[float, float | None]:
+        if not self.units:
+            return float("nan"), None
+        return self.loss.item() / self.units, (self.correct.item() / self.units if self.has_accuracy else None)
+
+    def state(self) -> dict[str, Any]:
+        return {"loss": self.loss.detach().cpu().clone(), "correct": self.correct.detach().cpu().clone(),
+                "units": self.units}
+
+
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
                  epoch: int, device: torch.device, channels_last: bool, progress: bool,
-                 scorer: Loss, on_step: Callable[[int], None] | None = None) -> tuple[float, float | None]:
+                 scorer: Loss, on_step: Callable[[int], None] | None = None, first: int = 0,
+                 sums: dict[str, Any] | None = None,
+                 checkpoint: Callable[[int, _Running], None] | None = None) -> tuple[float, float | None]:
     """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy over the
-    scored units (samples, or tokens that are not padding). A mini-batch of padding only is skipped."""
+    scored units (samples, or tokens that are not padding). A mini-batch of padding only is skipped.
+
+    `first`, `sums`: continue the epoch at mini-batch `first` with the running sums a step checkpoint kept.
+    `checkpoint(b, running)` is called after mini-batch b (and after `on_step`): where step checkpoints are saved."""
     x_all, y_all = data.train_x, data.train_y
     n = len(y_all)
     order = torch.randperm(n, generator=epoch_generator(config.seed, epoch))
     steps = (n + config.batch_size - 1) // config.batch_size
     net.train()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    units = 0
+    running = _Running(device, sums)
+    running.has_accuracy = scorer.has_accuracy
     with progress_bar(f"epoch {epoch}", steps, unit="batches", enabled=progress) as bar:
-        for step in range(steps):
+        if first:
+            bar.advance(first)
+        for step in range(first, steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             y_cpu = y_all[idx]
             count = scored(y_cpu)  # counted on the CPU: no device sync
-            if not count:  # nothing to score: no loss, no step
-                bar.advance()
-                if on_step is not None:
-                    on_step(step)
-                continue
-            x = data.prepare(x_all[idx], device, channels_last)
-            y = y_cpu.to(device)
-            out = net(x)
-            loss = scorer(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += loss.detach() * count
-            correct += scorer.correct(out.detach(), y)
-            units += count
+            if count:  # else nothing to score: no loss, no step
+                x = data.prepare(x_all[idx], device, channels_last)
+                y = y_cpu.to(device)
+                out = net(x)
+                loss = scorer(out, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running.loss += loss.detach() * count
+                running.correct += scorer.correct(out.detach(), y)
+                running.units += count
             if on_step is not None:
                 on_step(step)
+            if checkpoint is not None:
+                checkpoint(step, running)
             bar.advance()
-    return total_loss.item() / units, (correct.item() / units if scorer.has_accuracy else None)
+    return running.loss.item() / running.units, (running.correct.item() / running.units if scorer.has_accuracy
+                                                 else None)
 
 
 def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                metrics: dict[str, Any], tracker: _LambdaTracker | None = None) -> EpochRecord:
+                metrics: dict[str, Any], tracker: LambdaTracker | None = None, step: int | None = None,
+                epoch_end: bool | None = None, running: _Running | None = None) -> EpochRecord:
     """Checkpoint, optimizer state (with λmax's warm-start vector), the tracked λmax, then metadata: a kill at
-    any point leaves a resumable run (values of epochs run.json does not record are recomputed)."""
-    ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch)
-    ckpt_path = st.file(meta.id, checkpoint_name(epoch))
+    any point leaves a resumable run (values of epochs run.json does not record are recomputed).
+
+    `step`: a run with step checkpoints (`epoch` is then the epochs completed); its optimizer-state file also
+    keeps the random number generator's state and, within an epoch, the epoch's running sums (`running`)."""
+    ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch, step)
+    ckpt_path = st.file(meta.id, checkpoint_name(epoch, step))
     checkpoints.save(ckpt_path, ckpt)
-    optim_path = st.file(meta.id, optimizer_name(epoch))
+    optim_path = st.file(meta.id, optimizer_name(epoch, step))
     state: dict[str, Any] = {"epoch": epoch, "optimizer": _cpu_state(opt.state_dict())}
+    if step is not None:
+        state["step"] = step
+        state["rng"] = torch.get_rng_state()
+        if running is not None:
+            state["running"] = running.state()
     if tracker is not None and tracker.vector is not None:
         state[LAMBDA_VECTOR] = torch.from_numpy(tracker.vector.astype(np.float32))
     checkpoints.save(optim_path, state)
@@ -381,33 +453,43 @@ def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optim
     previous = meta.resume
     record = EpochRecord(epoch=epoch, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
                          val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"],
-                         seconds=metrics["seconds"], checkpoint=checkpoint_name(epoch), sha256=file_sha256(ckpt_path),
-                         weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
+                         seconds=metrics["seconds"], checkpoint=checkpoint_name(epoch, step),
+                         sha256=file_sha256(ckpt_path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
                          checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
-                         checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"))
+                         checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"),
+                         step=step, epoch_end=epoch_end, lr=metrics.get("lr"))
     meta.epochs.append(record)
-    meta.resume = FileRecord(optimizer_name(epoch), file_sha256(optim_path), epoch)
+    meta.resume = FileRecord(optimizer_name(epoch, step), file_sha256(optim_path), epoch, step)
+    if meta.retention is not None:
+        apply_retention(st, meta, write=False)
     st.write_run(meta)
     if previous and previous.file != meta.resume.file:
         st.file(meta.id, previous.file).unlink(missing_ok=True)
+    if meta.retention is not None:
+        remove_unkept(st, meta)
     return record
 
 
-def _restore(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer) -> np.ndarray | None:
-    """Weights and optimizer state of the last epoch; returns λmax's warm-start vector where it was saved."""
+def _restore(st: Store, meta: RunMeta, net: nn.Module,
+             opt: torch.optim.Optimizer) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """Weights and optimizer state of the last checkpoint; returns λmax's warm-start vector where it was saved and
+    the running sums of an epoch a step checkpoint interrupted (the random generator's state is restored)."""
     last = meta.epochs[-1]
     ckpt = checkpoints.load_epoch(st, meta.id, last)
     net.load_state_dict(ckpt["state_dict"])
     resume = meta.resume
-    if not resume or resume.epoch != last.epoch:
+    if not resume or resume.key != last.key:
         raise IntegrityError(
-            f"run {meta.id}: the optimizer state of epoch {last.epoch} is missing, so training cannot "
-            "continue exactly; train a new run (e.g. with another --seed) or keep the epochs it has"
+            f"run {meta.id}: the optimizer state of {last.label} is missing, so training cannot "
+            "continue exactly; train a new run (e.g. with another --seed) or keep the checkpoints it has"
         )
-    state = checkpoints.load(st.file(meta.id, resume.file), resume.sha256, f"optimizer state of epoch {last.epoch}")
+    state = checkpoints.load(st.file(meta.id, resume.file), resume.sha256, f"optimizer state of {last.label}")
     opt.load_state_dict(state["optimizer"])
+    if isinstance(state.get("rng"), Tensor):
+        torch.set_rng_state(state["rng"])
     vector = state.get(LAMBDA_VECTOR)
-    return vector.double().numpy() if isinstance(vector, Tensor) else None
+    running = state.get("running") if last.epoch_end is False else None
+    return (vector.double().numpy() if isinstance(vector, Tensor) else None), running
 
 
 def _cpu_state(obj: Any) -> Any:

@@ -74,6 +74,17 @@ def train(
         int | None, typer.Option(help="Samples per probe batch of --track-lambda-max [default: --batch-size].",
                                  show_default=False)
     ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(metavar="N", help="Also checkpoint every N optimizer steps (part of the run's id; "
+                                 "its checkpoints are then keyed by step: grid/hessian --at-steps). A run killed "
+                                 "within an epoch continues from its last step checkpoint.", show_default=False)
+    ] = None,
+    keep: Annotated[
+        str | None, typer.Option(metavar="POLICY", help="Which checkpoints to keep: every=K (every k-th), last=N, "
+                                 "epochs (epoch ends), comma-separated; the newest and any a grid or Hessian result "
+                                 "refers to are always kept. Recorded in run.json [default: all].",
+                                 show_default=False)
+    ] = None,
     store: StoreOpt = None,
     name: NameOpt = None,
     json_output: JsonOpt = False,
@@ -87,7 +98,8 @@ def train(
     the id then covers the factory file's sha256 and the data's, so edits make a new run. text:PATH trains
     on a text file's characters (README: "Language models"), e.g. `landscape train gpt text:README.md`.
 
-    Example: `landscape train resnet digits --epochs 5 --name quickstart`
+    Example: `landscape train resnet digits --epochs 5 --name quickstart`; every 20 steps, keeping every 5th
+    of those and the epoch ends: `landscape train cnn digits --epochs 3 --checkpoint-every 20 --keep every=5,epochs`
     """
     from landscape_cli.training import train as train_run
 
@@ -108,6 +120,7 @@ def train(
             block_size=block_size, device=device,
             data_dir=data_dir, store=store, name=name, progress=not quiet, on_epoch=report,
             track_lambda_max=track_lambda_max, track_batches=track_batches, track_batch_size=track_batch_size,
+            checkpoint_every=checkpoint_every, keep=keep,
         )
     except KeyboardInterrupt:
         raise Interrupted(
@@ -118,7 +131,7 @@ def train(
         print_json({"id": result.run_id, "path": result.path, "trained": result.trained, **meta.to_json()})
         return
     if result.existed:
-        err().print(f"run {result.run_id} already has epochs 0-{len(meta.epochs) - 1}: nothing to train")
+        err().print(f"run {result.run_id} already has epochs 0-{meta.epochs_done}: nothing to train")
     stdout().print(_epochs_table(meta))
     stdout().print(f"run [bold]{result.run_id}[/bold]{name_suffix(meta.name)} in {result.path}")
 
@@ -133,7 +146,14 @@ def _epochs_table(meta: Any) -> Table:
     columns = ["epoch", "train loss", "train acc"] + ([] if imported else ["mean loss during the epoch"])
     for col in (*columns, "val loss", "val acc", "seconds"):
         table.add_column(col, justify="right")
+    steps = [r for r in meta.epochs if r.epoch_end is False]
+    if steps:
+        kept = sum(not r.removed for r in steps)
+        table.caption = (f"and {len(steps)} checkpoints within epochs (every {cfg.checkpoint_every} steps"
+                         + (f"; {kept} kept by --keep" if kept < len(steps) else "") + "): `landscape grid --at-steps`")
     for r in meta.epochs:
+        if r.epoch_end is False:
+            continue
         at = r.train_at_checkpoint(imported)  # at the checkpoint (eval mode), where it is known
         cells = [str(r.epoch), num(at[0]) if at else "-", pct(at[1]) if at else "-"]
         if not imported:
@@ -249,7 +269,7 @@ def _grid_cells(g: dict[str, Any]) -> list[str]:
     epochs = ",".join(str(e) for e in g["epochs"])
     diverged = f", {g['diverged']} diverged" if g.get("diverged") else ""
     return [f"grid {g['description']}", g["norm"] if g["kind"] != "interpolate" else "", f"bn {g['bn']}",
-            f"ep {epochs}", f"{pct(g['done'])} done{diverged}", "", ""]
+            f"{'step' if g.get('steps') else 'ep'} {epochs}", f"{pct(g['done'])} done{diverged}", "", ""]
 
 
 def _hessian_cells(h: dict[str, Any]) -> list[str]:
@@ -257,8 +277,10 @@ def _hessian_cells(h: dict[str, Any]) -> list[str]:
         return ["hessian", "", "", "", "[red]damaged[/red]", "", ""]
     data = "all" if h["batches"] == "all" else f"{h['batches']}x{h['batch_size']}"
     what = f"hessian top {h['top']}" + (" + density" if h.get("density") else "")
-    done = "complete" if h["status"] == "complete" else f"{len(h['epochs_done'])}/{len(h['epochs'])} epochs done"
-    return [what, f"batches {data}", f"bn {h['bn']}", f"ep {','.join(str(e) for e in h['epochs'])}", done, "", ""]
+    unit = "steps" if h.get("steps") else "epochs"
+    done = "complete" if h["status"] == "complete" else f"{len(h['epochs_done'])}/{len(h['epochs'])} {unit} done"
+    keys = ",".join(str(e) for e in h["epochs"])
+    return [what, f"batches {data}", f"bn {h['bn']}", f"{'step' if h.get('steps') else 'ep'} {keys}", done, "", ""]
 
 
 def layers(

@@ -70,6 +70,7 @@ def hessian(
     run: str,
     *,
     epochs: list[int] | None = None,
+    at_steps: list[int] | None = None,
     top: int = HessianConfig.top,
     batches: int | str = HessianConfig.batches,
     batch_size: int = HessianConfig.batch_size,
@@ -96,7 +97,7 @@ def hessian(
     products), the smallest eigenvalue, |λmin/λmax|, the trace (Hutchinson, `probes` probes) and,
     with `density`, the spectral density (stochastic Lanczos quadrature: `density_probes` probes of
     `steps` steps, `bins` bins). Finished epochs are kept: the same call again computes only what is
-    missing.
+    missing. `at_steps`: checkpoints by step, in a run with step checkpoints.
     """
     st = Store.of(store)
     run_id = st.resolve(run)
@@ -107,7 +108,7 @@ def hessian(
     exact, patterns = layer_selection(layer)  # one name, or glob patterns (`layers`)
     cfg = HessianConfig(run_id, top, 1 if whole else int(parsed), batch_size, bn, perturb_biasbn, exact, tol, probes,
                         density, density_probes, steps, bins, seed, split, whole, layers=patterns).validate()
-    wanted = _epochs(epochs, run_meta)
+    wanted = run_meta.select(epochs, at_steps)
     return compute_results(st, run_meta, cfg, wanted, name=name, device=device, data_dir=data_dir, progress=progress)
 
 
@@ -144,7 +145,7 @@ def compute_results(st: Store, run_meta: RunMeta, cfg: HessianConfig, wanted: li
             try:
                 computed = _compute(st, run_meta, meta, names, wanted, Batches.of(data, cfg), dev, progress)
             except NoSecondDerivative:
-                before.restore(st, run_id, hid)  # no result that looks partial and asks to be recomputed
+                before.restore(st, run_meta, hid)  # no result that looks partial and asks to be recomputed
                 raise
             seconds = time.perf_counter() - t0
         finally:
@@ -164,13 +165,14 @@ class _Before:
         return cls(st.read_hessian(run_id, hid) if st.has_hessian(run_id, hid) else None,
                    st.has_hessian_arrays(run_id, hid))
 
-    def restore(self, st: Store, run_id: str, hid: str) -> None:
+    def restore(self, st: Store, run: RunMeta, hid: str) -> None:
         """Undo what a command that cannot compute its products wrote (call with the lock held).
 
         Epochs the command finished are kept (with their eigenvectors); the epochs it added but did not
         finish leave the epoch axis and hessian.json, so no result is left that looks partial. Results
         that did not exist before are removed (their new directories by `leave_no_trace`).
         """
+        run_id = run.id
         path = st.hessian_zarr(run_id, hid)
         old = self.meta.epochs if self.meta is not None else []
         finished: list[int] = []
@@ -187,7 +189,7 @@ class _Before:
             if not self.arrays:  # made by this command
                 shutil.rmtree(path, ignore_errors=True)
             elif finished or self.meta is not None:
-                grow(path, old + finished)  # the epoch axis as it was, plus the finished epochs
+                grow(path, old + finished, _completed(run, old + finished))  # as it was, plus the finished ones
             if finished:
                 meta.epochs = old + finished
                 meta.updated = now()
@@ -200,24 +202,6 @@ class _Before:
             raise os_error(e, path) from e
 
 
-def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
-    if epochs is None:
-        return run.epoch_numbers
-    if not epochs:
-        raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
-    missing = [e for e in epochs if run.record(e) is None]
-    if missing:
-        raise UsageError(f"run {run.id} has no checkpoint for epoch {','.join(map(str, missing))}: it has epochs "
-                         f"{','.join(map(str, run.epoch_numbers))}")
-    return list(dict.fromkeys(epochs))
-
-
-
-
-
-
-
-
 def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], wanted: list[int],
              name: str | None) -> HessianMeta:
     """Create the results (Zarr group, hessian.json) or add the new epochs; metadata last."""
@@ -226,7 +210,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
     meta = st.read_hessian(run.id, hid) if st.has_hessian(run.id, hid) else None
     try:
         if meta is None or not st.has_hessian_arrays(run.id, hid):
-            create_results(path, run.id, cfg)
+            create_results(path, run.id, cfg, run.has_steps)
             if meta is not None:
                 meta.epochs = []  # the arrays were lost: every epoch is computed again
         if meta is None:
@@ -235,7 +219,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
     except OSError as e:
         raise os_error(e, path) from e
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
-    grow(path, epochs)
+    grow(path, epochs, _completed(run, epochs))
     if epochs != meta.epochs or (name is not None and meta.name != name) or not st.has_hessian(run.id, hid):
         meta.epochs = epochs
         meta.name = name if name is not None else meta.name
@@ -313,3 +297,10 @@ def _store_vectors(st: Store, run: RunMeta, meta: HessianMeta, epoch: int, vecto
     # a leftover of a killed computation of this epoch is replaced by this one
     return st.write_direction(run.id, short_hash(spec), {**spec, "pair": 0}, lambda f: torch.save(obj, f),
                               f"Hessian eigenvectors of epoch {epoch}", replace=True)
+
+
+def _completed(run: RunMeta, keys: list[int]) -> list[int] | None:
+    """The epochs completed at each checkpoint of a run with steps (the `epoch` coordinate); None without."""
+    if not run.has_steps:
+        return None
+    return [r.epoch if (r := run.record(k)) is not None else -1 for k in keys]

@@ -61,7 +61,7 @@ class InterpolateKind(DirectionKind):
             elif target_epoch is None:
                 if not target_run.epochs:
                     raise UsageError(f"--to {opts.to}: run {target_run.id} has no checkpoint yet")
-                target_epoch = target_run.epochs[-1].epoch
+                target_epoch = target_run.epochs[-1].key
             if target_run.architecture != run.architecture:
                 (a, a_args), (b, b_args) = target_run.architecture, run.architecture
                 raise UsageError(f"--to {opts.to}: that run is a {a} {a_args}, this run is a {b} {b_args}: "
@@ -69,12 +69,14 @@ class InterpolateKind(DirectionKind):
         if target_epoch is None:
             raise UsageError("--directions interpolate needs --to-epoch B (the checkpoint the line ends at) "
                              "or --to RUN2[:EPOCH]")
-        if target_run.record(target_epoch) is None:
-            have = ",".join(map(str, target_run.epoch_numbers))
-            raise UsageError(f"run {target_run.id} has no checkpoint for epoch {target_epoch} (it has epochs {have})")
-        if opts.epochs is None:
+        if target_run.has_steps and (opts.to_epoch is not None or (opts.to and ":" in opts.to)):
+            target_epoch = target_run.select([target_epoch])[0]  # epoch B: its checkpoint at the end of epoch B
+        elif target_run.record(target_epoch) is None:
+            raise UsageError(f"run {target_run.id} has no checkpoint for epoch {target_epoch} (it has "
+                             f"{target_run.kept_text()})")
+        if opts.epochs is None and opts.at_steps is None:
             raise UsageError("--directions interpolate needs --epochs A (the checkpoint each line starts at)")
-        if target_run.id == run.id and target_epoch in opts.epochs:
+        if target_run.id == run.id and target_epoch in run.select(_list(opts.epochs), _list(opts.at_steps)):
             raise UsageError(f"--to-epoch {target_epoch} is also in --epochs: a line needs two different checkpoints")
         for option, value in (("--layer", opts.layer), ("--perturb-biasbn", opts.perturb_biasbn or None),
                               ("--single-kernel", opts.single_kernel or None), ("--span", opts.span)):
@@ -84,7 +86,7 @@ class InterpolateKind(DirectionKind):
         return {"target_run": target_run.id, "target_epoch": target_epoch}
 
     def example(self, run: RunMeta) -> dict[str, Any]:
-        return {"epochs": [run.epochs[0].epoch], "to_epoch": run.epochs[-1].epoch}
+        return {"epochs": [run.epochs[0].epoch], "to_epoch": run.epochs[-1].epoch}  # epoch ends
 
     def check(self, cfg: GridConfig, run: RunMeta) -> None:
         super().check(cfg, run)
@@ -129,7 +131,7 @@ class InterpolateKind(DirectionKind):
         run, record = self._target(ctx)
         (lo, hi), = [(a.lo, a.hi) for a in ctx.config.axes]
         assert lo is not None and hi is not None
-        target = {"run": run.id, "epoch": record.epoch, "sha256": record.sha256, "label": run.name or run.id}
+        target = {"run": run.id, "epoch": record.key, "sha256": record.sha256, "label": run.name or run.id}
         return Prepared([], [(lo, hi)], {"target": target})
 
     def slice(self, ctx: GridContext, meta: GridMeta, em: EpochModel,
@@ -152,3 +154,7 @@ class InterpolateKind(DirectionKind):
                     end.append(end_state[name])
         with torch.no_grad():
             return em.evaluator.segment(tensors, end)
+
+
+def _list(numbers: tuple[int, ...] | None) -> list[int] | None:
+    return list(numbers) if numbers is not None else None

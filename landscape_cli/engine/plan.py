@@ -33,8 +33,10 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
     if opts.from_grid is not None:
         _, gid = st.find_grid(opts.from_grid, run.id)
         source = st.read_grid(run.id, gid)
-        epochs = list(opts.epochs) if opts.epochs is not None else (source.epochs or None)
-        return source.config, _epochs(epochs, run)
+        if opts.epochs is not None or opts.at_steps is not None:
+            return source.config, run.select(_list(opts.epochs), _list(opts.at_steps))
+        keys = source.epochs or None
+        return source.config, (run.select(None, keys) if run.has_steps and keys else run.select(keys))
     kind = get_kind(opts.directions)
     if opts.dims is not None:
         positive_int(opts.dims, "--dims", minimum=1, maximum=2)
@@ -58,8 +60,8 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         raise UsageError(f"--norm applies to directions that are normalized per epoch, not to --directions {kind.name}")
     kind.check(cfg, run)
     check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run.dataset)
-    wanted = _epochs(list(opts.epochs) if opts.epochs is not None else None, run)
-    return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None)
+    wanted = run.select(_list(opts.epochs), _list(opts.at_steps))
+    return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None or opts.at_steps is not None)
 
 
 def _axes(kind: str, default: tuple[float, float] | None, opts: GridRequest, dims: int) -> tuple[Axis, ...]:
@@ -78,20 +80,8 @@ def _axes(kind: str, default: tuple[float, float] | None, opts: GridRequest, dim
     return tuple(Axis(kind, opts.width, r[0] if r else None, r[1] if r else None) for r in ranges)
 
 
-def _epochs(epochs: list[int] | None, run: RunMeta) -> list[int]:
-    available = run.epoch_numbers
-    if epochs is None:
-        return available
-    if not epochs:
-        raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
-    missing = [e for e in epochs if run.record(e) is None]
-    if missing:
-        have = ",".join(str(e) for e in available)
-        raise UsageError(
-            f"run {run.id} has no checkpoint for epoch {','.join(map(str, missing))}: it has epochs {have} "
-            "(train more epochs with the same `landscape train` command and a larger --epochs)"
-        )
-    return list(dict.fromkeys(epochs))
+def _list(numbers: tuple[int, ...] | None) -> list[int] | None:
+    return list(numbers) if numbers is not None else None
 
 
 def _inherit_directions(st: Store, run: RunMeta, opts: GridRequest) -> tuple[int | None, str | None]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from landscape_cli._io import atomic_file, check_hash
-from landscape_cli.errors import IntegrityError
+from landscape_cli.errors import GridStateError, IntegrityError
 from landscape_cli.models import build
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store
@@ -33,7 +33,7 @@ def save(path: Path, obj: dict[str, Any]) -> None:
 
 
 def make_checkpoint(model: nn.Module, model_meta: dict[str, Any], dataset: dict[str, Any],
-                    config: dict[str, Any], epoch: int) -> dict[str, Any]:
+                    config: dict[str, Any], epoch: int, step: int | None = None) -> dict[str, Any]:
     # Rebuilt from JSON so that the pickled bytes depend only on the values, not on which Python
     # objects happen to be shared (a resumed run reads its metadata from disk, a fresh one does not).
     meta = json.loads(json.dumps({
@@ -43,6 +43,7 @@ def make_checkpoint(model: nn.Module, model_meta: dict[str, Any], dataset: dict[
         **({"model_source": model_meta["source"]} if model_meta.get("source") else {}),
         "dataset": dataset,
         "epoch": epoch,
+        **({"step": step} if step is not None else {}),
         "config": config,
     }))
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
@@ -88,7 +89,10 @@ def safe_load(path: Path, what: str, mmap: bool = False) -> Any:
 
 def load_epoch(store: Store, run_id: str, record: EpochRecord) -> dict[str, Any]:
     """The checkpoint an epoch record of run.json names, checked against its recorded hash."""
-    return load(store.file(run_id, record.checkpoint), record.sha256, f"checkpoint of epoch {record.epoch}")
+    if record.removed:
+        raise GridStateError(f"run {run_id}: the checkpoint of {record.label} was removed by the run's retention "
+                             "policy (--keep)")
+    return load(store.file(run_id, record.checkpoint), record.sha256, f"checkpoint of {record.label}")
 
 
 def build_model(checkpoint: dict[str, Any]) -> nn.Module:

@@ -67,13 +67,18 @@ def store_root(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path).expanduser()
 
 
-def checkpoint_name(epoch: int) -> str:
-    """A checkpoint's path relative to its run directory (what run.json records)."""
-    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.pt"
+def checkpoint_name(epoch: int, step: int | None = None) -> str:
+    """A checkpoint's path relative to its run directory (what run.json records): by epoch, or by step in a run
+    with step checkpoints."""
+    return f"{CHECKPOINTS_DIR}/{_stem(epoch, step)}.pt"
 
 
-def optimizer_name(epoch: int) -> str:
-    return f"{CHECKPOINTS_DIR}/epoch-{epoch:04d}.optim.pt"
+def optimizer_name(epoch: int, step: int | None = None) -> str:
+    return f"{CHECKPOINTS_DIR}/{_stem(epoch, step)}.optim.pt"
+
+
+def _stem(epoch: int, step: int | None) -> str:
+    return f"epoch-{epoch:04d}" if step is None else f"step-{step:09d}"
 
 
 def direction_name(direction_id: str) -> str:

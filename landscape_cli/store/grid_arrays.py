@@ -14,6 +14,12 @@ coordinate array per dimension, so ``xarray.open_zarr`` gives named, labelled da
 
 plus what the grid's direction kind stores once (a PCA plane's path: ``path_x``...).
 
+The first axis of a grid of a run with step checkpoints (`train --checkpoint-every`, the recorder) is
+``checkpoint`` instead of ``epoch``, with two coordinates along it: ``step`` (the key the grid names its
+checkpoints by) and ``epoch`` (the epochs completed at each checkpoint); every per-checkpoint array says so in
+its ``coordinates`` attribute, so xarray reads both as coordinates. Grids of runs without steps are laid out
+exactly as before.
+
 A row is the unit of work: its values are written first, its done-mark after, each chunk its own
 file written atomically by Zarr, so a kill loses at most the row in flight and a NaN from a diverged
 point is a value, never a hole (its accuracy is NaN too: `accuracy_where_finite`; older grids hold the
@@ -39,6 +45,7 @@ from landscape_cli._io import os_error
 from landscape_cli.config import GridConfig
 from landscape_cli.errors import IntegrityError
 
+CHECKPOINT_AXES = ("epoch", "checkpoint")  # the first dimension's name: runs without steps, runs with steps
 CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
 DECODE_ERRORS = (ValueError, RuntimeError, TypeError)  # what Zarr raises for a chunk it cannot decode
 GRADIENTS = ("grad_a", "grad_b")  # one per axis
@@ -85,6 +92,7 @@ class Layout:
     formula: str = "w + x·d1 + y·d2"  # what the values are the loss at (for the arrays' descriptions)
     extras: dict[str, ExtraArray] = field(default_factory=dict)
     extra_coords: dict[str, tuple[np.ndarray, str]] = field(default_factory=dict)
+    steps: bool = False  # the run has step checkpoints: the first axis is `checkpoint`, keyed by `step`
 
     def arrays(self) -> dict[str, dict[str, Any]]:
         """The per-epoch arrays: dimensions, shape without the epoch axis, chunks, dtype, fill, description."""
@@ -116,6 +124,13 @@ class Layout:
                               "long_name": "1 once the centre values are written, 2 once its gradients are too"}
         out["epoch"] = {"dims": ["epoch"], "shape": (), "chunks": (1,), "dtype": "int64", "fill": -1,
                         "long_name": "training epoch of the checkpoint"}
+        if self.steps:
+            out = {name: {**spec, "dims": ["checkpoint", *spec["dims"][1:]], "coordinates": "step epoch"}  # type: ignore[index]
+                   for name, spec in out.items() if name != "epoch"}
+            out["step"] = {"dims": ["checkpoint"], "shape": (), "chunks": (1,), "dtype": "int64", "fill": -1,
+                           "long_name": "optimizer steps taken at the checkpoint"}
+            out["epoch"] = {"dims": ["checkpoint"], "shape": (), "chunks": (1,), "dtype": "int64", "fill": -1,
+                            "long_name": "training epochs completed at the checkpoint"}
         return out
 
     def coordinates(self) -> dict[str, tuple[np.ndarray, str]]:
@@ -142,9 +157,11 @@ def _create_nodes(root: zarr.Group, layout: Layout, names: list[str], n_epochs: 
     for name in names:
         if name in arrays:
             spec = arrays[name]
+            attributes = {"long_name": spec["long_name"]}
+            if "coordinates" in spec:
+                attributes["coordinates"] = spec["coordinates"]
             root.create_array(name, shape=(n_epochs, *spec["shape"]), chunks=spec["chunks"], dtype=spec["dtype"],
-                              fill_value=spec["fill"], dimension_names=spec["dims"],
-                              attributes={"long_name": spec["long_name"]}, **_codecs())
+                              fill_value=spec["fill"], dimension_names=spec["dims"], attributes=attributes, **_codecs())
         elif name in layout.extras:
             extra = layout.extras[name]
             a = root.create_array(name, shape=extra.values.shape, dtype=extra.values.dtype, dimension_names=extra.dims,
@@ -221,15 +238,24 @@ def _same_constant(name: str, stored: np.ndarray, expected: np.ndarray) -> bool:
     return bool(np.all(np.abs(stored.astype(np.float64) - expected) <= tolerance))
 
 
-def grow(path: Path, epochs: list[int]) -> None:
-    """Make the epoch axis exactly `epochs` long (idempotent). Call with the grid lock held."""
+def key_array(names: Any) -> str:
+    """The name of the array holding the keys of a group's checkpoints: `step` in a grid of a run with steps."""
+    return "step" if "step" in names else "epoch"
+
+
+def grow(path: Path, epochs: list[int], completed: list[int] | None = None) -> None:
+    """Make the checkpoint axis exactly `epochs` long (idempotent; the keys: epochs, or steps in a grid of a run
+    with steps, whose `completed` epochs are written beside them). Call with the grid lock held."""
     root = open_group(path, "r+")
     n = len(epochs)
     try:
         for _name, a in root.arrays():
-            if a.metadata.dimension_names and a.metadata.dimension_names[0] == "epoch" and a.shape[0] != n:  # type: ignore[union-attr]
+            names = a.metadata.dimension_names  # type: ignore[union-attr]
+            if names and names[0] in CHECKPOINT_AXES and a.shape[0] != n:
                 a.resize((n, *a.shape[1:]))
-        root["epoch"][:] = np.asarray(epochs, dtype=np.int64)  # type: ignore[index]
+        root[key_array(root)][:] = np.asarray(epochs, dtype=np.int64)  # type: ignore[index]
+        if "step" in root and completed is not None:
+            root["epoch"][:] = np.asarray(completed, dtype=np.int64)  # type: ignore[index]
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": xarray reads it
             warnings.simplefilter("ignore")
             zarr.consolidate_metadata(str(path))
@@ -238,9 +264,10 @@ def grow(path: Path, epochs: list[int]) -> None:
 
 
 def stored_epochs(path: Path) -> list[int]:
-    """The epochs on the epoch axis (those whose coordinate was written)."""
+    """The keys on the checkpoint axis (those whose coordinate was written): epochs, or steps."""
     try:
-        values = np.asarray(zarr.open_array(path / "epoch", mode="r", zarr_format=3)[:])
+        key = "step" if (path / "step" / "zarr.json").exists() else "epoch"
+        values = np.asarray(zarr.open_array(path / key, mode="r", zarr_format=3)[:])
     except (*DECODE_ERRORS, KeyError, FileNotFoundError):
         return []
     return [int(e) for e in values if int(e) >= 0]
@@ -267,13 +294,13 @@ class Rows:
             self.dims = len(self.arrays["loss"].shape) - 3
             for name in (*GRADIENTS[:self.dims], *(("y",) if self.dims == 2 else ())):
                 self.arrays[name] = self.root[name]
-            epochs = self.arrays["epoch"][:]
+            epochs = self.root[key_array(set(self.root.array_keys()))][:]  # type: ignore[index]
         except (*DECODE_ERRORS, KeyError, FileNotFoundError) as e:
             raise IntegrityError(
                 f"the Zarr metadata of {path} is damaged ({type(e).__name__}: {e}): the same `landscape grid` "
                 "command with --resume rebuilds it (`landscape verify` lists what is damaged)"
             ) from e
-        self._epochs = [int(x) for x in epochs]
+        self._epochs = [int(x) for x in np.asarray(epochs)]
 
     def __getitem__(self, name: str) -> Any:
         return self.arrays[name]

@@ -26,8 +26,9 @@ def _codecs() -> dict[str, Any]:
     return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
 
 
-def layout(cfg: HessianConfig) -> dict[str, tuple[list[str], tuple[int, ...], str, Any, str]]:
-    """name -> (dims, shape without the epoch axis, dtype, fill, description)."""
+def layout(cfg: HessianConfig, steps: bool = False) -> dict[str, tuple[list[str], tuple[int, ...], str, Any, str]]:
+    """name -> (dims, shape without the epoch axis, dtype, fill, description). `steps`: a run with step
+    checkpoints, whose first axis is `checkpoint` with the coordinates `step` (the key) and `epoch`."""
     k, nan = cfg.top, float("nan")
     out = {
         "eigenvalues": (["epoch", "k"], (k,), "float64", nan, "top eigenvalues of the Hessian, descending"),
@@ -45,16 +46,23 @@ def layout(cfg: HessianConfig) -> dict[str, tuple[list[str], tuple[int, ...], st
         out["density"] = (["epoch", "bin"], (cfg.bins,), "float64", nan,
                           "spectral density (stochastic Lanczos quadrature, Gaussian-smoothed)")
         out["density_lambda"] = (["epoch", "bin"], (cfg.bins,), "float64", nan, "eigenvalue at each bin's centre")
+    if steps:
+        out = {name: (["checkpoint", *dims[1:]], shape, dtype, fill, text)
+               for name, (dims, shape, dtype, fill, text) in out.items()}
+        out["epoch"] = (["checkpoint"], (), "int64", -1, "training epochs completed at the checkpoint")
+        out["step"] = (["checkpoint"], (), "int64", -1, "optimizer steps taken at the checkpoint")
     return out
 
 
-def create_results(path: Path, run_id: str, cfg: HessianConfig) -> None:
+def create_results(path: Path, run_id: str, cfg: HessianConfig, steps: bool = False) -> None:
     """A new, empty results group (its epoch axis grows as epochs are added)."""
     root = zarr.open_group(path, mode="w", zarr_format=3, attributes={"hessian": cfg.hessian_id, "run": run_id,
                                                                         "config": cfg.identity()})
-    for array, (dims, shape, dtype, fill, long_name) in layout(cfg).items():
+    for array, (dims, shape, dtype, fill, long_name) in layout(cfg, steps).items():
+        attributes: dict[str, Any] = {"long_name": long_name, **({"coordinates": "step epoch"} if steps and array not in (
+            "step", "epoch") else {})}
         root.create_array(array, shape=(0, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill,
-                          dimension_names=dims, attributes={"long_name": long_name}, **_codecs())
+                          dimension_names=dims, attributes=attributes, **_codecs())
     root.create_array("k", shape=(cfg.top,), dtype="int64", dimension_names=["k"], **_codecs())[:] = np.arange(cfg.top)
     if cfg.density:
         root.create_array("bin", shape=(cfg.bins,), dtype="int64", dimension_names=["bin"],

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli.config import GridConfig, HessianConfig, TrainConfig
-from landscape_cli.errors import GridStateError, IntegrityError
+from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 
 RUN_FORMAT = 1
 GRID_FORMAT = 2  # 1: landscape 0.1.0 (2-D random grids only); 2: adds "axes" and "kind" records
@@ -59,12 +59,21 @@ class EpochRecord:
     mini-batches (the weights changing under it, in training mode); of epoch 0 and of an imported run
     they are the train split evaluated at the checkpoint. `checkpoint_train_loss`/`_accuracy` are the
     train split evaluated at the checkpoint in eval mode (as `val_loss` is), recorded since they were
-    added (older records lack them: None, and omitted from the JSON)."""
+    added (older records lack them: None, and omitted from the JSON).
+
+    A run with step checkpoints (`train --checkpoint-every`, the recorder) gives every record its `step`
+    (optimizer steps taken when it was saved); `epoch` is then the number of epochs completed by then and
+    `epoch_end` says whether it was saved at an epoch's end. A record of a checkpoint saved within an epoch
+    has `train_loss` = the running mean over that epoch's mini-batches so far, and no val or checkpoint
+    values (None, not evaluated). A run's checkpoints are keyed by step where there are steps, else by
+    epoch (`key`): grids, Hessian results and curves name their checkpoints by that key. `removed`: the
+    file was deleted by the run's retention policy (`--keep`); the record stays, so keys never change.
+    Runs without steps write records exactly as earlier releases did."""
 
     epoch: int
     train_loss: float
     train_accuracy: float | None  # None for a regression
-    val_loss: float
+    val_loss: float | None  # None: a checkpoint saved within an epoch (not evaluated)
     val_accuracy: float | None
     seconds: float
     checkpoint: str
@@ -72,6 +81,19 @@ class EpochRecord:
     weights_sha256: str
     checkpoint_train_loss: float | None = None  # None: not recorded (a record written before it was)
     checkpoint_train_accuracy: float | None = None  # None also for a regression
+    step: int | None = None  # optimizer steps taken (runs with step checkpoints only)
+    epoch_end: bool | None = None  # saved at the end of `epoch` (runs with step checkpoints only)
+    lr: float | None = None  # the learning rate of the last step (a recorded run's, where known)
+    removed: bool = False  # deleted by the retention policy
+
+    @property
+    def key(self) -> int:
+        """How grids and analyses name this checkpoint: its step where the run has steps, else its epoch."""
+        return self.step if self.step is not None else self.epoch
+
+    @property
+    def label(self) -> str:
+        return f"step {self.step}" if self.step is not None else f"epoch {self.epoch}"
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> EpochRecord:
@@ -85,17 +107,28 @@ class EpochRecord:
         def absent(key: str) -> float | None:
             return optional(key) if isinstance(d, dict) and key in d else None
 
+        stepped = isinstance(d, dict) and d.get("step") is not None
         return cls(int(_need(d, "epoch", int, where)), float(_need(d, "train_loss", num, where)),
-                   optional("train_accuracy"), float(_need(d, "val_loss", num, where)),
-                   optional("val_accuracy"), float(_need(d, "seconds", num, where)),
+                   optional("train_accuracy"),
+                   absent("val_loss") if stepped else float(_need(d, "val_loss", num, where)),  # type: ignore[arg-type]
+                   absent("val_accuracy") if stepped else optional("val_accuracy"),
+                   float(_need(d, "seconds", num, where)),
                    str(_need(d, "checkpoint", str, where)), str(_need(d, "sha256", str, where)),
                    str(_need(d, "weights_sha256", str, where)), absent("checkpoint_train_loss"),
-                   absent("checkpoint_train_accuracy"))
+                   absent("checkpoint_train_accuracy"),
+                   int(_need(d, "step", int, where)) if stepped else None,
+                   bool(_need(d, "epoch_end", bool, where)) if stepped else None,
+                   absent("lr"), bool(d.get("removed", False)) if isinstance(d, dict) else False)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         if self.checkpoint_train_loss is None:  # not recorded: the record as older releases wrote it
             del out["checkpoint_train_loss"], out["checkpoint_train_accuracy"]
+        for key in ("step", "epoch_end", "lr"):  # absent from runs without steps: written as before
+            if out[key] is None:
+                del out[key]
+        if not self.removed:
+            del out["removed"]
         return out
 
     def train_at_checkpoint(self, imported: bool = False) -> tuple[float, float | None] | None:
@@ -104,7 +137,7 @@ class EpochRecord:
         epoch's mini-batches is known."""
         if self.checkpoint_train_loss is not None:
             return self.checkpoint_train_loss, self.checkpoint_train_accuracy
-        if imported or self.epoch == 0:
+        if imported or (self.epoch == 0 and not self.step):
             return self.train_loss, self.train_accuracy
         return None
 
@@ -116,15 +149,22 @@ class FileRecord:
     file: str
     sha256: str
     epoch: int | None = None
+    step: int | None = None  # the step of the checkpoint it continues from (runs with step checkpoints)
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> FileRecord:
         epoch = d.get("epoch") if isinstance(d, dict) else None
+        step = d.get("step") if isinstance(d, dict) else None
         return cls(str(_need(d, "file", str, where)), str(_need(d, "sha256", str, where)),
-                   int(epoch) if epoch is not None else None)
+                   int(epoch) if epoch is not None else None, int(step) if step is not None else None)
+
+    @property
+    def key(self) -> int | None:
+        return self.step if self.step is not None else self.epoch
 
     def to_json(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "file": self.file, "sha256": self.sha256}
+        return {"epoch": self.epoch, "file": self.file, "sha256": self.sha256,
+                **({"step": self.step} if self.step is not None else {})}
 
 
 @dataclass
@@ -142,6 +182,7 @@ class RunMeta:
     versions: dict[str, str]
     created: str
     updated: str | None = None
+    retention: dict[str, Any] | None = None  # the `--keep` policy checkpoints are removed by (None: all kept)
     format: int = RUN_FORMAT
 
     @classmethod
@@ -170,6 +211,7 @@ class RunMeta:
             epochs=[EpochRecord.from_json(e, where) for e in _need(d, "epochs", list, where)],
             resume=FileRecord.from_json(resume, where) if resume else None,
             **_stamps(d),
+            retention=dict(d["retention"]) if isinstance(d.get("retention"), dict) else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -184,6 +226,7 @@ class RunMeta:
             "epochs": [e.to_json() for e in self.epochs],
             "resume": self.resume.to_json() if self.resume else None,
             **_stamps_json(self.versions, self.created, self.updated),
+            **({"retention": self.retention} if self.retention is not None else {}),
         }
 
     def require_checkpoints(self) -> None:
@@ -191,18 +234,98 @@ class RunMeta:
         if not self.epochs:
             raise GridStateError(f"run {self.id} has no checkpoint yet: train it first (`landscape train ...`)")
 
-    def record(self, epoch: int) -> EpochRecord | None:
-        """The record of `epoch` (None if the run has no checkpoint for it)."""
-        return next((r for r in self.epochs if r.epoch == epoch), None)
+    def record(self, key: int) -> EpochRecord | None:
+        """The record of the checkpoint `key` (its epoch, or its step in a run with steps; None if there is none)."""
+        return next((r for r in self.epochs if r.key == key), None)
+
+    @property
+    def has_steps(self) -> bool:
+        """Whether the run's checkpoints are keyed by step (`train --checkpoint-every`, the recorder)."""
+        return any(r.step is not None for r in self.epochs)
 
     @property
     def epoch_numbers(self) -> list[int]:
-        return [r.epoch for r in self.epochs]
+        """The keys of the checkpoints the run holds (epochs; steps in a run with steps), removed ones left out."""
+        return [r.key for r in self.epochs if not r.removed]
+
+    @property
+    def epochs_done(self) -> int:
+        """Training epochs completed (the last epoch-end checkpoint's epoch; -1 before epoch 0 is saved)."""
+        ends = [r.epoch for r in self.epochs if r.epoch_end is not False]
+        return max(ends) if ends else -1
+
+    def label(self, key: int) -> str:
+        """How a checkpoint is named to the user: "epoch 3", or "step 150" in a run with steps."""
+        return f"step {key}" if self.has_steps else f"epoch {key}"
+
+    def select(self, epochs: list[int] | None, steps: list[int] | None = None) -> list[int]:
+        """The checkpoint keys `--epochs` and `--at-steps` name, in the order given (every held one if neither).
+
+        In a run with steps, epoch k is its checkpoint at the end of epoch k. A number the run has no checkpoint
+        for, or whose checkpoint the retention policy removed, is one UsageError line saying what it has."""
+        if epochs is None and steps is None:
+            return self.epoch_numbers
+        if steps is not None and not self.has_steps:
+            raise UsageError(f"--at-steps: run {self.id} keeps one checkpoint per epoch, with no steps recorded: "
+                             "select them with --epochs")
+        keys: list[int] = []
+        for e in epochs or []:
+            found = next((r for r in self.epochs if r.epoch == e and r.epoch_end is not False), None)
+            if found is None:
+                ends = [r.epoch for r in self.epochs if r.epoch_end is not False]
+                have = _spans(ends) if self.has_steps else ",".join(map(str, ends))
+                raise UsageError(f"run {self.id} has no checkpoint for epoch {e}: it has epochs {have} "
+                                 "(train more epochs with the same `landscape train` command and a larger --epochs)")
+            keys.append(found.key)
+        for s in steps or []:
+            found = self.record(s)
+            if found is None:
+                raise UsageError(f"run {self.id} has no checkpoint at step {s}: it has steps "
+                                 f"{_spans([r.key for r in self.epochs])}")
+            keys.append(s)
+        if not keys:
+            raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
+        removed = [self.label(k) for k in keys if (r := self.record(k)) is not None and r.removed]
+        if removed:
+            raise UsageError(f"run {self.id}: the checkpoint of {removed[0]} was removed by the run's retention policy "
+                             f"(--keep {describe_keep(self.retention)}): choose one it kept ({self.kept_text()})")
+        unique = list(dict.fromkeys(keys))
+        return sorted(unique) if self.has_steps else unique  # by step: the order a grid stores them in
+
+    def kept_text(self) -> str:
+        if self.has_steps:
+            return f"steps {_spans(self.epoch_numbers)}"
+        return f"epochs {','.join(map(str, self.epoch_numbers))}"
 
     @property
     def architecture(self) -> tuple[str, dict[str, Any]]:
         """What must match for two runs' weights to be interchangeable: model name and arguments."""
         return str(self.model["name"]), dict(self.model["args"])
+
+
+def _spans(numbers: list[int]) -> str:
+    """0,1,2,3,7 -> "0-3,7" (a long list of checkpoints stays one readable line)."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) if runs else "none"
+
+
+def describe_keep(policy: dict[str, Any] | None) -> str:
+    """A retention policy as `--keep` spells it."""
+    if not policy:
+        return "all"
+    parts = []
+    if policy.get("every"):
+        parts.append(f"every={policy['every']}")
+    if policy.get("last"):
+        parts.append(f"last={policy['last']}")
+    if policy.get("epochs"):
+        parts.append("epochs")
+    return ",".join(parts) or "none"
 
 
 @dataclass(frozen=True)
@@ -432,10 +555,14 @@ class Damaged:
     error: str
 
 
-def epoch_record(run: RunMeta, epoch: int) -> EpochRecord:
-    record = run.record(epoch)
+def epoch_record(run: RunMeta, key: int) -> EpochRecord:
+    """The record of the checkpoint `key`; one line if the run has none, or its retention policy removed it."""
+    record = run.record(key)
     if record is None:
-        raise GridStateError(f"run {run.id} has no checkpoint for epoch {epoch}")
+        raise GridStateError(f"run {run.id} has no checkpoint for {run.label(key)}")
+    if record.removed:
+        raise GridStateError(f"run {run.id}: the checkpoint of {record.label} was removed by the run's retention policy "
+                             f"(--keep {describe_keep(run.retention)}); it holds {run.kept_text()}")
     return record
 
 

@@ -13,7 +13,7 @@ from landscape_cli._io import PARTIAL_SUFFIX, file_sha256
 from landscape_cli.errors import IntegrityError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
-from landscape_cli.store.meta import GridMeta, RunMeta
+from landscape_cli.store.meta import FileRecord, GridMeta, RunMeta
 
 
 @dataclass
@@ -76,13 +76,14 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
                    "command (the run is made again with the same id), or restore the file from a backup")
     if meta is not None:
         for rec in meta.epochs:
+            if rec.removed:  # deleted by the run's retention policy, as run.json says
+                continue
             report.checked["checkpoints"] += 1
-            _file(report, run_id, st.file(run_id, rec.checkpoint), rec.sha256, f"checkpoint of epoch {rec.epoch}",
-                  retrain)
+            _file(report, run_id, st.file(run_id, rec.checkpoint), rec.sha256, f"checkpoint of {rec.label}", retrain)
         if meta.resume:
             report.checked["optimizer_states"] += 1
             _file(report, run_id, st.file(run_id, meta.resume.file), meta.resume.sha256,
-                  f"optimizer state of epoch {meta.resume.epoch}",
+                  f"optimizer state of {_resume_label(meta.resume)}",
                   "training cannot be continued exactly; the checkpoints and grids are unaffected")
     for sidecar in st.direction_sidecars(run_id):
         report.checked["directions"] += 1
@@ -163,3 +164,7 @@ def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
             if flag and not rows.center_done(ei, p, gradient=False):
                 report.problems.append(Problem(run_id, str(zarr_path),
                                                f"damaged centre values of pair {p}, epoch {rows.epochs[ei]}", rerun))
+
+
+def _resume_label(resume: FileRecord) -> str:
+    return f"step {resume.step}" if resume.step is not None else f"epoch {resume.epoch}"
