@@ -107,6 +107,12 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Images per mini
 NameOpt = Annotated[str | None, typer.Option("--name", help="A human label for the result.", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where datasets are cached.", show_default=False)]
+AtStepsOpt = Annotated[
+    str | None,
+    typer.Option("--at-steps", metavar="STEPS", help="Checkpoints by optimizer step, e.g. 10,20 or 0-100 (a run trained "
+                 "with --checkpoint-every, whose --epochs E is its checkpoint at the end of epoch E).",
+                 show_default=False),
+]
 
 
 # --- output --------------------------------------------------------------------------------------

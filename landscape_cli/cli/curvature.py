@@ -8,12 +8,13 @@ are imported inside the commands so that `landscape --help` starts fast.
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from landscape_cli.cli._common import (
+    AtStepsOpt,
     BatchSizeOpt,
     DataDirOpt,
     DeviceOpt,
@@ -37,6 +38,7 @@ def hessian(
     epochs: Annotated[
         str | None, typer.Option(help="Checkpoints, e.g. 0,1,9 or 0-9 (default: all of the run's).", show_default=False)
     ] = None,
+    at_steps: AtStepsOpt = None,
     top: Annotated[int, typer.Option(help="Eigenpairs with the largest eigenvalues (K).")] = HessianConfig.top,
     batches: Annotated[
         str, typer.Option(help="The split's first N mini-batches, or all (the whole split, the loss averaged over "
@@ -82,12 +84,15 @@ def hessian(
 
     Example: `landscape hessian quickstart --epochs 0,5 --top 3`
     """
-    from landscape_cli.config import parse_epochs
+    from landscape_cli.config import parse_epochs, parse_steps
     from landscape_cli.curvature.hessian import hessian as compute_hessian
+    from landscape_cli.store import Store
+    from landscape_cli.views.readers import key_fields, unit
 
+    steps_given = parse_steps(at_steps)
     try:
         result = compute_hessian(
-            run, epochs=parse_epochs(epochs), top=top, batches=batches, batch_size=batch_size,
+            run, epochs=parse_epochs(epochs), at_steps=steps_given, top=top, batches=batches, batch_size=batch_size,
             split=split, bn=bn,
             perturb_biasbn=perturb_biasbn, layer=layer, tol=tol, probes=probes, density=density,
             density_probes=density_probes, steps=steps, bins=bins, seed=seed, device=device, name=name, store=store,
@@ -95,25 +100,30 @@ def hessian(
         )
     except KeyboardInterrupt:
         raise Interrupted("hessian interrupted: finished epochs are kept; run the same command to continue") from None
+    run_meta = Store.of(store).read_run(result.run_id)
+    named = unit(run_meta)  # "step" for a run with step checkpoints: its results are named by step
     rows = result.summary()
+    if run_meta.has_steps:  # each checkpoint's step, and the epochs completed at it
+        rows = [{**key_fields(run_meta, int(r["epoch"])), **{k: v for k, v in r.items() if k != "epoch"}}
+                for r in rows]
     if json_output:
         print_json({"id": result.hessian_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
                     "name": result.meta.name, "config": result.meta.config.identity(), "computed": result.computed,
                     "epochs": rows})
         return
     if not result.computed:
-        err().print(f"Hessian results {result.hessian_id} already hold epochs {','.join(map(str, result.meta.epochs))}:"
-                    " nothing to compute")
+        err().print(f"Hessian results {result.hessian_id} already hold {named}s "
+                    f"{','.join(map(str, result.meta.epochs))}: nothing to compute")
     h = result.meta.config
     data = f"all of the {h.split} split" if h.whole else f"{h.batches} {h.split} batches of {h.batch_size}"
     table = Table(title=f"Hessian of run {result.run_id} ({data}, BatchNorm {h.bn})")
-    for col in ("epoch", "top eigenvalues", "λmin", "|λmin/λmax|", "trace (± s.e.)", "not converged"):
+    for col in (named, "top eigenvalues", "λmin", "|λmin/λmax|", "trace (± s.e.)", "not converged"):
         table.add_column(col, justify="right")
     for r in rows:
         bad = [f"λ{j + 1}" for j, ok in enumerate(r["converged"]) if not ok]
         if r["lambda_min_residual"] > result.meta.config.tol:
             bad.append("λmin")
-        table.add_row(str(r["epoch"]), ", ".join(num(v) for v in r["eigenvalues"]), num(r["lambda_min"]),
+        table.add_row(str(r[named]), ", ".join(num(v) for v in r["eigenvalues"]), num(r["lambda_min"]),
                       num(r["convexity"]), f"{num(r['trace'])} ± {num(r['trace_stderr'], 2)}", ", ".join(bad) or "-")
     stdout().print(table)
     stdout().print(f"Hessian results [bold]{result.hessian_id}[/bold]{name_suffix(result.meta.name)} in {result.zarr_path}")
@@ -129,6 +139,7 @@ def stats(
         str | None, typer.Option(help="Epochs of the grid, e.g. 0,1,9 or 0-9 [default: all of the grid's].",
                                  show_default=False)
     ] = None,
+    at_steps: AtStepsOpt = None,
     radius: Annotated[
         float | None, typer.Option(help="ε: the ε-sharpness box is |u|∞ <= ε (box norm, in the grid's coordinates) "
                                    "[default: the whole grid].", show_default=False)
@@ -165,32 +176,36 @@ def stats(
 
     Example: `landscape stats quickstart --radius 0.5 --delta 0.05`
     """
-    from landscape_cli.config import parse_epochs
+    from landscape_cli.config import parse_epochs, parse_steps
     from landscape_cli.curvature.stats import radius_mark
     from landscape_cli.curvature.stats import stats as grid_stats
     from landscape_cli.views.listing import describe_grid
 
-    result = grid_stats(run, grid=grid, epochs=parse_epochs(epochs), radius=radius, delta=delta, store=store)
+    result = grid_stats(run, grid=grid, epochs=parse_epochs(epochs), radius=radius, delta=delta, store=store,
+                        at_steps=parse_steps(at_steps))
     meta = result.meta
     if json_output:
         print_json({"run": result.run_id, "grid": result.grid_id, "name": meta.name, "kind": meta.config.kind,
                     "dims": meta.config.dims, "description": describe_grid(meta), "radius": radius, "delta": delta,
                     "cached": result.cached, "cache_written": result.saved, "epochs": result.epochs})
         return
+    def at(e: dict[str, Any]) -> str:  # "epoch 3", or "step 150" in a grid of a run with step checkpoints
+        return f"step {e['step']}" if "step" in e else f"epoch {e['epoch']}"
+
     for e in result.epochs:
         if not e["center_written"]:
-            err().print(f"epoch {e['epoch']}: the centre values are not computed yet, so the metrics are NaN")
+            err().print(f"{at(e)}: the centre values are not computed yet, so the metrics are NaN")
         if e["missing"]:
-            err().print(f"epoch {e['epoch']}: {e['missing']} of {e['points']} grid points (over the pairs) are not "
+            err().print(f"{at(e)}: {e['missing']} of {e['points']} grid points (over the pairs) are not "
                         f"computed yet; the metrics cover the computed ones (`landscape grid {result.run_id[:8]} "
                         f"--grid {result.grid_id} --resume` computes the rest)")
         if e["diverged"]:
-            err().print(f"epoch {e['epoch']}: {e['diverged']} diverged values (NaN/Inf) count as above every threshold")
+            err().print(f"{at(e)}: {e['diverged']} diverged values (NaN/Inf) count as above every threshold")
         landscapes = [*e["panels"], e["mean"]] if len(e["panels"]) > 1 else e["panels"]
         poor = [m for m in landscapes if m.get("fit_poor")]
         if poor:
             worst = max(poor, key=lambda m: (_finite(m["fit_residual_relative"]), _finite(m["fit_disagreement"])))
-            err().print(f"epoch {e['epoch']}: the quadratic fits {len(poor)} of {len(landscapes)} landscapes poorly "
+            err().print(f"{at(e)}: the quadratic fits {len(poor)} of {len(landscapes)} landscapes poorly "
                         f"(up to {pct(worst['fit_residual_relative'])} of the spread over the 5x5 window left "
                         f"unexplained, the 3x3 window's curvature {pct(worst['fit_disagreement'])} apart): their "
                         "curvature is the window's average, not the centre's (a finer grid, e.g. a smaller --span, "
@@ -201,7 +216,8 @@ def stats(
     table = Table(title=f"grid {result.grid_id}{name_suffix(meta.name)} of run {result.run_id}: {describe_grid(meta)}; "
                         f"ε {eps}, δ {delta:g}")
     hessian_kind = meta.config.kind == "hessian"
-    columns = ["epoch", "pair/batch", "L0", "curvature λ", *(["stored λ (fit/λ)"] if hessian_kind else []),
+    steps = any("step" in e for e in result.epochs)
+    columns = ["step" if steps else "epoch", "pair/batch", "L0", "curvature λ", *(["stored λ (fit/λ)"] if hessian_kind else []),
                "fit (resid, 3x3 Δ)", "condition", "ε-sharpness (rel)", "flat radius", "below L0+δ", "centre is min"]
     for col in columns:
         table.add_column(col, justify="left" if col == "pair/batch" else "right")
@@ -215,7 +231,8 @@ def stats(
             fit = f"{pct(m['fit_residual_relative'])}, {pct(m['fit_disagreement'])}" + (" poor" if m["fit_poor"] else "")
             stored = [_stored_text(e.get("stored_eigenvalues"), m["eigenvalues"]) if m["pair"] is None else ""] \
                 if hessian_kind else []
-            table.add_row(str(e["epoch"]), label, num(m["center_loss"]), ", ".join(num(v, 3) for v in m["eigenvalues"]),
+            table.add_row(str(e["step" if steps else "epoch"]), label, num(m["center_loss"]),
+                          ", ".join(num(v, 3) for v in m["eigenvalues"]),
                           *stored, fit, num(m["condition"], 3),
                           f"{num(m['sharpness'], 3)} ({num(m['sharpness_relative'], 3)})", flat,
                           pct(m["share_below"]), is_min)

@@ -7,11 +7,12 @@ matplotlib) are imported inside the commands so that `landscape --help` starts f
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from landscape_cli.cli._common import (
+    AtStepsOpt,
     BatchSizeOpt,
     DataDirOpt,
     DeviceOpt,
@@ -33,6 +34,24 @@ def _tuple(epochs: list[int] | None) -> tuple[int, ...] | None:
     return tuple(epochs) if epochs is not None else None
 
 
+def _run_meta(store: Path | None, run_id: str) -> Any:
+    from landscape_cli.store import Store
+
+    return Store.of(store).read_run(run_id)
+
+
+def _keys_json(run: Any, keys: list[int]) -> dict[str, list[int]]:
+    from landscape_cli.views.readers import keys_json
+
+    return keys_json(run, keys)
+
+
+def _unit(run: Any) -> str:
+    from landscape_cli.views.readers import unit
+
+    return unit(run)
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}{'es' if what.endswith('ch') else 's'}"
 
@@ -44,6 +63,7 @@ def grid(
                                  "--directions interpolate: where each line starts; with pca: the trajectory.",
                                  show_default=False)
     ] = None,
+    at_steps: AtStepsOpt = None,
     directions: Annotated[
         str, typer.Option(help="random (Li et al.'s filter-normalized planes), interpolate (the line between two "
                           "checkpoints, Goodfellow et al.) or pca (the plane of the training trajectory).")
@@ -152,7 +172,7 @@ def grid(
     Example: `landscape grid quickstart --epochs 0,5 --width 21`; a job array of 4: `landscape grid quickstart
     --width 51 --shard $SLURM_ARRAY_TASK_ID/4`
     """
-    from landscape_cli.config import Runtime, parse_epochs, parse_range
+    from landscape_cli.config import Runtime, parse_epochs, parse_range, parse_steps
     from landscape_cli.engine.compute import grid as compute_grid
     from landscape_cli.engine.distributed import torchrun_ranks
     from landscape_cli.views.listing import describe_grid
@@ -160,7 +180,8 @@ def grid(
     ranks = torchrun_ranks()
     follower = ranks is not None and ranks.rank != 0  # torchrun's other ranks print nothing but errors
     request = GridRequest(
-        epochs=_tuple(parse_epochs(epochs)), directions=directions, dims=dims, width=width, span=span,
+        epochs=_tuple(parse_epochs(epochs)), at_steps=_tuple(parse_steps(at_steps)), directions=directions, dims=dims,
+        width=width, span=span,
         range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs, batches=batches,
         batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn,
         layer=tuple(layer) if layer else None, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
@@ -180,9 +201,10 @@ def grid(
         return
     meta = result.meta
     cfg = meta.config
+    run_meta = _run_meta(store, result.run_id)
     summary = {
         "id": result.grid_id, "run": result.run_id, "path": result.path, "zarr": result.zarr_path,
-        "name": meta.name, "kind": cfg.kind, "dims": cfg.dims, "epochs": meta.epochs,
+        "name": meta.name, "kind": cfg.kind, "dims": cfg.dims, **_keys_json(run_meta, meta.epochs),
         "ranges": [list(r) for r in meta.ranges], "config": cfg.identity(), "facts": meta.kind,
         "rows_done": result.rows_done, "rows_total": result.rows_total, "rows_computed": result.computed_rows,
         "diverged_points": result.diverged, "repaired": result.repaired,
@@ -197,7 +219,7 @@ def grid(
         err().print(f"grid {result.grid_id} is already complete: nothing to compute")
     stdout().print(
         f"grid [bold]{result.grid_id}[/bold]{name_suffix(meta.name)} of run {result.run_id}: {describe_grid(meta)}, "
-        f"epochs {','.join(map(str, meta.epochs))}, {_count(cfg.pairs, 'pair')} x "
+        f"{_unit(run_meta)}s {','.join(map(str, meta.epochs))}, {_count(cfg.pairs, 'pair')} x "
         f"{'all of the ' + cfg.split + ' split' if cfg.whole else _count(cfg.batches, 'batch')}, {state}"
         + (f", {result.diverged} points diverged (NaN/Inf)" if result.diverged else "")
     )
@@ -220,6 +242,7 @@ def plot(
                                  show_default=False)
     ] = None,
     epoch: Annotated[int | None, typer.Option(help="One epoch (same as --epochs E).", show_default=False)] = None,
+    at_steps: AtStepsOpt = None,
     pair: Annotated[int | None, typer.Option(help="Only this direction pair.", show_default=False)] = None,
     batch: Annotated[int | None, typer.Option(help="Only this batch.", show_default=False)] = None,
     metric: Annotated[str, typer.Option(help="loss or accuracy.")] = "loss",
@@ -290,8 +313,10 @@ def plot(
     Example: `landscape plot quickstart --epochs 0,5 --reduce mean`; `landscape plot quickstart --html`;
     `landscape plot quickstart --tensorboard tb/`
     """
-    from landscape_cli.config import parse_epochs
+    from landscape_cli.config import parse_epochs, parse_steps
     from landscape_cli.views.figures import plot as draw_plot
+
+    steps = parse_steps(at_steps)
 
     logdir = None
     if tensorboard is not None:
@@ -306,7 +331,8 @@ def plot(
 
         given = [flag for flag, on in (("--contour", contour), ("--surface", surface), ("--animate", animate),
                                        ("--epochs", epochs is not None), ("--epoch", epoch is not None),
-                                       ("--hessian", hessian), ("--show", show), ("--scale", scale != "shared"),
+                                       ("--at-steps", steps is not None), ("--hessian", hessian), ("--show", show),
+                                       ("--scale", scale != "shared"),
                                        ("--pair", pair is not None), ("--batch", batch is not None)) if on]
         if given:
             raise UsageError(f"--html makes a page with every epoch, pair and batch and its own controls: drop "
@@ -328,7 +354,7 @@ def plot(
 
         given = [flag for flag, on in (("--hessian", hessian), ("--grid", bool(grid)), ("--animate", animate),
                                        ("--tensorboard", logdir is not None), ("--epochs", epochs is not None),
-                                       ("--epoch", epoch is not None)) if on]
+                                       ("--epoch", epoch is not None), ("--at-steps", steps is not None)) if on]
         if given or len(runs) != 1:
             raise UsageError("--lambda-max draws one run's tracked λmax: give one run" +
                              (f" and drop {', '.join(given)}" if given else ""))
@@ -352,7 +378,7 @@ def plot(
 
             logged = write_hessian(logdir, figure, store)
         if json_output:
-            print_json({"path": figure.path, "hessian": figure.meta.id, "epochs": figure.epochs,
+            print_json({"path": figure.path, "hessian": figure.meta.id, **figure.keys_json(),
                         "eigenvalues": figure.eigenvalues.tolist(), "lambda_min": figure.lambda_min.tolist(),
                         "trace": figure.trace.tolist(), "trace_stderr": figure.trace_stderr.tolist(),
                         **({"tensorboard": logged.to_json()} if logged else {})})
@@ -365,7 +391,7 @@ def plot(
         raise UsageError("give --epoch or --epochs, not both")
     chosen = [epoch] if epoch is not None else parse_epochs(epochs)
     result = draw_plot(
-        runs, grids=grid or (), epochs=chosen, pair=pair, batch=batch, metric=metric, contour=contour,
+        runs, grids=grid or (), epochs=chosen, at_steps=steps, pair=pair, batch=batch, metric=metric, contour=contour,
         surface=surface, log=log, clip=clip, reduce=reduce or "none", scale=scale, animate=animate, out=out, show=show,
         store=store,
     )
@@ -374,20 +400,23 @@ def plot(
         from landscape_cli.views.tensorboard import write_plot
 
         logged = write_plot(logdir, result, store)
+    from landscape_cli.views.readers import key_fields, keys_json
+
     panels = [
-        {"title": p.title, "run": p.source.run_id, "grid": p.source.grid_id, "epoch": p.epoch, "pair": p.pair,
-         "batch": p.batch, "diverged": p.diverged, "computed": bool(p.computed.all())}
+        {"title": p.title, "run": p.source.run_id, "grid": p.source.grid_id, **key_fields(p.source.run, p.epoch),
+         "pair": p.pair, "batch": p.batch, "diverged": p.diverged, "computed": bool(p.computed.all())}
         for p in result.panels
     ]
     curves = [
-        {"label": c.label, "run": c.source.run_id, "grid": c.source.grid_id, "epoch": c.epoch, "pair": c.pair,
-         "batch": c.batch, "diverged": c.diverged, "computed": c.computed}
+        {"label": c.label, "run": c.source.run_id, "grid": c.source.grid_id, **key_fields(c.source.run, c.epoch),
+         "pair": c.pair, "batch": c.batch, "diverged": c.diverged, "computed": c.computed}
         for c in result.curves
     ]
     complete = all(p["computed"] for p in panels) and all(c["computed"] for c in curves)
     if json_output:
         grids = [{"run": s.run_id, "grid": s.grid_id, "kind": s.kind, "dims": s.dims} for s in result.sources]
-        paths = [{"run": t.source.run_id, "grid": t.source.grid_id, "epochs": t.epochs, "off_plane": t.off_plane}
+        paths = [{"run": t.source.run_id, "grid": t.source.grid_id, **keys_json(t.source.run, t.epochs),
+                  "off_plane": t.off_plane}
                  for t in {id(t.source): t for t in result.paths}.values()]
         print_json({"path": result.path, "grids": grids, "rows": result.shape[0], "columns": result.shape[1],
                     "diverged_points": result.diverged, "arrow_scale": result.arrow_scale, "panels": panels,

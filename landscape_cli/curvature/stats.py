@@ -59,7 +59,7 @@ from landscape_cli.config import finite
 from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
-from landscape_cli.store.meta import GridMeta
+from landscape_cli.store.meta import GridMeta, RunMeta
 
 DEFAULT_DELTA = 0.1
 FIT_WIDTH = 5  # grid points per axis of the window the quadratic is fitted to
@@ -415,7 +415,8 @@ class StatsResult:
     run_id: str
     grid_id: str
     meta: GridMeta
-    epochs: list[dict[str, Any]]  # one per epoch: "mean" and "panels" metrics, counts and options
+    epochs: list[dict[str, Any]]  # one per epoch: "mean" and "panels" metrics, counts and options (a run with step
+    # checkpoints: "step" the checkpoint's step, "epoch" the epochs completed at it)
     radius: float | None
     delta: float
     cached: list[int] = field(default_factory=list)  # epochs read from the cache
@@ -445,20 +446,27 @@ def stats(
     delta: float = DEFAULT_DELTA,
     store: Store | str | os.PathLike[str] | None = None,
     cache: bool = True,
+    at_steps: Sequence[int] | None = None,
 ) -> StatsResult:
     """The metrics of a run's grid (`grid`, else the newest) for `epochs` (default: all of the grid's).
 
     `radius` is the half-width ε of the ε-sharpness box (None: the whole grid), `delta` the δ of the
     flat radius and of the share below L0 + δ. With `cache`, results are read from and written to
-    the grid's stats.json.
+    the grid's stats.json. A grid of a run with step checkpoints: `at_steps` chooses them by step (`epochs` E:
+    the checkpoint at the end of epoch E), and each result has its "step" and the "epoch"s completed at it.
     """
     check_options(radius, delta)
     st = Store.of(store)
     run_id, grid_id = st.select_grid(run, grid)
     meta = st.read_grid(run_id, grid_id)
     rows = Rows(st.zarr_path(run_id, grid_id), "r")
-    if epochs is None:
+    run_meta = st.read_run(run_id) if at_steps is not None or "step" in rows.root else None
+    if run_meta is not None and (epochs is not None or at_steps is not None):
+        wanted = _select_steps(run_meta, [e for e in meta.epochs if e in rows.epochs], epochs, at_steps, grid_id)
+    elif epochs is None:
         wanted = [e for e in meta.epochs if e in rows.epochs]
+        if run_meta is not None:
+            wanted.sort()  # in step order
     else:
         if not epochs:
             raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
@@ -475,7 +483,29 @@ def stats(
         raise _damaged(run_id, grid_id, "coordinates", wanted[0] if wanted else 0) from e
     check_options(radius, delta, half_width(coords), grid_id)
     out, cached, saved = _epoch_stats(st, run_id, meta, rows, _state(rows), wanted, radius, delta, cache)
+    if run_meta is not None and run_meta.has_steps:  # named by step, with the epochs completed at it
+        out = [{**_key_fields(run_meta, int(r["epoch"])), **{k: v for k, v in r.items() if k != "epoch"}} for r in out]
     return StatsResult(run_id, grid_id, meta, out, radius, delta, cached, saved)
+
+
+def _key_fields(run: RunMeta, key: int) -> dict[str, int]:
+    """A checkpoint of a run with steps as the JSON names it: its step and the epochs completed at it."""
+    record = run.record(key)
+    return {"step": key, "epoch": record.epoch if record is not None else -1}
+
+
+def _select_steps(run: RunMeta, have: list[int], epochs: Sequence[int] | None, steps: Sequence[int] | None,
+                  grid_id: str) -> list[int]:
+    """The keys --epochs and --at-steps name (run.select: epoch E is the checkpoint at the end of epoch E), in step
+    order, each one the grid holds (one line if not)."""
+    if steps is not None and not steps and not epochs:
+        raise UsageError("--at-steps is empty: give step numbers like 10,20")
+    wanted = sorted(run.select(list(epochs) if epochs is not None else None, list(steps) if steps is not None else None))
+    missing = ",".join(str(k) for k in wanted if k not in have)
+    if missing:
+        raise UsageError(f"step {missing} is not in grid {grid_id} (it has steps {','.join(map(str, sorted(have))) or 'none'}):"
+                         f" `landscape grid {run.id[:8]} --grid {grid_id} --at-steps {missing}` adds it")
+    return wanted
 
 
 def summary(st: Store, run_id: str, meta: GridMeta, epochs: Sequence[int] | None = None) -> dict[int, dict[str, Any] | None]:

@@ -31,6 +31,12 @@ newest grid), reads its Zarr group and writes:
 - ``npz``: every array of the group under its name (coordinates included), compressed, plus
   ``attributes_json``: the group's attributes and each array's dimensions and attributes.
 
+A grid (or curvature results) of a run with step checkpoints is named by step: its first dimension is
+``checkpoint``, with the coordinates ``step`` and ``epoch`` (the epochs completed) along it, which NetCDF
+and npz keep as they are (NetCDF: both coordinate variables), CSV writes as an ``epoch`` and a ``step``
+column (a PCA path's ``path_step``), and VTK names its files ``step-000000150_...`` (``steps_mean.pvd``,
+the step as the time, ``step`` and ``epoch`` in each file's field data).
+
 Every export carries the rows' ``done`` marks: a point whose row is not done yet is *missing* (CSV
 and VTK write NaN values and done 0 for it), a done point with a NaN/Inf loss has *diverged*. NetCDF
 and npz keep the arrays as stored (``done`` beside them). Files are written under a temporary name and
@@ -117,11 +123,12 @@ class ExportResult:
     height_scale: float | None = None
     kind: str = ""
     dims: int = 0
-    epochs: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)  # a run with step checkpoints: the epochs completed at each
     task: str = "classification"
     bytes: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    steps: list[int] | None = None  # the checkpoints' steps (a run with step checkpoints), else None
 
     @property
     def complete(self) -> bool:
@@ -131,7 +138,8 @@ class ExportResult:
         return {
             "format": self.format, "path": str(self.path), "files": [str(f) for f in self.files],
             "grid": self.grid_id, "run": self.run_id, "kind": self.kind, "dims": self.dims, "epochs": self.epochs,
-            "task": self.task, "points_total": self.points_total, "points_missing": self.points_missing,
+            **({"steps": self.steps} if self.steps is not None else {}), "task": self.task,
+            "points_total": self.points_total, "points_missing": self.points_missing,
             "points_diverged": self.points_diverged, "points_hidden": self.points_hidden,
             **({"height_scale": self.height_scale} if self.height_scale is not None else {}),
             "complete": self.complete, "bytes": self.bytes, "seconds": round(self.seconds, 3), "notes": self.notes,
@@ -182,6 +190,7 @@ def export(
             points_total=stats[0], points_missing=stats[1], points_diverged=stats[2], kind=source.grid.config.kind,
             dims=data.line_dims, epochs=[int(e) for e in data.arrays["epoch"]],
             task=str(source.run.dataset.get("task", "classification")),
+            steps=[int(e) for e in data.arrays["step"]] if data.steps else None,
         )
         if fmt == "netcdf":
             result.files = [write_netcdf(data, target, _describe(source))]
@@ -235,7 +244,8 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
         done = data.arrays["done"] > 0
         result = ExportResult(format=fmt, path=target, files=[], grid_id=meta.id, run_id=run_id,
                               points_total=int(done.size), points_missing=int((~done).sum()), points_diverged=0,
-                              kind="hessian", epochs=[int(e) for e in data.arrays["epoch"]])
+                              kind="hessian", epochs=[int(e) for e in data.arrays["epoch"]],
+                              steps=[int(e) for e in data.arrays["step"]] if data.steps else None)
         if fmt == "netcdf":
             result.files = [write_netcdf(data, target, _describe_hessian(meta))]
         elif fmt == "npz":

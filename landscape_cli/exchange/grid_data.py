@@ -1,7 +1,11 @@
 """The grid (or curvature results) read into memory for export: every array of its Zarr group, once.
 
 Accuracy (`accuracy`, `center_accuracy`, `path_accuracy`) is read NaN wherever its loss is not finite, as
-every reader of the tool reads it (a grid stored before the kernel wrote NaN there is masked, not rewritten)."""
+every reader of the tool reads it (a grid stored before the kernel wrote NaN there is masked, not rewritten).
+
+A grid (or results) of a run with step checkpoints has the first dimension ``checkpoint`` instead of ``epoch``,
+with the coordinates ``step`` (the keys) and ``epoch`` (the epochs completed) along it: both are read, and
+`GridData.keys` / `steps` / `checkpoint_dim` say which layout it is."""
 
 from __future__ import annotations
 
@@ -12,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from landscape_cli.errors import GridStateError, IntegrityError
-from landscape_cli.store.grid_arrays import ACCURACY_OF, DECODE_ERRORS, accuracy_where_finite, open_group
+from landscape_cli.store.grid_arrays import (
+    ACCURACY_OF,
+    CHECKPOINT_AXES,
+    DECODE_ERRORS,
+    accuracy_where_finite,
+    key_array,
+    open_group,
+)
 
 
 @dataclass
@@ -23,6 +34,27 @@ class GridData:
     dims: dict[str, list[str]]
     var_attrs: dict[str, dict[str, Any]]
     attrs: dict[str, Any]
+
+    @property
+    def steps(self) -> bool:
+        """Whether the checkpoints are named by step (the first dimension is ``checkpoint``)."""
+        return "step" in self.arrays and self.dims["step"] == ["checkpoint"]
+
+    @property
+    def checkpoint_dim(self) -> str:
+        """The first dimension's name: ``epoch``, or ``checkpoint`` (a run with step checkpoints)."""
+        return "checkpoint" if self.steps else "epoch"
+
+    @property
+    def keys(self) -> np.ndarray:
+        """The checkpoints' keys, along the first dimension: their epochs, or their steps."""
+        return self.arrays["step" if self.steps else "epoch"]
+
+    @property
+    def coordinates(self) -> list[str]:
+        """The arrays that are coordinates: one per dimension named as it is, and ``step`` and ``epoch`` along
+        ``checkpoint``."""
+        return [n for n in self.arrays if self.dims[n] == [n] or (self.steps and n in ("step", "epoch"))]
 
     @property
     def line_dims(self) -> int:
@@ -60,9 +92,11 @@ def read_grid(zarr_path: Path, grid_id: str, required: tuple[str, ...] = ("loss"
         names = sorted(name for name, _ in root.arrays())
         if not set(required) <= set(names):
             raise KeyError(", ".join(required))
-        # the epoch coordinate, then the done-marks, then the values: a row marked done after its values were
-        # read cannot be exported as done with the NaN its values had before they were written
-        order = ["epoch", "done", *[n for n in names if n not in ("epoch", "done")]]
+        # the checkpoint coordinate(s), then the done-marks, then the values: a row marked done after its values
+        # were read cannot be exported as done with the NaN its values had before they were written
+        key = key_array(names)
+        first = [key, "epoch"] if key != "epoch" else ["epoch"]
+        order = [*first, "done", *[n for n in names if n not in (*first, "done")]]
         arrays: dict[str, np.ndarray] = {}
         dims: dict[str, list[str]] = {}
         var_attrs: dict[str, dict[str, Any]] = {}
@@ -77,9 +111,9 @@ def read_grid(zarr_path: Path, grid_id: str, required: tuple[str, ...] = ("loss"
             f"grid {grid_id} cannot be read ({type(e).__name__}: {e}): `landscape verify` lists what is damaged; the "
             "grid's `landscape grid` command with --resume rebuilds it"
         ) from e
-    n = len(arrays["epoch"])  # a grid growing meanwhile: keep the epochs the coordinate was read with
+    n = len(arrays[key])  # a grid growing meanwhile: keep the epochs the coordinate was read with
     for name, a in arrays.items():
-        if dims[name] and dims[name][0] == "epoch":
+        if dims[name] and dims[name][0] in CHECKPOINT_AXES:
             if a.shape[0] < n:
                 raise IntegrityError(f"grid {grid_id}: {name} has {a.shape[0]} epochs, the epoch axis {n} (damaged): "
                                      "run `landscape verify`")

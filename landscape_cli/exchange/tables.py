@@ -3,7 +3,9 @@
 NetCDF and npz hold every array and attribute of the Zarr group as stored (NetCDF adds the CF
 attributes: `Conventions`, `title`, `history`, `source`, units, flags, axis labels per grid kind);
 CSV writes one row per point (the grid) or per epoch and eigenpair (curvature results). The layouts
-are described in `landscape_cli.exchange.export`.
+are described in `landscape_cli.exchange.export`. A grid of a run with step checkpoints keeps its
+``checkpoint`` dimension with the ``step`` and ``epoch`` coordinates along it (NetCDF: both coordinate
+variables; CSV: a ``step`` column beside ``epoch``).
 """
 
 from __future__ import annotations
@@ -108,8 +110,12 @@ def write_netcdf(data: GridData, path: Path, description: Description | None = N
     import xarray as xr
 
     attrs, var_attrs = cf_attributes(data, description) if description else (data.attrs, data.var_attrs)
+    # "coordinates" (the store's note that step and epoch are coordinates along `checkpoint`) is written by xarray
+    # itself for the coordinate variables below
+    var_attrs = {n: {k: v for k, v in va.items() if k != "coordinates"} for n, va in var_attrs.items()}
+    named = set(data.coordinates)
     coords = {n: xr.Variable(data.dims[n], a, _encode_attrs(var_attrs[n]))
-              for n, a in data.arrays.items() if data.dims[n] == [n]}
+              for n, a in data.arrays.items() if n in named}
     variables = {n: xr.Variable(data.dims[n], a, _encode_attrs(var_attrs[n]))
                  for n, a in data.arrays.items() if n not in coords}
     ds = xr.Dataset(variables, coords=coords, attrs=_encode_attrs(attrs))
@@ -172,23 +178,28 @@ def _write_lines(f: IO[str], columns: list[np.ndarray]) -> None:
 
 def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) -> list[Path]:
     """One row per point: the `keys` columns first (run and grid ids: files of several grids concatenate), then
-    ``epoch,pair,batch,x[,y],loss,accuracy,done``."""
+    ``epoch,pair,batch,x[,y],loss,accuracy,done`` (a grid of a run with step checkpoints: ``epoch,step,pair,...``,
+    the epochs completed at each checkpoint and its step)."""
     keys = keys or {}
     loss_dims = data.dims["loss"]
-    axes = [d for d in loss_dims if d not in ("epoch", "pair", "batch")]  # [y, x] or [x]
-    header = [*keys, "epoch", "pair", "batch", *reversed(axes), "loss", "accuracy", "done"]
+    axes = [d for d in loss_dims if d not in (data.checkpoint_dim, "pair", "batch")]  # [y, x] or [x]
+    steps = _text(data.arrays["step"]) if data.steps else None
+    header = [*keys, "epoch", *(["step"] if steps is not None else []), "pair", "batch", *reversed(axes), "loss",
+              "accuracy", "done"]
     loss, done = data.masked("loss"), data.point_done()
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
     inner = loss.shape[1:]
     index = np.indices(inner).reshape(len(inner), -1)  # one epoch's points, in the loss array's order
     texts = {d: _text(data.coord(d))[index[k]] for k, d in enumerate(loss_dims[1:])}
-    epochs = _text(data.coord("epoch"))
+    epochs = _text(data.arrays["epoch"] if data.steps else data.coord("epoch"))
     files = [path]
     with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         f.write(",".join(header) + "\n")
         for ei in range(loss.shape[0]):
-            epoch = np.full(index.shape[1], epochs[ei])
-            _write_lines(f, [*(np.full(index.shape[1], v) for v in keys.values()), epoch, texts["pair"], texts["batch"],
+            epoch = [np.full(index.shape[1], epochs[ei])]
+            if steps is not None:
+                epoch.append(np.full(index.shape[1], steps[ei]))
+            _write_lines(f, [*(np.full(index.shape[1], v) for v in keys.values()), *epoch, texts["pair"], texts["batch"],
                              *(texts[d] for d in reversed(axes)),
                              _text(loss[ei].ravel()), _text(accuracy[ei].ravel()),
                              _text(done[ei].ravel().astype(np.uint8))])
@@ -198,7 +209,8 @@ def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) ->
 
 
 def _write_path_csv(data: GridData, path: Path, keys: dict[str, str]) -> Path:
-    """A PCA trajectory: one row per (checkpoint, batch): its coordinates, distance from the plane, own values."""
+    """A PCA trajectory: one row per (checkpoint, batch): its coordinates, distance from the plane, own values
+    (its checkpoints' keys under ``path_step`` in a grid of a run with step checkpoints)."""
     loss = data.arrays["path_loss"]  # [path_epoch, batch]
     n, b = loss.shape
     rows = np.repeat(np.arange(n), b)
@@ -213,14 +225,16 @@ def _write_path_csv(data: GridData, path: Path, keys: dict[str, str]) -> Path:
                                else np.full(loss.size, np.nan, np.float32)),
     }
     cols = [c for c in cols if c in values]
+    names = ["path_step" if c == "path_epoch" and data.steps else c for c in cols]
     with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(",".join([*keys, *cols]) + "\n")
+        f.write(",".join([*keys, *names]) + "\n")
         _write_lines(f, [*(np.full(n * b, v) for v in keys.values()), *(values[c] for c in cols)])
     return path
 
 
 def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
-    """One row per (epoch, eigenpair) with the epoch's scalars beside it; the density in a second file."""
+    """One row per (epoch, eigenpair) with the epoch's scalars beside it; the density in a second file. Results of
+    a run with step checkpoints have a ``step`` column after ``epoch`` (the epochs completed at the checkpoint)."""
     a = data.arrays
     done = a["done"] > 0
     epochs, k = a["eigenvalues"].shape
@@ -232,9 +246,14 @@ def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
         return np.where(done[:, None], a[name], np.nan if a[name].dtype.kind == "f" else 0).astype(a[name].dtype)
 
     scalars = [n for n in ("lambda_min", "lambda_min_residual", "convexity", "trace", "trace_stderr") if n in a]
-    header = ["epoch", "k", "eigenvalue", "residual", "converged", *scalars, "done"]
+    stepped = data.steps
+    header = ["epoch", *(["step"] if stepped else []), "k", "eigenvalue", "residual", "converged", *scalars, "done"]
     rows = np.repeat(np.arange(epochs), k)
-    columns = [_text(a["epoch"])[rows], _text(np.tile(np.arange(k), epochs)),
+
+    def checkpoint(rows: np.ndarray) -> list[np.ndarray]:
+        return [_text(a["epoch"])[rows], *([_text(a["step"])[rows]] if stepped else [])]
+
+    columns = [*checkpoint(rows), _text(np.tile(np.arange(k), epochs)),
                _text(per_pair("eigenvalues").ravel()), _text(per_pair("residual").ravel()),
                _text(per_pair("converged").ravel()), *(_text(per_epoch(n))[rows] for n in scalars),
                _text(done.astype(np.uint8))[rows]]
@@ -247,8 +266,8 @@ def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
         bins = a["density"].shape[1]
         rows = np.repeat(np.arange(epochs), bins)
         with atomic(density_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write("epoch,bin,lambda,density,done\n")
-            _write_lines(f, [_text(a["epoch"])[rows], _text(np.tile(np.arange(bins), epochs)),
+            f.write(f"epoch,{'step,' if stepped else ''}bin,lambda,density,done\n")
+            _write_lines(f, [*checkpoint(rows), _text(np.tile(np.arange(bins), epochs)),
                              _text(per_pair("density_lambda").ravel()), _text(per_pair("density").ravel()),
                              _text(done.astype(np.uint8))[rows]])
         files.append(density_path)

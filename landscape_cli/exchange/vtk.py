@@ -7,7 +7,9 @@ Warp By Scalar (the point field ``height``, scaled by the recorded ``height_scal
 One ``.vts`` surface (``.vtp`` polyline for a 1-D grid) per (epoch, pair, batch) and per epoch's mean,
 ``path.vtp`` for a PCA trajectory, ``epochs_mean.pvd`` and the manifest; built in a temporary
 directory that replaces the output directory only when every file is written. The layout is described
-in `landscape_cli.exchange.export`.
+in `landscape_cli.exchange.export`. A grid of a run with step checkpoints is written per step instead
+(``step-000000150_pair-0_batch-0.vts``, ``steps_mean.pvd``, the step as the time), each file's field data
+holding its ``step`` and ``epoch``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class _Piece:
     time: float | None = None
     scale: float = 1.0  # z = height × scale
     flat: bool = False  # z = 0
+    labels: dict[str, int] | None = None  # field data naming the checkpoint (a run with steps: step, epoch)
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ class Height:
 
 
 def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndarray, how: Height,
-           shape: tuple[int, ...], extra: dict[str, np.ndarray] | None = None, time: float | None = None) -> _Piece:
+           shape: tuple[int, ...], extra: dict[str, np.ndarray] | None = None, time: float | None = None,
+           labels: dict[str, int] | None = None) -> _Piece:
     z = height(loss, how.zmax, how.log)
     visible = done & np.isfinite(z)
     diverged = done & ~np.isfinite(loss)
@@ -126,7 +130,7 @@ def _piece(xy: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, done: np.ndar
     fields.update(extra or {})
     drawn = np.where(visible, z, shown.min() if shown.size else 0.0)  # hidden points: a finite z out of the way
     drawn = np.zeros_like(drawn) if how.flat else drawn * how.scale
-    return _Piece(xy, drawn, fields, visible, shape, time, how.scale, how.flat)
+    return _Piece(xy, drawn, fields, visible, shape, time, how.scale, how.flat, labels)
 
 
 def _vtk_array(vtk: Any, name: str, values: np.ndarray) -> Any:
@@ -156,6 +160,8 @@ def _fill(vtk: Any, dataset: Any, piece: _Piece) -> None:
         t.SetName("TimeValue")  # ParaView reads it as the dataset's time: the epoch
         t.InsertNextValue(piece.time)
         fd.AddArray(t)
+    for name, value in (piece.labels or {}).items():
+        fd.AddArray(_vtk_array(vtk, name, np.array([value], np.int64)))
 
 
 def _polyline(vtk: Any, piece: _Piece) -> Any:
@@ -213,8 +219,10 @@ def write_piece(vtk: Any, piece: _Piece, path: Path) -> int:
     return int((~piece.visible).sum())
 
 
-def _name(epoch: int, pair: int | None = None, batch: int | None = None) -> str:
-    return f"epoch-{epoch:04d}_mean" if pair is None else f"epoch-{epoch:04d}_pair-{pair}_batch-{batch}"
+def _name(epoch: int, pair: int | None = None, batch: int | None = None, step: bool = False) -> str:
+    """A file's name: by epoch, or by step (`epoch` is then the step) in a grid of a run with steps."""
+    stem = f"step-{epoch:09d}" if step else f"epoch-{epoch:04d}"
+    return f"{stem}_mean" if pair is None else f"{stem}_pair-{pair}_batch-{batch}"
 
 
 def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float | None, log: bool,
@@ -234,7 +242,9 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
         scale = default_scale(height(loss, zmax, log), width)
     how = Height(zmax, log, scale, flat)
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
-    epochs, pairs, batches = data.coord("epoch"), data.coord("pair"), data.coord("batch")
+    steps = data.steps
+    epochs, pairs, batches = data.keys, data.coord("pair"), data.coord("batch")
+    completed = data.arrays["epoch"].tolist() if steps else None
     names: list[str] = []
     means: list[tuple[int, str]] = []
     hidden = 0
@@ -242,26 +252,28 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
     try:
         tmp.mkdir()
         for ei, epoch in enumerate(epochs.tolist()):
+            labels = {"step": int(epoch), "epoch": int(completed[ei])} if completed is not None else None
             for pi, pair in enumerate(pairs.tolist()):
                 for bi, batch in enumerate(batches.tolist()):
                     piece = _piece(xy, loss[ei, pi, bi].ravel(), accuracy[ei, pi, bi].ravel(), done[ei, pi, bi].ravel(),
-                                   how, shape, time=float(epoch))
-                    name = _name(epoch, pair, batch) + suffix
+                                   how, shape, time=float(epoch), labels=labels)
+                    name = _name(epoch, pair, batch, steps) + suffix
                     hidden += write_piece(vtk, piece, tmp / name)
                     names.append(name)
             all_done = done[ei].all(axis=(0, 1))
             with np.errstate(invalid="ignore"):
                 mean_loss = np.where(all_done, loss[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
                 mean_acc = np.where(all_done, accuracy[ei].astype(np.float64).mean(axis=(0, 1)), np.nan)
-            piece = _piece(xy, mean_loss.ravel(), mean_acc.ravel(), all_done.ravel(), how, shape, time=float(epoch))
-            name = _name(epoch) + suffix
+            piece = _piece(xy, mean_loss.ravel(), mean_acc.ravel(), all_done.ravel(), how, shape, time=float(epoch),
+                           labels=labels)
+            name = _name(epoch, step=steps) + suffix
             hidden += write_piece(vtk, piece, tmp / name)
             names.append(name)
             means.append((epoch, name))
         if "path_x" in data.arrays and "path_loss" in data.arrays:
             hidden += _write_path(vtk, data, tmp / "path.vtp", how)
             names.append("path.vtp")
-        pvd = "epochs_mean.pvd"
+        pvd = "steps_mean.pvd" if steps else "epochs_mean.pvd"
         (tmp / pvd).write_text(
             '<?xml version="1.0"?>\n<VTKFile type="Collection" version="0.1">\n  <Collection>\n'
             + "".join(f'    <DataSet timestep="{e}" part="0" file="{n}"/>\n' for e, n in means)
@@ -274,6 +286,7 @@ def write_vtk(vtk: Any, data: GridData, out: Path, result: Summary, zmax: float 
             "z": "0 (flat: warp by the point field height, scale factor height_scale)" if flat else "height × height_scale",
             "points_total": result.points_total, "points_missing": result.points_missing,
             "points_diverged": result.points_diverged, "points_hidden": hidden, "files": names,
+            **({"steps": [int(e) for e in epochs.tolist()], "epochs": completed} if completed is not None else {}),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         names.append(MANIFEST)
@@ -296,7 +309,7 @@ def _write_path(vtk: Any, data: GridData, path: Path, how: Height) -> int:
     py = np.asarray(data.arrays["path_y"], np.float64) if "path_y" in data.arrays else np.zeros(n)
     with np.errstate(invalid="ignore"):
         mean_loss, mean_acc = loss.astype(np.float64).mean(axis=1), accuracy.astype(np.float64).mean(axis=1)
-    extra = {"epoch": np.asarray(data.coord("path_epoch"), np.int64), "loss_batches": loss,
+    extra = {"step" if data.steps else "epoch": np.asarray(data.coord("path_epoch"), np.int64), "loss_batches": loss,
              "accuracy_batches": accuracy}
     if "path_residual" in data.arrays:
         extra["residual"] = np.asarray(data.arrays["path_residual"], np.float64)

@@ -53,6 +53,7 @@ from landscape_cli.views.readers import (
     batch_text,
     batchnorm_text,
     check_metric,
+    checkpoint_text,
     directions_text,
     eigenvalues,
     geometry,
@@ -61,10 +62,12 @@ from landscape_cli.views.readers import (
     read_epoch,
     read_line,
     read_path,
+    select_keys,
     select_sources,
     target_text,
     train_text,
     trajectory,
+    val_text,
 )
 
 __all__ = ["Curve", "LandscapeFigure", "Panel", "PlotResult", "Source", "Style", "TrajectoryPath", "build_curves",
@@ -152,11 +155,21 @@ class PlotResult:
 # --- choosing what to plot ------------------------------------------------------------------------
 
 
-def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool) -> list[int]:
-    if epochs is None:
+def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool,
+                at_steps: Sequence[int] | None = None) -> list[int]:
+    """The checkpoints drawn (their keys: steps in a run with step checkpoints, in step order)."""
+    if epochs is None and at_steps is None:
         if animate or sources[0].dims == 1:  # a line's epochs are curves in one panel: all of them
             return sorted(sources[0].grid.epochs)
         return [max(sources[0].grid.epochs)] if sources[0].grid.epochs else []
+    if at_steps is not None or any(s.steps for s in sources):
+        chosen: list[int] = []
+        for s in sources:  # every run compared names the same checkpoints
+            keys = select_keys(s.run, s.grid.epochs, epochs, at_steps, f"grid {s.grid_id}",
+                               f"`landscape grid {s.run_id[:8]} --at-steps {{missing}}` with the same options")
+            chosen = chosen or keys
+        return chosen
+    assert epochs is not None
     if not epochs:
         raise UsageError("--epochs is empty: give epoch numbers like 0,1,9")
     for s in sources:
@@ -215,7 +228,8 @@ def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: in
             what = {"mean": "mean", "batches": f"pair {p_sel[0]}, mean of batches",
                     "pairs": f"{batch_text(s, b_sel[0])}, mean of pairs"}.get(reduce,
                                                                             f"pair {p_sel[0]}, {batch_text(s, b_sel[0])}")
-            title = f"epoch {e} · {what}" if len(sources) == 1 else f"{s.label}\nepoch {e} · {what}"
+            title = f"{s.checkpoint_label(e)} · {what}" if len(sources) == 1 else \
+                f"{s.label}\n{s.checkpoint_label(e)} · {what}"
             panels.append(_panel(s, e, data, p_sel, b_sel, title, path))
     if len(epochs) == 1:  # runs compared at one epoch: side by side
         return panels, (1, len(sources))
@@ -262,7 +276,7 @@ def build_curves(sources: list[Source], epochs: list[int], metric: str, pair: in
             data = read_line(s, e, metric)
             for ps, bs, what in groups:
                 who = f"{s.name} " if len(sources) > 1 else ""
-                curves.append(_curve(s, e, data, ps, bs, f"{who}epoch {e}{what}"))
+                curves.append(_curve(s, e, data, ps, bs, f"{who}{s.checkpoint_label(e)}{what}"))
     return curves
 
 
@@ -563,7 +577,7 @@ def _plane_notes(panels: list[Panel], style: Style, arrow_scale: float | None) -
     if arrow_scale is not None and style.metric == "loss" and not style.surface:
         notes.append(f"red arrows: −∇L projected on the plane, ×{arrow_scale:.3g}")
     if paths and not style.surface:
-        notes.append("black: the training path (checkpoints by epoch, arrows in training order)")
+        notes.append(f"black: the training path (checkpoints by {paths[0].source.unit}, arrows in training order)")
     total_div = sum(p.diverged for p in panels)
     if total_div:
         notes.append(f"{DIVERGED_COLOUR}: {total_div} diverged points (NaN/Inf)")
@@ -729,8 +743,8 @@ def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
         ax.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=PATH_COLOUR)
 
 
-def _epochs_text(epochs: Sequence[int]) -> str:
-    return f"epoch {epochs[0]}" if len(epochs) == 1 else "epochs " + ", ".join(map(str, epochs))
+def _epochs_text(epochs: Sequence[int], unit: str = "epoch") -> str:
+    return f"{unit} {epochs[0]}" if len(epochs) == 1 else f"{unit}s " + ", ".join(map(str, epochs))
 
 
 def _mark_ends(ax: Any, curves: list[Curve]) -> None:
@@ -739,7 +753,7 @@ def _mark_ends(ax: Any, curves: list[Curve]) -> None:
     starts, ends = [], []
     for s in sources:
         who = f"{s.name} " if len(sources) > 1 else ""
-        starts.append(who + _epochs_text(sorted({c.epoch for c in curves if c.source is s})))
+        starts.append(who + _epochs_text(sorted({c.epoch for c in curves if c.source is s}), s.unit))
         ends.append(target_text(s))
     for t, texts in ((0.0, starts), (1.0, ends)):
         label = "; ".join(dict.fromkeys(texts))
@@ -829,17 +843,12 @@ def _suptitle(sources: list[Source], epochs: list[int], style: Style) -> str:
     if len(sources) == 1 and len(epochs) == 1:
         e = epochs[0]
         rec = s.epoch_record(e)
-        metrics = ""
-        if rec:
-            def acc(value: float | None) -> str:
-                return "" if value is None else f", acc {100 * value:.1f}%"
-
-            metrics = f" — {train_text(s, e)}; val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}"
+        metrics = f" — {train_text(s, e)}{val_text(rec)}" if rec else ""
         stats = _stats_text(s, e) if s.dims == 2 else ""
-        return (f"{model_text(s)}, epoch {e}{metrics}\n"
+        return (f"{model_text(s)}, {checkpoint_text(s, e)}{metrics}\n"
                 f"{style.metric}, {where}{stats}\nrun {s.run_id}, grid {s.grid_id}")
     if len(sources) == 1:
-        return (f"{model_text(s)}: {style.metric}, epochs "
+        return (f"{model_text(s)}: {style.metric}, {s.unit}s "
                 f"{','.join(map(str, epochs))}, {geometry(s)} (grid {s.grid_id})")
     return f"{style.metric}, {geometry(s)}: " + " vs ".join(x.label for x in sources)
 
@@ -863,6 +872,7 @@ def plot(
     *,
     grids: Sequence[str] = (),
     epochs: Sequence[int] | None = None,
+    at_steps: Sequence[int] | None = None,
     pair: int | None = None,
     batch: int | None = None,
     metric: str = "loss",
@@ -887,7 +897,9 @@ def plot(
     is not registered with pyplot (the backend is left as it is); `show=True` opens it in a window.
     `scale="panel"` gives each panel of a plane its own colour scale (default "shared": one for all
     panels and frames, to compare them). `save=False` writes no file unless `out` is given (not with
-    `animate`, which is a file); the figure displays itself in a notebook.
+    `animate`, which is a file); the figure displays itself in a notebook. `epochs` and `at_steps` choose the
+    checkpoints (a run with step checkpoints: `at_steps` by step, epoch E its checkpoint at the end of epoch E;
+    its panels are titled and ordered by step).
     """
     if metric not in METRICS:
         raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
@@ -914,7 +926,7 @@ def plot(
             verb = "applies" if len(refused) == 1 else "apply"
             raise UsageError(f"{' and '.join(refused)} {verb} to 2-D grids only: grid {first.grid_id} is a line "
                              f"({kind_text(first)}), drawn as curves; leave out {' and '.join(refused)}")
-    chosen = _epochs_for(sources, epochs, animate)
+    chosen = _epochs_for(sources, epochs, animate, at_steps)
     # a PCA plane: contours of the metric by default (its path is drawn on them)
     style = Style(metric, contour or (first.kind == "pca" and first.dims == 2 and not surface), surface, log, clip,
                   scale)
@@ -1034,7 +1046,8 @@ def _default_path(st: Store, source: Source, epochs: list[int], style: Style, pa
         parts.append("log")
     if style.clip is not None:
         parts.append(f"clip{style.clip:g}")
-    parts.append("epochs-" + "-".join(map(str, epochs)) if len(epochs) > 1 else f"epoch-{epochs[0]}")
+    unit = source.unit
+    parts.append(f"{unit}s-" + "-".join(map(str, epochs)) if len(epochs) > 1 else f"{unit}-{epochs[0]}")
     if pair is not None:
         parts.append(f"pair{pair}")
     if batch is not None:

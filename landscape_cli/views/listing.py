@@ -15,13 +15,18 @@ def run_status(store: Store, meta: RunMeta) -> str:
     """complete, training (someone holds the run), or stopped (rerun the command to resume)."""
     if holder(store.run_lock_path(meta.id)) is not None:
         return "training"
-    return "complete" if len(meta.epochs) > meta.epochs_requested else "stopped"
+    if meta.has_steps:
+        done = meta.epochs_done >= meta.epochs_requested and meta.epochs[-1].epoch_end is not False
+    else:
+        done = len(meta.epochs) > meta.epochs_requested
+    return "complete" if done else "stopped"
 
 
 def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
     if isinstance(meta, Damaged):
         return {"id": meta.id, "status": "damaged", "error": meta.error, "grids": []}
-    last = meta.epochs[-1] if meta.epochs else None
+    # the newest checkpoint evaluated on the val split (a step checkpoint within an epoch is not)
+    last = next((r for r in reversed(meta.epochs) if r.val_loss is not None), meta.epochs[-1] if meta.epochs else None)
     cfg = meta.config
     return {
         "id": meta.id,
@@ -34,9 +39,11 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
-        "epochs_done": max(len(meta.epochs) - 1, 0) if meta.epochs else None,
+        "epochs_done": (max(meta.epochs_done, 0) if meta.has_steps else max(len(meta.epochs) - 1, 0))
+        if meta.epochs else None,
         "epochs_requested": meta.epochs_requested,
-        "epochs": meta.epoch_numbers,  # the checkpoints the run holds
+        "epochs": meta.epoch_numbers,  # the checkpoints the run holds (their steps, in a run with steps)
+        **({"steps": True, "checkpoints": len(meta.epoch_numbers)} if meta.has_steps else {}),
         "imported": cfg.imported is not None,  # `landscape import`: epochs as given, not trained here
         "status": run_status(store, meta),
         "val_accuracy": last.val_accuracy if last else None,
@@ -62,14 +69,16 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
     except (OSError, ValueError, KeyError, IntegrityError) as e:
         return {"id": meta.id, "status": "damaged", "error": f"cannot read {zarr_path}: {e}"}
     shape = [len(meta.epochs), cfg.pairs, cfg.batches, *(a.count for a in reversed(cfg.axes))]
+    steps = _keyed_by_step(zarr_path)
     return {
         "id": meta.id,
         "name": meta.name,
         "kind": cfg.kind,
         "dims": cfg.dims,
         "description": describe_grid(meta),
-        "epochs": meta.epochs,
-        "dimensions": ["epoch", "pair", "batch", *(("y", "x") if cfg.dims == 2 else ("x",))],
+        "epochs": meta.epochs,  # the checkpoints it holds: their steps in a grid of a run with steps
+        **({"steps": True} if steps else {}),
+        "dimensions": ["checkpoint" if steps else "epoch", "pair", "batch", *(("y", "x") if cfg.dims == 2 else ("x",))],
         "shape": shape,
         "width": cfg.width,
         "span": cfg.span,
@@ -116,11 +125,22 @@ def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> d
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         return {"id": meta.id, "status": "damaged", "error": f"cannot read its done-marks: {e}"}
     cfg = meta.config
-    return {"id": meta.id, "name": meta.name, "epochs": meta.epochs,
+    steps = {"steps": True} if _keyed_by_step(store.hessian_zarr(run_id, meta.id)) else {}
+    return {"id": meta.id, "name": meta.name, "epochs": meta.epochs, **steps,
             "epochs_done": [e for e, d in zip(meta.epochs, done, strict=False) if d], "top": cfg.top,
             "batches": "all" if cfg.whole else cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
             "status": "complete" if done.size and done.all() else "partial",
             "path": str(store.hessian_dir(run_id, meta.id))}
+
+
+def _keyed_by_step(zarr_path: Any) -> bool:
+    """Whether a grid's (or results') Zarr group names its checkpoints by step (a run with step checkpoints)."""
+    from landscape_cli.store.grid_arrays import key_array, open_group
+
+    try:
+        return key_array(set(open_group(zarr_path, "r").array_keys())) == "step"
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError):
+        return False
 
 
 def list_runs(store: Store) -> list[dict[str, Any]]:

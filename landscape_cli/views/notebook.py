@@ -35,10 +35,12 @@ def open(ref: str, *, grid: str | None = None, store: Store | str | os.PathLike[
     """The grid of `ref` (a run: its newest grid, or `grid`; or a grid named directly) as an xarray Dataset.
 
     The grid is chosen as `landscape plot` chooses it. Variables: `loss`, `accuracy` [epoch, pair,
-    batch, y, x] (a line: no y), `done` (which rows are computed: a NaN with done 1 diverged, with
-    done 0 is not computed yet), the centre values and gradients, and a PCA grid's path. Accuracy
-    (`accuracy`, `center_accuracy`, `path_accuracy`) is NaN wherever the loss is not finite, in grids
-    stored before the tool stored it so too (masked here; the Zarr arrays are not rewritten).
+    batch, y, x] (a line: no y; a grid of a run with step checkpoints: [checkpoint, pair, ...], with the
+    coordinates `step` and `epoch` along `checkpoint`; `ds.landscape.plot(at_steps=[...])` draws steps),
+    `done` (which rows are computed: a NaN with done 1 diverged, with done 0 is not computed yet), the
+    centre values and gradients, and a PCA grid's path. Accuracy (`accuracy`, `center_accuracy`,
+    `path_accuracy`) is NaN wherever the loss is not finite, in grids stored before the tool stored it so
+    too (masked here; the Zarr arrays are not rewritten).
     """
     st = Store.of(store)
     [source] = select_sources(st, [ref], [grid] if grid is not None else [])

@@ -8,7 +8,8 @@ a change redraws both plots. The page opens on the last epoch and the mean over 
 "none" on pair 0, batch 0). `log` and `clip` mean what they mean in `plot`: the mean drawn is capped at
 `clip`, and with `log` both plots draw log10 of it (non-positive values are gaps), a line on a log axis.
 A PCA plane has its trajectory drawn on both, one marker per checkpoint labelled with its epoch (on
-the surface at the checkpoint's own metric).
+the surface at the checkpoint's own metric). A grid of a run with step checkpoints is the same page over its
+steps: the slider, titles and labels say "step".
 
 The page needs no network: a partial bundle of plotly.js (only the trace types the page draws:
 surface, scatter3d, scatter, contour; about 1.75 MB, built from plotly.js's own sources as
@@ -46,8 +47,10 @@ from landscape_cli.views.readers import (
     batch_text,
     batchnorm_text,
     check_metric,
+    checkpoint_text,
     directions_text,
     geometry,
+    keys_json,
     kind_text,
     model_text,
     read_epoch,
@@ -57,6 +60,7 @@ from landscape_cli.views.readers import (
     target_text,
     train_text,
     trajectory,
+    val_text,
 )
 
 MAX_VALUES = 80_000  # values embedded in one page (about 9 bytes each as JSON: 0.7 MB; with the 1.75 MB bundle <= 2.5 MB)
@@ -78,8 +82,10 @@ class HtmlResult:
     sources: list[Source] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        first = self.sources[0] if self.sources else None
+        keys = keys_json(first.run, self.epochs) if first is not None and first.steps else {"epochs": self.epochs}
         return {"path": str(self.path), "bytes": self.bytes, "decimated": self.decimated, "step": self.step,
-                "shape": list(self.shape), "grid_shape": list(self.grid_shape), "epochs": self.epochs,
+                "shape": list(self.shape), "grid_shape": list(self.grid_shape), **keys,
                 "grids": [{"run": s.run_id, "grid": s.grid_id, "kind": s.kind, "dims": s.dims} for s in self.sources]}
 
 
@@ -241,11 +247,7 @@ def _epoch_text(s: Source, epoch: int) -> str:
     rec = s.epoch_record(epoch)
     if rec is None:
         return ""
-
-    def acc(value: float | None) -> str:
-        return "" if value is None else f", acc {100 * value:.1f}%"
-
-    return f"{train_text(s, epoch)}; val loss {rec.val_loss:.3g}{acc(rec.val_accuracy)}"
+    return f"{train_text(s, epoch)}{val_text(rec)}"
 
 
 def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, Any]:
@@ -291,6 +293,9 @@ def _source_data(s: Source, metric: str, keep: list[np.ndarray]) -> dict[str, An
     }
     if s.kind == "interpolate":
         data["ends"] = ["epoch", target_text(s)]
+    if s.steps:  # the checkpoints are steps: the slider, titles and labels say so (the epoch each one is in too)
+        data["unit"] = "step"
+        data["epochOf"] = [checkpoint_text(s, e).partition(" (")[2].rstrip(")") for e in epochs]
     return data
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from landscape_cli.errors import GridStateError, IntegrityError, UsageError
+from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.store.hessian_arrays import read_results
@@ -73,7 +73,22 @@ class Source:
         return self._coords
 
     def epoch_record(self, epoch: int) -> EpochRecord | None:
+        """The run's record of the checkpoint `epoch` (its key: the step in a run with step checkpoints)."""
         return self.run.record(epoch)
+
+    @property
+    def steps(self) -> bool:
+        """Whether the grid names its checkpoints by step (a run trained with --checkpoint-every)."""
+        return self.run.has_steps
+
+    @property
+    def unit(self) -> str:
+        """What a checkpoint's number counts: "step", or "epoch"."""
+        return unit(self.run)
+
+    def checkpoint_label(self, key: int) -> str:
+        """A checkpoint's name: "step 150" or "epoch 3"."""
+        return self.run.label(key)
 
 
 @dataclass
@@ -186,7 +201,7 @@ def select_hessian(st: Store, run_id: str, ref: str | None) -> HessianMeta:
 
 
 def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
-    where = f", epoch {epoch}" if epoch is not None else ""
+    where = f", {source.checkpoint_label(epoch)}" if epoch is not None else ""
     return IntegrityError(
         f"grid {source.grid_id} has a damaged chunk ({what}{where}): "
         f"`landscape grid {source.run_id} --grid {source.grid_id} --resume` recomputes it "
@@ -306,6 +321,48 @@ def trajectory(source: Source, data: PathData | None, batches: list[int]) -> Tra
     return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
 
 
+# --- checkpoints: by epoch, or by step -------------------------------------------------------------
+
+
+def unit(run: RunMeta) -> str:
+    """What the numbers naming a run's checkpoints count: "step" (a run with step checkpoints) or "epoch"."""
+    return "step" if run.has_steps else "epoch"
+
+
+def key_fields(run: RunMeta, key: int) -> dict[str, int]:
+    """A checkpoint as JSON outputs name it: {"epoch": E}, or in a run with step checkpoints {"step": S, "epoch":
+    the epochs completed at it} (as the `step` and `epoch` coordinates of its grids)."""
+    if not run.has_steps:
+        return {"epoch": key}
+    record = run.record(key)
+    return {"step": key, "epoch": record.epoch if record is not None else -1}
+
+
+def keys_json(run: RunMeta, keys: Sequence[int]) -> dict[str, list[int]]:
+    """A list of checkpoints as JSON outputs name them: {"epochs": keys}, or {"steps": keys, "epochs": the epochs
+    completed at each} in a run with step checkpoints."""
+    if not run.has_steps:
+        return {"epochs": list(keys)}
+    return {"steps": list(keys), "epochs": [key_fields(run, k)["epoch"] for k in keys]}
+
+
+def select_keys(run: RunMeta, have: Sequence[int], epochs: Sequence[int] | None, steps: Sequence[int] | None,
+                where: str, add: str) -> list[int]:
+    """The checkpoints that --epochs and --at-steps name in a run with step checkpoints (epoch E: its checkpoint
+    at the end of epoch E), in step order, checked against the keys `have` of a grid (or results): one line
+    naming the missing steps and those it holds (`add`: the command that adds them, `{missing}` their steps).
+    In a run without steps --at-steps is refused (one line); callers select its epochs as they always did."""
+    if steps is not None and not steps and not epochs:
+        raise UsageError("--at-steps is empty: give step numbers like 10,20")
+    wanted = sorted(run.select(list(epochs) if epochs is not None else None, list(steps) if steps is not None else None))
+    missing = [k for k in wanted if k not in have]
+    if missing:
+        text = ",".join(map(str, missing))
+        raise UsageError(f"step {text} is not in {where} (it has steps {','.join(map(str, sorted(have))) or 'none'}): "
+                         f"{add.format(missing=text)} adds it")
+    return wanted
+
+
 # --- what a grid is, in words ---------------------------------------------------------------------
 
 
@@ -317,8 +374,32 @@ def train_text(s: Source, epoch: int) -> str:
         return ""
     at = rec.train_at_checkpoint(imported=s.run.config.imported is not None)
     loss, accuracy = at if at is not None else (rec.train_loss, rec.train_accuracy)
-    label = "train loss" if at is not None else f"train loss (running mean over epoch {epoch})"
+    if at is not None:
+        label = "train loss"
+    elif rec.epoch_end is False:  # a step checkpoint within an epoch: the mean over that epoch's steps so far
+        label = f"train loss (running mean over epoch {rec.epoch + 1} so far)"
+    else:
+        label = f"train loss (running mean over epoch {rec.epoch})"
     return f"{label} {loss:.3g}" + ("" if accuracy is None else f", acc {100 * accuracy:.1f}%")
+
+
+def checkpoint_text(s: Source, key: int) -> str:
+    """A checkpoint for a figure's title: "epoch 3"; in a run with steps "step 23 (end of epoch 1)" or "step 10
+    (in epoch 1)"."""
+    rec = s.epoch_record(key)
+    if not s.steps or rec is None:
+        return s.checkpoint_label(key)
+    where = f"end of epoch {rec.epoch}" if rec.epoch_end is not False else f"in epoch {rec.epoch + 1}"
+    return f"step {key} ({where})"
+
+
+def val_text(rec: EpochRecord) -> str:
+    """"; val loss 0.41, acc 88.1%" of a checkpoint's record; "" for a step checkpoint within an epoch (not
+    evaluated on the val split)."""
+    if rec.val_loss is None:
+        return ""
+    acc = "" if rec.val_accuracy is None else f", acc {100 * rec.val_accuracy:.1f}%"
+    return f"; val loss {rec.val_loss:.3g}{acc}"
 
 
 def batch_text(s: Source, b: int) -> str:
@@ -352,13 +433,23 @@ def axis_labels(s: Source, epoch: int | None = None) -> list[str]:
 
 
 def target_text(s: Source) -> str:
-    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's."""
+    """The checkpoint an interpolation ends at (t = 1): "epoch B", or "<run> epoch B" for another run's ("step S" in a
+    run with step checkpoints)."""
     target = s.grid.kind.get("target") or {}
     epoch = target.get("epoch", s.grid.config.target_epoch)
     run = target.get("run", s.grid.config.target_run)
     if run is not None and run != s.grid.run:
-        return f"{target.get('label') or str(run)[:8]} epoch {epoch}"
-    return f"epoch {epoch}"
+        return f"{target.get('label') or str(run)[:8]} {_target_label(s, str(run), epoch)}"
+    return s.checkpoint_label(epoch) if isinstance(epoch, int) else f"epoch {epoch}"
+
+
+def _target_label(s: Source, run_id: str, key: Any) -> str:
+    """Another run's checkpoint `key` named as that run names it ("step 150" in a run with steps)."""
+    try:
+        other = s.store.read_run(run_id) if s.store is not None and isinstance(key, int) else None
+    except (LandscapeError, OSError):
+        other = None
+    return other.label(key) if other is not None else f"epoch {key}"
 
 
 def kind_text(s: Source) -> str:
@@ -379,7 +470,7 @@ def geometry(s: Source) -> str:
     if cfg.kind == "pca" and cfg.trajectory:
         t = list(cfg.trajectory)
         epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
-        return f"{kind_text(s)} of the path over epochs {epochs}, {ranges}"
+        return f"{kind_text(s)} of the path over {s.unit}s {epochs}, {ranges}"
     return f"{kind_text(s)}, {ranges}"
 
 

@@ -38,7 +38,8 @@ class SharpnessFigure:
 
 
 def read_track(run: str, store: Store | str | os.PathLike[str] | None = None) -> tuple[RunMeta, LambdaTrack]:
-    """The run's metadata and its tracked λmax (only the epochs run.json records); one line if it has none."""
+    """The run's metadata and its tracked λmax (only the epochs run.json records; in a run with step checkpoints,
+    the steps up to its last checkpoint); one line if it has none."""
     st = Store.of(store)
     run_id = st.resolve(run)
     meta = st.read_run(run_id)
@@ -46,8 +47,12 @@ def read_track(run: str, store: Store | str | os.PathLike[str] | None = None) ->
     if track is None:
         raise GridStateError(f"run {run_id} has no λmax tracked during training: train it with "
                              "`landscape train ... --track-lambda-max K`")
-    recorded = len(meta.epochs)  # values of an epoch in flight (not yet in run.json) are left out
-    track.values = [p for p in track.values if p.epoch < recorded]
+    if meta.has_steps:  # values after the last checkpoint run.json records (training in flight) are left out
+        last = max((r.step for r in meta.epochs if r.step is not None), default=-1)
+        track.values = [p for p in track.values if p.step <= last]
+    else:
+        recorded = len(meta.epochs)  # values of an epoch in flight (not yet in run.json) are left out
+        track.values = [p for p in track.values if p.epoch < recorded]
     if not track.values:
         raise GridStateError(f"run {run_id} has no tracked λmax yet: its first epoch is still training")
     return meta, track

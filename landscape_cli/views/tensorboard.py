@@ -7,7 +7,7 @@ writer the caller already has: any object with the `add_image` and `add_scalar` 
 `write_plot(logdir, result)` / `write_hessian` open torch's `SummaryWriter` on a directory that
 `check_logdir` accepted (made if missing, never a symbolic link, never inside the store) and close it.
 
-What is logged, the epoch as the step:
+What is logged, the epoch as the step (in a run with step checkpoints, the optimizer step of the checkpoint):
 - the figure, as an RGB image (the PNG `plot` saved, else the figure drawn at its size and dpi), under
   `landscape/<run>/<grid>` (the run's and the grid's names, else their ids; several runs compared:
   their tags joined by `_vs_`), at the newest epoch it shows;
@@ -154,7 +154,7 @@ def log_stats(writer: Any, source: Source, logged: Logged | None = None) -> Logg
     result = stats(source.run_id, grid=source.grid_id, store=source.store)
     tag = grid_tag(source)
     for e in result.epochs:
-        mean, step = e["mean"], int(e["epoch"])
+        mean, step = e["mean"], int(e.get("step", e["epoch"]))  # a run with step checkpoints: its step
         for name in SCALARS:
             if name == "eigenvalues":
                 for k, v in enumerate(mean[name], 1):

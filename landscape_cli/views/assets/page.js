@@ -15,6 +15,8 @@
   let renders = 0;
   let timer = null;
 
+  // what a source's checkpoints are counted in: "step" (a run with step checkpoints) or "epoch"
+  function unit(s) { return s.unit || "epoch"; }
   function esc(t) { return String(t).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;"); }
   function range(n) { return Array.from({length: n}, (_, i) => i); }
   function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toPrecision(4).replace(/\.?0+$/, ""); }
@@ -118,7 +120,7 @@
   function title(s, ei) {
     const e = s.epochs[ei], t = s.epochText[ei];
     return "<b>" + esc(s.name) + "</b> · " + esc(s.model) + " / " + esc(s.dataset) + " · " + esc(s.kindText) +
-      " · <b>epoch " + e + "</b><br><span style='font-size:11px'>" + esc(selText(s)) + (t ? " — " + esc(t) : "") +
+      " · <b>" + unit(s) + " " + e + "</b><br><span style='font-size:11px'>" + esc(selText(s)) + (t ? " — " + esc(t) : "") +
       "</span>";
   }
 
@@ -161,11 +163,11 @@
       surface.push({type: "scatter3d", mode: "lines+markers+text", x: P.x, y: P.y, text: labels, customdata: ownRaw,
                     z: ownz.map((v) => (v === null ? null : v + lift)), textposition: "top center", textfont: {size: 10},
                     line: {color: "black", width: 3}, marker: {color: "white", size: 3, line: {color: "black", width: 1}},
-                    name: "trajectory", hovertemplate: "epoch %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
+                    name: "trajectory", hovertemplate: unit(s) + " %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
       contour.push({type: "scatter", mode: "lines+markers+text", x: P.x, y: P.y, text: labels, textposition: "top right",
                     textfont: {size: 10}, line: {color: "black", width: 1},
                     marker: {color: "white", size: 7, line: {color: "black", width: 1.2}}, name: "trajectory",
-                    customdata: ownRaw, hovertemplate: "epoch %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
+                    customdata: ownRaw, hovertemplate: unit(s) + " %{text}: own " + METRIC + " %{customdata:.5g}<extra></extra>"});
       for (let i = 0; i + 1 < P.x.length; i++) {
         annotations.push({x: P.x[i + 1], y: P.y[i + 1], ax: P.x[i], ay: P.y[i], xref: "x", yref: "y", axref: "x", ayref: "y",
                           text: "", showarrow: true, arrowhead: 2, arrowsize: 1, arrowwidth: 1, arrowcolor: "black",
@@ -184,7 +186,7 @@
                            scene: {xaxis: {title: {text: esc(xl)}}, yaxis: {title: {text: esc(yl)}},
                                    zaxis: {title: {text: LABEL}, range: [lo, hi + (hi - lo) * 0.02]},
                                    aspectmode: "manual", aspectratio: {x: 1, y: 1, z: 0.7}}};
-    const contourLayout = {title: {text: "contours · epoch " + e + " · centre " + METRIC + " " + fmt(c0), font: {size: 13}},
+    const contourLayout = {title: {text: "contours · " + unit(s) + " " + e + " · centre " + METRIC + " " + fmt(c0), font: {size: 13}},
                            margin: {l: 60, r: 20, t: 60, b: 50}, uirevision: "keep", showlegend: false,
                            xaxis: {title: {text: esc(xl)}, range: [s.x[0], s.x[s.x.length - 1]], zeroline: false},
                            yaxis: {title: {text: esc(yl)}, range: [s.y[0], s.y[s.y.length - 1]], zeroline: false},
@@ -196,7 +198,7 @@
            LOG ? "log scale: the plots draw log10 " + METRIC : "",
            CLIP !== null ? "clipped at " + fmt(CLIP) : "",
            "red +: the centre (the checkpoint), " + METRIC + " " + fmt(c0),
-           s.path ? "black: the training path, one marker per checkpoint labelled by epoch (on the surface at its own " +
+           s.path ? "black: the training path, one marker per checkpoint labelled by " + unit(s) + " (on the surface at its own " +
              METRIC + ")" : "",
            s.path && s.path.far ? s.path.far : ""]);
     return Promise.all([Plotly.react("surface", surface, surfaceLayout, CONFIG),
@@ -210,7 +212,7 @@
     let diverged = 0;
     s.epochs.forEach((e, ei) => {
       const l = line(s, ei, sel), colour = PALETTE[ei % PALETTE.length], on = ei === state.epoch;
-      if (!l.computed) { left.push("epoch " + e); return; }
+      if (!l.computed) { left.push(unit(s) + " " + e); return; }
       if (on && l.lo) {
         traces.push({type: "scatter", mode: "lines", x: s.x, y: l.hi.map(onAxis), line: {width: 0}, hoverinfo: "skip",
                      name: "min–max", showlegend: false});
@@ -218,8 +220,8 @@
                      fillcolor: rgba(colour, 0.2), hoverinfo: "skip", name: "min–max", showlegend: false});
       }
       traces.push({type: "scatter", mode: s.x.length <= 25 ? "lines+markers" : "lines", x: s.x, y: l.v.map(onAxis),
-                   name: "epoch " + e, line: {color: colour, width: on ? 3 : 1.2}, marker: {size: on ? 6 : 4},
-                   opacity: on ? 1 : 0.35, hovertemplate: "epoch " + e + ": " + METRIC + " %{y:.5g}<extra></extra>"});
+                   name: unit(s) + " " + e, line: {color: colour, width: on ? 3 : 1.2}, marker: {size: on ? 6 : 4},
+                   opacity: on ? 1 : 0.35, hovertemplate: unit(s) + " " + e + ": " + METRIC + " %{y:.5g}<extra></extra>"});
       if (on) {
         const bad = s.x.filter((_, c) => l.v[c] === null);
         diverged = bad.length;
@@ -231,11 +233,11 @@
       traces.push({type: "scatter", mode: "markers+text", x: s.path.x, y: ownz, text: s.path.epochs.map(String),
                    textposition: "top right", marker: {color: "white", size: 8, line: {color: "black", width: 1.2}},
                    name: "checkpoints (their own " + METRIC + ")",
-                   hovertemplate: "epoch %{text}: own " + METRIC + " %{y:.5g}<extra></extra>"});
+                   hovertemplate: unit(s) + " %{text}: own " + METRIC + " %{y:.5g}<extra></extra>"});
     }
     const shapes = [], annotations = [];
     if (s.ends) {
-      [[0, "epochs " + s.epochs.join(", ")], [1, s.ends[1]]].forEach(([t, label]) => {
+      [[0, unit(s) + "s " + s.epochs.join(", ")], [1, s.ends[1]]].forEach(([t, label]) => {
         shapes.push({type: "line", x0: t, x1: t, yref: "paper", y0: 0, y1: 1, line: {color: "#555", dash: "dash", width: 1}});
         annotations.push({x: t, y: 1, yref: "paper", text: esc(label), showarrow: false, textangle: -90,
                           xanchor: "right", yanchor: "top", font: {size: 10, color: "#444"}});
@@ -251,7 +253,7 @@
                     yaxis: yaxis, shapes: shapes, annotations: annotations,
                     legend: {font: {size: 10}, traceorder: "normal"}};
     notes([sel.pairs.length * sel.batches.length > 1 ? "band: min–max over the " + selText(s).replace(/^.*mean over /, "") +
-           " of the selected epoch" : "",
+           " of the selected " + unit(s) : "",
            diverged ? diverged + " diverged points (NaN/Inf): magenta ×, gaps in the curve" : "",
            left.length ? "not computed yet, left out: " + left.join(", ") : "",
            CLIP !== null ? "clipped at " + fmt(CLIP) : "",
@@ -267,7 +269,10 @@
 
   function render() {
     const s = src();
-    $("epoch-label").textContent = s.epochs[state.epoch] + "  (" + (state.epoch + 1) + " of " + s.epochs.length + ")";
+    const slider = $("epoch");
+    if (slider.previousSibling && slider.previousSibling.nodeType === 3) slider.previousSibling.nodeValue = unit(s) + " ";
+    $("play").title = "step through the " + unit(s) + "s";
+    $("epoch-label").textContent = s.epochs[state.epoch] + (s.epochOf && s.epochOf[state.epoch] ? " (" + s.epochOf[state.epoch] + ")" : "") + "  (" + (state.epoch + 1) + " of " + s.epochs.length + ")";
     const done = D.dims === 2 ? renderPlane() : renderLine();
     return Promise.resolve(done).then(() => {
       renders += 1;
