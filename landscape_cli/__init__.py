@@ -15,6 +15,7 @@ _API = {
     "Store": "store",
     "train": "training",
     "TrainResult": "training",
+    "Recorder": "recorder",
     "TrainConfig": "config",
     "grid": "engine.compute",
     "GridResult": "engine.compute",
