@@ -59,7 +59,7 @@ from landscape_cli.store import Store, checkpoint_name
 from landscape_cli.store.locks import FileLock
 from landscape_cli.store.meta import EpochRecord, LambdaTrack, RunMeta
 from landscape_cli.store.retention import apply_retention, parse_keep, remove_unkept
-from landscape_cli.training import LambdaTracker, lambda_settings
+from landscape_cli.training import LambdaTracker, continued_settings, lambda_settings
 
 NEW, VERIFYING, RESUMED = "new", "verifying", "resumed"  # Recorder.status
 # what a framework's callback takes from its Trainer, not from its own options
@@ -80,6 +80,7 @@ class ModelRef:
     source: Source
     args: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)  # library releases the run records beside torch's
+    hparams: dict[str, Any] | None = None  # keyword arguments the factory is called with (a LightningModule's)
 
 
 class Recorder:
@@ -172,6 +173,8 @@ class Recorder:
         self._last_key = 0  # the step whose weights were last written or verified (step 0: by the constructor)
         self._device = _device_of(model) if settings is not None else torch.device("cpu")
         args = ref.args if ref.args is not None else model_args(ref.source, dataset, TrainConfig.activation)
+        if ref.hparams is not None:  # recorded with the run: every later process calls the factory with them
+            args = {**args, "hparams": ref.hparams}
         self._net = self._build(args)
         self._expected = self._net.state_dict()
         try:
@@ -241,6 +244,25 @@ class Recorder:
         self._check_open()
         self.epochs += 1
         self._checkpoint(epoch_end=True)
+
+    def log_landscape(self, *, width: int = 11, span: float = 1.0, batches: int = 1, batch_size: int = 256,
+                      stats: bool = True, **options: Any) -> Any:
+        """The landscape of the newest checkpoint into `writer` (the SummaryWriter given to the recorder): a random
+        filter-normalized plane of `width`² points (`span`, on `batches` train batches; `options` are `grid`'s, e.g.
+        `dims=1`, `pairs=1`), computed as `landscape grid RUN --at-steps STEP` computes it (the grid is kept in the
+        store, one grid growing a checkpoint per call) and logged as `landscape plot --tensorboard` logs it: the
+        figure as an image and, with `stats`, its sharpness numbers as scalars, at the checkpoint's step. Returns
+        what was logged. Call it after `step()` or `epoch_end()` made a checkpoint (e.g. every few epochs)."""
+        from landscape_cli.engine.compute import grid
+        from landscape_cli.views.tensorboard import log_grid
+
+        if self.writer is None:
+            raise UsageError("Recorder.log_landscape needs a TensorBoard writer: Recorder(..., writer=SummaryWriter())")
+        key = self._last_key
+        options.setdefault("pairs", 1)
+        made = grid(self.run_id, at_steps=[key], width=width, span=span, batches=batches, batch_size=batch_size,
+                    store=self.store, progress=False, **options)
+        return log_grid(self.writer, self.run_id, grid=made.grid_id, at_steps=[key], store=self.store, stats=stats)
 
     def close(self) -> None:
         """Release the run (its tracked λmax written); the checkpoints are already in the store. Idempotent."""
@@ -315,6 +337,7 @@ class Recorder:
                                  "was edited or damaged): run `landscape verify`")
         track = st.read_lambda_track(self.run_id)
         recorded = track.settings if track is not None else None
+        settings = continued_settings(recorded, settings)
         if recorded != settings:
             raise UsageError(f"run {self.run_id} was recorded with {_describe(recorded)}: record it with the same "
                              f"(asked: {_describe(settings)})")
@@ -355,7 +378,7 @@ class Recorder:
         if key <= self._until:  # a step the run holds (or the one just saved, an epoch ending there)
             self._verify(key, epoch_end)
             return
-        self._snapshot()
+        self._load()  # hashed once, as the checkpoint is made
         self._write(key, epoch_end, {"train_loss": self._mean_loss(), "train_accuracy": None, "val_loss": None,
                                      "val_accuracy": None})
 
@@ -448,12 +471,16 @@ class Recorder:
 
     def _snapshot(self) -> str:
         """The training model's weights loaded into the scoring copy; their hash (that of the checkpoint they make)."""
+        self._load()
+        return checkpoints.state_hash(self._net.state_dict())
+
+    def _load(self) -> None:
+        """The training model's weights loaded into the scoring copy (once per step)."""
         if self._loaded_at != self.steps:
             with torch.no_grad():
                 state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 self._net.load_state_dict(self._fit(state))
             self._loaded_at = self.steps
-        return checkpoints.state_hash(self._net.state_dict())
 
     def _fit(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         if self._ref.source.kind == hf.KIND and isinstance(self._net, hf.CausalLM):
@@ -477,7 +504,7 @@ class Recorder:
     def _measure(self) -> None:
         tracker = self._tracker
         assert tracker is not None
-        self._snapshot()
+        self._load()
         tracker.measure(self._net, self.steps, self.epochs + 1 if self.steps else 0)  # the epoch in progress, as train
         point = tracker.track.values[-1]
         self._log(point.step, point.value)
@@ -501,6 +528,25 @@ class Recorder:
     def _say(self, text: str) -> None:
         if self.verbose:
             print(f"landscape: {text}", file=sys.stderr, flush=True)
+
+
+def landscape_logging(every: int | None, grid: dict[str, Any] | None, options: dict[str, Any],
+                      what: str) -> tuple[int | None, dict[str, Any]]:
+    """A callback's `landscape_every` (epochs between two landscapes logged to the writer) and `landscape` (the
+    options of `Recorder.log_landscape`), checked: one line without a writer, or for a count that is not whole."""
+    if every is None:
+        return None, dict(grid or {})
+    _whole(every, "landscape_every")
+    positive_int(every, "landscape_every")
+    if options.get("writer") is None:
+        raise UsageError(f"{what}(landscape_every={every}) logs landscapes to TensorBoard: give writer=SummaryWriter()")
+    return every, dict(grid or {})
+
+
+def log_when_due(recorder: Recorder, every: int | None, grid: dict[str, Any]) -> None:
+    """After an epoch-end checkpoint: its landscape into the writer every `every` epochs."""
+    if every is not None and recorder.epochs % every == 0:
+        recorder.log_landscape(**grid)
 
 
 def callback_options(options: dict[str, Any], what: str) -> dict[str, Any]:

@@ -13,10 +13,11 @@ the value a landscape at that checkpoint is comparable with.
 With `track_lambda_max=K` the top Hessian eigenvalue λmax of the training loss is estimated at step 0
 and after every K optimizer steps (Cohen et al. 2021, "edge of stability"): on fixed probe batches (the
 train split's first `track_batches` batches of `track_batch_size`, never shuffled), BatchNorm in train
-mode, over the parameters `landscape hessian` perturbs by default, by Lanczos (ARPACK) warm-started
-from the previous eigenvector. Tracking changes nothing of the training (no random number is drawn
-from the run's generators; modes and buffers restored): the checkpoints are bitwise those of a run
-without it, and its settings are not part of the run's id. The values are written with each epoch's
+mode, over the parameters `landscape hessian` perturbs by default, by Lanczos warm-started from the
+previous eigenvector and stopped as soon as its residual is at most 1e-3 (a few products: tracks begun
+by earlier releases go on with ARPACK, as they were computed). Tracking changes nothing of the training
+(no random number is drawn from the run's generators; modes and buffers restored): the checkpoints are
+bitwise those of a run without it, and its settings are not part of the run's id. The values are written with each epoch's
 checkpoint (`Store.write_lambda_track`); the warm-start vector travels with the optimizer state, so a
 resumed run computes the same numbers as one trained in one go.
 """
@@ -40,7 +41,7 @@ from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remov
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
 from landscape_cli.config import TrainConfig, check_batches, positive_int
-from landscape_cli.curvature.spectrum import extreme_eigenpairs
+from landscape_cli.curvature.spectrum import extreme_eigenpairs, top_eigenpair
 from landscape_cli.data import Dataset, check_block_size, dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import Loss, get_loss, loss_for_task, scored
 from landscape_cli.directions import perturbed_names
@@ -57,8 +58,10 @@ from landscape_cli.store.meta import EpochRecord, FileRecord, LambdaPoint, Lambd
 from landscape_cli.store.retention import apply_retention, parse_keep, remove_unkept
 
 MAX_EPOCHS = 100_000
-LAMBDA_TOL = 1e-5  # ARPACK's tolerance for the tracked λmax
-LAMBDA_NCV = 10  # Lanczos basis size of each estimate (warm-started: few restarts)
+LAMBDA_TOL = 1e-5  # ARPACK's tolerance for the tracked λmax (tracks made before the adaptive Lanczos)
+LAMBDA_NCV = 10  # their Lanczos basis size (warm-started: few restarts)
+LAMBDA_RESIDUAL = 1e-3  # the adaptive Lanczos stops at ‖Hv − λv‖/|λ| <= this (λ's own error ~ its square)
+LAMBDA_STEPS = 40  # at most this many products per estimate
 LAMBDA_VECTOR = "lambda_max_vector"  # the warm-start vector's key in the optimizer-state file
 
 
@@ -84,8 +87,21 @@ def lambda_settings(every: int | None, batches: int, batch_size: int) -> dict[st
     if every is None:
         return None
     return {"every": every, "batches": batches, "batch_size": batch_size, "split": "train", "bn": "train",
-            "parameters": "weights (no bias or BatchNorm)", "method": "lanczos (ARPACK), warm-started",
-            "ncv": LAMBDA_NCV, "tol": LAMBDA_TOL}
+            "parameters": "weights (no bias or BatchNorm)",
+            "method": "lanczos, warm-started, stopped at residual <= tol", "tol": LAMBDA_RESIDUAL,
+            "max_steps": LAMBDA_STEPS}
+
+
+WHAT_IS_ASKED = ("every", "batches", "batch_size", "split", "bn", "parameters")  # what the user's options set
+
+
+def continued_settings(recorded: dict[str, Any] | None, asked: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The tracking settings a continuation computes with: the recorded ones where the user asked for the same
+    (so a track begun with ARPACK, by an earlier release, goes on with ARPACK: the same numbers as in one go);
+    else what was asked (which the caller refuses where they differ from a recorded track)."""
+    if recorded is not None and asked is not None and all(recorded.get(k) == asked.get(k) for k in WHAT_IS_ASKED):
+        return recorded
+    return asked
 
 
 def _describe(settings: dict[str, Any] | None) -> str:
@@ -245,6 +261,7 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         return TrainResult(run_id, run_dir, meta)
 
     track = st.read_lambda_track(run_id) if last is not None else None
+    settings = continued_settings(track.settings if track is not None else None, settings)
     if last is not None and (track.settings if track is not None else None) != settings:
         raise UsageError(f"run {run_id} was trained with {_describe(track.settings if track else None)}: continue "
                          f"it with the same (asked: {_describe(settings)})")
@@ -334,12 +351,19 @@ class LambdaTracker:
         devices = [self.device] if self.device.type == "cuda" else []
         from scipy.sparse.linalg import ArpackError
 
+        settings = self.track.settings
         with torch.random.fork_rng(devices=devices), \
                 operator(net, self.batches, self.names, "train", None, self.loss) as op:
+            vector: np.ndarray | None
             try:
-                pairs = extreme_eigenpairs(op, 1, "LA", 0, tol=LAMBDA_TOL, v0=self.vector, ncv=LAMBDA_NCV)
-                value, residual, vector = float(pairs.values[0]), float(pairs.residuals[0]), pairs.vectors[:, 0]
-            except ArpackError:  # products that are not finite (a diverged training): no value, the run goes on
+                if "ncv" in settings:  # a track begun by an earlier release: ARPACK, as it was
+                    pairs = extreme_eigenpairs(op, 1, "LA", 0, tol=float(settings["tol"]), v0=self.vector,
+                                               ncv=int(settings["ncv"]))
+                    value, residual, vector = float(pairs.values[0]), float(pairs.residuals[0]), pairs.vectors[:, 0]
+                else:
+                    value, residual, vector = top_eigenpair(op, self.vector, float(settings["tol"]),
+                                                            int(settings["max_steps"]))
+            except (ArpackError, np.linalg.LinAlgError):  # products not finite (diverged): no value, the run goes on
                 value = residual = float("nan")
                 vector = None
         if vector is None or not np.isfinite(vector).all() or not np.isfinite(value):

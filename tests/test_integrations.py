@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import checkpoint_hashes, one_thread, run_in_process
@@ -23,17 +24,17 @@ from landscape_cli.errors import UsageError
 from landscape_cli.store import Store
 
 LIT_MODULE = '''
-"""A LightningModule built from input_shape and num_outputs alone: its class is the run's model factory."""
+"""A LightningModule whose class, with the hyper-parameters it saves, is the run's model factory."""
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
 
 class DigitsNet(pl.LightningModule):
-    def __init__(self, input_shape=(1, 8, 8), num_outputs=10):
+    def __init__(self, hidden, lr=0.1, num_outputs=10):
         super().__init__()
         self.save_hyperparameters()
-        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_outputs))
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
 
     def forward(self, x):
         return self.layers(x)
@@ -43,7 +44,11 @@ class DigitsNet(pl.LightningModule):
         return nn.functional.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9)
+
+
+def make_net(input_shape, num_outputs):  # the same network as a plain factory (for `landscape import`)
+    return DigitsNet(hidden=12, num_outputs=num_outputs)
 
 
 def digits_like():
@@ -88,13 +93,14 @@ def test_a_lightning_fit_records_a_run_the_cli_grids(tmp_path: Path, store: Path
     trainer = pl.Trainer(callbacks=[callback], max_epochs=2, enable_checkpointing=False, logger=False,
                          accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
     torch.manual_seed(0)
-    model = mod.DigitsNet()
+    model = mod.DigitsNet(hidden=12)
     with one_thread():
         trainer.fit(model, loader)
     rec = callback.recorder
     assert rec is not None and rec.closed and rec.status == "new"
     meta = Store(store).read_run(rec.run_id)
-    assert meta.model["name"] == "recorded_lit:DigitsNet"  # the class itself is the factory
+    assert meta.model["name"] == "recorded_lit:DigitsNet"  # the class itself is the factory, with its hparams
+    assert meta.model["args"]["hparams"] == {"hidden": 12, "lr": 0.1, "num_outputs": 10}
     assert [r.key for r in meta.epochs] == [0, 3, 5, 6, 9, 10]
     assert [r.epoch_end for r in meta.epochs] == [True, False, True, False, False, True]
     assert all(math.isfinite(r.train_loss) for r in meta.epochs) and meta.epochs[-1].lr == 0.1
@@ -106,6 +112,55 @@ def test_a_lightning_fit_records_a_run_the_cli_grids(tmp_path: Path, store: Path
     assert done.returncode == 0, done.stderr
     made = json.loads(done.stdout)
     assert made["run"] == rec.run_id and made["steps"] == [0, 10] and made["rows_done"] == made["rows_total"] == 6
+    # the same weights imported (as files a Lightning run saved elsewhere): the same grid, value for value
+    files = []
+    for key in (0, 10):
+        record = meta.record(key)
+        assert record is not None
+        files.append(tmp_path / f"weights-{key}.pt")
+        torch.save(torch.load(Store(store).file(rec.run_id, record.checkpoint), weights_only=True)["state_dict"],
+                   files[-1])
+    imported = run_in_process("import", "recorded_lit:make_net", "recorded_lit:digits_like", *map(str, files),
+                              "--epochs", "0,2", "--name", "imported", "--store", str(store), "--quiet")
+    assert imported.returncode == 0, imported.stderr
+    options: dict[str, Any] = {"width": 3, "pairs": 1, "batches": 1, "batch_size": 64, "progress": False}
+    ours = landscape_cli.grid(rec.run_id, at_steps=[0, 10], store=Store(store), **options).to_xarray()
+    theirs = landscape_cli.grid("imported", epochs=[0, 2], store=Store(store), **options).to_xarray()
+    for name in ("loss", "accuracy", "center_loss"):
+        assert np.array_equal(ours[name].values, theirs[name].values), name
+
+
+def test_a_callback_logs_the_landscape_every_n_epochs_into_the_users_writer(tmp_path: Path, store: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """landscape_every=2 on a 3-epoch fit: one landscape image, at the step of epoch 2's end; no writer: one line."""
+    pl = pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from landscape_cli.integrations.lightning import LandscapeCallback
+
+    with pytest.raises(UsageError, match="give writer=SummaryWriter"):
+        LandscapeCallback(data="recorded_lit:digits_like", landscape_every=1)
+    (tmp_path / "recorded_lit2.py").write_text(LIT_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("recorded_lit2")
+    x, y = mod.digits_like()["train"]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)  # 5 batches an epoch
+    writer = SummaryWriter(str(tmp_path / "tb"))
+    callback = LandscapeCallback(data="recorded_lit2:digits_like", store=store, verbose=False, writer=writer,
+                                 landscape_every=2, landscape={"width": 3, "batch_size": 64})
+    trainer = pl.Trainer(callbacks=[callback], max_epochs=3, enable_checkpointing=False, logger=False,
+                         accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
+    torch.manual_seed(0)
+    with one_thread():
+        trainer.fit(mod.DigitsNet(hidden=8), loader)
+    writer.close()
+    [event_file] = (tmp_path / "tb").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"images": 0})
+    events.Reload()
+    [tag] = events.Tags()["images"]
+    assert [image.step for image in events.Images(tag)] == [10]
 
 
 def test_a_lightning_module_holding_more_than_its_network_records_the_network(tmp_path: Path, store: Path) -> None:
@@ -153,18 +208,23 @@ def test_a_lightning_module_holding_more_than_its_network_records_the_network(tm
     assert g.complete
 
 
-def test_a_lightning_module_that_needs_other_arguments_asks_for_a_factory() -> None:
-    pl = pytest.importorskip("lightning.pytorch")
+def test_a_lightning_module_later_commands_cannot_build_asks_for_a_factory(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An argument the module does not save, and a class defined in the running script: one line each."""
+    pytest.importorskip("lightning.pytorch")
     from landscape_cli.integrations.lightning import class_factory
 
-    class Wide(pl.LightningModule):  # type: ignore[misc,name-defined]
-        def __init__(self, hidden: int = 8) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-
+    (tmp_path / "unsaved_lit.py").write_text("import lightning.pytorch as pl\n\nclass Wide(pl.LightningModule):\n"
+                                             "    def __init__(self, hidden):\n        super().__init__()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wide = importlib.import_module("unsaved_lit").Wide(8)
     with pytest.raises(UsageError) as refused:
-        class_factory(Wide())
-    assert "\n" not in str(refused.value) and "model_factory=" in str(refused.value) and "hidden" in str(refused.value)
+        class_factory(wide)
+    text = str(refused.value)
+    assert "\n" not in text and "model_factory=" in text and "takes hidden" in text and "save_hyperparameters" in text
+    local = type("Local", (type(wide),), {"__qualname__": "test.<locals>.Local"})
+    with pytest.raises(UsageError, match="defined in the script being run"):
+        class_factory(local(8))
 
 
 def test_a_hugging_face_trainer_records_a_run_the_cli_grids(tmp_path: Path, store: Path) -> None:

@@ -83,6 +83,53 @@ def test_a_continued_run_has_the_values_of_one_trained_in_one_go(stores: dict[st
     assert st_c.read_lambda_track(continued.id) == st_t.read_lambda_track(tracked.id)
 
 
+# what the previous release wrote into lambda_max.json: ARPACK with a basis of 10, warm-started
+ARPACK_SETTINGS = {"method": "lanczos (ARPACK), warm-started", "ncv": 10, "tol": 1e-5}
+
+
+def test_a_track_begun_by_the_previous_release_goes_on_with_arpack(tmp_path: Path) -> None:
+    """Its settings are kept (not refused as "other tracking"), and its later values are ARPACK's: continued after
+    epoch 1 or trained in one go from epoch 0, an ARPACK track has the same values at every step."""
+    stores = {}
+    for label, stops in (("one-go", (2,)), ("continued", (1, 2))):
+        stores[label] = tmp_path / label
+        result = train("cnn", "digits", epochs=0, store=stores[label], **RUN, **TRACK)
+        st = Store(stores[label])
+        track = st.read_lambda_track(result.run_id)
+        assert track is not None and "ncv" not in track.settings  # the adaptive Lanczos, now
+        track.settings = {k: v for k, v in track.settings.items() if k not in ("method", "tol", "max_steps")} | \
+            ARPACK_SETTINGS  # as the previous release wrote it
+        st.write_lambda_track(track)
+        for epochs in stops:
+            train("cnn", "digits", epochs=epochs, store=stores[label], **RUN, **TRACK)
+    tracks = {label: Store(path).read_lambda_track(_only(path)[1].id) for label, path in stores.items()}
+    assert tracks["continued"] == tracks["one-go"]
+    assert tracks["one-go"].settings["ncv"] == 10 and len(tracks["one-go"].values) == 5
+
+
+def test_the_adaptive_estimate_equals_arpacks(stores: dict[str, Path]) -> None:
+    """The tracker's few-product Lanczos and ARPACK (the Hessian command's) agree to 1e-6 on a checkpoint."""
+    import torch
+
+    from landscape_cli.curvature.spectrum import extreme_eigenpairs, top_eigenpair
+    from landscape_cli.data import load_dataset
+    from landscape_cli.directions import perturbed_names
+    from landscape_cli.kernel.batches import Batches
+    from landscape_cli.kernel.hvp import operator
+    from landscape_cli.models.checkpoints import build_model, load_epoch
+
+    st, run = _only(stores["tracked"])
+    net = build_model(load_epoch(st, run.id, run.record(2)))
+    batches = Batches(load_dataset("digits"), "train", 1, 64).on(torch.device("cpu"), False)
+    names = perturbed_names({k: v.detach() for k, v in net.named_parameters()})
+    with operator(net, batches, names, "train", None) as op:
+        value, residual, vector = top_eigenpair(op, None, 1e-4, 60)
+        reference = extreme_eigenpairs(op, 1, "LA", 0, tol=1e-8)
+    assert residual <= 1e-4
+    assert abs(value - reference.values[0]) <= 1e-6 * abs(reference.values[0])
+    assert abs(float(vector @ reference.vectors[:, 0])) > 1 - 1e-6  # the same eigenvector (unit norm both)
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_epoch_and_resumed_has_the_same_values(stores: dict[str, Path], tmp_path: Path) -> None:
     args = ["train", "cnn", "digits", "--epochs", "4", "--batch-size", "256", "--optimizer", "sgd", "--lr", "0.05",

@@ -269,6 +269,35 @@ def test_lambda_max_is_tracked_stored_and_logged_as_train_tracks_it(script: Path
     assert "\n" not in str(refused.value)
 
 
+def test_the_landscape_of_a_checkpoint_is_logged_to_tensorboard_as_plot_logs_it(script: Path, store: Path,
+                                                                                 tmp_path: Path) -> None:
+    """`log_landscape` grids the newest checkpoint (the same grid `landscape grid --at-steps` finds done) and logs
+    its figure and stats into the user's SummaryWriter, read back by TensorBoard's own reader at the step."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    logdir = tmp_path / "tb"
+    writer = SummaryWriter(str(logdir))
+    rec, _ = _record(script, store, epochs=1, writer=writer)
+    logged = rec.log_landscape(width=5, batch_size=64)
+    writer.close()
+    again = landscape_cli.grid(rec.run_id, at_steps=[12], width=5, span=1.0, pairs=1, batches=1, batch_size=64,
+                               store=Store(store), progress=False)
+    assert again.computed_rows == 0 and again.complete  # the very grid log_landscape made
+    [event_file] = logdir.glob("events.out.tfevents.*")
+    events = EventAccumulator(str(event_file), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    [tag] = events.Tags()["images"]
+    [image] = events.Images(tag)
+    assert image.step == 12 and image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and image.width > 300
+    scalars = {t: events.Scalars(t) for t in events.Tags()["scalars"]}
+    assert scalars and all([e.step for e in v] == [12] for v in scalars.values()), scalars.keys()
+    assert logged is not None
+    with pytest.raises(UsageError, match="needs a TensorBoard writer"):
+        _record(script, tmp_path / "other", epochs=1)[0].log_landscape()
+
+
 def test_the_retention_policy_removes_the_checkpoints_within_epochs(script: Path, store: Path) -> None:
     rec, _ = _record(script, store, keep="epochs")
     meta = Store(store).read_run(rec.run_id)

@@ -37,7 +37,7 @@ from landscape_cli.errors import UsageError
 from landscape_cli.exchange.importer import ImportResult, write_run
 from landscape_cli.exchange.unpickle import epoch_numbers, read_weights
 from landscape_cli.models import checkpoints
-from landscape_cli.models.hf import KIND, PREFIX, CausalLM, build_hf, config_sha256, fit_state, recorded_config, require
+from landscape_cli.models.hf import PREFIX, CausalLM, build_hf, fit_state, recorded_config, recorded_model, require
 from landscape_cli.plugins import Source, one_line
 from landscape_cli.store import Store
 
@@ -92,9 +92,7 @@ def import_hf(
     numbers = epoch_numbers(dirs, epochs) if epochs is not None else _epochs(dirs)
 
     net = build_hf({"config": config}, str(root / CONFIG))
-    args = {"config": recorded_config(config), "class": net.class_name}
-    model_src = Source(KIND, f"{PREFIX}{net.class_name}", net.class_name, None, config_sha256(config),
-                       f"Hugging Face {net.class_name} of {root.resolve()}")
+    model_src, args = recorded_model(config, net.class_name, f"Hugging Face {net.class_name} of {root.resolve()}")
     data_src, data, data_name = _scoring_data(dataset, root, block_size, data_dir)
     scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
     scorer.check_targets(data.train_y, f"dataset {data_src.ref!r}")

@@ -27,8 +27,7 @@ from torch import nn
 
 from landscape_cli.errors import UsageError
 from landscape_cli.models import hf
-from landscape_cli.plugins import Source
-from landscape_cli.recorder import ModelRef, Recorder, callback_options
+from landscape_cli.recorder import ModelRef, Recorder, callback_options, landscape_logging, log_when_due
 
 EXTRA = "landscape_cli.integrations.huggingface needs transformers: pip install 'landscape-cli[hf]'"
 
@@ -54,20 +53,21 @@ def model_ref(model: nn.Module) -> ModelRef:
         raise UsageError(f"LandscapeCallback: transformers rebuilds {type(model).__name__}'s config as {net.class_name} "
                          "(AutoModelForCausalLM): only causal language models that transformers rebuilds from their "
                          "config can be recorded")
-    source = Source(hf.KIND, f"{hf.PREFIX}{net.class_name}", net.class_name, None, hf.config_sha256(settings),
-                    f"Hugging Face {net.class_name} (recorded during training)")
-    return ModelRef(source, {"config": hf.recorded_config(settings), "class": net.class_name},
-                    {"transformers": transformers.__version__})
+    source, args = hf.recorded_model(settings, net.class_name, f"Hugging Face {net.class_name} (recorded during training)")
+    return ModelRef(source, args, {"transformers": transformers.__version__})
 
 
 class LandscapeCallback(TrainerCallback):
     """Records the training as a run: step 0 at its start, a checkpoint every `every_steps` optimizer steps and at
     each complete epoch. `options` are the Recorder's (store, name, loss, block_size, tag, track_lambda_max,
     track_batches, track_batch_size, writer, keep, data_dir, verbose); `recorder` is the Recorder once training has
-    begun (its `run_id`, `status`)."""
+    begun (its `run_id`, `status`). `landscape_every=N`: every N epochs, the landscape of the epoch's checkpoint into
+    `writer` (`Recorder.log_landscape`, with the options `landscape`)."""
 
-    def __init__(self, *, data: str, every_steps: int | None = None, **options: Any) -> None:
+    def __init__(self, *, data: str, every_steps: int | None = None, landscape_every: int | None = None,
+                 landscape: dict[str, Any] | None = None, **options: Any) -> None:
         self.options = callback_options(options, "LandscapeCallback")
+        self.landscape_every, self.landscape = landscape_logging(landscape_every, landscape, options, "LandscapeCallback")
         self.data, self.every_steps = data, every_steps
         self.recorder: Recorder | None = None
         self._logged = 0  # the global step of the last loss the Trainer logged
@@ -102,6 +102,7 @@ class LandscapeCallback(TrainerCallback):
         if rec is not None and not rec.closed and state.epoch is not None \
                 and abs(state.epoch - round(state.epoch)) < WHOLE and round(state.epoch) > rec.epochs:
             rec.epoch_end()
+            log_when_due(rec, self.landscape_every, self.landscape)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._count(state)

@@ -110,7 +110,8 @@ def model_source(ref: str) -> Source:
 def build(source: Source, args: dict[str, Any]) -> nn.Module:
     """A model from its source: a built-in with its arguments, or a factory (or a built-in model of tokens) called
     with input_shape and num_outputs (a factory's model is used as it is: never rewritten), or a Hugging Face
-    model from the config a run recorded (`hf`)."""
+    model from the config a run recorded (`hf`). A factory recorded with `hparams` (a LightningModule's class and
+    the hyper-parameters it saved, `integrations.lightning`) is called with those instead."""
     if source.kind == hf.KIND:
         return hf.build_hf(args)
     if takes_tokens(source):
@@ -119,7 +120,10 @@ def build(source: Source, args: dict[str, Any]) -> nn.Module:
         return create_model(source.ref, **args)
     else:
         factory = source.load("model")
-    model = factory(input_shape=tuple(args["input_shape"]), num_outputs=int(args["num_outputs"]))
+    if isinstance(args.get("hparams"), dict):
+        model = factory(**args["hparams"])
+    else:
+        model = factory(input_shape=tuple(args["input_shape"]), num_outputs=int(args["num_outputs"]))
     if not isinstance(model, nn.Module):
         raise UsageError(f"model factory {source.ref!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from landscape_cli._io import canonical_json
 from landscape_cli.errors import UsageError
+from landscape_cli.plugins import Source
 
 KIND = "hf"  # the Source kind of a model rebuilt from a Hugging Face config
 PREFIX = "hf:"
@@ -69,6 +70,13 @@ def recorded_config(config: dict[str, Any]) -> dict[str, Any]:
 def config_sha256(config: dict[str, Any]) -> str:
     """sha256 of a recorded config's canonical JSON (the run's id covers it)."""
     return hashlib.sha256(canonical_json(recorded_config(config)).encode()).hexdigest()
+
+
+def recorded_model(config: dict[str, Any], class_name: str, origin: str) -> tuple[Source, dict[str, Any]]:
+    """What a run records of a Hugging Face model (`import hf:DIR`, the Trainer callback): its Source (the config's
+    sha256 in the run's id) and the arguments `build_hf` rebuilds it from."""
+    source = Source(KIND, f"{PREFIX}{class_name}", class_name, None, config_sha256(config), origin)
+    return source, {"config": recorded_config(config), "class": class_name}
 
 
 def make_config(config: dict[str, Any], where: str) -> Any:

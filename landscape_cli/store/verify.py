@@ -71,6 +71,9 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
         what = "not valid JSON" if "not valid JSON" in str(e) else "damaged"
         report.problems.append(Problem(run_id, str(st.run_file(run_id)), f"{st.run_file(run_id)}: {what}",
                                        f"restore it from a backup, or {retrain}"))
+    if meta is not None and meta.config.recorded is not None:  # the user's own loop, recorded: its script remakes it
+        retrain = (f"delete {run_dir} and run the training script that recorded it again (a seeded script remakes "
+                   "the same run, with the same id), or restore the file from a backup")
     if meta is not None and meta.config.imported is not None:  # no training command makes these weights again
         retrain = (f"delete {run_dir} and import the checkpoint files again with the same `landscape import` "
                    "command (the run is made again with the same id), or restore the file from a backup")
