@@ -180,3 +180,40 @@ def test_keep_every_counts_in_the_runs_cadence(tmp_path: Path) -> None:
     [run] = Store(store).runs()
     assert [r.step for r in run.epochs if not r.removed] == [0, 20, 23, 40, 46, 60, 69]
     assert run.select(None, [20, 40, 60]) == [20, 40, 60]
+
+
+def test_a_pca_plane_over_hundreds_of_step_checkpoints_is_numpys(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """208 checkpoints (every step of 9 epochs of an mlp), memory-mapped and reduced chunk by chunk (5000 values of
+    every checkpoint at a time): the components and the path are those of numpy's SVD of the whole trajectory."""
+    import numpy as np
+
+    import landscape_cli
+    from landscape_cli.directions import pca as pca_module
+    from landscape_cli.store import Store
+    from landscape_cli.training import train
+
+    with one_thread():
+        run = train("mlp", "digits", epochs=9, batch_size=64, checkpoint_every=1, store=tmp_path, progress=False)
+    keys = run.meta.epoch_numbers
+    assert len(keys) == 208 and keys[:3] == [0, 1, 2] and keys[-1] == 207
+    monkeypatch.setattr(pca_module, "CHUNK_VALUES", 5000)  # a bound on what is held at once: many chunks per tensor
+    with one_thread():
+        g = landscape_cli.grid(run.run_id, directions="pca", width=3, batches=1, batch_size=64, store=Store(tmp_path),
+                               progress=False)
+    ds = g.to_xarray()
+    st = Store(tmp_path)
+    states = [torch.load(st.file(run.run_id, run.meta.record(k).checkpoint), weights_only=True)["state_dict"]
+              for k in keys]
+    names = [n for n in states[0] if states[0][n].dim() > 1]  # the weights a grid moves (no biases)
+    flat = np.stack([np.concatenate([s[n].double().reshape(-1).numpy() for n in names]) for s in states])
+    d = flat - flat[-1]
+    _, sv, vt = np.linalg.svd(d - d.mean(axis=0), full_matrices=False)
+    raw = torch.load(g.path.parent.parent / g.meta.directions[0].file, weights_only=True)
+    for j, key in enumerate(("d1", "d2")):
+        mine = np.concatenate([raw[key][n].double().reshape(-1).numpy() for n in names])
+        assert abs(abs(float(mine @ vt[j])) - 1) < 1e-6, key  # the same component (up to its sign rule)
+        coords = d @ (vt[j] * np.sign(mine @ vt[j]))
+        assert np.allclose(ds[("path_x", "path_y")[j]].values, coords, atol=1e-6)
+    assert np.allclose(ds.attrs["explained_variance_ratio"], sv[:2] ** 2 / (sv ** 2).sum(), rtol=1e-8)
+    assert list(ds.step.values) == [207]
