@@ -243,7 +243,8 @@ def test_a_hugging_face_trainer_records_a_run_the_cli_grids(tmp_path: Path, stor
                                      eos_token_id=0)
     model = transformers.GPT2LMHeadModel(config)
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2,
-                                          per_device_train_batch_size=16, logging_steps=1, save_strategy="no",
+                                          per_device_train_batch_size=16, logging_steps=1, save_strategy="steps",
+                                          save_steps=4, save_only_model=True,
                                           report_to=[], use_cpu=True, disable_tqdm=True, learning_rate=3e-3, seed=0)
     callback = LandscapeCallback(data=f"{data_file}:make_data", every_steps=3, store=store, verbose=False)
     transformers.logging.set_verbosity_error()
@@ -264,6 +265,18 @@ def test_a_hugging_face_trainer_records_a_run_the_cli_grids(tmp_path: Path, stor
     assert done.returncode == 0, done.stderr
     centre = landscape_cli.open(rec.run_id, store=Store(store)).center_loss.values[:, 0]  # [checkpoint, batch]
     assert centre[1] < centre[0]  # the training lowered the loss the run is scored with
+    # the Trainer's own checkpoints of steps 4 and 8, imported (`import hf:DIR`): the same grid, value for value
+    out = tmp_path / "out"
+    imported = run_in_process("import", f"hf:{out / 'checkpoint-4'}", f"{data_file}:make_data",
+                              str(out / "checkpoint-4"), str(out / "checkpoint-8"), "--epochs", "1,2", "--name",
+                              "imported", "--store", str(store), "--quiet")
+    assert imported.returncode == 0, imported.stderr
+    options: dict[str, Any] = {"width": 3, "pairs": 1, "batches": 1, "batch_size": 16, "progress": False}
+    ours = landscape_cli.grid(rec.run_id, at_steps=[4, 8], store=Store(store), **options).to_xarray()
+    ours = ours.swap_dims(checkpoint="step").sel(step=[4, 8])  # the grid also holds step 0 (made above)
+    theirs = landscape_cli.grid("imported", epochs=[1, 2], store=Store(store), **options).to_xarray()
+    for name in ("loss", "accuracy", "center_loss"):
+        assert np.array_equal(ours[name].values, theirs[name].values), name
 
 
 @pytest.mark.parametrize(("module", "hidden", "extra"), [
