@@ -130,6 +130,7 @@ def test_a_lightning_fit_records_a_run_the_cli_grids(tmp_path: Path, store: Path
         assert np.array_equal(ours[name].values, theirs[name].values), name
 
 
+@pytest.mark.slow
 def test_a_callback_logs_the_landscape_every_n_epochs_into_the_users_writer(tmp_path: Path, store: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """landscape_every=2 on a 3-epoch fit: one landscape image, at the step of epoch 2's end; no writer: one line."""

@@ -310,6 +310,7 @@ def test_the_retention_policy_removes_the_checkpoints_within_epochs(script: Path
     assert again.verified == _keys(2) and again.written == []
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_recording_keeps_its_checkpoints_and_a_rerun_resumes(script: Path, store: Path,
                                                                                tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(script), str(store), "3", "0", "0", "0.05"], cwd=tmp_path,

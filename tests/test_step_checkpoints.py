@@ -101,6 +101,7 @@ def test_a_step_checkpoint_holds_the_weights_of_a_plain_training_loop(runs: dict
         assert torch.equal(stored[name], value), name  # bitwise: the same operations in the same order
 
 
+@pytest.mark.slow
 def test_a_kill_within_an_epoch_resumes_bitwise(runs: dict[str, Any], tmp_path: Path) -> None:
     """SIGKILL after a step checkpoint of epoch 2 and before its end; the rerun continues from that step (its
     optimizer state, running means and place in the data order) and every checkpoint equals the uninterrupted run's."""
@@ -182,6 +183,7 @@ def test_keep_every_counts_in_the_runs_cadence(tmp_path: Path) -> None:
     assert run.select(None, [20, 40, 60]) == [20, 40, 60]
 
 
+@pytest.mark.slow
 def test_a_pca_plane_over_hundreds_of_step_checkpoints_is_numpys(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """208 checkpoints (every step of 9 epochs of an mlp), memory-mapped and reduced chunk by chunk (5000 values of
