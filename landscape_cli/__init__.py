@@ -15,6 +15,8 @@ _API = {
     "Store": "store",
     "train": "training",
     "TrainResult": "training",
+    "connect": "connecting",
+    "ConnectResult": "connecting",
     "Recorder": "recorder",
     "TrainConfig": "config",
     "grid": "engine.compute",

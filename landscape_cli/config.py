@@ -190,6 +190,26 @@ def square_axes(kind: str, width: int, span: float, dims: int = 2) -> tuple[Axis
 
 
 @dataclass(frozen=True)
+class CurveRef:
+    """The trained curve a grid evaluates (`--directions curve|curve-plane --along CURVE`): the curve's id, the
+    training epoch of its bends (the curve's last when the grid was made: another trained epoch is another grid),
+    the sha256 of those bends (`CurveEpoch.weights_sha256`) and the key of the checkpoint it starts at (t = 0: the
+    grid's one epoch)."""
+
+    id: str
+    epoch: int
+    bends_sha256: str
+    start: int
+
+    def identity(self) -> dict[str, Any]:
+        return {"id": self.id, "epoch": self.epoch, "bends_sha256": self.bends_sha256, "start": self.start}
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> CurveRef:
+        return cls(str(d["id"]), int(d["epoch"]), str(d["bends_sha256"]), int(d["start"]))
+
+
+@dataclass(frozen=True)
 class GridConfig:
     """Everything that determines a grid's values except which epochs it covers.
 
@@ -218,6 +238,7 @@ class GridConfig:
     trajectory: tuple[int, ...] | None = None  # pca: the checkpoints whose trajectory defines the plane
     precision: str = "fp32"  # the forward passes' arithmetic (PRECISIONS)
     layers: tuple[str, ...] | None = None  # --layer patterns (or several names): in the identity only when given
+    curve: CurveRef | None = None  # curve, curve-plane: the trained curve evaluated (in the identity only when set)
 
     @property
     def kind(self) -> str:
@@ -294,6 +315,8 @@ class GridConfig:
             out["precision"] = self.precision
         if self.layers is not None:
             out["layers"] = list(self.layers)
+        if self.curve is not None:
+            out["curve"] = self.curve.identity()
         out["format"] = IDENTITY_FORMAT
         return out
 
@@ -314,7 +337,7 @@ class GridConfig:
             axes = square_axes(kind, int(d["width"]), float(d["span"]))
         known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
                  "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "precision", "layers",
-                 "format"}
+                 "curve", "format"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -328,7 +351,8 @@ class GridConfig:
                    target_run=target.get("run"), target_epoch=target.get("epoch"),
                    trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None,
                    precision=str(d.get("precision", "fp32")),
-                   layers=tuple(str(p) for p in d["layers"]) if d.get("layers") is not None else None)
+                   layers=tuple(str(p) for p in d["layers"]) if d.get("layers") is not None else None,
+                   curve=CurveRef.from_identity(d["curve"]) if d.get("curve") is not None else None)
 
 
 MAX_POINTS_PER_PASS = 4096
@@ -362,10 +386,11 @@ class GridRequest:
     perturb_biasbn: bool = False
     layer: str | tuple[str, ...] | None = None  # a parameter's name, or glob patterns over the names
     single_kernel: bool = False
-    bn: str = "train"
+    bn: str | None = None  # None: the kind's default (train; recompute for curve and curve-plane)
     directions_from: str | None = None
     to_epoch: int | None = None
     to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
+    along: str | None = None  # --directions curve|curve-plane: the trained curve (its id, prefix or name)
     from_grid: str | None = None  # continue this grid of the run with its own configuration
     precision: str = "fp32"
     gradient: bool = True
@@ -425,6 +450,67 @@ def split_options(request: GridRequest | None, runtime: Runtime | None,
 
 HESSIAN_BN_MODES = ("train", "eval")
 MAX_TOP = 100
+
+
+CURVE_SHAPES = ("bezier", "polychain")
+MAX_BENDS = 16
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """Everything that determines a trained curve between two checkpoints (`landscape connect`) except how many
+    epochs it is trained for (more epochs continue the same curve): its endpoints' weights (by hash, in order:
+    A→B and B→A are different curves), its shape and bends, and how it is trained. `bn`: BatchNorm in train mode
+    while training (batch statistics at each sampled t), statistics recomputed at each evaluated t (Garipov)."""
+
+    run_a: str
+    epoch_a: int  # the checkpoint's key (its step, in a run with steps)
+    weights_a: str  # the weights sha256 of that checkpoint
+    run_b: str
+    epoch_b: int
+    weights_b: str
+    shape: str = "bezier"
+    bends: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    seed: int = 0
+
+    def validate(self) -> CurveConfig:
+        choice(self.shape, CURVE_SHAPES, "shape")
+        positive_int(self.bends, "--bends", maximum=MAX_BENDS)
+        choice(self.optimizer, OPTIMIZERS, "optimizer")
+        finite(self.lr, "--lr", positive=True)
+        finite(self.momentum, "--momentum", below=1.0)
+        finite(self.weight_decay, "--weight-decay")
+        positive_int(self.batch_size, "--batch-size")
+        positive_int(self.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        if self.optimizer == "adam" and self.momentum != 0:
+            raise UsageError("--momentum applies to --optimizer sgd only (adam uses its own betas)")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """What the curve's id hashes: the endpoints by their weights (not by run id or name) and the training."""
+        return {"a": self.weights_a, "b": self.weights_b, "shape": self.shape, "bends": self.bends,
+                "optimizer": self.optimizer, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "batch_size": self.batch_size, "seed": self.seed,
+                "format": CURVE_IDENTITY_FORMAT}
+
+    @property
+    def curve_id(self) -> str:
+        return short_hash(self.identity())
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CurveConfig:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+CURVE_IDENTITY_FORMAT = 1
 
 
 @dataclass(frozen=True)

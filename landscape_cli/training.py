@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from landscape_cli._io import file_sha256, leave_no_trace, make_dirs, now, remove_partials
 from landscape_cli._progress import progress_bar
 from landscape_cli._version import __version__
-from landscape_cli.config import TrainConfig, check_batches, positive_int
+from landscape_cli.config import CurveConfig, TrainConfig, check_batches, positive_int
 from landscape_cli.curvature.spectrum import extreme_eigenpairs, top_eigenpair
 from landscape_cli.data import Dataset, check_block_size, dataset_record, dataset_source, load_dataset
 from landscape_cli.data.losses import Loss, get_loss, loss_for_task, scored
@@ -111,7 +111,9 @@ def _describe(settings: dict[str, Any] | None) -> str:
             f"--track-batch-size {settings['batch_size']}")
 
 
-def make_optimizer(config: TrainConfig, params: Any) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig | CurveConfig, params: Any) -> torch.optim.Optimizer:
+    """The optimizer a run (or a curve's bends, `connect`) trains with: SGD with momentum, or Adam; weight decay on
+    the parameters given (a curve's bends, never its endpoints)."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -153,6 +153,12 @@ def test_every_kind_makes_a_grid_centred_on_its_checkpoints(five_epochs: Path, k
     k = get_kind(kind)
     assert k.name == kind and k.description and k.made
     options = {"width": 5, "batches": 1, "batch_size": 64, "progress": False, "directions": kind, **k.example(run)}
+    if kind in ("curve", "curve-plane"):  # a curve to evaluate: epoch 1 to epoch 4 of the run, its bend trained
+        from landscape_cli import connect
+
+        made = connect("r:1", "r:4", shape="bezier", bends=1, epochs=1, batch_size=128, lr=0.01, store=store,
+                       progress=False)
+        options["along"] = made.curve_id
     g = grid("r", store=store, **options)
     assert g.complete and g.meta.config.kind == kind and len(g.meta.ranges) == g.meta.config.dims
     assert grid("r", store=store, **options).computed_rows == 0

@@ -1,6 +1,6 @@
 """The `landscape` command: the Typer app, its version option, and the registration of every command.
 
-Each command is a plain function in a module per command group (runs, grids, curvature,
+Each command is a plain function in a module per command group (runs, grids, curvature, curves,
 registries): it parses its options, calls one library function and renders the result with rich (or
 as JSON with --json). Heavy libraries (torch, zarr, matplotlib) are imported inside the commands so
 that `landscape --help` and `landscape ls` start fast.
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from landscape_cli._version import __version__
-from landscape_cli.cli import curvature, grids, registries, runs
+from landscape_cli.cli import curvature, curves, grids, registries, runs
 from landscape_cli.cli._common import LandscapeGroup
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.command()(grids.export)
 app.command("ls")(runs.ls)
 app.command()(grids.grid)
 app.command()(curvature.hessian)
+app.command()(curves.connect)
 app.command()(runs.layers)
 app.command()(grids.plot)
 app.command()(curvature.stats)

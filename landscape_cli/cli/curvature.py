@@ -237,6 +237,11 @@ def stats(
                           f"{num(m['sharpness'], 3)} ({num(m['sharpness_relative'], 3)})", flat,
                           pct(m["share_below"]), is_min)
     stdout().print(table)
+    for e in result.epochs:
+        barriers = e.get("barriers")
+        if barriers:  # a curve grid: how high each path rises above its higher end
+            stdout().print(f"{at(e)}: barrier along the curve {num(barriers.get('curve'))}, along the straight line "
+                           f"{num(barriers.get('line'))} (max over t of L(t) − max(L(0), L(1)), the batches' mean)")
     stdout().print("curvature: eigenvalues of the in-plane Hessian of a quadratic fitted to the points nearest the "
                    "centre; fit: its residual relative to the spread of L, and how far the 3x3 window's fit is from "
                    "it (poor above 10% or 25%); flat radius in the box norm |u|∞ (≥: no point exceeds L0 + δ, a "

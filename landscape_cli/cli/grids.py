@@ -66,7 +66,9 @@ def grid(
     at_steps: AtStepsOpt = None,
     directions: Annotated[
         str, typer.Option(help="random (Li et al.'s filter-normalized planes), interpolate (the line between two "
-                          "checkpoints, Goodfellow et al.) or pca (the plane of the training trajectory).")
+                          "checkpoints, Goodfellow et al.), pca (the plane of the training trajectory), hessian, "
+                          "curve (along a trained curve between two minima, --along; Garipov et al.) or curve-plane "
+                          "(the plane of its ends and bend).")
     ] = GridRequest.directions,
     dims: Annotated[
         int | None, typer.Option(help="1 (a line along the first direction) or 2 (a plane) [default: 2; 1 for "
@@ -117,13 +119,19 @@ def grid(
         str | None, typer.Option(help="--directions interpolate: end at RUN2[:EPOCH], a run of the same model "
                                  "[default epoch: its last].", show_default=False)
     ] = None,
+    along: Annotated[
+        str | None, typer.Option(help="--directions curve or curve-plane: the curve (`landscape connect`) of RUN, by "
+                                 "id, prefix or name.", show_default=False)
+    ] = None,
     bn: Annotated[
-        str, typer.Option(help="BatchNorm mode: train (batch statistics, as in a training step), eval (running "
-                          "statistics; interpolated along interpolation lines) or recompute (running statistics "
-                          "re-estimated on the grid's batches at every point, then eval: twice the forward passes; "
-                          "as PyTorch's momentum=None, each batch weighs the same: the mean of the batches' means and "
-                          "of their unbiased variances, so with --batches all a short last piece (from half a batch; "
-                          "a smaller one is merged into the piece before it) counts as much as a full one).")
+        str | None, typer.Option(help="BatchNorm mode [default: train; recompute for curve and curve-plane]: train "
+                                 "(batch statistics, as in a training step), eval (running statistics; interpolated "
+                                 "along interpolation lines) or recompute (running statistics re-estimated on the "
+                                 "grid's batches at every point, then eval: twice the forward passes; as PyTorch's "
+                                 "momentum=None, each batch weighs the same: the mean of the batches' means and of "
+                                 "their unbiased variances, so with --batches all a short last piece (from half a "
+                                 "batch; a smaller one is merged into the piece before it) counts as much as a full "
+                                 "one).", show_default=False)
     ] = GridRequest.bn,
     grid_ref: Annotated[
         str | None,
@@ -185,7 +193,7 @@ def grid(
         range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs, batches=batches,
         batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn,
         layer=tuple(layer) if layer else None, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
-        to_epoch=to_epoch, to=to,
+        to_epoch=to_epoch, to=to, along=along,
         from_grid=grid_ref, precision=precision, gradient=gradient, points_per_pass=points_per_pass, name=name,
         resume=resume,
     )

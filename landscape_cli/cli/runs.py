@@ -260,6 +260,8 @@ def ls(store: StoreOpt = None, json_output: JsonOpt = False) -> None:
             table.add_row(f"  └ {g['id']}", g.get("name") or "", *_grid_cells(g))
         for h in r.get("hessians", []):
             table.add_row(f"  └ {h['id']}", h.get("name") or "", *_hessian_cells(h))
+        for c in r.get("curves", []):
+            table.add_row(f"  └ {c['id']}", c.get("name") or "", *_curve_cells(c))
     stdout().print(table)
 
 
@@ -281,6 +283,15 @@ def _hessian_cells(h: dict[str, Any]) -> list[str]:
     done = "complete" if h["status"] == "complete" else f"{len(h['epochs_done'])}/{len(h['epochs'])} {unit} done"
     keys = ",".join(str(e) for e in h["epochs"])
     return [what, f"batches {data}", f"bn {h['bn']}", f"{'step' if h.get('steps') else 'ep'} {keys}", done, "", ""]
+
+
+def _curve_cells(c: dict[str, Any]) -> list[str]:
+    """A curve's row under each of its two runs: "curve bezier 1 bend", "-> RUN_B:EPOCH" (under RUN_B: "<- RUN_A:EPOCH")."""
+    if c.get("status") == "damaged":
+        return ["curve", "", "", "", "[red]damaged[/red]", "", ""]
+    shape = f"curve {c['shape']} {c['bends']} bend{'s' if c['bends'] > 1 else ''}"
+    other = f"-> {c['run_b']}:{c['epoch_b']}" if c["role"] == "from" else f"<- {c['run_a']}:{c['epoch_a']}"
+    return [shape, other, "", f"{max(c['epochs_done'], 0)}/{c['epochs_requested']}", c["status"], "", ""]
 
 
 def layers(

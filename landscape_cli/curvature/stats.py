@@ -28,7 +28,10 @@ directions: (x, y) for a plane, x for a line), L its loss, L0 the stored centre 
   somewhere within one grid spacing). Radii are rounded to 12 significant digits (0.1, not
   0.09999999999999998);
 - share below: the share of the computed points with L <= L0 + δ;
-- centre is min: L0 <= the smallest stored L (within 1e-7 relative).
+- centre is min: L0 <= the smallest stored L (within 1e-7 relative);
+- a curve grid's (`--directions curve`) barriers: max over t in [0, 1] of L(t) − max(L(0), L(1)) along the
+  curve and along the straight line the grid stores beside it, of the mean over the batches and per batch
+  (`barriers`: "curve", "line", "curve_per_batch", "line_per_batch"; null until the curve's row is computed).
 
 Only computed rows (done-marked) count: an incomplete grid is measured over what is done and the
 missing points are counted. Diverged points (NaN/Inf) are results: they count as above every
@@ -323,6 +326,9 @@ def compute_epoch(rows: Rows, meta: GridMeta, epoch: int, state: _State, radius:
     mean = landscape_metrics(mean_loss, known.all(axis=0), coords, float(center_loss.mean()),
                              float(center_accuracy.mean()), eps, delta)
     missing = int((~known).sum()) * width
+    extra: dict[str, Any] = {}
+    if meta.config.kind == "curve":
+        extra["barriers"] = curve_barriers(rows, known, coords, loss)
     return {
         "epoch": epoch,
         "radius": eps,
@@ -337,7 +343,39 @@ def compute_epoch(rows: Rows, meta: GridMeta, epoch: int, state: _State, radius:
         "mean": {"pair": None, "batch": None, **mean},
         "panels": panels,
         "stored_eigenvalues": stored_eigenvalues(meta, epoch),
+        **extra,
     }
+
+
+def barrier(t: np.ndarray, values: np.ndarray) -> float:
+    """The loss barrier of a path from t = 0 to t = 1 (Garipov et al.): max over t in [0, 1] of L(t) minus
+    max(L(0), L(1)); NaN when L(0) or L(1) is unknown, inf when a point in between diverged."""
+    t = np.asarray(t, np.float64)
+    values = np.asarray(values, np.float64)
+    inside = (t >= 0.0) & (t <= 1.0)
+    ends = values[t == 0.0].tolist() + values[t == 1.0].tolist()
+    if len(ends) != 2 or not np.all(np.isfinite(ends)):
+        return math.nan
+    inner = values[inside]
+    peak = math.inf if not np.all(np.isfinite(inner)) else float(inner.max())
+    return peak - max(ends)
+
+
+def curve_barriers(rows: Rows, known: np.ndarray, coords: Sequence[np.ndarray],
+                   loss: np.ndarray) -> dict[str, Any] | None:
+    """A curve grid's barriers (`barrier`) along its curve and along the straight line it stores (`line_loss`):
+    of the mean over the batches ("curve", "line") and of each batch; None until its row is computed."""
+    if not known.all():
+        return None
+    try:
+        line = np.asarray(rows.root["line_loss"][...], np.float64)  # type: ignore[index]
+    except (*DECODE_ERRORS, KeyError):
+        return None
+    t = coords[0]
+    curve = loss[0, :, 0, :]  # [batch, x]: one pair, one row
+    with np.errstate(invalid="ignore"):
+        return {"curve": barrier(t, curve.mean(axis=0)), "line": barrier(t, line.mean(axis=0)),
+                "curve_per_batch": [barrier(t, v) for v in curve], "line_per_batch": [barrier(t, v) for v in line]}
 
 
 def stored_eigenvalues(meta: GridMeta, epoch: int) -> list[float] | None:

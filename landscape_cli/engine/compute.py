@@ -25,7 +25,7 @@ from landscape_cli.data import load_dataset
 from landscape_cli.directions import GridContext, get_kind
 from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import Share
-from landscape_cli.engine.execute import checkpoint_loss, deterministic_kernels, execute, load_epoch_model
+from landscape_cli.engine.execute import CheckpointValues, deterministic_kernels, execute, load_epoch_model
 from landscape_cli.engine.plan import Plan, resolve, status
 from landscape_cli.engine.prepare import grid_lock, prepare_grid, read_meta, recorded_evaluator, with_threads, writer
 from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, RunNotFoundError, UsageError
@@ -168,7 +168,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
         with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):
             make_dirs(st.locks_dir(run_id, grid_id))
             with grid_lock(st, run_id, grid_id):
-                loss_of = lambda e: checkpoint_loss(ctx, batches, dev, e)  # noqa: E731
+                loss_of = CheckpointValues(ctx, batches, dev)
                 meta = prepare_grid(ctx, wanted, name, loss_of, evaluation, runtime.note, batchnorm)
         return meta, evaluation
 

@@ -74,6 +74,21 @@ def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, ep
     return load_epoch_model(ctx, epoch, batches, device).evaluator.values()
 
 
+class CheckpointValues:
+    """What a kind's `prepare` gets (a `CheckpointLoss`): called with an epoch, that checkpoint's own loss and
+    accuracy on the grid's batches; `model(epoch)` its model with an evaluator on the grid's batches and device,
+    for kinds that evaluate other weights when they prepare a grid (a curve's straight line and ensembles)."""
+
+    def __init__(self, ctx: GridContext, batches: Batches, device: torch.device) -> None:
+        self.ctx, self.batches, self.device = ctx, batches, device
+
+    def __call__(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        return checkpoint_loss(self.ctx, self.batches, self.device, epoch)
+
+    def model(self, epoch: int) -> EpochModel:
+        return load_epoch_model(self.ctx, epoch, self.batches, self.device)
+
+
 def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: Batches, device: torch.device,
             progress: bool, gradient: bool, share: Share | None = None, evaluation: EvaluatorRecord | None = None,
             note: Callable[[str], None] = print) -> Outcome:

@@ -53,7 +53,8 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         run=run.id, axes=_axes(kind.name, kind.default_range, opts, dims), pairs=pairs,
         batches=1 if whole else int(batches), batch_size=opts.batch_size, seed=seed if seed is not None else 0,
         norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=layer,
-        single_kernel=opts.single_kernel, bn=opts.bn, split=opts.split, whole=whole, precision=opts.precision, layers=layers,
+        single_kernel=opts.single_kernel, bn=opts.bn if opts.bn is not None else getattr(kind, "default_bn", "train"),
+        split=opts.split, whole=whole, precision=opts.precision, layers=layers,
         **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:

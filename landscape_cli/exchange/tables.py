@@ -179,18 +179,26 @@ def _write_lines(f: IO[str], columns: list[np.ndarray]) -> None:
 def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) -> list[Path]:
     """One row per point: the `keys` columns first (run and grid ids: files of several grids concatenate), then
     ``epoch,pair,batch,x[,y],loss,accuracy,done`` (a grid of a run with step checkpoints: ``epoch,step,pair,...``,
-    the epochs completed at each checkpoint and its step)."""
+    the epochs completed at each checkpoint and its step), then the grid's arrays stored once over a point's
+    dimensions (a curve grid's ``line_loss,line_accuracy,ensemble_accuracy`` over batch and x,
+    ``endpoint_ensemble_accuracy`` over batch), each at the point's own batch and x."""
     keys = keys or {}
     loss_dims = data.dims["loss"]
     axes = [d for d in loss_dims if d not in (data.checkpoint_dim, "pair", "batch")]  # [y, x] or [x]
     steps = _text(data.arrays["step"]) if data.steps else None
+    # arrays stored once per grid over some of a point's dimensions (a curve grid's straight line and ensembles:
+    # [batch, x]) are columns of every point they apply to, after `done`
+    extras = [n for n, d in data.dims.items() if d and n not in ("loss", "accuracy") and n not in data.coordinates
+              and data.checkpoint_dim not in d and set(d) <= set(loss_dims[1:]) and len(d) == len(set(d))
+              and "pair" not in d]
     header = [*keys, "epoch", *(["step"] if steps is not None else []), "pair", "batch", *reversed(axes), "loss",
-              "accuracy", "done"]
+              "accuracy", "done", *extras]
     loss, done = data.masked("loss"), data.point_done()
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
     inner = loss.shape[1:]
     index = np.indices(inner).reshape(len(inner), -1)  # one epoch's points, in the loss array's order
     texts = {d: _text(data.coord(d))[index[k]] for k, d in enumerate(loss_dims[1:])}
+    extra_texts = [_text(data.arrays[n])[tuple(index[loss_dims[1:].index(d)] for d in data.dims[n])] for n in extras]
     epochs = _text(data.arrays["epoch"] if data.steps else data.coord("epoch"))
     files = [path]
     with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -202,7 +210,7 @@ def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) ->
             _write_lines(f, [*(np.full(index.shape[1], v) for v in keys.values()), *epoch, texts["pair"], texts["batch"],
                              *(texts[d] for d in reversed(axes)),
                              _text(loss[ei].ravel()), _text(accuracy[ei].ravel()),
-                             _text(done[ei].ravel().astype(np.uint8))])
+                             _text(done[ei].ravel().astype(np.uint8)), *extra_texts])
     if "path_x" in data.arrays and "path_loss" in data.arrays:
         files.append(_write_path_csv(data, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}"), keys))
     return files

@@ -2,8 +2,9 @@
 
 A slice maps coordinates to weights: `Affine` is w + Σ c_k·d_k (random, PCA and later Hessian
 directions, one or two of them), `Segment` is (1 − t)·w_a + t·w_b (interpolation between two
-checkpoints: in this form t = 0 and t = 1 give each checkpoint's weights exactly). A grid point
-costs one forward pass per batch. The weights are written in place (``torch._foreach_*``: no
+checkpoints: in this form t = 0 and t = 1 give each checkpoint's weights exactly), `Combination` is
+Σ_k c_k(t)·P_k over control points (a curve between two minima; `kernel.curves` gives the coefficients,
+exact at both ends). A grid point costs one forward pass per batch. The weights are written in place (``torch._foreach_*``: no
 state_dict copies), every point from the saved starting weights so that a point's value never
 depends on which points came before it (resuming gives bitwise the same numbers), and the batches
 stay on the device. On exit the model's weights, BatchNorm buffers and train/eval modes are
@@ -27,7 +28,7 @@ arithmetic of the forward passes: ``fp32``, ``tf32`` (CUDA matmuls and convoluti
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -250,6 +251,73 @@ class Segment(Slice):
         return Center(loss, acc, np.full((1, len(loss)), np.nan, np.float32))
 
 
+class Combination(Slice):
+    """Σ_k c_k(point)·P_k over control points P_0..P_m of each tensor, the coefficients from `coefficients(point)`
+    (summing to 1: an affine combination). P_0 is the tensors' values now; a coefficient vector that is one-hot
+    gives that control point exactly (a curve between two minima, Garipov et al.: exact at both ends)."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor],
+                 points: Sequence[Sequence[Tensor]], coefficients: Callable[[Point], Sequence[float]],
+                 dims: int = 1) -> None:
+        super().__init__(model, batches, tensors, dims)
+        self.start = [t.detach().clone() for t in tensors]  # P_0
+        self.controls = [self.start, *[[_like(t, p) for t, p in zip(tensors, ps, strict=True)] for ps in points]]
+        self.coefficients = coefficients
+
+    @torch.no_grad()
+    def write_point(self, targets: list[Tensor], point: Point) -> None:
+        c = [float(v) for v in self.coefficients(point)]
+        if len(c) != len(self.controls):
+            raise ValueError(f"{len(c)} coefficients for {len(self.controls)} control points")
+        first = next(k for k, v in enumerate(c) if v != 0.0)
+        torch._foreach_copy_(targets, self.controls[first])
+        if c[first] != 1.0:
+            torch._foreach_mul_(targets, c[first])
+        for k in range(first + 1, len(c)):
+            if c[k] != 0.0:
+                torch._foreach_add_(targets, self.controls[k], alpha=c[k])
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.tensors, self.start)
+
+    def center(self, gradient: bool = True) -> Center:
+        """Values at P_0 (the tensors' starting values); no gradient of its own."""
+        self.restore()
+        loss, acc = self._values()
+        return Center(loss, acc, np.full((self.dims, len(loss)), np.nan, np.float32))
+
+
+def outputs(s: Slice, point: Point | None) -> list[Tensor]:
+    """The model's outputs (float32) on each of the slice's batches at `point` (None: the tensors as they are),
+    in the slice's BatchNorm mode (statistics recomputed at the point with ``recompute``); the tensors are restored
+    after. Inside `Evaluator.slice` (its modes set), e.g. to ensemble the softmax outputs of several points."""
+    with torch.no_grad():
+        if point is not None:
+            if len(point) != s.dims:
+                raise ValueError(f"a point of this slice has {s.dims} coordinates, got {tuple(point)}")
+            s._set(point)
+        try:
+            if s.recompute_bn:
+                s._recompute_bn()
+            return [s._forward(x).float() for x, _ in s.batches]
+        finally:
+            if point is not None:
+                s.restore()
+
+
+def ensemble_accuracy(s: Slice, members: Sequence[Sequence[Tensor]]) -> np.ndarray:
+    """The accuracy on each of the slice's batches (pooled as the slice pools them) of the ensemble whose
+    prediction is the mean of the members' softmax outputs (`members`: each one's outputs per batch, from
+    `outputs`); NaN for a loss without accuracy."""
+    values = []
+    with torch.no_grad():
+        for j, (_, y) in enumerate(s.batches):
+            mean = torch.stack([torch.softmax(m[j], dim=-1) for m in members]).mean(dim=0)
+            values.append(s.loss.accuracy(mean, y).item())
+    return s._pool(np.array(values, np.float32))
+
+
 def _scored(loss: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Loss and accuracy as returned: the accuracy NaN wherever the loss is not finite (a diverged point,
     or a pooled set with a diverged piece), whatever the argmax of its NaN logits counted."""
@@ -368,6 +436,13 @@ class Evaluator:
     def segment(self, tensors: list[Tensor], end: Sequence[Tensor]) -> contextlib.AbstractContextManager[Slice]:
         """(1 − t)·start + t·end written into `tensors` (parameters or buffers of the model; start: their values now)."""
         return self.slice(Segment(self.model, self.batches, tensors, end))
+
+    def combination(self, tensors: list[Tensor], points: Sequence[Sequence[Tensor]],
+                    coefficients: Callable[[Point], Sequence[float]],
+                    dims: int = 1) -> contextlib.AbstractContextManager[Slice]:
+        """Σ_k c_k(point)·P_k written into `tensors` (P_0: their values now, P_1..: `points`), e.g. a curve's
+        control points with its shape's coefficients at t."""
+        return self.slice(Combination(self.model, self.batches, tensors, points, coefficients, dims))
 
     def plane(self, d1: Mapping[str, Tensor], d2: Mapping[str, Tensor]) -> contextlib.AbstractContextManager[Slice]:
         return self.affine([d1, d2])

@@ -104,3 +104,30 @@ def build_model(checkpoint: dict[str, Any]) -> nn.Module:
     model = build(source, checkpoint["model_args"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
+
+
+CURVE_FORMAT = "landscape-curve/1"
+
+
+def make_bends(bends: list[dict[str, Tensor]], epoch: int, curve_id: str) -> dict[str, Any]:
+    """A curve's bends after `epoch` as a weights_only-loadable file: {"format", "curve", "epoch", "bends": [one
+    dict of parameter tensors (by the model's parameter names) per bend, in order]}. BatchNorm buffers are not
+    part of a curve: its statistics are recomputed at each evaluated t."""
+    return {"format": CURVE_FORMAT, "curve": curve_id, "epoch": epoch,
+            "bends": [{k: v.detach().to("cpu", copy=True).contiguous() for k, v in b.items()} for b in bends]}
+
+
+def bends_hash(bends: list[dict[str, Tensor]]) -> str:
+    """sha256 over every bend's tensors (as `state_hash`): equal iff the bends are bitwise equal."""
+    digest = hashlib.sha256()
+    for b in bends:
+        digest.update(state_hash(b).encode())
+    return digest.hexdigest()
+
+
+def load_bends(path: Path, sha256: str | None, what: str) -> list[dict[str, Tensor]]:
+    """The bends of a curve file (checked against its recorded hash; refused if it is not a curve file)."""
+    obj = load(path, sha256, what)
+    if not isinstance(obj, dict) or obj.get("format") != CURVE_FORMAT or not isinstance(obj.get("bends"), list):
+        raise IntegrityError(f"{what} {path} is not a curve file the store wrote (damaged): run `landscape verify`")
+    return list(obj["bends"])

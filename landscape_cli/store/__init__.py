@@ -9,6 +9,8 @@ Layout::
     <root>/<run-id>/grids/<grid-id>/landscape.zarr
     <root>/<run-id>/grids/<grid-id>/locks/        one lock file per row being computed
     <root>/<run-id>/grids/<grid-id>/plots/        figures drawn by `landscape plot`
+    <root>/<run-id>/curves/<curve-id>/curve.json  CurveMeta of a curve from this run's checkpoint (`connect`)
+    <root>/<run-id>/curves/<curve-id>/epoch-0000.pt  its bends after each epoch (and the last's optimizer state)
 
 Every other module asks a `Store` for paths, metadata and locks; files are written atomically
 (see `_io`), metadata last, so a reader never sees a half-written run or grid.
@@ -33,6 +35,7 @@ from landscape_cli.errors import (
 )
 from landscape_cli.store.locks import FileLock, is_locked
 from landscape_cli.store.meta import (
+    CurveMeta,
     Damaged,
     DirectionRecord,
     DirectionSidecar,
@@ -55,6 +58,8 @@ LOCKS_DIR = "locks"
 HESSIANS_DIR = "hessians"
 HESSIAN_FILE = "hessian.json"
 HESSIAN_ZARR = "hessian.zarr"
+CURVES_DIR = "curves"
+CURVE_FILE = "curve.json"
 LAMBDA_FILE = "lambda_max.json"  # λmax tracked during training (train --track-lambda-max)
 RUN_PLOTS_DIR = "plots"  # figures of the run itself (plot --lambda-max)
 LOCK_FILE = ".lock"  # the run's training lock, and a grid's lock for creating or growing its arrays
@@ -79,6 +84,16 @@ def optimizer_name(epoch: int, step: int | None = None) -> str:
 
 def _stem(epoch: int, step: int | None) -> str:
     return f"epoch-{epoch:04d}" if step is None else f"step-{step:09d}"
+
+
+def curve_bends_name(epoch: int) -> str:
+    """A curve's bends after `epoch`, relative to the curve's directory (what curve.json records)."""
+    return f"{_stem(epoch, None)}.pt"
+
+
+def curve_optimizer_name(epoch: int) -> str:
+    """The optimizer state (and random generators) a curve's training continues from after `epoch`."""
+    return f"{_stem(epoch, None)}.optim.pt"
 
 
 def direction_name(direction_id: str) -> str:
@@ -150,6 +165,19 @@ class Store:
     def hessian_zarr(self, run_id: str, hessian_id: str) -> Path:
         return self.hessian_dir(run_id, hessian_id) / HESSIAN_ZARR
 
+    def curves_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / CURVES_DIR
+
+    def curve_dir(self, run_id: str, curve_id: str) -> Path:
+        return self.curves_dir(run_id) / curve_id
+
+    def curve_file(self, run_id: str, curve_id: str) -> Path:
+        return self.curve_dir(run_id, curve_id) / CURVE_FILE
+
+    def curve_path(self, run_id: str, curve_id: str, relative: str) -> Path:
+        """A file curve.json records by its path relative to the curve's directory."""
+        return self.curve_dir(run_id, curve_id) / relative
+
     # -- locks --
 
     def run_lock(self, run_id: str) -> FileLock:
@@ -166,6 +194,10 @@ class Store:
     def hessian_lock(self, run_id: str, hessian_id: str) -> FileLock:
         """Held while curvature results of the run are computed (one process at a time)."""
         return FileLock(self.hessian_dir(run_id, hessian_id) / LOCK_FILE, f"Hessian results {hessian_id}")
+
+    def curve_lock(self, run_id: str, curve_id: str) -> FileLock:
+        """Held while a curve trains (one `connect` per curve at a time)."""
+        return FileLock(self.curve_dir(run_id, curve_id) / LOCK_FILE, f"curve {curve_id}")
 
     def row_lock(self, run_id: str, grid_id: str, epoch: int, pair: int, row: int) -> FileLock:
         """Held while one row (work unit) of a grid is computed; a second process skips it."""
@@ -303,6 +335,69 @@ class Store:
     def direction_of(sidecar: Path) -> Path:
         """The direction file a sidecar describes."""
         return sidecar.with_suffix(".pt")
+
+    # -- curves --
+
+    def curve_ids(self, run_id: str) -> list[str]:
+        """The curves stored with the run (those from one of its checkpoints) that have a curve.json."""
+        curves = self.curves_dir(run_id)
+        if not curves.is_dir():
+            return []
+        return sorted(d.name for d in curves.iterdir() if d.is_dir() and (d / CURVE_FILE).is_file())
+
+    def has_curve(self, run_id: str, curve_id: str) -> bool:
+        return self.curve_file(run_id, curve_id).is_file()
+
+    def read_curve(self, run_id: str, curve_id: str) -> CurveMeta:
+        """curve.json, refused (IntegrityError) if it is damaged or no longer matches its id."""
+        path = self.curve_file(run_id, curve_id)
+        meta = CurveMeta.from_json(read_json(path), path)
+        if meta.id != curve_id or meta.config.curve_id != curve_id or meta.config.run_a != run_id:
+            raise IntegrityError(f"{path} does not match its curve id (it was edited or damaged): run `landscape "
+                                 "verify`; the curve's own `landscape connect` command trains it again")
+        return meta
+
+    def write_curve(self, meta: CurveMeta) -> None:
+        write_json(self.curve_file(meta.run, meta.id), meta.to_json())
+
+    def curves(self, run_id: str) -> list[CurveMeta | Damaged]:
+        """Every curve with the run as an endpoint: those stored with it, then those of other runs ending at it."""
+        out: list[CurveMeta | Damaged] = []
+        for other in [run_id, *[r for r in self.run_ids() if r != run_id]]:
+            for curve_id in self.curve_ids(other):
+                try:
+                    meta = self.read_curve(other, curve_id)
+                except (IntegrityError, OSError) as e:
+                    if other == run_id:
+                        out.append(Damaged(curve_id, str(e)))
+                    continue
+                if other == run_id or meta.config.run_b == run_id:
+                    out.append(meta)
+        return out
+
+    def find_curve(self, ref: str, run_id: str | None = None) -> tuple[str, str]:
+        """(run id, curve id) of a curve named by its name or a unique id prefix (of a run, or of any)."""
+        if not ref or not ref.strip():
+            raise UsageError("empty curve reference: give a curve id (or prefix) or name; `landscape ls` lists them")
+        found = []
+        for rid in ([run_id] if run_id else self.run_ids()):
+            for cid in self.curve_ids(rid):
+                if cid.startswith(ref):
+                    found.append((rid, cid))
+                    continue
+                try:
+                    if self.read_curve(rid, cid).name == ref:
+                        found.append((rid, cid))
+                except (IntegrityError, OSError):
+                    continue
+        if not found:
+            where = f" of run {run_id}" if run_id else ""
+            raise RunNotFoundError(f"no curve {ref!r}{where}: `landscape ls` lists the curves (`landscape connect` "
+                                   "trains one)")
+        if len(found) > 1:
+            raise AmbiguousReferenceError(f"curve {ref!r} is ambiguous ({', '.join(c for _, c in found)}): give more "
+                                          "of its id")
+        return found[0]
 
     # -- grids --
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from landscape_cli.config import GridConfig, HessianConfig, TrainConfig
+from landscape_cli.config import CurveConfig, GridConfig, HessianConfig, TrainConfig
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
 
 RUN_FORMAT = 1
@@ -545,6 +545,91 @@ class HessianMeta:
             "parameters": self.parameters,
             **_stamps_json(self.versions, self.created, self.updated),
         }
+
+
+CURVE_FORMAT = 1
+
+
+@dataclass
+class CurveEpoch:
+    """One epoch of a curve's training: the file of its bends (relative to the curve's directory), the file's and
+    the bends' sha256, and the training loss (the mean over the epoch's mini-batches, each at its sampled t)."""
+
+    epoch: int
+    file: str
+    sha256: str
+    weights_sha256: str
+    train_loss: float
+    seconds: float
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> CurveEpoch:
+        return cls(int(_need(d, "epoch", int, where)), str(_need(d, "file", str, where)),
+                   str(_need(d, "sha256", str, where)), str(_need(d, "weights_sha256", str, where)),
+                   float(_need(d, "train_loss", (int, float), where)), float(_need(d, "seconds", (int, float), where)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CurveMeta:
+    """curve.json: a curve between two checkpoints (`landscape connect`), stored with its first endpoint's run.
+
+    `epochs` holds one record per trained epoch (epoch 0: the bends on the straight line, before training);
+    `resume` the optimizer state of the last one (to continue training exactly)."""
+
+    id: str
+    name: str | None
+    config: CurveConfig
+    epochs_requested: int
+    epochs: list[CurveEpoch]
+    resume: FileRecord | None
+    versions: dict[str, str]
+    created: str
+    updated: str | None = None
+    format: int = CURVE_FORMAT
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> CurveMeta:
+        _format(d, (CURVE_FORMAT,), where)
+        try:
+            cfg = CurveConfig.from_json(_need(d, "config", dict, where))
+        except (TypeError, ValueError) as e:
+            raise IntegrityError(f"{where}: the curve's configuration cannot be read ({e}): damaged") from e
+        resume = d.get("resume")
+        name = d.get("name")
+        return cls(
+            id=str(_need(d, "id", str, where)),
+            name=str(name) if name is not None else None,
+            config=cfg,
+            epochs_requested=int(_need(d, "epochs_requested", int, where)),
+            epochs=[CurveEpoch.from_json(e, where) for e in _need(d, "epochs", list, where)],
+            resume=FileRecord.from_json(resume, where) if resume else None,
+            **_stamps(d),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "id": self.id,
+            "name": self.name,
+            "config": self.config.to_json(),
+            "identity": self.config.identity(),
+            "epochs_requested": self.epochs_requested,
+            "epochs": [e.to_json() for e in self.epochs],
+            "resume": self.resume.to_json() if self.resume else None,
+            **_stamps_json(self.versions, self.created, self.updated),
+        }
+
+    @property
+    def run(self) -> str:
+        """The run the curve is stored with (its first endpoint's)."""
+        return self.config.run_a
+
+    @property
+    def epochs_done(self) -> int:
+        return self.epochs[-1].epoch if self.epochs else -1
 
 
 @dataclass

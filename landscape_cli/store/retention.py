@@ -4,7 +4,7 @@ A policy is a dict of rules, any of which keeps a checkpoint: `every` (every k-t
 cadence: the epochs that are multiples of k, or in a run with step checkpoints every N steps the steps that are
 multiples of k × N), `last` (the newest n) and `epochs` (every checkpoint saved at an epoch's end).
 The newest checkpoint is always kept (training continues from it), and so is every checkpoint a grid, a
-Hessian result or an interpolation line of any run in the store refers to. A removed checkpoint keeps its
+Hessian result, an interpolation line or a curve (`connect`) of any run in the store refers to. A removed checkpoint keeps its
 record in run.json, marked `removed`, so no key ever changes; the record is written before the file is deleted,
 so a kill in between leaves a file nobody reads, never a record of a missing file.
 """
@@ -60,6 +60,13 @@ def referenced(st: Store, run_id: str) -> set[int]:
         for grid in st.grids(other):
             if not isinstance(grid, Damaged) and grid.config.target_run == run_id and grid.config.target_epoch is not None:
                 keys.add(int(grid.config.target_epoch))
+    for curve in st.curves(run_id):  # the endpoints of curves from or to this run (`connect`)
+        if isinstance(curve, Damaged):
+            continue
+        if curve.config.run_a == run_id:
+            keys.add(curve.config.epoch_a)
+        if curve.config.run_b == run_id:
+            keys.add(curve.config.epoch_b)
     return keys
 
 

@@ -1,4 +1,5 @@
-"""Integrity checks: re-hash every file the store recorded a hash for, and decode every grid chunk.
+"""Integrity checks: re-hash every file the store recorded a hash for (curves' included), and decode every grid
+chunk.
 
 Reads metadata, files and Zarr chunks only (no torch), and changes nothing.
 """
@@ -28,7 +29,8 @@ class Problem:
 class Report:
     problems: list[Problem] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=lambda: {
-        "runs": 0, "checkpoints": 0, "optimizer_states": 0, "directions": 0, "grids": 0, "chunks": 0})
+        "runs": 0, "checkpoints": 0, "optimizer_states": 0, "directions": 0, "grids": 0, "chunks": 0, "curves": 0,
+        "curve_files": 0})
     leftovers: list[str] = field(default_factory=list)  # temporary files of killed writers (never read)
     unfinished: list[str] = field(default_factory=list)  # grids whose creation was killed before any row
 
@@ -102,6 +104,32 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
               "with --resume (the seeded draw is made again, identical)")
     for grid_id in st.grid_ids(run_id, with_metadata=False):
         _verify_grid(st, run_id, grid_id, report)
+    for curve_id in st.curve_ids(run_id):
+        _verify_curve(st, run_id, curve_id, report)
+
+
+def _verify_curve(st: Store, run_id: str, curve_id: str, report: Report) -> None:
+    """A curve stored with the run (`landscape connect`): curve.json, every epoch's bends, the last optimizer state."""
+    report.checked["curves"] += 1
+    curve_dir = st.curve_dir(run_id, curve_id)
+    retrain = (f"delete {curve_dir} and run the curve's `landscape connect` command again (on CPU it trains the same "
+               "curve), or restore the file from a backup")
+    try:
+        meta = st.read_curve(run_id, curve_id)
+    except (IntegrityError, OSError) as e:
+        what = "not valid JSON" if "not valid JSON" in str(e) else "damaged"
+        report.problems.append(Problem(run_id, str(st.curve_file(run_id, curve_id)), f"curve.json is {what}",
+                                       retrain))
+        return
+    for rec in meta.epochs:
+        report.checked["curve_files"] += 1
+        _file(report, run_id, st.curve_path(run_id, curve_id, rec.file), rec.sha256,
+              f"bends of epoch {rec.epoch} of curve {curve_id}", retrain)
+    if meta.resume:
+        report.checked["curve_files"] += 1
+        _file(report, run_id, st.curve_path(run_id, curve_id, meta.resume.file), meta.resume.sha256,
+              f"optimizer state of epoch {meta.resume.epoch} of curve {curve_id}",
+              "the curve's training cannot be continued exactly; its bends are unaffected")
 
 
 def _rows_done(zarr_path: Path) -> int:

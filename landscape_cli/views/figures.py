@@ -44,6 +44,7 @@ from landscape_cli.errors import UsageError
 from landscape_cli.store import Store
 from landscape_cli.views.readers import (
     METRICS,
+    CurvePlane,
     EpochData,
     LineData,
     PathData,
@@ -59,6 +60,8 @@ from landscape_cli.views.readers import (
     geometry,
     kind_text,
     model_text,
+    read_curve_line,
+    read_curve_plane,
     read_epoch,
     read_line,
     read_path,
@@ -105,6 +108,7 @@ class Panel:
     pair: int | None
     batch: int | None
     path: TrajectoryPath | None = None  # a PCA plane's trajectory, drawn on the panel
+    curve: CurvePlane | None = None  # a curve plane's control points and curve, drawn on the panel
 
     @property
     def diverged(self) -> int:
@@ -128,6 +132,7 @@ class Curve:
     pair: int | None  # the one pair it shows, None for a mean over several
     batch: int | None
     over: str  # what the mean is over ("pairs and batches", "batches", "pairs"; "" for none)
+    linestyle: str = "-"  # a curve grid's straight line and ensembles: dashed, dotted
 
     @property
     def diverged(self) -> int:
@@ -197,7 +202,17 @@ def _check_selection(sources: list[Source], pair: int | None, batch: int | None)
 
 def build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
                  reduce: str) -> tuple[list[Panel], tuple[int, int]]:
-    """The panels of one figure (one frame) of planes and their rows x columns layout."""
+    """The panels of one figure (one frame) of planes and their rows x columns layout (a curve plane's with its
+    control points and curve)."""
+    panels, shape = _build_panels(sources, epochs, metric, pair, batch, reduce)
+    planes = {id(s): read_curve_plane(s) for s in sources}
+    for p in panels:
+        p.curve = planes[id(p.source)]
+    return panels, shape
+
+
+def _build_panels(sources: list[Source], epochs: list[int], metric: str, pair: int | None, batch: int | None,
+                  reduce: str) -> tuple[list[Panel], tuple[int, int]]:
     cfg = sources[0].grid.config
     _check_selection(sources, pair, batch)
     panels: list[Panel] = []
@@ -705,6 +720,8 @@ def draw(fig: Any, panels: list[Panel], shape: tuple[int, int], style: Style, sc
             ax.plot([0], [0], marker="+", color="red", markersize=6)
             if panel.path is not None:
                 _draw_plane_path(ax, panel.path)
+            if panel.curve is not None:
+                _draw_curve_plane(ax, panel.curve)
             _ticks(ax.xaxis, bins, ex)
             _ticks(ax.yaxis, bins, ey)
             ax.tick_params(labelsize=TICK_SIZE)
@@ -743,6 +760,52 @@ def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
         ax.annotate(str(epoch), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6, color=PATH_COLOUR)
 
 
+def _draw_curve_plane(ax: Any, plane: CurvePlane) -> None:
+    """A curve plane's curve (projected onto it) and its control points: w_A, the bends, w_B, each labelled."""
+    ax.plot(plane.x, plane.y, color="white", linewidth=1.6, gid="curve", zorder=4)
+    ax.plot(plane.x, plane.y, color=PATH_COLOUR, linewidth=0.9, linestyle="--", zorder=4)
+    n = len(plane.control_x)
+    labels = ["w_A", *[f"θ{k}" if n > 3 else "θ" for k in range(1, n - 1)], "w_B"]
+    ax.plot(plane.control_x, plane.control_y, linestyle="none", marker="o", markersize=4.5, color=PATH_COLOUR,
+            markerfacecolor="white", gid="control points", zorder=5)
+    for label, x, y in zip(labels, plane.control_x, plane.control_y, strict=True):
+        ax.annotate(label, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color=PATH_COLOUR, zorder=5)
+
+
+def _curve_companions(sources: list[Source], epochs: list[int], metric: str, batch: int | None,
+                      curves: list[Curve]) -> tuple[list[Curve], str]:
+    """A curve grid's curves relabelled with their loss barrier, the straight line's (dashed, its barrier too) and
+    with --metric accuracy the ensembles' accuracy (dotted); and the axes' title text naming both barriers."""
+    from landscape_cli.curvature.stats import barrier
+
+    extra: list[Curve] = []
+    texts = []
+    for s in sources:
+        data = read_curve_line(s, metric)
+        if data is None:
+            continue
+        batches = [batch] if batch is not None else list(range(s.grid.config.batches))
+        who = f"{s.name} " if len(sources) > 1 else ""
+        with np.errstate(invalid="ignore"):
+            line_barrier = barrier(data.x, data.line_loss[batches].mean(axis=0))
+            for c in curves:
+                if c.source is s and c.computed:
+                    loss = c.values if metric == "loss" else read_line(s, c.epoch, "loss").values[0][batches].mean(axis=0)
+                    b = barrier(data.x, loss)
+                    c.label = f"{who}curve φ(t) (barrier {b:.3g})"
+                    texts.append(f"{who}loss barrier: curve {b:.3g}, straight line {line_barrier:.3g}")
+            e = epochs[0]
+            extra.append(Curve(f"{who}straight line (barrier {line_barrier:.3g})", data.x,
+                               data.line[batches].mean(axis=0), None, None, True, s, e, 0, None, "", "--"))
+            if metric == "accuracy":
+                extra.append(Curve(f"{who}ensemble of φ(t) and its ends", data.x, data.ensemble[batches].mean(axis=0),
+                                   None, None, True, s, e, 0, None, "", ":"))
+                ends = float(data.endpoints[batches].mean())
+                extra.append(Curve(f"{who}ensemble of the two ends ({ends:.3g})", data.x, np.full(len(data.x), ends),
+                                   None, None, True, s, e, 0, None, "", "-."))
+    return extra, "; ".join(texts)
+
+
 def _epochs_text(epochs: Sequence[int], unit: str = "epoch") -> str:
     return f"{unit} {epochs[0]}" if len(epochs) == 1 else f"{unit}s " + ", ".join(map(str, epochs))
 
@@ -763,17 +826,19 @@ def _mark_ends(ax: Any, curves: list[Curve]) -> None:
 
 
 def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], style: Style,
-                suptitle: str) -> tuple[list[Any], list[str]]:
-    """Draw the `curves` of lines on one axes of `fig` (cleared first); returns the axes and the notes written."""
+                suptitle: str, companions: Sequence[Curve] = (), subtitle: str = "") -> tuple[list[Any], list[str]]:
+    """Draw the `curves` of lines on one axes of `fig` (cleared first), and a curve grid's `companions` (its
+    straight line, ensembles) with `subtitle` (its barriers) on the axes' title; returns the axes and the notes
+    written."""
     fig.clear()
     ax: Any = fig.add_subplot(1, 1, 1)
     source = curves[0].source
     handles = []
-    for c in curves:
+    for c in [*curves, *companions]:
         if not c.computed:
             continue
         [line] = ax.plot(c.x, _shown(c.values, style), linewidth=1.4, marker="o" if len(c.x) <= 25 else None,
-                         markersize=2.5, label=c.label)
+                         markersize=2.5, label=c.label, linestyle=c.linestyle)
         handles.append(line)
         if c.lo is not None and c.hi is not None:
             ax.fill_between(c.x, _shown(c.lo, style), _shown(c.hi, style), color=line.get_color(), alpha=0.2,
@@ -782,7 +847,7 @@ def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], styl
         if bad.any():  # diverged: a gap in the curve, and a marker at the bottom
             ax.plot(c.x[bad], np.full(int(bad.sum()), 0.03), transform=ax.get_xaxis_transform(), linestyle="none",
                     marker="x", markersize=6, color=DIVERGED_COLOUR, gid="diverged")
-    if source.kind == "interpolate":
+    if source.kind in ("interpolate", "curve"):
         _mark_ends(ax, curves)
     for path in paths:
         y = _shown(path.values, style)
@@ -802,7 +867,7 @@ def draw_curves(fig: Any, curves: list[Curve], paths: list[TrajectoryPath], styl
     ax.set_xlabel(axis_labels(source, next(iter(one_epoch)) if len(one_epoch) == 1 else None)[0] + _power(ex),
                   fontsize=8)
     ax.set_ylabel(f"{style.metric} (log scale)" if style.log else style.metric, fontsize=8)
-    title = _curves_title(curves)
+    title = "\n".join(t for t in (_curves_title(curves), subtitle) if t)
     diverged = sum(c.diverged for c in curves)
     ax.set_title(title + (f"  ({diverged} diverged)" if diverged else ""), fontsize=8)
     ax.tick_params(labelsize=7)
@@ -943,10 +1008,12 @@ def plot(
         curves = build_curves(sources, chosen, metric, pair, batch, reduce)
         batches = [batch] if batch is not None else list(range(first.grid.config.batches))
         paths = [p for p in (trajectory(s, read_path(s, metric), batches) for s in sources) if p is not None]
+        companions, subtitle = _curve_companions(sources, chosen, metric, batch, curves)
         fig = _figure((7.5, 5.0), dpi, show)
         try:
             prepare_dir()
-            line_axes, line_notes = draw_curves(fig, curves, paths, style, _suptitle(sources, chosen, style))
+            line_axes, line_notes = draw_curves(fig, curves, paths, style, _suptitle(sources, chosen, style),
+                                                companions, subtitle)
             if path is not None:
                 _save(fig, path, dpi)
             _show(fig, show)

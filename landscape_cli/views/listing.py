@@ -8,7 +8,7 @@ from landscape_cli._io import dir_size
 from landscape_cli.errors import IntegrityError
 from landscape_cli.store import Store
 from landscape_cli.store.locks import holder
-from landscape_cli.store.meta import Damaged, GridMeta, HessianMeta, RunMeta
+from landscape_cli.store.meta import CurveMeta, Damaged, GridMeta, HessianMeta, RunMeta
 
 
 def run_status(store: Store, meta: RunMeta) -> str:
@@ -52,6 +52,7 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "path": str(store.run_dir(meta.id)),
         "grids": [grid_summary(store, meta.id, g) for g in store.grids(meta.id)],
         "hessians": [hessian_summary(store, meta.id, h) for h in store.hessians(meta.id)],
+        "curves": [curve_summary(store, meta.id, c) for c in store.curves(meta.id)],
     }
 
 
@@ -131,6 +132,34 @@ def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> d
             "batches": "all" if cfg.whole else cfg.batches, "batch_size": cfg.batch_size, "bn": cfg.bn, "density": cfg.density,
             "status": "complete" if done.size and done.all() else "partial",
             "path": str(store.hessian_dir(run_id, meta.id))}
+
+
+def curve_summary(store: Store, run_id: str, meta: CurveMeta | Damaged) -> dict[str, Any]:
+    """What `ls` shows of a curve with the run as an endpoint (`landscape connect`): listed under both runs, `role`
+    says which end this run is ("from": RUN_A, where the curve is stored; "to": RUN_B)."""
+    if isinstance(meta, Damaged):
+        return {"id": meta.id, "status": "damaged", "error": meta.error}
+    cfg = meta.config
+    if holder(store.curve_lock(meta.run, meta.id).path) is not None:
+        status = "training"
+    else:
+        status = "complete" if meta.epochs_done >= meta.epochs_requested else "stopped"
+    last = meta.epochs[-1] if meta.epochs else None
+    return {"id": meta.id, "name": meta.name, "role": "from" if cfg.run_a == run_id else "to",
+            "description": describe_curve(meta), "shape": cfg.shape, "bends": cfg.bends,
+            "run_a": cfg.run_a, "epoch_a": cfg.epoch_a, "run_b": cfg.run_b, "epoch_b": cfg.epoch_b,
+            "optimizer": cfg.optimizer, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "epochs_done": meta.epochs_done, "epochs_requested": meta.epochs_requested, "status": status,
+            "train_loss": last.train_loss if last else None,  # the mean along the curve in its last epoch
+            "line_loss": meta.epochs[0].train_loss if meta.epochs else None,  # epoch 0: along the straight line
+            "path": str(store.curve_dir(meta.run, meta.id))}
+
+
+def describe_curve(meta: CurveMeta) -> str:
+    """A curve in a few words: "bezier 1 bend 1a2b3c4d5e6f:5 -> 6f5e4d3c2b1a:5" (each end: run and checkpoint)."""
+    cfg = meta.config
+    return (f"{cfg.shape} {cfg.bends} bend{'s' if cfg.bends > 1 else ''} {cfg.run_a}:{cfg.epoch_a} -> "
+            f"{cfg.run_b}:{cfg.epoch_b}")
 
 
 def _keyed_by_step(zarr_path: Any) -> bool:

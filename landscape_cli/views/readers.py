@@ -321,6 +321,77 @@ def trajectory(source: Source, data: PathData | None, batches: list[int]) -> Tra
     return TrajectoryPath(source, data.epochs, data.x, data.y, data.residual, data.distance, values)
 
 
+@dataclass
+class CurveLine:
+    """What a curve grid (`--directions curve`) stores beside its values, at its t (`x`): the straight line's
+    metric [batch, x], and the ensembles' accuracy (that of φ(t) with the curve's two ends [batch, x], that of
+    the two ends [batch]); the line's loss for the barriers whatever the metric."""
+
+    x: np.ndarray
+    line: np.ndarray
+    line_loss: np.ndarray
+    ensemble: np.ndarray
+    endpoints: np.ndarray
+
+
+def read_curve_line(source: Source, metric: str) -> CurveLine | None:
+    """A curve grid's straight line and ensembles (None for other kinds)."""
+    if source.kind != "curve":
+        return None
+    rows = Rows(source.zarr_path, "r")
+    try:
+        root: Any = rows.root
+        line_loss = np.asarray(root["line_loss"][...], np.float64)
+        line = line_loss if metric == "loss" else np.asarray(
+            accuracy_where_finite(np.asarray(root["line_accuracy"][...], np.float64), line_loss))
+        ensemble = np.asarray(root["ensemble_accuracy"][...], np.float64)
+        endpoints = np.asarray(root["endpoint_ensemble_accuracy"][...], np.float64)
+    except (*DECODE_ERRORS, KeyError) as e:
+        raise IntegrityError(
+            f"grid {source.grid_id} has damaged or missing curve arrays (line_*, *ensemble_accuracy): `landscape grid "
+            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
+        ) from e
+    return CurveLine(source.coords[0], line, line_loss, ensemble, endpoints)
+
+
+@dataclass
+class CurvePlane:
+    """A curve plane's (`--directions curve-plane`) control points (w_A, the bends, w_B) and the curve projected
+    onto it."""
+
+    control_x: np.ndarray
+    control_y: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    residual: np.ndarray
+
+
+def read_curve_plane(source: Source) -> CurvePlane | None:
+    if source.kind != "curve-plane":
+        return None
+    rows = Rows(source.zarr_path, "r")
+    try:
+        root: Any = rows.root
+        arrays = [np.asarray(root[name][...], np.float64)
+                  for name in ("control_x", "control_y", "curve_x", "curve_y", "curve_residual")]
+    except (*DECODE_ERRORS, KeyError) as e:
+        raise IntegrityError(
+            f"grid {source.grid_id} has damaged or missing curve arrays (control_*, curve_*): `landscape grid "
+            f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
+        ) from e
+    return CurvePlane(*arrays)
+
+
+def curve_text(s: Source) -> str:
+    """A curve grid's curve: "bezier curve 1a2b3c4d5e6f (1 bend, training epoch 20) from epoch 9 to b epoch 9"."""
+    facts = s.grid.kind.get("curve") or {}
+    bends = int(facts.get("bends", 0))
+    name = facts.get("name") or str(facts.get("id", ""))
+    start = facts.get("start", s.grid.epochs[0] if s.grid.epochs else 0)
+    return (f"{facts.get('shape', '')} curve {name} ({bends} bend{'' if bends == 1 else 's'}, training epoch "
+            f"{facts.get('epoch', '?')}) from {s.checkpoint_label(int(start))} to {target_text(s)}")
+
+
 # --- checkpoints: by epoch, or by step -------------------------------------------------------------
 
 
@@ -408,7 +479,7 @@ def batch_text(s: Source, b: int) -> str:
 
 
 def _axis_names(s: Source) -> tuple[str, ...]:
-    return ("t",) if s.kind == "interpolate" else ("x", "y")[:s.dims]
+    return ("t",) if s.kind in ("interpolate", "curve") else ("x", "y")[:s.dims]
 
 
 def eigenvalues(s: Source, epoch: int | None) -> list[float]:
@@ -419,8 +490,10 @@ def eigenvalues(s: Source, epoch: int | None) -> list[float]:
 
 def axis_labels(s: Source, epoch: int | None = None) -> list[str]:
     """The label of each axis: what its coordinate is (a Hessian grid's: its eigenvalue at `epoch`)."""
-    if s.kind == "interpolate":
+    if s.kind in ("interpolate", "curve"):
         return ["t"]
+    if s.kind == "curve-plane":
+        return ["x (along w_B − w_A)", "y (towards the bend)"]
     if s.kind == "hessian":
         values = eigenvalues(s, epoch)
         return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
@@ -455,8 +528,8 @@ def _target_label(s: Source, run_id: str, key: Any) -> str:
 def kind_text(s: Source) -> str:
     shape = "plane" if s.dims == 2 else "line"
     return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
-            "hessian": f"Hessian eigenvector {shape}"}.get(s.kind,
-                                                                                              f"{s.kind} {shape}")
+            "hessian": f"Hessian eigenvector {shape}", "curve": "curve between two minima",
+            "curve-plane": "plane of a curve between two minima"}.get(s.kind, f"{s.kind} {shape}")
 
 
 def geometry(s: Source) -> str:
@@ -467,6 +540,8 @@ def geometry(s: Source) -> str:
     ranges = ", ".join(f"{n} in [{lo:.3g}, {hi:.3g}]" for n, (lo, hi) in zip(_axis_names(s), s.grid.ranges, strict=False))
     if cfg.kind == "interpolate":
         return f"interpolation from each epoch to {target_text(s)}, {ranges}"
+    if cfg.kind in ("curve", "curve-plane"):
+        return f"{kind_text(s)}: {curve_text(s)}, {ranges}"
     if cfg.kind == "pca" and cfg.trajectory:
         t = list(cfg.trajectory)
         epochs = f"{t[0]}–{t[-1]}" if len(t) > 2 and t == list(range(t[0], t[-1] + 1)) else ",".join(map(str, t))
@@ -476,7 +551,7 @@ def geometry(s: Source) -> str:
 
 def directions_text(s: Source) -> str:
     cfg = s.grid.config
-    if cfg.kind == "interpolate":
+    if cfg.kind in ("interpolate", "curve", "curve-plane"):
         return ""
     if cfg.layer:
         return f"layer {cfg.layer}"
