@@ -640,41 +640,33 @@ def sample_word(dataset: dict[str, Any]) -> str:
     return "samples" if "source" in dataset else "images"
 
 
+MAX_LISTED = 1_000_000  # numbers one --epochs / --at-steps may name (a range is checked before it is expanded)
+
+
 def parse_epochs(text: str | None) -> list[int] | None:
     """'0,1,9' or '0-3,9' -> [0, 1, 9] / [0, 1, 2, 3, 9]; None -> None (all)."""
-    if text is None:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise UsageError(f"bad --epochs {text!r}: give epoch numbers like 0,1,9 or a range like 0-9") from None
-    for e in out:
-        positive_int(e, "an epoch number", minimum=0)
-    return out
+    return _parse_numbers(text, "--epochs", "epoch", "epoch numbers like 0,1,9 or a range like 0-9")
 
 
 def parse_steps(text: str | None) -> list[int] | None:
     """--at-steps '10,20' or '0-30,50' -> step numbers, parsed as `parse_epochs` parses epochs; None -> None."""
+    return _parse_numbers(text, "--at-steps", "step", "step numbers like 10,20 or a range like 0-50")
+
+
+def _parse_numbers(text: str | None, option: str, what: str, example: str) -> list[int] | None:
     if text is None:
         return None
     out: list[int] = []
     for part in text.split(","):
         part = part.strip()
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
+            lo, hi = (int(v) for v in part.split("-", 1)) if "-" in part[1:] else (int(part), int(part))
         except ValueError:
-            raise UsageError(f"bad --at-steps {text!r}: give step numbers like 10,20 or a range like 0-50") from None
-    for s in out:
-        positive_int(s, "a step number", minimum=0)
+            raise UsageError(f"bad {option} {text!r}: give {example}") from None
+        if hi - lo >= MAX_LISTED or len(out) + hi - lo >= MAX_LISTED:  # before expanding the range
+            raise UsageError(f"{option} {text!r} names over {MAX_LISTED:,} {what}s: give the ones the run has "
+                             "(`landscape ls` lists them)")
+        out.extend(range(lo, hi + 1))
+    for n in out:
+        positive_int(n, f"a {what} number", minimum=0)
     return out

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from conftest import REPO, Cli, StoreFactory, Train, filter_normalized, private_copy, run_in_process, subprocess_env
 
 from landscape_cli import train
-from landscape_cli.config import parse_epochs
+from landscape_cli.config import parse_epochs, parse_steps
 from landscape_cli.data import load_dataset
 from landscape_cli.engine.compute import grid
 from landscape_cli.errors import GridStateError, IntegrityError, UsageError
@@ -245,6 +245,10 @@ def test_parse_epochs() -> None:
     for bad in ("a", "1,,2", "-1", "3-x"):
         with pytest.raises(UsageError):
             parse_epochs(bad)
+    with pytest.raises(UsageError, match="names over 1,000,000 epochs"):  # refused before the range is expanded
+        parse_epochs("0-99999999999")
+    with pytest.raises(UsageError, match="--at-steps"):
+        parse_steps("10,x")
 
 
 GRID_ARGS = ["grid", "tiny", "--epochs", "0,2", "--width", "11", "--pairs", "2", "--batches", "3", "--batch-size", "128",

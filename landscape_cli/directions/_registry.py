@@ -166,6 +166,23 @@ def decimal_points(lo: float, hi: float, count: int) -> np.ndarray:
     return np.array([float(a + i * step) for i in range(count)], np.float64)
 
 
+def points_with_ends(lo: float, hi: float, count: int) -> np.ndarray:
+    """`count` decimal points from lo to hi (`decimal_points`); the inner points nearest to 0 and 1 become exactly 0
+    and 1 (the range's ends stay where they are unless they are 0 or 1 themselves): the t axis of a line or curve
+    between two checkpoints, which must hold both checkpoints exactly."""
+    t = decimal_points(lo, hi, count)
+    t[0], t[-1] = lo, hi
+    for exact in (0.0, 1.0):
+        if exact in (lo, hi):
+            continue
+        inner = np.abs(t[1:-1] - exact)
+        if inner.size:
+            t[1 + int(np.argmin(inner))] = exact
+    if not (np.all(np.diff(t) > 0) and (t == 0.0).sum() == 1 and (t == 1.0).sum() == 1):
+        raise UsageError(f"--width {count} is too small to place t = 0 and t = 1 in [{lo:g}, {hi:g}]")
+    return t
+
+
 _KINDS: dict[str, DirectionKind] = {}
 
 

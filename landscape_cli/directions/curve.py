@@ -43,7 +43,7 @@ from landscape_cli.directions._registry import (
     EpochModel,
     GridContext,
     Prepared,
-    decimal_points,
+    points_with_ends,
     register_kind,
 )
 from landscape_cli.errors import IntegrityError, RunNotFoundError, UsageError
@@ -208,18 +208,8 @@ class CurveKind(_CurveKind):
             raise UsageError(f"--width {cfg.width}: a curve needs at least 3 points (its two ends and one inside)")
 
     def coordinates(self, axis: Axis, lo: float, hi: float) -> np.ndarray:
-        """`count` decimal points from lo to hi; those nearest to 0 and 1 become exactly 0 and 1."""
-        t = decimal_points(lo, hi, axis.count)
-        t[0], t[-1] = lo, hi
-        for exact in (0.0, 1.0):
-            if exact in (lo, hi):
-                continue
-            inner = np.abs(t[1:-1] - exact)
-            if inner.size:
-                t[1 + int(np.argmin(inner))] = exact
-        if not (np.all(np.diff(t) > 0) and (t == 0.0).sum() == 1 and (t == 1.0).sum() == 1):
-            raise UsageError(f"--width {axis.count} is too small to place t = 0 and t = 1 in [{lo:g}, {hi:g}]")
-        return t
+        """t from lo to hi, with t = 0 and t = 1 exactly among the points (`points_with_ends`)."""
+        return points_with_ends(lo, hi, axis.count)
 
     def formula(self, cfg: GridConfig) -> str:
         return "φ(x), the curve's point at t = x: Σ_k c_k(x)·P_k (P_0 = w_A, the bends, w_B)"
