@@ -67,21 +67,29 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
-def killed_and_resumed_training(args: list[str], store: Path) -> list[str]:
-    """`landscape ARGS --store STORE` (a training) SIGKILLed somewhere inside its second epoch or later, then
-    rerun in-process to the end: the weights hash of every checkpoint, each checked against its file."""
+def kill_after(args: list[str], store: Path, ready: str, delay: tuple[float, float], seed: int = 0,
+               timeout: float = 120.0) -> None:
+    """`landscape ARGS --store STORE` in a fresh interpreter, SIGKILLed a random `delay` (seconds, drawn from `seed`)
+    after a file matching the glob `ready` appears in the store."""
     import random
     import signal
     import time
 
     proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(store)],
                             env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(store.glob("*/checkpoints/epoch-0001.pt")):
-        time.sleep(0.02)
-    time.sleep(random.Random(0).uniform(0.05, 0.3))  # somewhere inside a later epoch
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(store.glob(ready)) and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(random.Random(seed).uniform(*delay))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def killed_and_resumed_training(args: list[str], store: Path) -> list[str]:
+    """`landscape ARGS --store STORE` (a training) SIGKILLed somewhere inside its second epoch or later, then
+    rerun in-process to the end: the weights hash of every checkpoint, each checked against its file."""
+
+    kill_after(args, store, "*/checkpoints/epoch-0001.pt", (0.05, 0.3))  # somewhere inside a later epoch
     from landscape_cli.store import Store
     from landscape_cli.store.meta import RunMeta
 

@@ -9,12 +9,7 @@ recomputed by a loop of its own.
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from math import comb
 from pathlib import Path
 from typing import Any
@@ -22,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, Cli, StoreFactory, Train, run_in_process, subprocess_env, tree
+from conftest import Cli, StoreFactory, Train, kill_after, run_in_process, tree
 
 from landscape_cli.store import Store
 from landscape_cli.store.meta import CurveMeta
@@ -180,14 +175,7 @@ def test_a_killed_connect_resumes_bitwise(trained_store: StoreFactory, tmp_path:
     assert len(expected) == 7
 
     store = trained_store.copy(*RUNS, to=tmp_path / "killed")
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(store)],
-                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not list(store.glob("*/curves/*/epoch-0001.pt")):
-        time.sleep(0.02)
-    time.sleep(random.Random(0).uniform(0.05, 0.3))  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(args, store, "*/curves/*/epoch-0001.pt", (0.05, 0.3))  # somewhere inside a later epoch
     [curve_file] = store.glob("*/curves/*/curve.json")
     assert 1 <= len(json.loads(curve_file.read_text())["epochs"]) < 7, "the kill should land mid-training"
     resumed = run_in_process(*args, "--store", str(store))

@@ -9,17 +9,12 @@ policy removes only what it may.
 from __future__ import annotations
 
 import json
-import random
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import REPO, checkpoint_hashes, one_thread, run_in_process, subprocess_env
+from conftest import checkpoint_hashes, kill_after, one_thread, run_in_process
 
 TRAIN = ["cnn", "digits", "--epochs", "2", "--batch-size", "64", "--optimizer", "sgd", "--lr", "0.05",
          "--momentum", "0.9"]
@@ -108,14 +103,7 @@ def test_a_kill_within_an_epoch_resumes_bitwise(runs: dict[str, Any], tmp_path: 
     _, uninterrupted = runs["steps"]
     store = tmp_path / "killed"
     args = [*TRAIN, "--checkpoint-every", "10"]
-    proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", "train", *args, "--store", str(store), "-q"],
-                            env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(store.glob("*/checkpoints/step-000000030.pt")):
-        time.sleep(0.005)
-    time.sleep(random.Random(1).uniform(0.0, 0.05))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(["train", *args, "-q"], store, "*/checkpoints/step-000000030.pt", (0.0, 0.05), seed=1)
     from landscape_cli.store import Store
 
     [run] = Store(store).runs()
