@@ -268,8 +268,8 @@ def plot(
                                        "GIF frame, to compare them) or panel (each its own colour bar: an "
                                        "epoch-0 or zoomed panel is not one flat colour).")] = "shared",
     animate: Annotated[bool, typer.Option(help="A GIF over the epochs (2-D grids).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",
-                                             show_default=False)] = None,
+    out: Annotated[str | None, typer.Option(help="Output file (.png, .pdf, .svg; .gif with --animate).",  # text: see export
+                                            show_default=False)] = None,
     show: Annotated[bool, typer.Option(help="Also open a window.")] = False,
     html: Annotated[
         bool, typer.Option("--html", help="One self-contained HTML page instead (no network needed to view it): the "
@@ -325,6 +325,8 @@ def plot(
     from landscape_cli.views.figures import plot as draw_plot
 
     steps = parse_steps(at_steps)
+    if out is not None and not out.strip():
+        raise UsageError("empty --out: give a file (the figure's format from its suffix), or leave it out")
 
     logdir = None
     if tensorboard is not None:
@@ -452,9 +454,9 @@ def export(
         str | None, typer.Option("--grid", help="Which grid (id, prefix or name) [default: the run's newest, as plot "
                                  "chooses].", show_default=False)
     ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Output file (vtk: a directory) [default: the grid's exports/].",
-                                  show_default=False)
+    out: Annotated[  # text, not a Path: Typer would turn an empty --out '' into '.', the working directory
+        str | None, typer.Option(help="Output file (vtk: a directory) outside the store [default: the grid's "
+                                 "exports/].", show_default=False)
     ] = None,
     zmax: Annotated[
         float | None, typer.Option(help="vtk: clip heights above this loss (Li et al.'s h52vtp --zmax).",

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +178,7 @@ def export(
 
     st = Store.of(store)
     source = _select(st, run, grid)
-    target = _out_path(out, fmt, st.export_path(source.run_id, source.grid_id, DEFAULT_NAMES[fmt]),
-                       partial(st.grid_owns, source.run_id, source.grid_id), st.grid_dir(source.run_id, source.grid_id))
+    target = _out_path(out, fmt, st.export_path(source.run_id, source.grid_id, DEFAULT_NAMES[fmt]), st, "grid")
     with undone_on_failure(prepare_parent(target)):
         data = read_grid(source.zarr_path, source.grid_id)
         stats = data.counts()
@@ -238,7 +235,7 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
     meta = select_hessian(st, run_id, hessian)
     zarr_path = st.hessian_zarr(run_id, meta.id)
     target = _out_path(out, fmt, st.hessian_export_path(run_id, meta.id, HESSIAN_NAMES[fmt]),
-                       partial(st.hessian_owns, run_id, meta.id), st.hessian_dir(run_id, meta.id))
+                       st, "curvature results")
     with undone_on_failure(prepare_parent(target)):
         data = read_grid(zarr_path, meta.id, ("done", "epoch", "eigenvalues"))
         done = data.arrays["done"] > 0
@@ -323,10 +320,10 @@ def _select(st: Store, run: str, grid: str | None) -> Source:
     return select_sources(st, [run], [grid] if grid is not None else [], "to export")[0]
 
 
-def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, owned: Callable[[Path], bool],
-              home: Path) -> Path:
-    """`out` (a directory given for a file: the default name in it), else `default`; refused if it would overwrite
-    what `owned` says the store owns (the grid's or results' own files, in `home`)."""
+def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, st: Store, what: str) -> Path:
+    """`out` (a directory given for a file: the default name in it), else `default`; refused anywhere inside the
+    store (links followed) but the result's own exports/ directory, where `default` is: an export never replaces a
+    checkpoint, a grid.json or any other file of the store."""
     if out is None:
         return default
     if str(out).strip() == "":
@@ -334,8 +331,12 @@ def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, owned
     path = Path(out).expanduser()
     if fmt != "vtk" and path.is_dir():
         path = path / default.name
-    if owned(path):
-        raise UsageError(f"--out {path} would overwrite the grid's own files: choose a path outside {home.resolve()}")
+    exports = default.parent
+    # the exports/ directory itself (or made where it belongs): never a link to elsewhere in the store
+    inside_exports = not exports.is_symlink() and Store._owns(path, exports) and path.resolve() != exports.resolve()
+    if st.holds(path) and not inside_exports:
+        raise UsageError(f"--out {path} is inside the store ({st.root.resolve()}), where exports go only to the {what}'s "
+                         f"own exports/ directory ({exports}, the default): choose a path outside the store")
     if fmt == "vtk":
         if path.exists() and not path.is_dir():
             raise UsageError(f"--out {path} is a file: --format vtk writes a directory (give a new or empty one)")

@@ -180,29 +180,43 @@ class Store:
 
     # -- locks --
 
+    def confined(self, path: Path) -> Path:
+        """`path`, if the directory it is in lies inside the store's root once links are resolved (the root itself
+        may be a link); else one IntegrityError line. Every lock file the store opens is checked this way, so a
+        directory of the store replaced by a link to elsewhere never has a file written there."""
+        root = self.root.resolve()
+        probe = path.parent
+        while not probe.exists() and probe != probe.parent:  # the directory may not exist yet
+            probe = probe.parent
+        real = probe.resolve()
+        if real != root and root not in real.parents:
+            raise IntegrityError(f"{probe} leads outside the store ({real}, a symbolic link where the store keeps a "
+                                 f"directory): nothing is written there; remove the link")
+        return path
+
     def run_lock(self, run_id: str) -> FileLock:
         """Held while a run trains (one `train` per run at a time)."""
-        return FileLock(self.run_dir(run_id) / LOCK_FILE, f"run {run_id}")
+        return FileLock(self.confined(self.run_dir(run_id) / LOCK_FILE), f"run {run_id}")
 
     def run_lock_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / LOCK_FILE
 
     def grid_lock(self, run_id: str, grid_id: str) -> FileLock:
         """Held briefly while a grid's arrays and metadata are created or grown."""
-        return FileLock(self.grid_dir(run_id, grid_id) / LOCK_FILE, f"grid {grid_id}")
+        return FileLock(self.confined(self.grid_dir(run_id, grid_id) / LOCK_FILE), f"grid {grid_id}")
 
     def hessian_lock(self, run_id: str, hessian_id: str) -> FileLock:
         """Held while curvature results of the run are computed (one process at a time)."""
-        return FileLock(self.hessian_dir(run_id, hessian_id) / LOCK_FILE, f"Hessian results {hessian_id}")
+        return FileLock(self.confined(self.hessian_dir(run_id, hessian_id) / LOCK_FILE), f"Hessian results {hessian_id}")
 
     def curve_lock(self, run_id: str, curve_id: str) -> FileLock:
         """Held while a curve trains (one `connect` per curve at a time)."""
-        return FileLock(self.curve_dir(run_id, curve_id) / LOCK_FILE, f"curve {curve_id}")
+        return FileLock(self.confined(self.curve_dir(run_id, curve_id) / LOCK_FILE), f"curve {curve_id}")
 
     def row_lock(self, run_id: str, grid_id: str, epoch: int, pair: int, row: int) -> FileLock:
         """Held while one row (work unit) of a grid is computed; a second process skips it."""
         name = f"e{epoch}-p{pair}-y{row}.lock"
-        return FileLock(self.locks_dir(run_id, grid_id) / name, "row")
+        return FileLock(self.confined(self.locks_dir(run_id, grid_id) / name), "row")
 
     # -- writing --
 
@@ -585,17 +599,6 @@ class Store:
     def hessian_export_path(self, run_id: str, hessian_id: str, name: str) -> Path:
         """Where an export of curvature results is written unless told otherwise: `name` in the results' exports/."""
         return self.hessian_dir(run_id, hessian_id) / self.EXPORTS_DIR / name
-
-    def grid_owns(self, run_id: str, grid_id: str, path: str | os.PathLike[str]) -> bool:
-        """Whether writing `path` would overwrite the grid's own files: its Zarr group (or anything in it), its
-        grid.json or its run's run.json."""
-        return self._owns(path, self.zarr_path(run_id, grid_id), self.grid_file(run_id, grid_id), self.run_file(run_id))
-
-    def hessian_owns(self, run_id: str, hessian_id: str, path: str | os.PathLike[str]) -> bool:
-        """Whether writing `path` would overwrite the curvature results' own files: their Zarr group (or anything
-        in it), their hessian.json or their run's run.json."""
-        return self._owns(path, self.hessian_zarr(run_id, hessian_id), self.hessian_file(run_id, hessian_id),
-                          self.run_file(run_id))
 
     def holds(self, path: str | os.PathLike[str]) -> bool:
         """Whether `path` (symbolic links followed) is the store's directory or anything inside it: where no

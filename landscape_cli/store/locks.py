@@ -8,10 +8,12 @@ it so that a refused process can say which one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from landscape_cli._io import os_error
-from landscape_cli.errors import LockedError
+from landscape_cli.errors import IntegrityError, LockedError
 
 
 class FileLock:
@@ -34,9 +36,17 @@ class FileLock:
         """Take the lock if it is free; return False if another process holds it."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a link: a lock file replaced by a symbolic link would have its target truncated
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise IntegrityError(f"{self.path} is a symbolic link where the store keeps a lock file (someone "
+                                     "replaced it): delete the link and run the command again") from e
             raise os_error(e, self.path) from e
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IntegrityError(f"{self.path} is not a regular file where the store keeps a lock file: delete it and "
+                                 "run the command again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -83,7 +93,7 @@ class FileLock:
 def holder(path: Path) -> dict[str, Any] | None:
     """Who holds the lock at `path` (None if nobody does)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a link or a FIFO is no lock of ours
     except OSError:
         return None
     try:
