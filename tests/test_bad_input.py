@@ -188,12 +188,27 @@ def test_non_ascii_names_and_paths_with_spaces(cli: Any, tmp_path: Path) -> None
     (["plot", "tiny", "--out", ""], 2, "--out"),
     (["plot"], 2, "Missing argument 'runs'"),
     (["layers", ""], 2, "empty run reference"),
+    (["grid", "tiny", "--range=-1e308,1e308", "--width", "3", "--pairs", "1", "--batches", "1"], 2,
+     "not representable in float32"),
+    (["grid", "tiny", "--directions", "pca", "--to-epoch", "1"], 2, "--to-epoch is the end of an interpolation line"),
+    (["grid", "tiny", "--to", "tiny"], 2, "--to is the end of an interpolation line"),
+    (["hessian", "tiny", "--name", "a/b", "--top", "1"], 2, "bad Hessian results name"),
 ])
 def test_edge_values(copy_store: Any, args: list[str], code: int, needle: str) -> None:
     shared = copy_store(*SHARED)  # a copy per case: a case that wrote would change no other's store
     result = CliRunner().invoke(app, [*args, "--store", str(shared)])
     check(result)
     assert result.exit_code == code and needle in result.stderr, result.stderr
+
+
+def test_a_store_path_that_is_a_file_is_one_line(cli: Any, tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-store"
+    a_file.write_text("x")
+    for args in (["ls"], ["grid", "tiny"], ["verify"]):
+        result = cli(*args, "--store", str(a_file))
+        check(result)
+        assert result.exit_code != 0 and "is a file, not a directory" in result.stderr, (args, result.stderr)
+    assert a_file.read_text() == "x"
 
 
 def test_huge_values_that_are_valid(cli: Any, tmp_path: Path) -> None:

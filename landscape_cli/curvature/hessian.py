@@ -38,7 +38,7 @@ from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.kernel.hvp import NoSecondDerivative, operator
 from landscape_cli.models import checkpoints
-from landscape_cli.store import Store
+from landscape_cli.store import Store, check_label
 from landscape_cli.store.grid_arrays import grow
 from landscape_cli.store.hessian_arrays import create_results, epoch_done, read_results
 from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta, epoch_record
@@ -99,6 +99,8 @@ def hessian(
     `steps` steps, `bins` bins). Finished epochs are kept: the same call again computes only what is
     missing. `at_steps`: checkpoints by step, in a run with step checkpoints.
     """
+    if name is not None:
+        check_label(name, "Hessian results")  # as run and grid names
     st = Store.of(store)
     run_id = st.resolve(run)
     run_meta = st.read_run(run_id)

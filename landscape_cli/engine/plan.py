@@ -23,6 +23,7 @@ from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.meta import RunMeta
 
+MAX_COEFFICIENT = 1e30  # |x|, |y| of a grid point: far below float32's largest value (3.4e38)
 Owner = Callable[[int, int, int], bool]  # (epoch index, pair, row) -> whether this process computes it
 
 
@@ -38,6 +39,10 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         keys = source.epochs or None
         return source.config, (run.select(None, keys) if run.has_steps and keys else run.select(keys))
     kind = get_kind(opts.directions)
+    for option, value in (("--to-epoch", opts.to_epoch), ("--to", opts.to)):
+        if value is not None and kind.name != "interpolate":
+            raise UsageError(f"{option} is the end of an interpolation line: it does not apply to --directions "
+                             f"{kind.name}")
     if opts.dims is not None:
         positive_int(opts.dims, "--dims", minimum=1, maximum=2)
         if opts.dims not in kind.dims:
@@ -78,6 +83,10 @@ def _axes(kind: str, default: tuple[float, float] | None, opts: GridRequest, dim
         x = opts.range if opts.range is not None else default
     y = opts.yrange if opts.yrange is not None else (x if opts.range is not None or opts.span is not None else default)
     ranges = [x, y][:dims]
+    for r, option in zip(ranges, ("--range", "--yrange"), strict=False):
+        if r is not None and max(abs(r[0]), abs(r[1])) > MAX_COEFFICIENT:
+            raise UsageError(f"{option} {r[0]:g},{r[1]:g}: coefficients beyond ±{MAX_COEFFICIENT:g} are not "
+                             "representable in float32 weights: give a smaller range")
     return tuple(Axis(kind, opts.width, r[0] if r else None, r[1] if r else None) for r in ranges)
 
 

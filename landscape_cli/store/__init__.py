@@ -240,6 +240,9 @@ class Store:
         return self.run_file(run_id).is_file()
 
     def run_ids(self) -> list[str]:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"the store {self.root} is a file, not a directory: give --store a directory (or set "
+                             f"${STORE_ENV} to one)")
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / RUN_FILE).is_file())
