@@ -449,7 +449,7 @@ def test_unwritable_outputs_fail_in_one_line_and_leave_nothing(store: Path, tmp_
         export("t", grid="plane", format="vtk", out=foreign, store=store)
     with pytest.raises(UsageError, match="is a file"):
         export("t", grid="plane", format="vtk", out=regular, store=store)
-    with pytest.raises(UsageError, match="inside the store .* the grid's own exports/ directory"):
+    with pytest.raises(UsageError, match=r"inside the store .* the grid's own exports/ directory"):
         export("t", grid="plane", format="csv", out=_zarr_path(store, "plane") / "x.csv", store=store)
     read_only = Path("/sys/landscape-export-test.nc")  # sysfs refuses new files, even to root
     try:
