@@ -26,6 +26,7 @@ from conftest import Grid, StoreFactory, Train
 
 from landscape_cli.engine.compute import grid
 from landscape_cli.errors import UsageError
+from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.views.page import write_html
 
@@ -181,6 +182,22 @@ def test_diverged_and_missing_points_are_gaps_never_zero(copy_store: Any, tmp_pa
     gaps = ~np.isfinite(stored)
     gaps[1] = True
     assert [[v is None for v in row] for row in source["z"][0][0][0]] == gaps.tolist()  # JSON null: a gap, never 0
+
+
+def test_a_name_that_looks_like_a_placeholder_is_shown_as_written(copy_store: Any, tmp_path: Path) -> None:
+    """A run named "{{plotly}} {{data}}" broke the page's template: its text is now put in once, escaped."""
+    store = copy_store(Train("mlp", epochs=0, name="wild"))
+    st = Store(store)
+    run_id = st.resolve("wild")
+    meta = st.read_run(run_id)
+    meta.name = "{{plotly}} <b>{{data}}</b>"
+    st.write_run(meta)
+    grid(run_id, store=store, width=3, pairs=1, batches=1, **G)
+    result = write_html([run_id], store=store, out=tmp_path / "named.html")
+    page = result.path.read_text()
+    assert "{{plotly}} &lt;b&gt;{{data}}&lt;/b&gt;" in page and "<b>{{data}}" not in page
+    assert not any(f"{{{{{name}}}}}" in page for name in ("title", "heading", "where", "ids", "plots", "script"))
+    assert _data(result.path)["sources"][0]["run"] == run_id
 
 
 def test_large_grids_are_decimated_keeping_centre_and_ends(store: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -316,14 +317,12 @@ def _page(data: dict[str, Any], sources: list[Source], metric: str) -> bytes:
         ids = "; ".join(f"{x.name}: run {x.run_id}, grid {x.grid_id}" for x in sources)
     plots = ('<div id="surface" class="plot"></div><div id="contour" class="plot"></div>' if s.dims == 2
              else '<div id="curves" class="plot wide"></div>')
-    text = (_asset("page.html").replace("{{title}}", escape(f"{heading}: {metric}"))
-            .replace("{{heading}}", escape(heading))
-            .replace("{{where}}", escape(f"{metric}, {where}"))
-            .replace("{{ids}}", escape(ids))
-            .replace("{{plots}}", plots))
-    head, rest = text.split("{{plotly}}")
-    middle, tail = rest.split("{{data}}")
-    return "".join((head, plotly_js, middle, blob, tail.replace("{{script}}", _asset("page.js")))).encode()
+    values = {"title": escape(f"{heading}: {metric}"), "heading": escape(heading),
+              "where": escape(f"{metric}, {where}"), "ids": escape(ids), "plots": plots, "plotly": plotly_js,
+              "data": blob, "script": _asset("page.js")}
+    # one pass over the template: what is put in (a run named "{{plotly}}", the bundle's own text) is never read
+    # again as a placeholder
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], _asset("page.html")).encode()
 
 
 def _asset(name: str) -> str:
