@@ -191,7 +191,7 @@ class _Before:
             if not self.arrays:  # made by this command
                 shutil.rmtree(path, ignore_errors=True)
             elif finished or self.meta is not None:
-                grow(path, old + finished, _completed(run, old + finished))  # as it was, plus the finished ones
+                grow(path, old + finished, run.completed(old + finished))  # as it was, plus the finished ones
             if finished:
                 meta.epochs = old + finished
                 meta.updated = now()
@@ -221,7 +221,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
     except OSError as e:
         raise os_error(e, path) from e
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
-    grow(path, epochs, _completed(run, epochs))
+    grow(path, epochs, run.completed(epochs))
     if epochs != meta.epochs or (name is not None and meta.name != name) or not st.has_hessian(run.id, hid):
         meta.epochs = epochs
         meta.name = name if name is not None else meta.name
@@ -299,10 +299,3 @@ def _store_vectors(st: Store, run: RunMeta, meta: HessianMeta, epoch: int, vecto
     # a leftover of a killed computation of this epoch is replaced by this one
     return st.write_direction(run.id, short_hash(spec), {**spec, "pair": 0}, lambda f: torch.save(obj, f),
                               f"Hessian eigenvectors of epoch {epoch}", replace=True)
-
-
-def _completed(run: RunMeta, keys: list[int]) -> list[int] | None:
-    """The epochs completed at each checkpoint of a run with steps (the `epoch` coordinate); None without."""
-    if not run.has_steps:
-        return None
-    return [r.epoch if (r := run.record(k)) is not None else -1 for k in keys]

@@ -76,7 +76,7 @@ class InterpolateKind(DirectionKind):
                              f"{target_run.kept_text()})")
         if opts.epochs is None and opts.at_steps is None:
             raise UsageError("--directions interpolate needs --epochs A (the checkpoint each line starts at)")
-        if target_run.id == run.id and target_epoch in run.select(_list(opts.epochs), _list(opts.at_steps)):
+        if target_run.id == run.id and target_epoch in run.select(opts.epochs, opts.at_steps):
             raise UsageError(f"--to-epoch {target_epoch} is also in --epochs: a line needs two different checkpoints")
         for option, value in (("--layer", opts.layer), ("--perturb-biasbn", opts.perturb_biasbn or None),
                               ("--single-kernel", opts.single_kernel or None), ("--span", opts.span)):
@@ -143,7 +143,3 @@ class InterpolateKind(DirectionKind):
                     end.append(end_state[name])
         with torch.no_grad():
             return em.evaluator.segment(tensors, end)
-
-
-def _list(numbers: tuple[int, ...] | None) -> list[int] | None:
-    return list(numbers) if numbers is not None else None

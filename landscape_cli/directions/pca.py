@@ -170,7 +170,7 @@ class PCAKind(DirectionKind):
 
     def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         given = opts.epochs is not None or opts.at_steps is not None
-        trajectory = sorted(set(run.select(_list(opts.epochs), _list(opts.at_steps)))) if given else run.epoch_numbers
+        trajectory = sorted(set(run.select(opts.epochs, opts.at_steps))) if given else run.epoch_numbers
         if len(trajectory) < MIN_CHECKPOINTS:
             raise UsageError(f"--directions pca needs at least {MIN_CHECKPOINTS} checkpoints, got {len(trajectory)} "
                              f"(epochs {','.join(map(str, trajectory))}): train more epochs or choose more --epochs")
@@ -261,7 +261,3 @@ class PCAKind(DirectionKind):
         components = _load(ctx.store, ctx.run.id, meta.directions[0], ctx.config.dims)
         weights = dict(em.model.named_parameters())
         return em.evaluator.affine(self._directions(ctx, components, weights, like=True))
-
-
-def _list(numbers: tuple[int, ...] | None) -> list[int] | None:
-    return list(numbers) if numbers is not None else None

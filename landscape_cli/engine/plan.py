@@ -35,7 +35,7 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         _, gid = st.find_grid(opts.from_grid, run.id)
         source = st.read_grid(run.id, gid)
         if opts.epochs is not None or opts.at_steps is not None:
-            return source.config, run.select(_list(opts.epochs), _list(opts.at_steps))
+            return source.config, run.select(opts.epochs, opts.at_steps)
         keys = source.epochs or None
         return source.config, (run.select(None, keys) if run.has_steps and keys else run.select(keys))
     kind = get_kind(opts.directions)
@@ -66,7 +66,7 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         raise UsageError(f"--norm applies to directions that are normalized per epoch, not to --directions {kind.name}")
     kind.check(cfg, run)
     check_batches(cfg.batches, cfg.batch_size, cfg.whole, cfg.split, run.dataset)
-    wanted = run.select(_list(opts.epochs), _list(opts.at_steps))
+    wanted = run.select(opts.epochs, opts.at_steps)
     return cfg, kind.grid_epochs(cfg, wanted, opts.epochs is not None or opts.at_steps is not None)
 
 
@@ -88,10 +88,6 @@ def _axes(kind: str, default: tuple[float, float] | None, opts: GridRequest, dim
             raise UsageError(f"{option} {r[0]:g},{r[1]:g}: coefficients beyond ±{MAX_COEFFICIENT:g} are not "
                              "representable in float32 weights: give a smaller range")
     return tuple(Axis(kind, opts.width, r[0] if r else None, r[1] if r else None) for r in ranges)
-
-
-def _list(numbers: tuple[int, ...] | None) -> list[int] | None:
-    return list(numbers) if numbers is not None else None
 
 
 def _inherit_directions(st: Store, run: RunMeta, opts: GridRequest) -> tuple[int | None, str | None]:

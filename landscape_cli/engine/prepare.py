@@ -24,7 +24,7 @@ from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import create, grow, open_group, repair, stored_epochs
 from landscape_cli.store.locks import FileLock
-from landscape_cli.store.meta import EvaluatorRecord, GridMeta, RunMeta
+from landscape_cli.store.meta import EvaluatorRecord, GridMeta
 
 
 def writer(share: Share) -> str:
@@ -167,7 +167,7 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
     meta.evaluator = evaluation
     if meta.batchnorm is None:
         meta.batchnorm = batchnorm
-    grow(zarr_path, epochs, _completed(ctx.run, epochs))
+    grow(zarr_path, epochs, ctx.run.completed(epochs))
     if changed or not st.has_grid(run_id, grid_id):
         meta.epochs = epochs
         if name is not None:
@@ -175,10 +175,3 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
         meta.updated = now()
         st.write_grid(meta)
     return meta
-
-
-def _completed(run: RunMeta, keys: list[int]) -> list[int] | None:
-    """The epochs completed at each checkpoint of a run with steps (the grid's `epoch` coordinate); None without."""
-    if not run.has_steps:
-        return None
-    return [r.epoch if (r := run.record(k)) is not None else -1 for k in keys]

@@ -224,33 +224,6 @@ class Affine(Slice):
         return Center(loss_, acc_, self._pool(np.array(grads, np.float64).T).astype(np.float32))
 
 
-class Segment(Slice):
-    """(1 − t)·a + t·b for each tensor (parameters, and buffers such as BatchNorm statistics)."""
-
-    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], end: Sequence[Tensor]) -> None:
-        super().__init__(model, batches, tensors, 1)
-        self.start = [t.detach().clone() for t in tensors]  # the tensors' values now: t = 0
-        self.end = [_like(t, e) for t, e in zip(tensors, end, strict=True)]
-
-    @torch.no_grad()
-    def write_point(self, targets: list[Tensor], point: Point) -> None:
-        (t,) = point
-        torch._foreach_copy_(targets, self.start)
-        if t != 0.0:
-            torch._foreach_mul_(targets, 1.0 - t)
-            torch._foreach_add_(targets, self.end, alpha=t)
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            torch._foreach_copy_(self.tensors, self.start)
-
-    def center(self, gradient: bool = True) -> Center:
-        """Values at t = 0 (the start); the slice has no gradient along t of its own."""
-        self.restore()
-        loss, acc = self._values()
-        return Center(loss, acc, np.full((1, len(loss)), np.nan, np.float32))
-
-
 class Combination(Slice):
     """Σ_k c_k(point)·P_k over control points P_0..P_m of each tensor, the coefficients from `coefficients(point)`
     (summing to 1: an affine combination). P_0 is the tensors' values now; a coefficient vector that is one-hot
@@ -286,6 +259,24 @@ class Combination(Slice):
         self.restore()
         loss, acc = self._values()
         return Center(loss, acc, np.full((self.dims, len(loss)), np.nan, np.float32))
+
+
+class Segment(Combination):
+    """(1 − t)·a + t·b for each tensor (parameters, and buffers such as BatchNorm statistics): the combination of
+    two control points, written as it always was (t = 1 is 0·a + b), so interpolation grids stay bitwise what
+    earlier releases computed."""
+
+    def __init__(self, model: nn.Module, batches: Sequence[Batch], tensors: list[Tensor], end: Sequence[Tensor]) -> None:
+        super().__init__(model, batches, tensors, [end], lambda point: (1.0 - point[0], point[0]))
+        self.end = self.controls[1]
+
+    @torch.no_grad()
+    def write_point(self, targets: list[Tensor], point: Point) -> None:
+        (t,) = point
+        torch._foreach_copy_(targets, self.start)
+        if t != 0.0:
+            torch._foreach_mul_(targets, 1.0 - t)
+            torch._foreach_add_(targets, self.end, alpha=t)
 
 
 def outputs(s: Slice, point: Point | None) -> list[Tensor]:

@@ -8,6 +8,7 @@ next time the file is written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,11 +255,18 @@ class RunMeta:
         ends = [r.epoch for r in self.epochs if r.epoch_end is not False]
         return max(ends) if ends else -1
 
+    def completed(self, keys: Sequence[int]) -> list[int] | None:
+        """The epochs completed at each checkpoint of `keys` (the `epoch` coordinate of a grid or Hessian result of
+        a run with steps; -1 for a key the run has no record of); None for a run without steps."""
+        if not self.has_steps:
+            return None
+        return [r.epoch if (r := self.record(k)) is not None else -1 for k in keys]
+
     def label(self, key: int) -> str:
         """How a checkpoint is named to the user: "epoch 3", or "step 150" in a run with steps."""
         return f"step {key}" if self.has_steps else f"epoch {key}"
 
-    def select(self, epochs: list[int] | None, steps: list[int] | None = None) -> list[int]:
+    def select(self, epochs: Sequence[int] | None, steps: Sequence[int] | None = None) -> list[int]:
         """The checkpoint keys `--epochs` and `--at-steps` name, in the order given (every held one if neither).
 
         In a run with steps, epoch k is its checkpoint at the end of epoch k. A number the run has no checkpoint
