@@ -134,14 +134,18 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
     alphas: list[float] = []
     betas: list[float] = []
     theta, residual, y = float("nan"), float("inf"), np.ones(1)
+    scratch = np.empty(n)  # in place: on millions of parameters temporaries cost more than the arithmetic
     for i in range(min(max_steps, n)):
         w = op(basis[i])
         alphas.append(float(w @ basis[i]))
-        for b in basis:  # full reorthogonalization (twice is enough)
-            w -= (w @ b) * b
-        for b in basis:
-            w -= (w @ b) * b
-        beta = float(np.linalg.norm(w))
+        before = float(np.linalg.norm(w))
+        for _ in range(2):  # full reorthogonalization: a second pass only where the first cancelled much (Kahan)
+            for b in basis:
+                np.subtract(w, np.multiply(b, w @ b, out=scratch), out=w)
+            beta = float(np.linalg.norm(w))
+            if beta >= 0.7 * before:
+                break
+            before = beta
         values, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
         theta, y = float(values[-1]), vectors[:, -1]
         residual = abs(beta * y[-1]) / max(abs(theta), 1e-30)
@@ -149,7 +153,9 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
             break
         betas.append(beta)
         basis.append(w / beta)
-    vector = np.stack(basis[:len(alphas)]).T @ y
+    vector = np.multiply(basis[0], y[0])
+    for b, c in zip(basis[1:len(alphas)], y[1:], strict=True):
+        vector += np.multiply(b, c, out=scratch)
     if vector[np.argmax(np.abs(vector))] < 0:  # a deterministic sign, as extreme_eigenpairs gives
         vector = -vector
     return theta, float(residual), vector
