@@ -1,7 +1,10 @@
 """File primitives of the store: canonical ids, hashes, atomic writes and one-line OS errors.
 
 Every file is written under a temporary name and renamed into place (``os.replace``), so a reader
-never sees a half-written file; a failed write leaves the old file as it was.
+never sees a half-written file; a failed write leaves the old file as it was. Each commit is durable
+in order, so that a power cut loses at most the work in flight: the file's data is fsynced, then it is
+renamed, then its directory is fsynced (and a new directory's parent, once made), all before the call
+returns; whatever is written after it (a done-mark, the metadata naming a file) reaches the disk after it.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +28,7 @@ from landscape_cli.errors import IntegrityError, StoreError
 
 ID_LENGTH = 12
 PARTIAL_SUFFIX = ".partial"
+FSYNC = True  # False only in benchmarks/durability.py, which measures what the fsyncs cost
 
 
 # --- hashing -----------------------------------------------------------------------------------
@@ -38,6 +45,11 @@ def short_hash(obj: Any) -> str:
 
 
 def file_sha256(path: Path) -> str:
+    """The sha256 of a regular file's bytes; a directory, pipe or device (never opened: a pipe would block, a
+    device never end) is one IntegrityError line."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise IntegrityError(f"{path} is not a file (a directory, pipe or device is where a file belongs): it is "
+                             "damaged; run `landscape verify`, then remove it and rerun the command that made it")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -60,6 +72,93 @@ def check_hash(path: Path, expected: str, what: str) -> None:
 
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")  # "newest" must not tie within a second
+
+
+# --- durable commits ---------------------------------------------------------------------------
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()  # a forked child has none of the parent's threads: its own pool
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def all_at_once(call: Callable[[Any], None], items: Iterable[Any]) -> None:
+    """`call` on every item, in parallel threads (fsyncs issued together are committed together)."""
+    global _POOL
+    items = list(items)
+    if len(items) <= 1:
+        for item in items:
+            call(item)
+        return
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="landscape-fsync")
+    for future in [_POOL.submit(call, item) for item in items]:
+        future.result()
+
+
+def sync_fd(fd: int) -> None:
+    """The data of open file `fd` on the disk (fsync)."""
+    if FSYNC:
+        os.fsync(fd)
+
+
+def sync_file(path: Path | str) -> None:
+    """The data of the file at `path` on the disk (written by a writer that closed it: fsync by path)."""
+    if FSYNC:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_dir(path: Path | str) -> None:
+    """The entries of directory `path` (files renamed, linked, made or removed in it) on the disk."""
+    if FSYNC:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_tree(path: Path) -> None:
+    """Every file and directory under `path` (and `path`) on the disk (all at once): a directory built
+    under a temporary name, before it is renamed into place."""
+    if not FSYNC:
+        return
+    files: list[str] = []
+    dirs: list[str] = []
+    for root, _dirs, names in os.walk(path):
+        files.extend(os.path.join(root, name) for name in names)
+        dirs.append(root)
+    all_at_once(sync_file, files)
+    all_at_once(sync_dir, dirs)
+
+
+def mkdirs(path: Path) -> list[Path]:
+    """`path` and its missing parents made; the ones this call made, outermost first, whose entries are not
+    synced yet: sync each one's parent (`sync_dir`) before anything in them is committed (raises OSError)."""
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[::-1]
+
+
+def mkdirs_durably(path: Path) -> None:
+    """`path` and its missing parents made, each new one's entry synced in its parent (raises OSError)."""
+    all_at_once(sync_dir, [d.parent for d in mkdirs(path)])
 
 
 # --- atomic writes -----------------------------------------------------------------------------
@@ -93,7 +192,9 @@ def atomic_path(path: Path, keep_suffix: bool = False,
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}{tail}")
     try:
         yield tmp
+        sync_file(tmp)
         os.replace(tmp, path)
+        sync_dir(path.parent)
     except StoreError:
         raise
     except OSError as e:
@@ -156,8 +257,9 @@ def read_json(path: Path) -> Any:
 
 
 def make_dirs(path: Path) -> None:
+    """`path` and its missing parents made (durably: `mkdirs_durably`); an OSError as one line."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        mkdirs_durably(path)
     except OSError as e:
         raise os_error(e, path) from e
 
@@ -186,10 +288,13 @@ def create_once(path: Path, write: Callable[[IO[bytes]], None]) -> bool:
     try:
         with open(tmp, "wb") as f:
             write(f)
+            f.flush()
+            sync_fd(f.fileno())
         try:
             os.link(tmp, path)
         except FileExistsError:  # another process made it first: keep theirs
             return False
+        sync_dir(path.parent)
         return True
     except OSError as e:
         raise os_error(e, path) from e

@@ -46,7 +46,7 @@ from landscape_cli.kernel.curves import coefficients, initial_bends
 from landscape_cli.kernel.device import select_device
 from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.models import checkpoints
-from landscape_cli.store import Store, curve_bends_name, curve_optimizer_name
+from landscape_cli.store import Store, check_label, curve_bends_name, curve_optimizer_name
 from landscape_cli.store.meta import CurveEpoch, CurveMeta, FileRecord, RunMeta, epoch_record
 from landscape_cli.training import MAX_EPOCHS, epoch_generator, make_optimizer
 
@@ -206,6 +206,7 @@ def _settings(run: RunMeta, optimizer: str | None, lr: float | None, momentum: f
 
 def _check_name(st: Store, name: str, curve_id: str) -> None:
     """A curve's --name names one curve of the store (it is what a reference to the curve may use)."""
+    check_label(name, "curve")  # as run and grid names
     for run_id in st.run_ids():
         for other in st.curve_ids(run_id):
             if other == curve_id:

@@ -25,7 +25,9 @@ until `close()`.
 
 The checkpoints are written from a copy of the model that `build()` makes, exactly as later commands rebuild
 it, so a grid of a recorded run equals, value for value, the grid of the same weights imported with
-`landscape import`. The copy lives on the CPU, or on the training model's device when λmax is tracked.
+`landscape import`. The copy lives on the CPU, or on the training model's device when λmax is tracked. Each
+checkpoint also records what that copy computes on the run's probe samples (`models.probes`: a few training samples
+of `data`, saved with the run), by which later commands recognise the model they rebuild.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from landscape_cli.data.losses import get_loss, loss_for_task
 from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.exchange.unpickle import match_state
 from landscape_cli.kernel.evaluate import evaluate_split
-from landscape_cli.models import build, checkpoints, hf, model_source
+from landscape_cli.models import build, checkpoints, hf, model_source, probes
 from landscape_cli.models.records import model_args, model_record
 from landscape_cli.plugins import Source, one_line
 from landscape_cli.store import Store, checkpoint_name
@@ -107,6 +109,7 @@ class Recorder:
     status: str  # NEW: this recorder made the run; VERIFYING: a rerun, at steps the run holds; RESUMED: past them
     _meta: RunMeta
     _tracker: LambdaTracker | None
+    _probes: probes.ProbeInputs | None  # the run's probe samples (None: a run recorded before probes were)
     _until: int  # the step of the run's last checkpoint: up to it a rerun verifies, after it it records
 
     def __init__(
@@ -312,6 +315,7 @@ class Recorder:
             created=now(), retention=policy)
         self._until = -1
         self.status = NEW
+        self._probes = probes.write_inputs(st, self.run_id, self._data)
         self._tracker = self._make_tracker(settings, [])
         if self._tracker is not None:
             self._measure()
@@ -331,6 +335,7 @@ class Recorder:
         st = self.store
         meta = st.read_run(self.run_id)
         self._meta = meta
+        self._probes = probes.run_inputs(st, self.run_id, meta.epochs)
         first = meta.record(0)
         if meta.config.recorded is None or first is None or first.weights_sha256 != initial:
             raise IntegrityError(f"run {self.run_id} in {st.root} is not the recording of this training (its run.json "
@@ -387,6 +392,7 @@ class Recorder:
         st, meta = self.store, self._meta
         ckpt = checkpoints.make_checkpoint(self._net, meta.model, meta.dataset, meta.config.identity(), self.epochs,
                                            key)
+        probe = probes.record(self._net, self._probes) if self._probes is not None else None
         name = checkpoint_name(self.epochs, key)
         path = st.file(self.run_id, name)
         checkpoints.save(path, ckpt)
@@ -399,7 +405,7 @@ class Recorder:
             checkpoint=name, sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
             checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
             checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"),
-            step=key, epoch_end=epoch_end, lr=_number(self.optimizer.param_groups[0].get("lr"))))
+            step=key, epoch_end=epoch_end, lr=_number(self.optimizer.param_groups[0].get("lr")), probe=probe))
         self._since = now_s
         self._save_meta()
         self._until = self._last_key = key
@@ -494,12 +500,15 @@ class Recorder:
         y = self._data.train_y[:2].to(self._device)
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices(self._device)):
-                self._scorer(self._net(x), y)
+                out = self._net(x)
+                self._scorer(out, y)
         except LandscapeError:
             raise
         except Exception as e:
             raise UsageError(f"the model {self._ref.source.ref!r} failed on the first samples of dataset "
                              f"{data_src.ref!r} (inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
+        self._scorer.check_outputs(out, y, {"train": self._data.train_y, "val": self._data.val_y},
+                                   f"the model {self._ref.source.ref!r} on dataset {data_src.ref!r}")
 
     def _measure(self) -> None:
         tracker = self._tracker

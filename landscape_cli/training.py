@@ -10,6 +10,12 @@ mini-batches (what the optimizer saw, the weights moving under it), and `checkpo
 train split evaluated at the saved checkpoint in eval mode (one more pass, drawing no random numbers),
 the value a landscape at that checkpoint is comparable with.
 
+Each checkpoint also records what its model computes on the run's probe samples (`models.probes`: 8 training
+samples saved once with the run, the outputs in eval and BatchNorm-train mode, drawing no random number and
+leaving every buffer and mode as it was), so that later commands can tell that the model they rebuild is the
+one trained. An epoch whose every training loss is NaN is reported by one warning line on stderr (the run is
+still made: a diverged run is a result, but almost always a mistake).
+
 With `track_lambda_max=K` the top Hessian eigenvalue λmax of the training loss is estimated at step 0
 and after every K optimizer steps (Cohen et al. 2021, "edge of stability"): on fixed probe batches (the
 train split's first `track_batches` batches of `track_batch_size`, never shuffled), BatchNorm in train
@@ -25,8 +31,10 @@ resumed run computes the same numbers as one trained in one go.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +58,7 @@ from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator, use_channels_last
 from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.kernel.hvp import operator
-from landscape_cli.models import build, checkpoints, model_source, takes_tokens
+from landscape_cli.models import build, checkpoints, model_source, probes, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name, optimizer_name
@@ -277,6 +285,9 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
     if channels_last:
         net.to(memory_format=torch.channels_last)
     _move_optimizer_state(opt, device)
+    # the probe samples: a new run's saved now (before its run.json names them); a run made before probes were
+    # recorded records none when it continues
+    prober = probes.run_inputs(st, run_id, meta.epochs) if meta.epochs else probes.write_inputs(st, run_id, data)
     if last is not None or st.has_run(run_id):  # a new run's metadata is first written with its epoch 0
         st.write_run(meta)
     tracker = None
@@ -286,12 +297,14 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
         tracker = LambdaTracker(LambdaTrack(run_id, settings, kept), net, data, device, scorer, vector)
 
     trained = []
+    warned = False
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         if epoch == 0:
             train_loss, train_acc = evaluate_split(net, data, "train", device, channels_last=channels_last,
                                                    scorer=scorer)
             at_loss, at_acc = train_loss, train_acc
+            all_nan = math.isnan(train_loss)
             if tracker is not None:
                 tracker.measure(net, 0, 0)
         else:
@@ -305,11 +318,12 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
                         metrics = {"train_loss": loss, "train_accuracy": acc, "val_loss": None, "val_accuracy": None,
                                    "seconds": round(time.perf_counter() - running.since, 3)}
                         _save_epoch(st, meta, net, opt, epoch - 1, metrics, tracker, step=step, epoch_end=False,
-                                    running=running)
+                                    running=running, prober=prober, channels_last=channels_last)
                         running.since = time.perf_counter()
-            train_loss, train_acc = _train_epoch(net, opt, data, config, epoch, device, channels_last, progress,
-                                                 scorer, tracker.hook(net, begin, epoch) if tracker else None,
-                                                 first_batch, sums, saver)
+            train_loss, train_acc, all_nan = _train_epoch(net, opt, data, config, epoch, device, channels_last,
+                                                          progress, scorer,
+                                                          tracker.hook(net, begin, epoch) if tracker else None,
+                                                          first_batch, sums, saver)
             first_batch, sums = 0, None
             at_loss, at_acc = _at_checkpoint(net, data, device, channels_last, scorer)
         val_loss, val_acc = evaluate_split(net, data, "val", device, channels_last=channels_last, scorer=scorer)
@@ -318,8 +332,11 @@ def _train_locked(st: Store, run_id: str, config: TrainConfig, epochs: int, devi
                    "checkpoint_train_loss": at_loss, "checkpoint_train_accuracy": at_acc}
         stepped = every is not None
         record = _save_epoch(st, meta, net, opt, epoch, metrics, tracker, step=epoch * steps if stepped else None,
-                             epoch_end=True if stepped else None)
+                             epoch_end=True if stepped else None, prober=prober, channels_last=channels_last)
         trained.append(epoch)
+        if all_nan and not warned:  # once per call: a diverged run's every later epoch is NaN too
+            warned = True
+            _warn(nan_warning(run_id, epoch, config))
         if on_epoch is not None:
             on_epoch(record)
     return TrainResult(run_id, run_dir, meta, trained)
@@ -386,18 +403,38 @@ def _at_checkpoint(net: nn.Module, data: Dataset, device: torch.device, channels
 
 
 class _Running:
-    """The running sums of an epoch (loss × units, correct, units) and when the last checkpoint was saved."""
+    """The running sums of an epoch (loss × units, correct, units), the mini-batches scored and how many of their
+    losses were NaN, and when the last checkpoint was saved."""
 
     def __init__(self, device: torch.device, saved: dict[str, Any] | None = None) -> None:
         self.loss = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device)
         self.units = 0
+        self.nans = torch.zeros((), device=device, dtype=torch.int64)  # counted on the device: no sync per step
+        self.batches: int | None = 0  # None: unknown (an epoch resumed from a step checkpoint of an earlier release)
         if saved is not None:  # as a step checkpoint kept them: the resumed epoch's means are the uninterrupted ones
             self.loss = saved["loss"].to(device)
             self.correct = saved["correct"].to(device)
             self.units = int(saved["units"])
+            if isinstance(saved.get("nans"), Tensor) and "batches" in saved:
+                self.nans, self.batches = saved["nans"].to(device), int(saved["batches"])
+            else:
+                self.batches = None
         self.since = time.perf_counter()
         self.has_accuracy = True
+
+    def add(self, loss: Tensor, correct: Tensor, count: int) -> None:
+        self.loss += loss.detach() * count
+        self.correct += correct
+        self.units += count
+        self.nans += torch.isnan(loss.detach()).long()
+        if self.batches is not None:
+            self.batches += 1
+
+    @property
+    def all_nan(self) -> bool:
+        """Whether every loss of the epoch's mini-batches was NaN (False where unknown)."""
+        return bool(self.batches) and int(self.nans.item()) == self.batches
 
     def means(self) -> tuple[float, float | None]:
         if not self.units:
@@ -405,17 +442,21 @@ class _Running:
         return self.loss.item() / self.units, (self.correct.item() / self.units if self.has_accuracy else None)
 
     def state(self) -> dict[str, Any]:
-        return {"loss": self.loss.detach().cpu().clone(), "correct": self.correct.detach().cpu().clone(),
-                "units": self.units}
+        out = {"loss": self.loss.detach().cpu().clone(), "correct": self.correct.detach().cpu().clone(),
+               "units": self.units}
+        if self.batches is not None:
+            out.update(nans=self.nans.detach().cpu().clone(), batches=self.batches)
+        return out
 
 
 def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, config: TrainConfig,
                  epoch: int, device: torch.device, channels_last: bool, progress: bool,
                  scorer: Loss, on_step: Callable[[int], None] | None = None, first: int = 0,
                  sums: dict[str, Any] | None = None,
-                 checkpoint: Callable[[int, _Running], None] | None = None) -> tuple[float, float | None]:
+                 checkpoint: Callable[[int, _Running], None] | None = None) -> tuple[float, float | None, bool]:
     """One pass over the training set in an order fixed by (seed, epoch); running mean loss/accuracy over the
-    scored units (samples, or tokens that are not padding). A mini-batch of padding only is skipped.
+    scored units (samples, or tokens that are not padding), and whether every mini-batch's loss was NaN. A
+    mini-batch of padding only is skipped.
 
     `first`, `sums`: continue the epoch at mini-batch `first` with the running sums a step checkpoint kept.
     `checkpoint(b, running)` is called after mini-batch b (and after `on_step`): where step checkpoints are saved."""
@@ -441,27 +482,42 @@ def _train_epoch(net: nn.Module, opt: torch.optim.Optimizer, data: Dataset, conf
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                running.loss += loss.detach() * count
-                running.correct += scorer.correct(out.detach(), y)
-                running.units += count
+                running.add(loss, scorer.correct(out.detach(), y), count)
             if on_step is not None:
                 on_step(step)
             if checkpoint is not None:
                 checkpoint(step, running)
             bar.advance()
-    return running.loss.item() / running.units, (running.correct.item() / running.units if scorer.has_accuracy
-                                                 else None)
+    return (running.loss.item() / running.units,
+            running.correct.item() / running.units if scorer.has_accuracy else None, running.all_nan)
+
+
+def nan_warning(run_id: str, epoch: int, config: TrainConfig) -> str:
+    """The warning of an epoch whose every training loss is NaN."""
+    what = "the untrained model's training loss" if epoch == 0 else f"every training loss of epoch {epoch}"
+    return (f"run {run_id}: {what} is NaN: a run whose every loss is NaN is almost always a mistake: try a lower "
+            f"--lr (it is {config.lr:g}), check the data for NaN or infinite values, or use another --optimizer; the "
+            "run is kept as it is")
+
+
+def _warn(text: str) -> None:
+    """A warning as one line on stderr (the command goes on)."""
+    print(f"Warning: {' '.join(text.split())}", file=sys.stderr, flush=True)
 
 
 def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
                 metrics: dict[str, Any], tracker: LambdaTracker | None = None, step: int | None = None,
-                epoch_end: bool | None = None, running: _Running | None = None) -> EpochRecord:
+                epoch_end: bool | None = None, running: _Running | None = None,
+                prober: probes.ProbeInputs | None = None, channels_last: bool = False) -> EpochRecord:
     """Checkpoint, optimizer state (with λmax's warm-start vector), the tracked λmax, then metadata: a kill at
-    any point leaves a resumable run (values of epochs run.json does not record are recomputed).
+    any point leaves a resumable run (values of epochs run.json does not record are recomputed). With `prober`
+    the record holds what the model computes on the run's probe samples (nothing of the model or the random
+    generators changes).
 
     `step`: a run with step checkpoints (`epoch` is then the epochs completed); its optimizer-state file also
     keeps the random number generator's state and, within an epoch, the epoch's running sums (`running`)."""
     ckpt = checkpoints.make_checkpoint(net, meta.model, meta.dataset, meta.config.identity(), epoch, step)
+    probe = probes.record(net, prober, channels_last) if prober is not None else None
     ckpt_path = st.file(meta.id, checkpoint_name(epoch, step))
     checkpoints.save(ckpt_path, ckpt)
     optim_path = st.file(meta.id, optimizer_name(epoch, step))
@@ -483,7 +539,7 @@ def _save_epoch(st: Store, meta: RunMeta, net: nn.Module, opt: torch.optim.Optim
                          sha256=file_sha256(ckpt_path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
                          checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
                          checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"),
-                         step=step, epoch_end=epoch_end, lr=metrics.get("lr"))
+                         step=step, epoch_end=epoch_end, lr=metrics.get("lr"), probe=probe)
     meta.epochs.append(record)
     meta.resume = FileRecord(optimizer_name(epoch, step), file_sha256(optim_path), epoch, step)
     if meta.retention is not None:

@@ -67,10 +67,10 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
-def kill_after(args: list[str], store: Path, ready: str, delay: tuple[float, float], seed: int = 0,
-               timeout: float = 120.0) -> None:
+def kill_after(args: list[str], store: Path, ready: str | Callable[[Path], bool], delay: tuple[float, float],
+               seed: int = 0, timeout: float = 120.0) -> None:
     """`landscape ARGS --store STORE` in a fresh interpreter, SIGKILLed a random `delay` (seconds, drawn from `seed`)
-    after a file matching the glob `ready` appears in the store."""
+    after a file matching the glob `ready` appears in the store (or the predicate `ready(store)` holds)."""
     import random
     import signal
     import time
@@ -78,7 +78,10 @@ def kill_after(args: list[str], store: Path, ready: str, delay: tuple[float, flo
     proc = subprocess.Popen([sys.executable, "-m", "landscape_cli", *args, "--store", str(store)],
                             env=subprocess_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
-    while time.time() < deadline and not list(store.glob(ready)) and proc.poll() is None:
+    def is_ready() -> bool:
+        return ready(store) if callable(ready) else bool(list(store.glob(ready)))
+
+    while time.time() < deadline and not is_ready() and proc.poll() is None:
         time.sleep(0.005)
     time.sleep(random.Random(seed).uniform(*delay))
     proc.send_signal(signal.SIGKILL)

@@ -130,7 +130,8 @@ def test_built_in_models_and_data_mix_with_factories(userland: Path, store: Path
     assert run.meta.model["args"] == {"input_shape": [12], "num_outputs": 3}
 
 
-def test_an_edited_factory_makes_a_new_run_and_refuses_old_grids(store: Path, tmp_path: Path) -> None:
+def test_an_edited_factory_makes_a_new_run_and_refuses_old_grids(store: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     source = tmp_path / "my_models.py"
     shutil.copy(USERLAND / "toy_factories.py", source)
     ref = f"{source}:regressor"
@@ -139,9 +140,11 @@ def test_an_edited_factory_makes_a_new_run_and_refuses_old_grids(store: Path, tm
     assert first.meta.config.model == "my_models.py:regressor" and first.meta.config.model_sha256
     again = train(ref, data, epochs=1, batch_size=64, store=store, progress=False)
     assert again.run_id == first.run_id and not again.trained  # the same files: the same run, nothing to train
-    source.write_text(source.read_text() + "\n# an edit\n")
+    source.write_text(source.read_text().replace("nn.Tanh()", "nn.Sigmoid()"))  # other outputs (a comment: test_probes)
+    for module in [k for k, m in sys.modules.items() if getattr(m, "__file__", None) == str(source.resolve())]:
+        monkeypatch.delitem(sys.modules, module)  # the edited file is loaded again, as by a new process
     before = tree(store)
-    with pytest.raises(UsageError, match="changed since the run was made"):
+    with pytest.raises(UsageError, match="computes other outputs than when the run was made"):
         grid("first", width=3, pairs=1, batches=1, batch_size=64, store=store, progress=False)
     assert tree(store) == before
     edited = train(ref, data, epochs=1, batch_size=64, store=store, progress=False)

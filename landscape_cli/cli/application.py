@@ -14,7 +14,8 @@ import typer
 
 from landscape_cli._version import __version__
 from landscape_cli.cli import curvature, curves, grids, registries, runs
-from landscape_cli.cli._common import LandscapeGroup
+from landscape_cli.cli._common import INTERRUPTED, LandscapeGroup, error_line, quiet_shutdown
+from landscape_cli.errors import Interrupted
 
 app = typer.Typer(
     cls=LandscapeGroup,
@@ -60,5 +61,15 @@ app.command()(registries.datasets)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (and `python -m landscape_cli`): after a failure, nothing but its one line on the
+    way out (`quiet_shutdown`)."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code not in (0, None):
+            quiet_shutdown()
+        raise
+    except KeyboardInterrupt:  # Ctrl-C after the command's own error boundary: still one line
+        quiet_shutdown()
+        error_line(INTERRUPTED)
+        raise SystemExit(Interrupted.exit_code) from None

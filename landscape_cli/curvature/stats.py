@@ -59,8 +59,8 @@ from typing import Any
 import numpy as np
 
 from landscape_cli.config import finite
-from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
-from landscape_cli.store import Store
+from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, UsageError
+from landscape_cli.store import Store, check_tree
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.store.meta import GridMeta, RunMeta
 
@@ -383,9 +383,12 @@ def stored_eigenvalues(meta: GridMeta, epoch: int) -> list[float] | None:
     its axes, per unit of weight: along an axis ‖w‖·v the curvature is λ·‖w‖²); None for other kinds."""
     if meta.config.kind != "hessian":
         return None
-    facts = (meta.kind.get("epochs") or {}).get(str(epoch)) or {}
+    recorded = meta.kind.get("epochs")
+    facts = recorded.get(str(epoch)) if isinstance(recorded, dict) else None
     values = facts.get("eigenvalues") if isinstance(facts, dict) else None
-    return [float(v) for v in values[:meta.config.dims]] if isinstance(values, list) else None
+    if not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None  # not recorded (or damaged: grid.json's facts are descriptions, never the grid's values)
+    return [float(v) for v in values[:meta.config.dims]]
 
 
 # --- the cache ---------------------------------------------------------------------------------------
@@ -497,7 +500,16 @@ def stats(
     st = Store.of(store)
     run_id, grid_id = st.select_grid(run, grid)
     meta = st.read_grid(run_id, grid_id)
+    check_tree(st.zarr_path(run_id, grid_id), f"grid {grid_id}")  # no pipe where a chunk belongs: it would block
     rows = Rows(st.zarr_path(run_id, grid_id), "r")
+    lost = [e for e in meta.epochs if e not in rows.epochs]
+    if lost:
+        raise IntegrityError(f"grid {grid_id}: grid.json's 'epochs' lists {','.join(map(str, lost))}, which its arrays "
+                             "do not hold (damaged): `landscape verify` lists what is damaged; delete the grid's "
+                             f"directory ({st.grid_dir(run_id, grid_id)}) and run its `landscape grid` command again")
+    if not meta.epochs:
+        raise GridStateError(f"grid {grid_id} holds no checkpoint yet: `landscape grid {run_id[:8]} --grid {grid_id} "
+                             "--epochs E --resume` computes one")
     run_meta = st.read_run(run_id) if at_steps is not None or "step" in rows.root else None
     if run_meta is not None and (epochs is not None or at_steps is not None):
         wanted = _select_steps(run_meta, [e for e in meta.epochs if e in rows.epochs], epochs, at_steps, grid_id)
@@ -556,6 +568,7 @@ def summary(st: Store, run_id: str, meta: GridMeta, epochs: Sequence[int] | None
     wanted = list(meta.epochs if epochs is None else epochs)
     out: dict[int, dict[str, Any] | None] = {e: None for e in wanted}
     try:
+        check_tree(st.zarr_path(run_id, meta.id), f"grid {meta.id}")
         rows = Rows(st.zarr_path(run_id, meta.id), "r")
         state = _state(rows)
         complete = [e for e in wanted if e in meta.epochs and e in rows.epochs

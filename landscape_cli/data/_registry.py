@@ -10,6 +10,7 @@ is a registered loader (`register_dataset`; the built-in ones are in `builtin`),
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from landscape_cli.data import tokenized
 from landscape_cli.data.losses import IGNORE_INDEX, TASKS, loss_for_task
 from landscape_cli.data.text import DEFAULT_BLOCK_SIZE, KIND, PREFIX, is_text, load_text, text_source
 from landscape_cli.errors import UnknownNameError, UsageError
-from landscape_cli.plugins import Source, resolve
+from landscape_cli.plugins import Source, call_factory, resolve
 
 DATA_ENV = "LANDSCAPE_DATA"
 
@@ -176,7 +177,7 @@ def load_dataset(ref: str | Source, data_dir: str | os.PathLike[str] | None = No
 
 def from_factory(source: Source) -> Dataset:
     """Call a dataset factory and check what it returns against the protocol (one line per problem)."""
-    result = source.load("dataset")()
+    result = call_factory(source, "dataset", source.load("dataset"))
     where = f"dataset {source.ref!r}"
     if not isinstance(result, dict) or not {"train", "val", "task"} <= set(result):
         keys = f" with keys {', '.join(map(str, result))}" if isinstance(result, dict) else ""
@@ -190,12 +191,14 @@ def from_factory(source: Source) -> Dataset:
         pair = result[split]
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise UsageError(f"{where}: {split} must be a tuple (x, y) of tensors")
-        x, y = (torch.as_tensor(t) for t in pair)
+        x, y = (_as_tensor(t, where, split, role) for t, role in zip(pair, ("inputs", "targets"), strict=True))
         if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
             raise UsageError(f"{where}: {split} has {len(x) if x.dim() else 0} inputs but {len(y) if y.dim() else 0} "
                              "targets: the first dimension of both is the sample")
         if len(x) == 0:
             raise UsageError(f"{where}: the {split} split is empty")
+        _check_finite(x, where, split, "inputs")
+        _check_finite(y, where, split, "targets")
         splits[split] = (x.contiguous(), y.contiguous())
     (tx, ty), (vx, vy) = splits["train"], splits["val"]
     if tx.shape[1:] != vx.shape[1:] or ty.shape[1:] != vy.shape[1:] or tx.dtype != vx.dtype or ty.dtype != vy.dtype:
@@ -208,14 +211,14 @@ def from_factory(source: Source) -> Dataset:
     if task == "classification":  # class indices per sample [N] or per token [N, T]; IGNORE_INDEX is padding
         scored_ty, scored_vy = ty[ty != IGNORE_INDEX], vy[vy != IGNORE_INDEX]
         if "num_outputs" in result:
-            num_outputs = int(result["num_outputs"])
+            num_outputs = _num_outputs(result["num_outputs"], where)
         else:
             num_outputs = int(max(int(scored_ty.max()), int(scored_vy.max()))) + 1
         if int(min(scored_ty.min(), scored_vy.min())) < 0 or int(max(scored_ty.max(), scored_vy.max())) >= num_outputs:
             raise UsageError(f"{where}: class indices must lie in 0..{num_outputs - 1} (or be {IGNORE_INDEX}, "
                              "the ignore index of padding)")
     elif "num_outputs" in result:
-        num_outputs = int(result["num_outputs"])
+        num_outputs = _num_outputs(result["num_outputs"], where)
     else:
         num_outputs = int(ty.shape[-1]) if ty.dim() > 1 else 1
     info = DatasetInfo(source.name, int(tx.shape[1]) if tx.dim() == 4 else 0, int(tx.shape[2]) if tx.dim() == 4 else 0,
@@ -223,6 +226,42 @@ def from_factory(source: Source) -> Dataset:
     data = Dataset(info, tx, ty, vx, vy, task=task, num_outputs=num_outputs, images=False)
     data.sha256 = tensors_sha256([tx, ty, vx, vy], {"task": task, "num_outputs": num_outputs})
     return data
+
+
+def _as_tensor(value: Any, where: str, split: str, role: str) -> Tensor:
+    """A split's inputs or targets as a tensor of numbers (one line if they are not: text, objects, ragged lists)."""
+    try:
+        return torch.as_tensor(value)
+    except Exception as e:  # whatever the object does when torch reads it
+        reason = " ".join(str(e).split())[:200]
+        raise UsageError(f"{where}: the {split} {role} ({type(value).__name__}) cannot be a tensor ({type(e).__name__}: "
+                         f"{reason}): return "
+                         "tensors or arrays of numbers (encode text or categories as numbers in the factory)") from e
+
+
+def _check_finite(t: Tensor, where: str, split: str, role: str) -> None:
+    """Refuse NaN or infinite values in a split's float inputs or targets (every loss over them would be NaN)."""
+    if not t.is_floating_point():
+        return
+    bad = ~torch.isfinite(t.reshape(len(t), -1)).all(dim=1) if t.dim() > 1 else ~torch.isfinite(t)
+    if bool(bad.any()):
+        samples = bad.nonzero().flatten()
+        raise UsageError(f"{where}: the {split} split's {role} hold NaN or infinite values ({len(samples)} of {len(t)} "
+                         f"samples, the first sample {int(samples[0])}): clean or drop them in the dataset factory")
+
+
+def _num_outputs(value: Any, where: str) -> int:
+    """The dataset's "num_outputs": a whole number >= 1 (an int, a numpy integer: never text, a bool or a fraction)."""
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UsageError(f"{where}: num_outputs must be a whole number, got {value!r} ({type(value).__name__}): "
+                         "give an int, or leave the key out") from None
+    if number < 1:
+        raise UsageError(f"{where}: num_outputs must be at least 1, got {number}")
+    return number
 
 
 def from_text(source: Source, block_size: int, recorded_sha256: str | None = None) -> Dataset:

@@ -15,6 +15,7 @@ over the whole set's scored tokens, not a mean of per-piece means.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
@@ -45,6 +46,10 @@ class Loss:
 
     def check_targets(self, y: Tensor, where: str) -> None:
         """Refuse targets this loss cannot score (one line naming `where` they came from)."""
+
+    def check_outputs(self, out: Tensor, y: Tensor, splits: Mapping[str, Tensor], where: str) -> None:
+        """Refuse a split's targets that outputs like `out` (the model's on the first samples, whose targets are `y`)
+        cannot score, over the whole of each split in `splits` (one line naming `where`); cheap: a max and a min."""
 
 
 def scored(y: Tensor) -> int:
@@ -89,6 +94,26 @@ class CrossEntropy(Loss):
     def correct(self, out: Tensor, y: Tensor) -> Tensor:
         out, y = _flat(out, y)
         return (out.argmax(1) == y).sum()  # an argmax (>= 0) never equals IGNORE_INDEX
+
+    def check_outputs(self, out: Tensor, y: Tensor, splits: Mapping[str, Tensor], where: str) -> None:
+        """Every class index of every split (IGNORE_INDEX aside) below the number of classes the model outputs."""
+        flat, _ = _flat(out, y)
+        if flat.dim() < 2:
+            return
+        classes = int(flat.shape[1])
+        for split, targets in splits.items():
+            if not targets.numel():
+                continue
+            high = int(targets.max())
+            low = int(targets.min())
+            if low < 0:  # padding aside
+                low = int(torch.where(targets == IGNORE_INDEX, 0, targets).min())
+            if high >= classes or low < 0:
+                bad = high if high >= classes else low
+                raise UsageError(f"{where}: the {split} split has class index {bad}, but the model gives {classes} "
+                                 f"outputs per sample (classes 0..{classes - 1}"
+                                 f"{f', or {IGNORE_INDEX} for padding' if targets.dtype.is_signed else ''}): build the "
+                                 "model with num_outputs outputs, or fix the labels")
 
     def check_targets(self, y: Tensor, where: str) -> None:
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:

@@ -21,7 +21,7 @@ from landscape_cli.config import GridConfig
 from landscape_cli.directions import GridContext, get_kind, parameter_signature
 from landscape_cli.engine.distributed import Share
 from landscape_cli.errors import IntegrityError, UsageError
-from landscape_cli.store import Store
+from landscape_cli.store import Store, check_tree
 from landscape_cli.store.grid_arrays import create, grow, open_group, repair, stored_epochs
 from landscape_cli.store.locks import FileLock
 from landscape_cli.store.meta import EvaluatorRecord, GridMeta
@@ -107,6 +107,7 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
     zarr_path = st.zarr_path(run_id, grid_id)
     attrs = {"grid": grid_id, "run": run_id, "config": cfg.identity(),
              "model": run_meta.model, "dataset": run_meta.dataset["name"]}
+    check_tree(zarr_path, f"grid {grid_id}")  # no pipe where a chunk belongs: reading or replacing it would block
     try:
         meta = read_meta(st, run_id, cfg)
     except IntegrityError:  # only with --resume: grid() refused otherwise
@@ -120,7 +121,8 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
         layout.steps = ctx.run.has_steps
         attrs.update(kind.attributes(prepared.info))
         epochs_so_far: list[int] = []
-        if damaged_meta and st.has_zarr(run_id, grid_id):
+        around_arrays = damaged_meta and st.has_zarr(run_id, grid_id)
+        if around_arrays:
             # rebuild grid.json around the arrays that exist: their epochs come from the Zarr group
             repair(zarr_path, layout, attrs, [])
             epochs_so_far = stored_epochs(zarr_path)
@@ -129,7 +131,6 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
                     f"grid {grid_id}: grid.json and the epoch coordinates are both damaged, so which epoch "
                     f"each slice holds is unknown: delete {st.grid_dir(run_id, grid_id)} and compute the grid again"
                 )
-            note(f"grid {grid_id}: rebuilt damaged grid.json from the command and arrays")
         else:
             create(zarr_path, layout, attrs)
         meta = GridMeta(
@@ -149,10 +150,13 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
         )
         if damaged_meta:
             st.write_grid(meta)
+            if around_arrays:  # said once it is written (a directory where it belongs: one error line instead)
+                note(f"grid {grid_id}: rebuilt damaged grid.json from the command and arrays")
     layout = kind.layout(cfg, meta.ranges, meta.kind)
     layout.steps = ctx.run.has_steps
     attrs.update(kind.attributes(meta.kind))
-    for what in repair(zarr_path, layout, attrs, list(meta.epochs)):
+    rebuilt = repair(zarr_path, layout, attrs, list(meta.epochs))
+    for what in rebuilt:
         note(f"grid {grid_id}: rebuilt damaged {what} from grid.json")
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
     known = meta.kind.get("epochs", {})
@@ -167,7 +171,8 @@ def prepare_grid(ctx: GridContext, wanted: list[int], name: str | None, loss_of:
     meta.evaluator = evaluation
     if meta.batchnorm is None:
         meta.batchnorm = batchnorm
-    grow(zarr_path, epochs, ctx.run.completed(epochs))
+    if rebuilt or epochs != meta.epochs or stored_epochs(zarr_path) != epochs:  # a grid as it was: nothing written
+        grow(zarr_path, epochs, ctx.run.completed(epochs))
     if changed or not st.has_grid(run_id, grid_id):
         meta.epochs = epochs
         if name is not None:

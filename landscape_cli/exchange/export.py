@@ -40,7 +40,14 @@ the step as the time, ``step`` and ``epoch`` in each file's field data).
 Every export carries the rows' ``done`` marks: a point whose row is not done yet is *missing* (CSV
 and VTK write NaN values and done 0 for it), a done point with a NaN/Inf loss has *diverged*. NetCDF
 and npz keep the arrays as stored (``done`` beside them). Files are written under a temporary name and
-renamed into place (a VTK directory as a whole), so a failed export leaves nothing half-written.
+renamed into place (a VTK directory as a whole), so a failed (or interrupted) export leaves nothing half-written.
+
+An export never replaces a file it did not write: an existing `out` outside the store is replaced only if its own
+metadata names the same grid (or curvature results) — a NetCDF file's global attributes ``run`` and ``grid`` (or
+``hessian``), an npz file's attributes, a grid CSV's ``run,grid`` columns, a VTK directory's
+``landscape-export.json``; a curvature CSV, which names no ids, by its header and the rows it marks done — or
+with `force`.
+Nothing is recorded anywhere to know it, so this holds for a read-only store, a moved one, or a copied file.
 
 The writers live beside this module: `tables` (NetCDF, npz, CSV) and `vtk`, over the grid as
 `grid_data` reads it, writing through `writing`'s helpers.
@@ -48,6 +55,7 @@ The writers live beside this module: `tables` (NetCDF, npz, CSV) and `vtk`, over
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -64,9 +72,13 @@ from landscape_cli.exchange.tables import (
     JSON_ATTRS,
     NPZ_ATTRS,
     Description,
+    csv_files,
     decode_attrs,
+    export_ids,
+    hessian_tables,
     open_netcdf,
     require_netcdf,
+    same_results_table,
     write_csv,
     write_hessian_csv,
     write_netcdf,
@@ -155,6 +167,7 @@ def export(
     height_scale: float | None = None,
     flat: bool = False,
     store: Store | str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> ExportResult:
     """Write the grid of `run` (named by `grid`, else the run's newest) as `format`: netcdf, csv, vtk or npz.
 
@@ -163,6 +176,8 @@ def export(
     and `log` shape the VTK height as Li et al.'s h52vtp does (clip at zmax, then log(z + 0.1));
     z is that height times `height_scale` (default: `default_scale`, the heights' range about the
     grid's width), or 0 with `flat` (the height only as a point field, for ParaView's Warp By Scalar).
+    An existing `out` (or a file written beside it) is replaced only if an earlier export of this grid wrote it,
+    as its own metadata says (`replaceable`), or with `force`.
     """
     started = time.perf_counter()
     fmt = str(format).strip().lower()
@@ -179,8 +194,13 @@ def export(
     st = Store.of(store)
     source = _select(st, run, grid)
     target = _out_path(out, fmt, st.export_path(source.run_id, source.grid_id, DEFAULT_NAMES[fmt]), st, "grid")
+    guarded = out is not None and not force and not st.holds(target)  # the store's own exports/ are the tool's
     with undone_on_failure(prepare_parent(target)):
         data = read_grid(source.zarr_path, source.grid_id)
+        if guarded:
+            ids = {"run": source.run_id, "grid": source.grid_id}
+            planned = [target] if fmt != "csv" else csv_files(data, target)
+            _refuse_others(planned, [p for p in planned if not replaceable(p, fmt, ids)], f"grid {source.grid_id}")
         stats = data.counts()
         result = ExportResult(
             format=fmt, path=target, files=[], grid_id=source.grid_id, run_id=source.run_id,
@@ -215,13 +235,14 @@ HESSIAN_NAMES = {"netcdf": "hessian.nc", "csv": "hessian.csv", "npz": "hessian.n
 
 
 def export_hessian(run: str, *, hessian: str | None = None, format: str, out: str | os.PathLike[str] | None = None,
-                   store: Store | str | os.PathLike[str] | None = None) -> ExportResult:
+                   store: Store | str | os.PathLike[str] | None = None, force: bool = False) -> ExportResult:
     """Write a run's curvature results (`landscape hessian`: named by `hessian`, else the newest) as netcdf, csv
     or npz: eigenvalues, residuals, λmin, |λmin/λmax|, trace (and the spectral density), with `done` per epoch.
 
     NetCDF and npz hold every array and attribute of the results' Zarr group; CSV has one row per epoch
     and eigenpair (`hessian.csv`) and, with a density, one per epoch and bin (`hessian_density.csv`).
-    Default `out`: ``<results dir>/exports/hessian.nc|.csv|.npz``. "Points" in the result are epochs.
+    Default `out`: ``<results dir>/exports/hessian.nc|.csv|.npz``. "Points" in the result are epochs. An existing
+    `out` is replaced only if an earlier export of these results wrote it (`replaceable`), or with `force`.
     """
     started = time.perf_counter()
     fmt = str(format).strip().lower()
@@ -236,8 +257,19 @@ def export_hessian(run: str, *, hessian: str | None = None, format: str, out: st
     zarr_path = st.hessian_zarr(run_id, meta.id)
     target = _out_path(out, fmt, st.hessian_export_path(run_id, meta.id, HESSIAN_NAMES[fmt]),
                        st, "curvature results")
+    guarded = out is not None and not force and not st.holds(target)
     with undone_on_failure(prepare_parent(target)):
         data = read_grid(zarr_path, meta.id, ("done", "epoch", "eigenvalues"))
+        if guarded:
+            if fmt == "csv":  # a CSV of curvature results names no ids: its header and done rows tell
+                tables = hessian_tables(data, target)
+                foreign = [p for p, (header, columns) in tables.items()
+                           if p.exists() and not same_results_table(p, header, columns)]
+                planned = list(tables)
+            else:
+                planned = [target]
+                foreign = [p for p in planned if not replaceable(p, fmt, {"run": run_id, "hessian": meta.id})]
+            _refuse_others(planned, foreign, f"curvature results {meta.id}")
         done = data.arrays["done"] > 0
         result = ExportResult(format=fmt, path=target, files=[], grid_id=meta.id, run_id=run_id,
                               points_total=int(done.size), points_missing=int((~done).sum()), points_diverged=0,
@@ -346,6 +378,38 @@ def _out_path(out: str | os.PathLike[str] | None, fmt: str, default: Path, st: S
     elif path.exists() and not path.is_file():
         raise UsageError(f"--out {path} exists and is not a regular file: choose another path")
     return path
+
+
+def replaceable(path: Path, fmt: str, ids: dict[str, str]) -> bool:
+    """Whether `path` may be replaced by an export naming `ids` (run, and grid or hessian) without --force: it does
+    not exist, or an earlier export of the same grid (or results) wrote it, as the file's own metadata says (a NetCDF
+    file's global attributes, an npz file's attributes, a CSV's run and grid columns, a VTK directory's
+    landscape-export.json), so re-exporting to the same --out needs no --force however the store was moved
+    or copied, and nothing is written anywhere to remember it."""
+    if not path.exists():
+        return True
+    if fmt == "vtk":
+        if path.is_dir() and not any(path.iterdir()):
+            return True
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return False
+        found = {k: str(manifest.get(k)) for k in ("run", "grid")}
+    else:
+        found = export_ids(path, fmt)
+    return all(found.get(k) == v for k, v in ids.items())
+
+
+def _refuse_others(planned: list[Path], foreign: list[Path], what: str) -> None:
+    """One line if an export would replace files no earlier export of `what` wrote."""
+    if not foreign:
+        return
+    first = foreign[0]
+    beside = f" (it writes {', '.join(p.name for p in planned)})" if len(planned) > 1 else ""
+    kind = "directory" if first.is_dir() else "file"
+    raise UsageError(f"--out {first} exists and no earlier export of {what} wrote it{beside}: pass --force to replace "
+                     f"the {kind}, or choose another --out")
 
 
 def _measure(result: ExportResult, started: float) -> None:

@@ -9,6 +9,7 @@ with the coordinates ``step`` (the keys) and ``epoch`` (the epochs completed) al
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,9 @@ class GridData:
 def read_grid(zarr_path: Path, grid_id: str, required: tuple[str, ...] = ("loss", "done", "epoch")) -> GridData:
     try:
         root = open_group(zarr_path, "r")
-        names = sorted(name for name, _ in root.arrays())
+        with warnings.catch_warnings():  # a member without its metadata (damaged) is refused below, not warned of
+            warnings.simplefilter("ignore")
+            names = sorted(name for name, _ in root.arrays())
         if not set(required) <= set(names):
             raise KeyError(", ".join(required))
         # the checkpoint coordinate(s), then the done-marks, then the values: a row marked done after its values

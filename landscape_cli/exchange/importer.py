@@ -4,14 +4,17 @@ The files (a plain state_dict, a dict holding one under "state_dict" or "model" 
 most training scripts save, a common key prefix such as `model.` or `module.` stripped, or
 `.safetensors`) are read without running any of their code (`foreign.py`), fitted to the model,
 and written as the run's checkpoints, one per epoch, with each epoch's loss and accuracy on the
-training and validation sets. The run is content-addressed by the imported weights' hashes (and
-the model and dataset): importing the same files again changes nothing.
+training and validation sets, and with what the model computes on the run's probe samples
+(`models.probes`), by which later commands recognise it. The run is content-addressed by the imported
+weights' hashes (and the model and dataset): importing the same files again changes nothing. Weights
+that hold NaN or infinite values are imported as they are, with one warning line on stderr.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from landscape_cli.errors import UsageError
 from landscape_cli.exchange.unpickle import checkpoint_files, epoch_numbers, match_state, read_weights
 from landscape_cli.kernel.device import select_device
 from landscape_cli.kernel.evaluate import evaluate_split
-from landscape_cli.models import build, checkpoints, model_source, takes_tokens
+from landscape_cli.models import build, checkpoints, model_source, probes, takes_tokens
 from landscape_cli.models.records import model_args, model_record, probe
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store, checkpoint_name
@@ -123,6 +126,7 @@ def write_run(store: Store | str | os.PathLike[str] | None, config: TrainConfig,
         return ImportResult(run_id, st.run_dir(run_id), meta)
     st.ensure_writable()
     dev = select_device(device)
+    nonfinite_warning(states, epochs, origins)
     run_dir = st.run_dir(run_id)
     new_dirs = [] if run_dir.exists() else [run_dir]
     meta = RunMeta(
@@ -135,6 +139,7 @@ def write_run(store: Store | str | os.PathLike[str] | None, config: TrainConfig,
     meta.model["imported"] = origins
     with leave_no_trace(new_dirs, st.run_file(run_id)):
         make_dirs(st.checkpoints_dir(run_id))
+        inputs = probes.write_inputs(st, run_id, data)
         with progress_bar(f"import {run_id}", len(states), unit="checkpoints", enabled=progress) as bar:
             for epoch, state in zip(epochs, states, strict=True):
                 t0 = time.perf_counter()
@@ -149,7 +154,28 @@ def write_run(store: Store | str | os.PathLike[str] | None, config: TrainConfig,
                     epoch=epoch, train_loss=train_loss, train_accuracy=train_acc, val_loss=val_loss,
                     val_accuracy=val_acc, seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint_name(epoch),
                     sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
-                    checkpoint_train_loss=train_loss, checkpoint_train_accuracy=train_acc))  # (the same: at it)
+                    checkpoint_train_loss=train_loss, checkpoint_train_accuracy=train_acc,  # (the same: at it)
+                    probe=probes.record(net, inputs)))
                 bar.advance()
         st.write_run(meta)  # last: a run that failed half-way leaves no trace
     return ImportResult(run_id, run_dir, meta, list(epochs))
+
+
+def nonfinite_warning(states: list[dict[str, torch.Tensor]], epochs: list[int], origins: list[dict[str, Any]]) -> None:
+    """One warning line on stderr where imported weights hold NaN or infinite values (they are imported as they are:
+    every loss of such a checkpoint is NaN)."""
+    bad: list[tuple[int, str, int, str]] = []
+    for epoch, state, origin in zip(epochs, states, origins, strict=True):
+        counts = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+        total = sum(counts.values())
+        if total:
+            first = next(k for k, n in counts.items() if n)
+            bad.append((epoch, Path(str(origin.get("file", "?"))).name, total, first))
+    if not bad:
+        return
+    which = ", ".join(f"{e} ({f})" for e, f, _, _ in bad)
+    total = sum(n for _, _, n, _ in bad)
+    label = "epoch" if len(bad) == 1 else "epochs"
+    print(f"Warning: the weights of {label} {which} hold {total:,} NaN or infinite values (the first in "
+          f"{bad[0][3]}): every loss there will be NaN; they are imported as they are (was the file saved after "
+          "training diverged?)", file=sys.stderr, flush=True)

@@ -613,6 +613,8 @@ def checkpoint_files(paths: list[Path]) -> list[Path]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise UsageError(f"{path} is not a file or folder (a pipe or device): give checkpoint files")
         else:
             raise UsageError(f"{path}: no such file or folder")
     seen: dict[Path, Path] = {}

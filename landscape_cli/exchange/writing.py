@@ -12,11 +12,14 @@ import contextlib
 import errno
 import os
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from landscape_cli._io import PARTIAL_SUFFIX, atomic_path, os_error
+from landscape_cli._io import PARTIAL_SUFFIX, atomic_path, os_error, sync_dir, sync_tree
 from landscape_cli.errors import StoreError, UsageError
 
 
@@ -62,6 +65,7 @@ def prepare_parent(path: Path) -> list[Path]:
             for d in missing:
                 d.mkdir()
                 created.append(d)
+                sync_dir(d.parent)
             probe = parent / f".write-test.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -80,15 +84,38 @@ def atomic(path: Path) -> contextlib.AbstractContextManager[Path]:
 
 
 def replace_dir(new: Path, out: Path) -> None:
-    """Move the finished directory `new` to `out`, replacing an earlier export (or an empty directory) there."""
-    if not out.exists():
-        os.rename(new, out)
+    """Move the finished directory `new` to `out`, replacing an earlier export (or an empty directory) there
+    (durably: its files and itself fsynced before the rename, their directory after)."""
+    sync_tree(new)
+    with interrupts_deferred():  # a Ctrl-C never leaves `out` moved aside, or the old one half-removed
+        if not out.exists():
+            os.rename(new, out)
+            sync_dir(out.parent)
+            return
+        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+        os.rename(out, old)
+        try:
+            os.rename(new, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        sync_dir(out.parent)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during the block takes effect when the block ends (in the main thread, under Python's own
+    handler; elsewhere the block runs as it is)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is not signal.default_int_handler:
+        yield
         return
-    old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-    os.rename(out, old)
+    caught: list[Any] = []
+    signal.signal(signal.SIGINT, lambda number, frame: caught.append(frame))
     try:
-        os.rename(new, out)
-    except OSError:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt

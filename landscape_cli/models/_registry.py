@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from landscape_cli.config import ACTIVATIONS as ACTIVATION_NAMES
 from landscape_cli.config import choice
 from landscape_cli.errors import UnknownNameError, UsageError
 from landscape_cli.models import hf
-from landscape_cli.plugins import Source, resolve
+from landscape_cli.plugins import Source, call_factory, resolve
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),  # as torchvision: one activation buffer less
@@ -121,12 +123,40 @@ def build(source: Source, args: dict[str, Any]) -> nn.Module:
     else:
         factory = source.load("model")
     if isinstance(args.get("hparams"), dict):
-        model = factory(**args["hparams"])
+        kwargs = dict(args["hparams"])
     else:
-        model = factory(input_shape=tuple(args["input_shape"]), num_outputs=int(args["num_outputs"]))
+        kwargs = {"input_shape": _shape(args.get("input_shape"), source), "num_outputs": _whole(args.get("num_outputs"),
+                                                                                               "num_outputs", source)}
+    model = call_factory(source, "model", factory, **kwargs)
     if not isinstance(model, nn.Module):
         raise UsageError(f"model factory {source.ref!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if next(model.parameters(), None) is None:
+        raise UsageError(f"model factory {source.ref!r} returned a model without parameters ({type(model).__name__}): "
+                         "a loss landscape moves a model's weights, so it needs at least one nn.Parameter")
     return model
+
+
+def _whole(value: Any, name: str, source: Source, minimum: int = 1) -> int:
+    """A factory argument that must be a whole number (an int, a numpy integer or a 0-d integer tensor: never text, a
+    bool or a fraction), at least `minimum`."""
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise UsageError(f"model factory {source.ref!r}: {name} must be a whole number, got {value!r} "
+                         f"({type(value).__name__}): give an int") from None
+    if number < minimum:
+        raise UsageError(f"model factory {source.ref!r}: {name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _shape(value: Any, source: Source) -> tuple[int, ...]:
+    """input_shape: a sequence of whole numbers (a sample's shape; () for scalar samples)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, torch.Size)):
+        raise UsageError(f"model factory {source.ref!r}: input_shape must be a sequence of whole numbers (a sample's "
+                         f"shape), got {value!r} ({type(value).__name__})")
+    return tuple(_whole(v, "input_shape", source, minimum=0) for v in value)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -41,16 +41,20 @@ def model_record(source: Source, args: dict[str, Any], net: nn.Module) -> dict[s
 
 def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
     """Score the model on the first two training samples before anything is written: a model that does not
-    fit the data (shapes, dtypes) fails here with one line instead of a traceback in the middle of an epoch."""
+    fit the data (shapes, dtypes), or whose outputs are fewer than the classes of any sample of either split, fails
+    here with one line instead of a traceback in the middle of an epoch."""
     if model_src.builtin and data_src.builtin:
         return
     net = build(model_src, model_args(model_src, data, activation))
     x, y = data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2]
     try:
         with torch.no_grad():
-            scorer(net.eval()(x), y)
+            out = net.eval()(x)
+            scorer(out, y)
     except UsageError:
         raise
     except Exception as e:
         raise UsageError(f"model {model_src.ref!r} failed on the first samples of dataset {data_src.ref!r} "
                          f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
+    scorer.check_outputs(out, y, {"train": data.train_y, "val": data.val_y},
+                         f"model {model_src.ref!r} on dataset {data_src.ref!r}")

@@ -19,6 +19,8 @@ Every other module asks a `Store` for paths, metadata and locks; files are writt
 from __future__ import annotations
 
 import os
+import stat
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -98,6 +100,66 @@ def curve_optimizer_name(epoch: int) -> str:
 
 def direction_name(direction_id: str) -> str:
     return f"{DIRECTIONS_DIR}/{direction_id}.pt"
+
+
+def probes_name(sha256: str) -> str:
+    """A run's probe-samples file (relative to its run directory), addressed by the sha256 of its bytes."""
+    return f"probes-{sha256[:16]}.pt"
+
+
+def read_metadata(path: Path) -> Any:
+    """A metadata file's JSON. Where it is not a regular file (a directory, a FIFO, a device: never opened), not
+    UTF-8 text or not JSON: one IntegrityError line naming it; where it cannot be read: one StoreError line (an
+    OSError too, as the error it stands for)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError as e:
+        raise StoreError(f"{path} is missing: run `landscape verify`, or `landscape ls` for what the store holds") from e
+    except OSError as e:
+        raise StoreError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
+    if not stat.S_ISREG(mode):
+        raise IntegrityError(f"{path} is not a file (damaged: a directory, pipe or device is where landscape keeps its "
+                             "metadata): remove it and run `landscape verify`")
+    try:
+        return read_json(path)
+    except LandscapeError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise IntegrityError(f"{path} is not a JSON file landscape wrote ({type(e).__name__}): it was damaged; run "
+                             "`landscape verify`") from e
+    except OSError as e:
+        raise StoreError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
+
+
+def check_tree(path: Path, what: str) -> None:
+    """Every entry under `path` (a Zarr group) a directory or a regular file, links to files followed: a pipe or
+    device where a chunk belongs would block every reader (Zarr opens it), a dangling link or a link to a directory
+    read as a missing chunk. One IntegrityError line naming the first such entry; nothing is opened."""
+    stack = [path]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise StoreError(f"cannot read {path} ({e.strerror or e}): check its permissions") from e
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                    continue
+                if entry.is_file():
+                    continue
+            except OSError:
+                pass
+            raise IntegrityError(f"damaged {what}: {entry.path} is not a file (a pipe, device or dangling link is "
+                                 "where its arrays keep a chunk): `landscape verify` lists what is damaged; remove it "
+                                 "and run the command that made it again")
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything is at `path` (a file, or what damage left there: a directory, pipe, dangling link)."""
+    return os.path.lexists(path)
 
 
 class Store:
@@ -222,12 +284,12 @@ class Store:
 
     def ensure_writable(self) -> None:
         """Fail with one clear line, before any work, if the store cannot be written."""
-        from landscape_cli._io import check_writable
+        from landscape_cli._io import check_writable, mkdirs_durably
 
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"store path {self.root} is a file, not a directory: pass --store with a directory")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            mkdirs_durably(self.root)
         except OSError as e:
             raise StoreError(
                 f"cannot create the store {self.root} ({e.strerror}): pass --store with a writable directory"
@@ -237,7 +299,8 @@ class Store:
     # -- runs --
 
     def has_run(self, run_id: str) -> bool:
-        return self.run_file(run_id).is_file()
+        """Whether the run's run.json is there (readable or not: `read_run` says which)."""
+        return _exists(self.run_file(run_id))
 
     def run_ids(self) -> list[str]:
         if self.root.exists() and not self.root.is_dir():
@@ -245,13 +308,17 @@ class Store:
                              f"${STORE_ENV} to one)")
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / RUN_FILE).is_file())
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _exists(p / RUN_FILE))
 
     def read_run(self, run_id: str) -> RunMeta:
         path = self.run_file(run_id)
-        if not path.is_file():
+        if not _exists(path):
             raise RunNotFoundError(f"no run {run_id} in store {self.root}; `landscape ls` lists the runs")
-        return RunMeta.from_json(read_json(path), path)
+        meta = RunMeta.from_json(read_metadata(path), path)
+        if meta.id != run_id:
+            raise IntegrityError(f"{path} names run {meta.id!r}, not its directory's {run_id} (edited or damaged): run "
+                                 "`landscape verify`")
+        return meta
 
     def write_run(self, meta: RunMeta) -> None:
         from landscape_cli._io import now
@@ -272,7 +339,7 @@ class Store:
         path = self.lambda_file(run_id)
         if not path.is_file():
             return None
-        track = LambdaTrack.from_json(read_json(path), path)
+        track = LambdaTrack.from_json(read_metadata(path), path)
         if track.run != run_id:
             raise IntegrityError(f"{path} belongs to run {track.run}, not {run_id} (edited or damaged)")
         return track
@@ -346,7 +413,7 @@ class Store:
     @staticmethod
     def direction_sidecar(path: Path) -> DirectionSidecar:
         """A direction file's sidecar, typed (IntegrityError naming the file if it is damaged)."""
-        return DirectionSidecar.from_json(read_json(path), path)
+        return DirectionSidecar.from_json(read_metadata(path), path)
 
     @staticmethod
     def direction_of(sidecar: Path) -> Path:
@@ -360,15 +427,16 @@ class Store:
         curves = self.curves_dir(run_id)
         if not curves.is_dir():
             return []
-        return sorted(d.name for d in curves.iterdir() if d.is_dir() and (d / CURVE_FILE).is_file())
+        return sorted(d.name for d in curves.iterdir() if d.is_dir() and _exists(d / CURVE_FILE))
 
     def has_curve(self, run_id: str, curve_id: str) -> bool:
-        return self.curve_file(run_id, curve_id).is_file()
+        """Whether the curve's curve.json is there (readable or not: `read_curve` says which)."""
+        return _exists(self.curve_file(run_id, curve_id))
 
     def read_curve(self, run_id: str, curve_id: str) -> CurveMeta:
         """curve.json, refused (IntegrityError) if it is damaged or no longer matches its id."""
         path = self.curve_file(run_id, curve_id)
-        meta = CurveMeta.from_json(read_json(path), path)
+        meta = CurveMeta.from_json(read_metadata(path), path)
         if meta.id != curve_id or meta.config.curve_id != curve_id or meta.config.run_a != run_id:
             raise IntegrityError(f"{path} does not match its curve id (it was edited or damaged): run `landscape "
                                  "verify`; the curve's own `landscape connect` command trains it again")
@@ -396,7 +464,7 @@ class Store:
         """(run id, curve id) of a curve named by its name or a unique id prefix (of a run, or of any)."""
         if not ref or not ref.strip():
             raise UsageError("empty curve reference: give a curve id (or prefix) or name; `landscape ls` lists them")
-        found = []
+        found, damaged = [], []
         for rid in ([run_id] if run_id else self.run_ids()):
             for cid in self.curve_ids(rid):
                 if cid.startswith(ref):
@@ -405,10 +473,15 @@ class Store:
                 try:
                     if self.read_curve(rid, cid).name == ref:
                         found.append((rid, cid))
-                except (IntegrityError, OSError):
+                except (IntegrityError, OSError) as e:
+                    damaged.append((cid, str(e)))
                     continue
         if not found:
             where = f" of run {run_id}" if run_id else ""
+            if damaged:  # its name cannot be read: it may be the one asked for
+                cid, error = damaged[0]
+                raise IntegrityError(f"no readable curve {ref!r}{where}: curve {cid}, whose name cannot be read, is "
+                                     f"damaged ({error})")
             raise RunNotFoundError(f"no curve {ref!r}{where}: `landscape ls` lists the curves (`landscape connect` "
                                    "trains one)")
         if len(found) > 1:
@@ -424,7 +497,7 @@ class Store:
         if not grids.is_dir():
             return []
         return sorted(d.name for d in grids.iterdir()
-                      if d.is_dir() and (not with_metadata or (d / GRID_FILE).is_file()))
+                      if d.is_dir() and (not with_metadata or _exists(d / GRID_FILE)))
 
     def grid_busy(self, run_id: str, grid_id: str) -> bool:
         """Whether another process holds a row of the grid right now."""
@@ -436,12 +509,13 @@ class Store:
         return (self.zarr_path(run_id, grid_id) / "zarr.json").exists()
 
     def has_grid(self, run_id: str, grid_id: str) -> bool:
-        return self.grid_file(run_id, grid_id).is_file()
+        """Whether the grid's grid.json is there (readable or not: `read_grid` says which)."""
+        return _exists(self.grid_file(run_id, grid_id))
 
     def read_grid(self, run_id: str, grid_id: str) -> GridMeta:
         """grid.json, refused (IntegrityError) if it is damaged or no longer matches its id."""
         path = self.grid_file(run_id, grid_id)
-        raw = read_json(path)
+        raw = read_metadata(path)
         if not isinstance(raw, dict) or short_hash(raw.get("config", {})) != raw.get("id") or raw.get("id") != grid_id:
             raise IntegrityError(
                 f"{path} does not match its grid id (it was edited or damaged): run `landscape verify`; the grid's "
@@ -478,6 +552,10 @@ class Store:
         if len(matches) == 1:
             return matches[0]
         where = f"run {run_id}" if run_id else f"store {self.root}"
+        damaged = [g for _r, g in grids if isinstance(g, Damaged)] if run_id else []
+        if not matches and damaged:  # a name cannot be read from a damaged grid.json: it may be the one asked for
+            raise IntegrityError(f"no readable grid {ref!r} in {where}: grid {damaged[0].id}, whose name cannot be "
+                                 f"read, is damaged ({damaged[0].error})")
         if not matches:
             raise RunNotFoundError(
                 f"no grid {ref!r} in {where}: `landscape ls` lists the grids, `landscape grid RUN` makes one"
@@ -517,8 +595,8 @@ class Store:
     def stats_cache(self, run_id: str, grid_id: str, fmt: int) -> dict[str, Any]:
         """The entries of the grid's stats cache; a missing, damaged or foreign file reads as empty (it is rewritten)."""
         try:
-            raw = read_json(self.stats_file(run_id, grid_id))
-        except (OSError, IntegrityError, UnicodeDecodeError):
+            raw = read_metadata(self.stats_file(run_id, grid_id))
+        except (OSError, IntegrityError):
             return {}
         if not isinstance(raw, dict) or raw.get("format") != fmt or raw.get("grid") != grid_id:
             return {}
@@ -546,10 +624,11 @@ class Store:
         hessians = self.hessians_dir(run_id)
         if not hessians.is_dir():
             return []
-        return sorted(d.name for d in hessians.iterdir() if (d / HESSIAN_FILE).is_file())
+        return sorted(d.name for d in hessians.iterdir() if d.is_dir() and _exists(d / HESSIAN_FILE))
 
     def has_hessian(self, run_id: str, hessian_id: str) -> bool:
-        return self.hessian_file(run_id, hessian_id).is_file()
+        """Whether the results' hessian.json is there (readable or not: `read_hessian` says which)."""
+        return _exists(self.hessian_file(run_id, hessian_id))
 
     def has_hessian_arrays(self, run_id: str, hessian_id: str) -> bool:
         """Whether the results' Zarr group was created (its own metadata file exists)."""
@@ -557,7 +636,7 @@ class Store:
 
     def read_hessian(self, run_id: str, hessian_id: str) -> HessianMeta:
         path = self.hessian_file(run_id, hessian_id)
-        raw = read_json(path)
+        raw = read_metadata(path)
         meta = HessianMeta.from_json(raw, path)
         if meta.id != hessian_id or meta.config.hessian_id != hessian_id:
             raise IntegrityError(f"{path} does not match its id (edited or damaged): run `landscape verify`; the same "
@@ -615,10 +694,13 @@ class Store:
 
 
 def check_label(name: str, what: str) -> None:
-    """A --name must be non-empty and free of '/', tabs and newlines."""
-    if not name.strip() or any(c in name for c in "\n\r\t/"):
-        raise UsageError(f"bad {what} name {name!r}: use a non-empty label without '/', tabs or newlines")
+    """A --name must be non-empty and free of '/', '\\' and control characters (tabs, newlines, escapes, NUL)."""
+    if not name.strip() or any(c in "/\\" or unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+        raise UsageError(f"bad {what} name {name!r}: use a non-empty label without '/', '\\' or control characters "
+                         "(tabs, newlines, escapes)")
 
 
 def _label(run: RunMeta | Damaged) -> str:
-    return f"{run.id} ({run.name})" if isinstance(run, RunMeta) and run.name else run.id
+    if isinstance(run, Damaged):
+        return f"{run.id} (damaged: `landscape verify {run.id}`)"
+    return f"{run.id} ({run.name})" if run.name else run.id

@@ -8,6 +8,7 @@ next time the file is written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +22,16 @@ GRID_FORMAT = 2  # 1: landscape 0.1.0 (2-D random grids only); 2: adds "axes" an
 GRID_FORMATS_READ = (1, 2)
 
 
-def _need(d: Any, key: str, kind: type | tuple[type, ...], where: Path | str) -> Any:
+def _need(d: Any, key: str, kind: type | tuple[type, ...], where: Path | str, label: str | None = None) -> Any:
+    """`d[key]` of `kind`; else one IntegrityError naming the file and the field (`label`, default `key`)."""
+    name = label or key
     if not isinstance(d, dict) or key not in d:
-        raise IntegrityError(f"{where} has no {key!r} (damaged or not written by landscape): run `landscape verify`")
+        raise IntegrityError(f"{where} has no {name!r} (damaged or not written by landscape): run `landscape verify`")
     value = d[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise IntegrityError(f"{where}: {key!r} is {value!r}, not the expected type (damaged): run `landscape verify`")
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise IntegrityError(f"{where}: {name!r} is {text}, not the expected type (damaged): run `landscape verify`")
     return value
 
 
@@ -42,14 +47,93 @@ def _format(d: Any, known: tuple[int, ...], where: Path | str) -> int:
     return int(fmt)
 
 
-def _stamps(d: dict[str, Any]) -> dict[str, Any]:
-    """The versions and times every metadata file carries (absent ones read as empty)."""
-    return {"versions": dict(d.get("versions") or {}), "created": str(d.get("created") or ""),
-            "updated": d.get("updated")}
+def _optional(d: Any, key: str, kind: type | tuple[type, ...], where: Path | str, label: str | None = None) -> Any:
+    """`d[key]` if it is of `kind`; None where it is absent or null (a wrong type: one IntegrityError)."""
+    if not isinstance(d, dict) or d.get(key) is None:
+        return None
+    return _need(d, key, kind, where, label)
+
+
+def _bad(where: Path | str, key: str, value: Any, expected: str) -> IntegrityError:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return IntegrityError(f"{where}: {key!r} is {text}, not {expected} (damaged): run `landscape verify`")
+
+
+def _count(value: Any) -> bool:
+    """Whether `value` is an int >= 0 (a checkpoint's key, a pair, a count), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _keys(d: Any, key: str, where: Path | str) -> list[int]:
+    """A list of checkpoint keys (epochs, or steps): ints >= 0, each once."""
+    values = _need(d, key, list, where)
+    if not all(_count(v) for v in values) or len(set(values)) != len(values):
+        raise _bad(where, key, values, "a list of distinct checkpoint numbers (integers >= 0)")
+    return [int(v) for v in values]
+
+
+def _name(d: Any, where: Path | str) -> str | None:
+    """A result's `name`: a string, or None where it has none."""
+    name = _optional(d, "name", str, where)
+    return str(name) if name is not None else None
+
+
+def _relative(value: str, key: str, where: Path | str) -> str:
+    """A file path a metadata file records relative to its directory: never absolute, never leading out of it."""
+    parts = value.replace("\\", "/").split("/")
+    if not value or value.startswith("/") or ".." in parts or "\x00" in value:
+        raise _bad(where, key, value, "a path inside the run's directory")
+    return value
+
+
+def _stamps(d: dict[str, Any], where: Path | str = "") -> dict[str, Any]:
+    """The versions and times every metadata file carries (absent ones read as empty; a wrong type: IntegrityError)."""
+    versions = _optional(d, "versions", dict, where) or {}
+    created = _optional(d, "created", str, where)
+    return {"versions": dict(versions), "created": created or "",
+            "updated": _optional(d, "updated", str, where)}
 
 
 def _stamps_json(versions: dict[str, str], created: str, updated: str | None) -> dict[str, Any]:
     return {"versions": versions, "created": created, **({"updated": updated} if updated is not None else {})}
+
+
+@dataclass
+class ProbeRecord:
+    """What a checkpoint's model computed on the run's probe samples when the checkpoint was made
+    (`landscape_cli.models.probes` says exactly what is stored): `inputs` is the sha256 of the run's probe-samples
+    file (`probes_name(inputs)` in the run directory); `device` and `dtype` computed the values; `shape` is the
+    outputs' shape; `sketch` is 0 where each sample's output values are stored as they are, else the number of
+    count-sketch values per sample; `eval` in eval mode, `bn_train` with BatchNorm in training mode (None: the model
+    has no BatchNorm)."""
+
+    inputs: str
+    device: str
+    dtype: str
+    shape: list[int]
+    sketch: int
+    eval: list[float]
+    bn_train: list[float] | None = None
+
+    @classmethod
+    def from_json(cls, d: Any, where: Path | str) -> ProbeRecord:
+        shape = _need(d, "shape", list, where)
+        bn = d.get("bn_train")
+        values = [_need(d, "eval", list, where), *([bn] if bn is not None else [])]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in shape) or not isinstance(bn, list | None) \
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for vs in values for v in vs):
+            raise IntegrityError(f"{where}: a checkpoint's probe record is not the expected type (damaged): run "
+                                 "`landscape verify`")
+        return cls(str(_need(d, "inputs", str, where)), str(_need(d, "device", str, where)),
+                   str(_need(d, "dtype", str, where)), list(shape), int(_need(d, "sketch", int, where)),
+                   [float(v) for v in values[0]], [float(v) for v in bn] if bn is not None else None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.bn_train is None:
+            del out["bn_train"]
+        return out
 
 
 @dataclass
@@ -69,6 +153,8 @@ class EpochRecord:
     values (None, not evaluated). A run's checkpoints are keyed by step where there are steps, else by
     epoch (`key`): grids, Hessian results and curves name their checkpoints by that key. `removed`: the
     file was deleted by the run's retention policy (`--keep`); the record stays, so keys never change.
+    `probe`: what the model computed on the run's probe samples when the checkpoint was made (`ProbeRecord`;
+    None in runs made before probes were recorded, and then omitted from the JSON).
     Runs without steps write records exactly as earlier releases did."""
 
     epoch: int
@@ -86,6 +172,7 @@ class EpochRecord:
     epoch_end: bool | None = None  # saved at the end of `epoch` (runs with step checkpoints only)
     lr: float | None = None  # the learning rate of the last step (a recorded run's, where known)
     removed: bool = False  # deleted by the retention policy
+    probe: ProbeRecord | None = None  # the outputs on the run's probe samples (None: not recorded)
 
     @property
     def key(self) -> int:
@@ -119,7 +206,9 @@ class EpochRecord:
                    absent("checkpoint_train_accuracy"),
                    int(_need(d, "step", int, where)) if stepped else None,
                    bool(_need(d, "epoch_end", bool, where)) if stepped else None,
-                   absent("lr"), bool(d.get("removed", False)) if isinstance(d, dict) else False)
+                   absent("lr"), bool(d.get("removed", False)) if isinstance(d, dict) else False,
+                   ProbeRecord.from_json(d["probe"], where) if isinstance(d, dict) and d.get("probe") is not None
+                   else None)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -130,6 +219,10 @@ class EpochRecord:
                 del out[key]
         if not self.removed:
             del out["removed"]
+        if self.probe is None:  # not recorded: the record as earlier releases wrote it
+            del out["probe"]
+        else:
+            out["probe"] = self.probe.to_json()
         return out
 
     def train_at_checkpoint(self, imported: bool = False) -> tuple[float, float | None] | None:
@@ -154,9 +247,8 @@ class FileRecord:
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> FileRecord:
-        epoch = d.get("epoch") if isinstance(d, dict) else None
-        step = d.get("step") if isinstance(d, dict) else None
-        return cls(str(_need(d, "file", str, where)), str(_need(d, "sha256", str, where)),
+        epoch, step = _optional(d, "epoch", int, where), _optional(d, "step", int, where)
+        return cls(_relative(str(_need(d, "file", str, where)), "file", where), str(_need(d, "sha256", str, where)),
                    int(epoch) if epoch is not None else None, int(step) if step is not None else None)
 
     @property
@@ -190,29 +282,40 @@ class RunMeta:
     def from_json(cls, d: Any, where: Path | str) -> RunMeta:
         _format(d, (RUN_FORMAT,), where)
         config = _need(d, "config", dict, where)
+        _check_train_config(config, where)
         try:
             cfg = TrainConfig.from_dict(config)
         except TypeError as e:
             raise IntegrityError(f"{where}: the training configuration is incomplete ({e}): damaged") from e
         model = _need(d, "model", dict, where)
-        _need(model, "name", str, where)
-        _need(model, "args", dict, where)
+        _need(model, "name", str, where, "model.name")
+        _need(model, "args", dict, where, "model.args")
         dataset = _need(d, "dataset", dict, where)
-        _need(dataset, "name", str, where)
-        _need(dataset, "train_size", int, where)
+        _need(dataset, "name", str, where, "dataset.name")
+        for key in ("train_size", "val_size"):
+            if key in dataset and not _count(dataset[key]):
+                raise _bad(where, f"dataset.{key}", dataset[key], "a number of samples")
+        _need(dataset, "train_size", int, where, "dataset.train_size")
         resume = d.get("resume")
-        name = d.get("name")
+        requested = _need(d, "epochs_requested", int, where)
+        if requested < 0:
+            raise _bad(where, "epochs_requested", requested, "a number of epochs >= 0")
+        epochs = [EpochRecord.from_json(e, where) for e in _need(d, "epochs", list, where)]
+        for record in epochs:
+            _relative(record.checkpoint, "checkpoint", where)
+        if len({r.key for r in epochs}) != len(epochs):
+            raise _bad(where, "epochs", [r.key for r in epochs], "one record per checkpoint")
         return cls(
             id=str(_need(d, "id", str, where)),
-            name=str(name) if name is not None else None,
+            name=_name(d, where),
             config=cfg,
             model=model,
             dataset=dataset,
-            epochs_requested=int(_need(d, "epochs_requested", int, where)),
-            epochs=[EpochRecord.from_json(e, where) for e in _need(d, "epochs", list, where)],
+            epochs_requested=int(requested),
+            epochs=epochs,
             resume=FileRecord.from_json(resume, where) if resume else None,
-            **_stamps(d),
-            retention=dict(d["retention"]) if isinstance(d.get("retention"), dict) else None,
+            **_stamps(d, where),
+            retention=_optional(d, "retention", dict, where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -311,6 +414,31 @@ class RunMeta:
         return str(self.model["name"]), dict(self.model["args"])
 
 
+# the type of each field of a training configuration as run.json records it (`TrainConfig.identity`)
+_TRAIN_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "dataset": (str,), "batch_size": (int,), "optimizer": (str,), "lr": (int, float),
+    "momentum": (int, float), "weight_decay": (int, float), "activation": (str,), "seed": (int,),
+    "model_sha256": (str, type(None)), "data_sha256": (str, type(None)), "loss": (str, type(None)),
+    "imported": (list, type(None)), "block_size": (int, type(None)), "checkpoint_every": (int, type(None)),
+    "recorded": (dict, type(None)), "procedure": (int,),
+}
+
+
+def _check_train_config(config: dict[str, Any], where: Path | str) -> None:
+    """Each field of run.json's training configuration of its type (one IntegrityError naming the field)."""
+    for key, kinds in _TRAIN_FIELDS.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise _bad(where, f"config.{key}", value, "the expected type")
+        if key in ("batch_size", "seed", "block_size", "checkpoint_every") and isinstance(value, int) and value < 0:
+            raise _bad(where, f"config.{key}", value, "a number >= 0")
+    imported = config.get("imported")
+    if imported is not None and not all(isinstance(h, str) for h in imported):
+        raise _bad(where, "config.imported", imported, "a list of weights hashes")
+
+
 def _spans(numbers: list[int]) -> str:
     """0,1,2,3,7 -> "0-3,7" (a long list of checkpoints stays one readable line)."""
     runs: list[list[int]] = []
@@ -351,7 +479,10 @@ class DirectionSidecar:
     @classmethod
     def from_json(cls, d: Any, where: Path) -> DirectionSidecar:
         if not isinstance(d, dict) or not isinstance(d.get("spec"), dict):
-            raise IntegrityError(f"{where}: not a direction record (damaged)")
+            raise IntegrityError(f"{where}: not a direction record (damaged): run `landscape verify`")
+        pair = d["spec"].get("pair", 0)
+        if not _count(pair):
+            raise _bad(where, "spec.pair", pair, "a pair number >= 0")
         return cls(_need(d, "id", str, where), d["spec"], _need(d, "sha256", str, where))
 
 
@@ -366,8 +497,11 @@ class DirectionRecord:
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> DirectionRecord:
-        return cls(int(_need(d, "pair", int, where)), str(_need(d, "id", str, where)),
-                   str(_need(d, "file", str, where)), str(_need(d, "sha256", str, where)))
+        pair = _need(d, "pair", int, where)
+        if pair < 0:
+            raise _bad(where, "pair", pair, "a pair number >= 0")
+        return cls(int(pair), str(_need(d, "id", str, where)),
+                   _relative(str(_need(d, "file", str, where)), "file", where), str(_need(d, "sha256", str, where)))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -412,12 +546,21 @@ class EvaluatorRecord:
         return out
 
     @classmethod
-    def from_json(cls, d: Any, precision: str) -> EvaluatorRecord | None:
-        """The recorded evaluator (None for a grid made before evaluators were recorded)."""
-        if not d or not isinstance(d, dict):
+    def from_json(cls, d: Any, precision: str, where: Path | str = "grid.json") -> EvaluatorRecord | None:
+        """The recorded evaluator (None for a grid made before evaluators were recorded); IntegrityError where
+        a field is of the wrong type."""
+        if d is None or d == {}:
             return None
-        threads = d.get("threads") or {}
-        return cls(int(d.get("points_per_pass", 1)), str(d.get("precision", precision)), str(d.get("device", "cpu")),
+        if not isinstance(d, dict):
+            raise _bad(where, "evaluator", d, "an evaluator record")
+        per_pass = _optional(d, "points_per_pass", int, where, "evaluator.points_per_pass")
+        if per_pass is not None and per_pass < 1:
+            raise _bad(where, "evaluator.points_per_pass", per_pass, "a number of points >= 1")
+        threads = _optional(d, "threads", dict, where, "evaluator.threads") or {}
+        if not all(isinstance(c, list) and all(_count(n) for n in c) for c in threads.values()):
+            raise _bad(where, "evaluator.threads", threads, "thread counts per writer")
+        return cls(int(per_pass or 1), str(_optional(d, "precision", str, where, "evaluator.precision") or precision),
+                   str(_optional(d, "device", str, where, "evaluator.device") or "cpu"),
                    {str(w): [int(c) for c in counts] for w, counts in threads.items()})
 
     def describe(self) -> str:
@@ -456,28 +599,32 @@ class GridMeta:
         identity = _need(d, "config", dict, where)
         try:
             cfg = GridConfig.from_identity(identity)
-        except (TypeError, ValueError, KeyError) as e:
-            raise IntegrityError(f"{where}: the grid configuration cannot be read ({e}): damaged") from e
-        name = d.get("name")
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+            raise IntegrityError(f"{where}: the grid configuration cannot be read ({e}): damaged; run "
+                                 "`landscape verify`") from e
         if fmt >= 2:
-            ranges = [(float(lo), float(hi)) for lo, hi in _need(d, "ranges", list, where)]
+            ranges = _ranges(_need(d, "ranges", list, where), where)
         else:  # the first release made square random grids only: the ranges are in the configuration
             ranges = [(float(a.lo), float(a.hi)) for a in cfg.axes if a.lo is not None and a.hi is not None]
         if len(ranges) != cfg.dims:
-            raise IntegrityError(f"{where}: {len(ranges)} axis ranges for a {cfg.dims}-D grid (damaged)")
+            raise IntegrityError(f"{where}: {len(ranges)} axis ranges for a {cfg.dims}-D grid (damaged): run "
+                                 "`landscape verify`")
+        run = _need(d, "run", str, where)
+        if run != cfg.run:
+            raise _bad(where, "run", run, f"the run of its configuration ({cfg.run})")
         return cls(
             id=str(_need(d, "id", str, where)),
-            name=str(name) if name is not None else None,
-            run=str(_need(d, "run", str, where)),
+            name=_name(d, where),
+            run=str(run),
             config=cfg,
-            epochs=[int(e) for e in _need(d, "epochs", list, where)],
+            epochs=_keys(d, "epochs", where),
             directions=[DirectionRecord.from_json(r, where) for r in _need(d, "directions", list, where)],
-            parameters=str(d.get("parameters") or ""),
-            **_stamps(d),
+            parameters=str(_optional(d, "parameters", str, where) or ""),
+            **_stamps(d, where),
             ranges=ranges,
-            kind=dict(d.get("kind") or {}) if fmt >= 2 else {},
-            evaluator=EvaluatorRecord.from_json(d.get("evaluator"), cfg.precision),
-            batchnorm=d["batchnorm"] if isinstance(d.get("batchnorm"), bool) else None,
+            kind=_kind_facts(_optional(d, "kind", dict, where) or {}, where) if fmt >= 2 else {},
+            evaluator=EvaluatorRecord.from_json(d.get("evaluator"), cfg.precision, where),
+            batchnorm=_optional(d, "batchnorm", bool, where),
             format=GRID_FORMAT,
         )
 
@@ -497,6 +644,68 @@ class GridMeta:
             **({"batchnorm": self.batchnorm} if self.batchnorm is not None else {}),
             **_stamps_json(self.versions, self.created, self.updated),
         }
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(_number(x) for x in v)
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _text(v: Any) -> bool:
+    return v is None or isinstance(v, str)
+
+
+# what the views read of grid.json's `kind` facts (written by the grid's direction kind), by key: a check of the
+# value, and of the fields of a record (each optional): a fact of another type is damage, refused on read
+_KIND_FACTS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "target": (dict, {"run": _text, "epoch": lambda v: v is None or _int(v), "label": _text, "sha256": _text}),
+    "path": (dict, {"distance": _numbers, "x": _numbers, "y": _numbers, "residual": _numbers, "epoch": _numbers}),
+    "curve": (dict, {"id": _text, "name": _text, "epoch": _int, "bends": _int, "start": _int, "shape": _text,
+                     "end": lambda v: isinstance(v, dict)}),
+    "explained_variance_ratio": (_numbers, {}),
+    "singular_values": (_numbers, {}),
+    "through": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), {}),
+    "hessian": (str, {}),
+    "epochs": (lambda v: isinstance(v, dict) and all(isinstance(x, dict) for x in v.values()), {}),
+}
+_EPOCH_FACTS: dict[str, Any] = {"eigenvalues": _numbers, "file": lambda v: isinstance(v, str),
+                                "sha256": lambda v: isinstance(v, str)}
+
+
+def _kind_facts(kind: dict[str, Any], where: Path | str) -> dict[str, Any]:
+    """grid.json's `kind` facts, the ones the views read checked for their types (one IntegrityError naming it)."""
+    for key, (check, fields) in _KIND_FACTS.items():
+        if key not in kind:
+            continue
+        value = kind[key]
+        ok = isinstance(value, check) if isinstance(check, type) else check(value)
+        records = list(value.values()) if key == "epochs" and ok else [value] if fields and ok else []
+        for record in records:
+            for name, field_ok in (_EPOCH_FACTS if key == "epochs" else fields).items():
+                if name in record and not field_ok(record[name]):
+                    raise _bad(where, f"kind.{key}.{name}", record[name], "the expected type")
+        if not ok:
+            raise _bad(where, f"kind.{key}", value, "the expected type")
+    return dict(kind)
+
+
+def _ranges(values: list[Any], where: Path | str) -> list[tuple[float, float]]:
+    """grid.json's `ranges`: one [lo, hi] of finite numbers per axis."""
+    out = []
+    for r in values:
+        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                                                for v in r)
+                and all(math.isfinite(v) for v in r)):
+            raise _bad(where, "ranges", values, "one [low, high] pair of finite numbers per axis")
+        out.append((float(r[0]), float(r[1])))
+    return out
 
 
 HESSIAN_FORMAT = 1
@@ -526,19 +735,24 @@ class HessianMeta:
         _format(d, (HESSIAN_FORMAT,), where)
         try:
             cfg = HessianConfig.from_identity(_need(d, "config", dict, where))
-        except (TypeError, ValueError) as e:
-            raise IntegrityError(f"{where}: the configuration cannot be read ({e}): damaged") from e
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise IntegrityError(f"{where}: the configuration cannot be read ({e}): damaged; run "
+                                 "`landscape verify`") from e
         vectors = _need(d, "eigenvectors", dict, where)
-        name = d.get("name")
+        if not all(isinstance(e, str) and e.isdigit() and e.isascii() for e in vectors):
+            raise _bad(where, "eigenvectors", sorted(vectors), "records keyed by checkpoint numbers")
+        run = _need(d, "run", str, where)
+        if run != cfg.run:
+            raise _bad(where, "run", run, f"the run of its configuration ({cfg.run})")
         return cls(
             id=str(_need(d, "id", str, where)),
-            name=str(name) if name is not None else None,
-            run=str(_need(d, "run", str, where)),
+            name=_name(d, where),
+            run=str(run),
             config=cfg,
-            epochs=[int(e) for e in _need(d, "epochs", list, where)],
+            epochs=_keys(d, "epochs", where),
             eigenvectors={int(e): DirectionRecord.from_json(r, where) for e, r in vectors.items()},
             parameters=str(d.get("parameters") or ""),
-            **_stamps(d),
+            **_stamps(d, where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -556,6 +770,12 @@ class HessianMeta:
 
 
 CURVE_FORMAT = 1
+# the type of each field of a curve's configuration as curve.json records it (`CurveConfig.to_json`)
+_CURVE_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_a": (str,), "epoch_a": (int,), "weights_a": (str,), "run_b": (str,), "epoch_b": (int,), "weights_b": (str,),
+    "shape": (str,), "bends": (int,), "optimizer": (str,), "lr": (int, float), "momentum": (int, float),
+    "weight_decay": (int, float), "batch_size": (int,), "seed": (int,),
+}
 
 
 @dataclass
@@ -601,20 +821,30 @@ class CurveMeta:
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> CurveMeta:
         _format(d, (CURVE_FORMAT,), where)
+        config = _need(d, "config", dict, where)
+        for key, kinds in _CURVE_FIELDS.items():
+            if key in config and (not isinstance(config[key], kinds) or isinstance(config[key], bool)):
+                raise _bad(where, f"config.{key}", config[key], "the expected type")
         try:
-            cfg = CurveConfig.from_json(_need(d, "config", dict, where))
+            cfg = CurveConfig.from_json(config)
         except (TypeError, ValueError) as e:
-            raise IntegrityError(f"{where}: the curve's configuration cannot be read ({e}): damaged") from e
+            raise IntegrityError(f"{where}: the curve's configuration cannot be read ({e}): damaged; run "
+                                 "`landscape verify`") from e
         resume = d.get("resume")
-        name = d.get("name")
+        requested = _need(d, "epochs_requested", int, where)
+        if requested < 0:
+            raise _bad(where, "epochs_requested", requested, "a number of epochs >= 0")
+        epochs = [CurveEpoch.from_json(e, where) for e in _need(d, "epochs", list, where)]
+        for record in epochs:
+            _relative(record.file, "file", where)
         return cls(
             id=str(_need(d, "id", str, where)),
-            name=str(name) if name is not None else None,
+            name=_name(d, where),
             config=cfg,
-            epochs_requested=int(_need(d, "epochs_requested", int, where)),
-            epochs=[CurveEpoch.from_json(e, where) for e in _need(d, "epochs", list, where)],
+            epochs_requested=int(requested),
+            epochs=epochs,
             resume=FileRecord.from_json(resume, where) if resume else None,
-            **_stamps(d),
+            **_stamps(d, where),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -1,20 +1,25 @@
 """Integrity checks: re-hash every file the store recorded a hash for (curves' included), and decode every grid
-chunk.
+chunk; with `behaviour` (what `landscape verify` passes: `models.checkpoints.behaviour_problem`), also rebuild the
+model of every run that recorded probe outputs and check that it still computes them.
 
-Reads metadata, files and Zarr chunks only (no torch), and changes nothing.
+Reads metadata, files and Zarr chunks only (no torch, unless `behaviour` rebuilds models), and changes nothing.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from landscape_cli._io import PARTIAL_SUFFIX, file_sha256
 from landscape_cli.errors import IntegrityError
-from landscape_cli.store import Store
+from landscape_cli.store import Store, check_tree, probes_name
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows
 from landscape_cli.store.meta import FileRecord, GridMeta, RunMeta
+
+# (store, run) -> None, or (where, what is wrong, what to do) when the run's model no longer computes what it recorded
+Behaviour = Callable[[Store, RunMeta], tuple[str, str, str] | None]
 
 
 @dataclass
@@ -29,8 +34,8 @@ class Problem:
 class Report:
     problems: list[Problem] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=lambda: {
-        "runs": 0, "checkpoints": 0, "optimizer_states": 0, "directions": 0, "grids": 0, "chunks": 0, "curves": 0,
-        "curve_files": 0})
+        "runs": 0, "checkpoints": 0, "optimizer_states": 0, "probe_samples": 0, "models": 0, "directions": 0,
+        "grids": 0, "chunks": 0, "curves": 0, "curve_files": 0})
     leftovers: list[str] = field(default_factory=list)  # temporary files of killed writers (never read)
     unfinished: list[str] = field(default_factory=list)  # grids whose creation was killed before any row
 
@@ -39,13 +44,16 @@ class Report:
         return not self.problems
 
 
-def verify(store: Store | str | os.PathLike[str] | None = None, run: str | None = None) -> Report:
-    """Check every run of the store (or one run) and report each mismatch with what to do."""
+def verify(store: Store | str | os.PathLike[str] | None = None, run: str | None = None,
+           behaviour: Behaviour | None = None) -> Report:
+    """Check every run of the store (or one run) and report each mismatch with what to do; with `behaviour`, also
+    each run whose rebuilt model no longer computes the outputs it recorded on its probe samples (one problem per
+    run)."""
     st = Store.of(store)
     report = Report()
-    run_ids = [st.resolve(run)] if run else st.run_ids()
+    run_ids = [st.resolve(run)] if run is not None else st.run_ids()  # "" is refused: an empty reference
     for run_id in run_ids:
-        _verify_run(st, run_id, report)
+        _verify_run(st, run_id, report, behaviour)
         for root, _dirs, files in os.walk(st.run_dir(run_id)):
             report.leftovers += [os.path.join(root, f) for f in files if PARTIAL_SUFFIX in f]
     return report
@@ -61,7 +69,7 @@ def _file(report: Report, run_id: str, path: Path, expected: str | None, what: s
     return True
 
 
-def _verify_run(st: Store, run_id: str, report: Report) -> None:
+def _verify_run(st: Store, run_id: str, report: Report, behaviour: Behaviour | None = None) -> None:
     run_dir = st.run_dir(run_id)
     report.checked["runs"] += 1
     retrain = (f"delete {run_dir} and run its `landscape train` command again (on CPU it reproduces the same "
@@ -90,6 +98,7 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
             _file(report, run_id, st.file(run_id, meta.resume.file), meta.resume.sha256,
                   f"optimizer state of {_resume_label(meta.resume)}",
                   "training cannot be continued exactly; the checkpoints and grids are unaffected")
+        _verify_behaviour(st, meta, report, behaviour, retrain)
     for sidecar in st.direction_sidecars(run_id):
         report.checked["directions"] += 1
         try:
@@ -106,6 +115,20 @@ def _verify_run(st: Store, run_id: str, report: Report) -> None:
         _verify_grid(st, run_id, grid_id, report)
     for curve_id in st.curve_ids(run_id):
         _verify_curve(st, run_id, curve_id, report)
+
+
+def _verify_behaviour(st: Store, meta: RunMeta, report: Report, behaviour: Behaviour | None, retrain: str) -> None:
+    """The run's probe-samples files (by their hashes) and, with `behaviour`, its model rebuilt on them."""
+    inputs = sorted({r.probe.inputs for r in meta.epochs if r.probe is not None})
+    for sha in inputs:
+        report.checked["probe_samples"] += 1
+        _file(report, meta.id, st.file(meta.id, probes_name(sha)), sha, "probe samples",
+              f"restore it from a backup, or {retrain}")
+    if behaviour is not None and inputs:
+        report.checked["models"] += 1
+        found = behaviour(st, meta)
+        if found is not None:
+            report.problems.append(Problem(meta.id, *found))
 
 
 def _verify_curve(st: Store, run_id: str, curve_id: str, report: Report) -> None:
@@ -163,6 +186,11 @@ def _verify_grid(st: Store, run_id: str, grid_id: str, report: Report) -> None:
         for rec in meta.directions:
             _file(report, run_id, st.file(run_id, rec.file), rec.sha256, f"direction pair {rec.pair} of the grid",
                   "delete the direction file and its .json record, then rerun the grid with --resume")
+    try:
+        check_tree(zarr_path, f"grid {grid_id}")  # no pipe where a chunk belongs: reading it would block
+    except IntegrityError as e:
+        report.problems.append(Problem(run_id, str(zarr_path), str(e).split(": `")[0], rerun))
+        return
     try:
         rows = Rows(zarr_path, "r")
     except IntegrityError as e:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from landscape_cli._io import dir_size
-from landscape_cli.errors import IntegrityError
-from landscape_cli.store import Store
+from landscape_cli.errors import IntegrityError, LandscapeError
+from landscape_cli.store import Store, check_tree
 from landscape_cli.store.locks import holder
 from landscape_cli.store.meta import CurveMeta, Damaged, GridMeta, HessianMeta, RunMeta
 
@@ -50,10 +51,19 @@ def run_summary(store: Store, meta: RunMeta | Damaged) -> dict[str, Any]:
         "val_loss": last.val_loss if last else None,
         "size_bytes": dir_size(store.run_dir(meta.id)),
         "path": str(store.run_dir(meta.id)),
-        "grids": [grid_summary(store, meta.id, g) for g in store.grids(meta.id)],
-        "hessians": [hessian_summary(store, meta.id, h) for h in store.hessians(meta.id)],
-        "curves": [curve_summary(store, meta.id, c) for c in store.curves(meta.id)],
+        "grids": [_each(grid_summary, store, meta.id, g) for g in store.grids(meta.id)],
+        "hessians": [_each(hessian_summary, store, meta.id, h) for h in store.hessians(meta.id)],
+        "curves": [_each(curve_summary, store, meta.id, c) for c in store.curves(meta.id)],
     }
+
+
+def _each(summarize: Callable[[Store, str, Any], dict[str, Any]], store: Store, run_id: str,
+          meta: GridMeta | HessianMeta | CurveMeta | Damaged) -> dict[str, Any]:
+    """One result's summary; a result that cannot be read is listed as damaged, never breaking its siblings' listing."""
+    try:
+        return summarize(store, run_id, meta)
+    except (LandscapeError, OSError, KeyError, ValueError, RuntimeError, TypeError) as e:  # zarr's: ValueErrors
+        return {"id": meta.id, "status": "damaged", "error": str(e) or type(e).__name__}
 
 
 def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[str, Any]:
@@ -66,9 +76,15 @@ def grid_summary(store: Store, run_id: str, meta: GridMeta | Damaged) -> dict[st
     cfg = meta.config
     zarr_path = store.zarr_path(run_id, meta.id)
     try:
-        rows_done, rows_total, diverged = Rows(zarr_path, "r").progress()
+        check_tree(zarr_path, f"grid {meta.id}")  # no pipe where a chunk belongs: reading it would block
+        rows = Rows(zarr_path, "r")
+        rows_done, rows_total, diverged = rows.progress()
     except (OSError, ValueError, KeyError, IntegrityError) as e:
         return {"id": meta.id, "status": "damaged", "error": f"cannot read {zarr_path}: {e}"}
+    lost = [e for e in meta.epochs if e not in rows.epochs]
+    if lost:
+        return {"id": meta.id, "status": "damaged", "error": f"{store.grid_file(run_id, meta.id)}: 'epochs' lists "
+                f"{','.join(map(str, lost))}, which its arrays do not hold (damaged): run `landscape verify`"}
     shape = [len(meta.epochs), cfg.pairs, cfg.batches, *(a.count for a in reversed(cfg.axes))]
     steps = _keyed_by_step(zarr_path)
     return {
@@ -108,7 +124,8 @@ def describe_grid(meta: GridMeta) -> str:
     spans = f"±{cfg.span:g}" if cfg.span is not None else " ".join(f"[{lo:.3g}, {hi:.3g}]" for lo, hi in meta.ranges)
     out = f"{cfg.kind} {cfg.dims}-D {shape} {spans}"
     if cfg.kind == "interpolate":
-        target = meta.kind.get("target", {})
+        target = meta.kind.get("target")
+        target = target if isinstance(target, dict) else {"run": cfg.target_run, "epoch": cfg.target_epoch}
         where = "" if target.get("run") == meta.run else f" of run {target.get('label') or target.get('run')}"
         out += f" to epoch {target.get('epoch')}{where}"
     return out
@@ -122,6 +139,7 @@ def hessian_summary(store: Store, run_id: str, meta: HessianMeta | Damaged) -> d
     import zarr
 
     try:
+        check_tree(store.hessian_zarr(run_id, meta.id), f"curvature results {meta.id}")
         done = np.asarray(zarr.open_array(store.hessian_zarr(run_id, meta.id) / "done", mode="r")[:]) > 0
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         return {"id": meta.id, "status": "damaged", "error": f"cannot read its done-marks: {e}"}

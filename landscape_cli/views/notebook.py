@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import builtins
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-from landscape_cli.errors import UsageError
+from landscape_cli.errors import IntegrityError, UsageError
 from landscape_cli.store import Store
-from landscape_cli.store.grid_arrays import ACCURACY_OF, accuracy_where_finite
+from landscape_cli.store.grid_arrays import ACCURACY_OF, DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.views.figures import PlotResult
 from landscape_cli.views.figures import plot as plot_grids
 from landscape_cli.views.readers import select_sources
@@ -41,15 +42,49 @@ def open(ref: str, *, grid: str | None = None, store: Store | str | os.PathLike[
     centre values and gradients, and a PCA grid's path. Accuracy (`accuracy`, `center_accuracy`,
     `path_accuracy`) is NaN wherever the loss is not finite, in grids stored before the tool stored it so
     too (masked here; the Zarr arrays are not rewritten).
+
+    Every chunk is decoded once before the Dataset is returned (one checkpoint at a time), so a damaged grid is
+    one IntegrityError here, naming the array, never an error of zarr's when its values are read later.
     """
     st = Store.of(store)
     [source] = select_sources(st, [ref], [grid] if grid is not None else [])
-    ds = xr.open_zarr(source.zarr_path)
+    _check_decodes(source.grid_id, source.run_id, Rows(source.zarr_path, "r"))
+    try:
+        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": read from the arrays
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(source.zarr_path, consolidated=False)
+    except (OSError, KeyError, *DECODE_ERRORS) as e:  # zarr's own errors are ValueErrors
+        raise IntegrityError(
+            f"grid {source.grid_id} cannot be read ({type(e).__name__}: {e}): `landscape verify` lists what is "
+            f"damaged; `landscape grid {source.run_id[:8]} --grid {source.grid_id} --resume` rebuilds it"
+        ) from e
     for accuracy, loss in ACCURACY_OF.items():
         if accuracy in ds and loss in ds:
             ds[accuracy] = accuracy_where_finite(ds[accuracy], ds[loss])
     ds.attrs.update({STORE_ATTR: str(st.root), RUN_ATTR: source.run_id, GRID_ATTR: source.grid_id})
     return ds
+
+
+def _check_decodes(grid_id: str, run_id: str, rows: Rows) -> None:
+    """Every chunk of the grid's arrays decoded (one checkpoint's slice at a time: memory stays bounded)."""
+    root: Any = rows.root
+    with warnings.catch_warnings():  # a member without its metadata: refused below, not warned of
+        warnings.simplefilter("ignore")
+        names = sorted(name for name, _ in root.arrays())
+    for name in names:
+        where = name
+        try:
+            array = root[name]
+            if array.ndim <= 1:
+                array[...]
+            for i in range(array.shape[0] if array.ndim > 1 else 0):
+                where = f"{name}[{i}]"
+                array[i]
+        except (OSError, KeyError, *DECODE_ERRORS) as e:  # zarr's own errors are ValueErrors
+            raise IntegrityError(
+                f"grid {grid_id} has a damaged chunk ({where}: {type(e).__name__}): `landscape grid {run_id[:8]} --grid "
+                f"{grid_id} --resume` recomputes it (`landscape verify` lists everything that is damaged)"
+            ) from e
 
 
 @xr.register_dataset_accessor("landscape")
