@@ -36,6 +36,12 @@ _API = {
     "open": "views.notebook",
     "export": "exchange.export",
     "ExportResult": "exchange.export",
+    "plane": "api",
+    "line": "api",
+    "hessian": "api",
+    "eigenvectors": "api",
+    "stats": "api",
+    "save_to": "api",
 }
 
 __all__ = sorted(_API)

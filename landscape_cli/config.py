@@ -210,6 +210,39 @@ class CurveRef:
 
 
 @dataclass(frozen=True)
+class MetricRef:
+    """A user metric of a grid (`--metric`): its name (the stored array's), reference and the sha256 of the file
+    defining it (None: a function given to the Python API)."""
+
+    name: str
+    ref: str
+    sha256: str | None
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "ref": self.ref, "sha256": self.sha256}
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> MetricRef:
+        return cls(str(d["name"]), str(d["ref"]), None if d.get("sha256") is None else str(d["sha256"]))
+
+
+@dataclass(frozen=True)
+class PlaneRef:
+    """The three checkpoints of a `--directions plane` grid: the centre A (a key of the grid's run: its one epoch)
+    and B, C as (run id, key)."""
+
+    centre: int
+    points: tuple[tuple[str, int], ...]
+
+    def identity(self) -> dict[str, Any]:
+        return {"centre": self.centre, "through": [{"run": r, "epoch": k} for r, k in self.points]}
+
+    @classmethod
+    def from_identity(cls, d: dict[str, Any]) -> PlaneRef:
+        return cls(int(d["centre"]), tuple((str(p["run"]), int(p["epoch"])) for p in d["through"]))
+
+
+@dataclass(frozen=True)
 class GridConfig:
     """Everything that determines a grid's values except which epochs it covers.
 
@@ -239,6 +272,8 @@ class GridConfig:
     precision: str = "fp32"  # the forward passes' arithmetic (PRECISIONS)
     layers: tuple[str, ...] | None = None  # --layer patterns (or several names): in the identity only when given
     curve: CurveRef | None = None  # curve, curve-plane: the trained curve evaluated (in the identity only when set)
+    plane: PlaneRef | None = None  # plane: the three checkpoints it goes through (in the identity only when set)
+    metrics: tuple[MetricRef, ...] | None = None  # user metrics stored beside loss and accuracy (identity: when set)
 
     @property
     def kind(self) -> str:
@@ -317,6 +352,10 @@ class GridConfig:
             out["layers"] = list(self.layers)
         if self.curve is not None:
             out["curve"] = self.curve.identity()
+        if self.plane is not None:
+            out["plane"] = self.plane.identity()
+        if self.metrics:
+            out["metrics"] = [m.identity() for m in self.metrics]
         out["format"] = IDENTITY_FORMAT
         return out
 
@@ -337,7 +376,7 @@ class GridConfig:
             axes = square_axes(kind, int(d["width"]), float(d["span"]))
         known = {"run", "axes", "width", "span", "pairs", "batches", "batch_size", "seed", "norm", "perturb_biasbn",
                  "layer", "single_kernel", "bn", "directions", "target", "trajectory", "split", "precision", "layers",
-                 "curve", "format"}
+                 "curve", "plane", "metrics", "format"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)}")
@@ -352,7 +391,9 @@ class GridConfig:
                    trajectory=tuple(int(e) for e in trajectory) if trajectory is not None else None,
                    precision=str(d.get("precision", "fp32")),
                    layers=tuple(str(p) for p in d["layers"]) if d.get("layers") is not None else None,
-                   curve=CurveRef.from_identity(d["curve"]) if d.get("curve") is not None else None)
+                   curve=CurveRef.from_identity(d["curve"]) if d.get("curve") is not None else None,
+                   plane=PlaneRef.from_identity(d["plane"]) if d.get("plane") is not None else None,
+                   metrics=tuple(MetricRef.from_identity(m) for m in d["metrics"]) if d.get("metrics") else None)
 
 
 MAX_POINTS_PER_PASS = 4096
@@ -391,6 +432,8 @@ class GridRequest:
     to_epoch: int | None = None
     to: str | None = None  # RUN2[:EPOCH]: interpolate to another run
     along: str | None = None  # --directions curve|curve-plane: the trained curve (its id, prefix or name)
+    through: tuple[str, ...] | None = None  # --directions plane: B and C (EPOCH, RUN or RUN:EPOCH each)
+    metrics: tuple[Any, ...] | None = None  # --metric module:function (or NAME=REF); the API: functions too
     from_grid: str | None = None  # continue this grid of the run with its own configuration
     precision: str = "fp32"
     gradient: bool = True

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from landscape_cli._io import file_sha256
-from landscape_cli.errors import UnknownNameError, UsageError
+from landscape_cli.errors import LandscapeError, UnknownNameError, UsageError
 
-GROUPS = {"model": "landscape.models", "dataset": "landscape.datasets"}
+GROUPS = {"model": "landscape.models", "dataset": "landscape.datasets", "metric": "landscape.metrics"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Source:
         """The factory itself (imports the module or file; a failure is one line)."""
         if self.kind == "file":
             path, _, attr = self.target.rpartition(":")
-            module = _load_file(Path(path), what)
+            module = _load_file(Path(path), what, self.ref)
         else:
             module_name, _, attr = self.target.partition(":")
             module = _import(module_name, what, self.ref)
@@ -90,14 +90,27 @@ class Source:
             )
 
 
+# What the user's code may raise that becomes one line naming it: any Exception, and SystemExit (a module that parses
+# its command line when imported). KeyboardInterrupt is the user's Ctrl-C and passes as it is.
+USER_CODE_ERRORS = (Exception, SystemExit)
+
+
 def _import(module_name: str, what: str, ref: str) -> Any:
     try:
         return importlib.import_module(module_name)
-    except Exception as e:  # the user's module failed to import: say how, in one line
-        raise UsageError(f"{what} {ref!r}: cannot import {module_name} ({one_line(e)}); is it on PYTHONPATH?") from e
+    except LandscapeError:
+        raise
+    except USER_CODE_ERRORS as e:  # the user's module failed to import: say how, in one line
+        if isinstance(e, ModuleNotFoundError) and e.name and (module_name + ".").startswith(e.name + "."):
+            hint = "is it on PYTHONPATH?"  # the module itself (or its package) is not found
+        elif isinstance(e, ModuleNotFoundError) and e.name:
+            hint = f"install {e.name}, or fix the module"
+        else:
+            hint = "fix the module (LANDSCAPE_DEBUG=1 shows the traceback)"
+        raise UsageError(f"{what} {ref!r}: cannot import {module_name} ({one_line(e)}); {hint}") from e
 
 
-def _load_file(path: Path, what: str) -> Any:
+def _load_file(path: Path, what: str, ref: str) -> Any:
     """A Python file as a module (cached by path, so one process loads it once)."""
     name = "landscape_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
     if name in sys.modules:
@@ -109,19 +122,43 @@ def _load_file(path: Path, what: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as e:
+    except BaseException as e:
         del sys.modules[name]
-        raise UsageError(f"{what} file {path} failed to load ({one_line(e)})") from e
+        if isinstance(e, LandscapeError) or not isinstance(e, USER_CODE_ERRORS):
+            raise
+        raise UsageError(f"{what} {ref!r}: loading {path} failed ({one_line(e)}): fix the file "
+                         "(LANDSCAPE_DEBUG=1 shows the traceback)") from e
     return module
 
 
-def one_line(e: BaseException) -> str:
+def call_factory(source: Source, what: str, factory: Callable[..., Any], **kwargs: Any) -> Any:
+    """`factory(**kwargs)`, the user's code: whatever it raises is one UsageError naming the factory (its reference),
+    how it was called, the exception's type and message, chained from it (LANDSCAPE_DEBUG=1 prints its traceback).
+    The tool's own errors raised inside (a factory that loads a built-in dataset) pass as they are."""
+    try:
+        return factory(**kwargs)
+    except LandscapeError:
+        raise
+    except USER_CODE_ERRORS as e:
+        called = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        called = called if len(called) <= 200 else called[:197] + "..."
+        raise UsageError(f"the {what} factory {source.ref!r} raised {one_line(e)} when called as "
+                         f"{source.target.rpartition(':')[2]}({called}): fix the factory (LANDSCAPE_DEBUG=1 shows the "
+                         "traceback)") from e
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception as "Type: message at file.py:line" (where it was raised), on one line, the message cut at `limit`
+    characters."""
     where = ""
     frames = traceback.extract_tb(e.__traceback__)
     if frames:
         last = frames[-1]
         where = f" at {Path(last.filename).name}:{last.lineno}"
-    return f"{type(e).__name__}: {' '.join(str(e).split())}{where}"
+    message = " ".join(str(e).split())
+    if len(message) > limit:
+        message = message[:limit - 3].rstrip() + "..."
+    return f"{type(e).__name__}{': ' + message if message else ''}{where}"
 
 
 def _entry_point(group: str, name: str) -> metadata.EntryPoint | None:

@@ -21,7 +21,7 @@ ROOT = REPO / PACKAGE
 # top to bottom: a module may import modules of its own layer (the graph stays acyclic) or of any layer below
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "__main__"),
-    ("", "training", "connecting", "evaluate", "recorder", "integrations"),  # the library calls: API, train, connect, callbacks
+    ("", "training", "connecting", "evaluate", "recorder", "integrations", "api"),  # library calls: API, train, callbacks
     ("engine",),
     ("exchange",),
     ("views",),

@@ -126,6 +126,24 @@ def test_spectral_density_integrates_to_one_and_covers_the_spectrum(tiny: Any) -
     assert mean == pytest.approx(np.trace(h) / len(values), rel=0.25, abs=0.02)
 
 
+def test_the_raw_quadrature_of_each_probe_gives_its_moments_of_the_explicit_hessian(tiny: Any) -> None:
+    """Gauss quadrature from m Lanczos steps is exact for polynomials of degree < 2m: Σ_j w_j θ_j^k = vᵀH^k v / vᵀv
+    for each probe v (the seeded Rademacher vectors the density draws), k = 0..3, against the explicit Hessian."""
+    from landscape_cli.curvature.spectrum import _generator
+
+    model, batches, h = tiny
+    with operator(model, batches, _names(model), "train") as op:
+        d = spectral_density(op, probes=3, steps=12, bins=40, seed=5)
+    assert d.nodes.shape == d.weights.shape == (3, 12) and np.isfinite(d.nodes).all()
+    rng = _generator(5, "density")
+    for i in range(3):
+        v = rng.choice([-1.0, 1.0], size=h.shape[0])
+        for k in range(4):
+            expected = v @ np.linalg.matrix_power(h, k) @ v / (v @ v)
+            got = float((d.weights[i] * d.nodes[i] ** k).sum())
+            assert got == pytest.approx(expected, rel=1e-4, abs=1e-6 * np.abs(h).max() ** k), (i, k)
+
+
 def test_the_model_is_left_as_it_was(tiny: Any) -> None:
     model, batches, _ = tiny
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -158,6 +176,10 @@ def test_results_are_stored_per_epoch_and_resume(run_store: Path, tmp_path: Path
     assert first.computed == [0, 2] and list(ds.epoch.values) == [0, 2]
     assert ds.eigenvalues.dims == ("epoch", "k") and ds.eigenvalues.shape == (2, 3)
     assert ds.density.dims == ("epoch", "bin") and ds.density.shape == (2, 30)
+    assert ds.density_nodes.dims == ("epoch", "probe", "node") and ds.density_nodes.shape == (2, 2, 20)
+    assert np.allclose(ds.density_weights.values.sum(axis=2), 1.0)  # the raw quadrature: weights of each probe
+    lo, hi = ds.density_lambda.values[:, :1], ds.density_lambda.values[:, -1:]  # the smoothed bins cover the nodes
+    assert ((ds.density_nodes.values.min(axis=2) >= lo) & (ds.density_nodes.values.max(axis=2) <= hi)).all()
     assert (np.diff(ds.eigenvalues.values, axis=1) <= 0).all() and (ds.done.values == 1).all()
     assert np.allclose(ds.convexity.values, np.abs(ds.lambda_min.values / ds.eigenvalues.values[:, 0]))
     meta = json.loads((first.path / "hessian.json").read_text())

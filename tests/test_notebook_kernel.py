@@ -117,3 +117,32 @@ def test_an_animation_in_a_notebook_asks_for_a_file(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"an animation is a GIF file: give out=FILE\.gif"):
         ds.landscape.plot(animate=True)
     assert tree(store) == before
+
+
+def _recipe(name: str) -> str:
+    """The python block after `<!-- recipe: NAME -->` in README.md, as written."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return text.split(f"<!-- recipe: {name} -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow  # a kernel computing a plane and a Hessian with its density (~15 s)
+def test_readme_api_recipes_run_in_a_fresh_kernel(tmp_path: Path) -> None:
+    """README's recipes for a model in memory, as written, each a cell of a fresh kernel: the random plane's stats
+    are printed and its figure shown as an image; the Hessian's top eigenvalues (descending), λmin (the smallest)
+    and trace printed; and nothing is written where a store would be (no store is needed)."""
+    import numpy as np
+
+    store = tmp_path / "store"
+    nb = _execute([_recipe("api-plane"), _recipe("api-hessian")], store, tmp_path)
+    plane = _outputs(nb.cells[0])
+    printed = "".join(o.get("text", "") for o in plane)
+    assert printed.startswith("ε-sharpness ") and "flat radius" in printed, printed
+    [shown] = [o for o in plane if o.output_type in ("execute_result", "display_data")]
+    assert "image/png" in shown.data and len(base64.b64decode(shown.data["image/png"])) > 20_000
+
+    line = "".join(o.get("text", "") for o in _outputs(nb.cells[1])).replace("[", " ").replace("]", " ")
+    values = [float(v) for v in line.split()]
+    top, lambda_min, trace = values[:3], values[3], values[4]
+    assert len(values) == 5 and top == sorted(top, reverse=True) and lambda_min < top[-1], line
+    assert np.isfinite(trace) and trace != 0
+    assert not store.exists() and not list(tmp_path.iterdir()), list(tmp_path.iterdir())

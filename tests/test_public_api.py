@@ -111,3 +111,17 @@ def test_benchmarks_and_examples_import_only_what_exists() -> None:
                     if alias.name.split(".")[0] == "landscape_cli":
                         importlib.import_module(alias.name)
     assert not missing, missing
+
+
+def test_the_api_on_models_in_memory_is_registered_lazily() -> None:
+    """`landscape_cli.plane(model, batches)` and its siblings are functions of `landscape_cli.api`, imported only when
+    first used (a bare `import landscape_cli` imports neither it nor torch)."""
+    import subprocess
+    import sys
+
+    for name in ("plane", "line", "hessian", "eigenvectors", "stats", "save_to"):
+        value = getattr(landscape_cli, name)
+        assert name in landscape_cli.__all__ and inspect.isfunction(value) and value.__module__ == "landscape_cli.api"
+    code = "import sys, landscape_cli; print('landscape_cli.api' in sys.modules, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.split() == ["False", "False"], done.stdout + done.stderr

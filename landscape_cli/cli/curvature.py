@@ -22,11 +22,13 @@ from landscape_cli.cli._common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    ThreadsOpt,
     err,
     name_suffix,
     num,
     pct,
     print_json,
+    set_threads,
     stdout,
 )
 from landscape_cli.config import HessianConfig
@@ -66,6 +68,7 @@ def hessian(
     bins: Annotated[int, typer.Option(help="With --density: histogram bins.")] = HessianConfig.bins,
     seed: Annotated[int, typer.Option(help="Seed of the start vectors and probes.")] = HessianConfig.seed,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
@@ -84,6 +87,7 @@ def hessian(
 
     Example: `landscape hessian quickstart --epochs 0,5 --top 3`
     """
+    set_threads(threads)
     from landscape_cli.config import parse_epochs, parse_steps
     from landscape_cli.curvature.hessian import hessian as compute_hessian
     from landscape_cli.store import Store

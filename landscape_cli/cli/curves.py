@@ -18,10 +18,12 @@ from landscape_cli.cli._common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    ThreadsOpt,
     err,
     name_suffix,
     num,
     print_json,
+    set_threads,
     stdout,
 )
 from landscape_cli.config import CURVE_SHAPES, CurveConfig
@@ -51,6 +53,7 @@ def connect(
     seed: Annotated[int, typer.Option(help="Seed of the t sampled per mini-batch and of the data order.")]
     = CurveConfig.seed,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
@@ -69,6 +72,7 @@ def connect(
 
     Example: `landscape connect seed0 seed1 --shape bezier --bends 1 --epochs 10`
     """
+    set_threads(threads)
     from landscape_cli.connecting import connect as train_curve
 
     def report(record: Any) -> None:

@@ -20,10 +20,12 @@ from landscape_cli.cli._common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    ThreadsOpt,
     err,
     name_suffix,
     note,
     print_json,
+    set_threads,
     stdout,
 )
 from landscape_cli.config import GridRequest
@@ -60,15 +62,17 @@ def grid(
     run: Annotated[str, typer.Argument(help="Run id, id prefix or name.", show_default=False)],
     epochs: Annotated[
         str | None, typer.Option(help="Checkpoints to use, e.g. 0,1,9 or 0-9 (default: all of the run's). With "
-                                 "--directions interpolate: where each line starts; with pca: the trajectory.",
+                                 "--directions interpolate: where each line starts; with pca: the trajectory; with "
+                                 "plane: its centre A (default: the last).",
                                  show_default=False)
     ] = None,
     at_steps: AtStepsOpt = None,
     directions: Annotated[
         str, typer.Option(help="random (Li et al.'s filter-normalized planes), interpolate (the line between two "
                           "checkpoints, Goodfellow et al.), pca (the plane of the training trajectory), hessian, "
-                          "curve (along a trained curve between two minima, --along; Garipov et al.) or curve-plane "
-                          "(the plane of its ends and bend).")
+                          "curve (along a trained curve between two minima, --along; Garipov et al.), curve-plane "
+                          "(the plane of its ends and bend) or plane (through three checkpoints: --epochs A "
+                          "--through B --through C).")
     ] = GridRequest.directions,
     dims: Annotated[
         int | None, typer.Option(help="1 (a line along the first direction) or 2 (a plane) [default: 2; 1 for "
@@ -123,8 +127,18 @@ def grid(
         str | None, typer.Option(help="--directions curve or curve-plane: the curve (`landscape connect`) of RUN, by "
                                  "id, prefix or name.", show_default=False)
     ] = None,
+    metric_refs: Annotated[
+        list[str] | None, typer.Option("--metric", help="A metric beside loss and accuracy: module:function or "
+                                       "./file.py:function of (outputs, targets) -> one number per batch (NAME=REF "
+                                       "names its array); repeat for more.", show_default=False)
+    ] = None,
+    through: Annotated[
+        list[str] | None, typer.Option(help="--directions plane: a checkpoint the plane goes through, EPOCH (of RUN), "
+                                       "RUN2 (its last) or RUN2:EPOCH; give it twice (B and C; A is --epochs).",
+                                       show_default=False)
+    ] = None,
     bn: Annotated[
-        str | None, typer.Option(help="BatchNorm mode [default: train; recompute for curve and curve-plane]: train "
+        str | None, typer.Option(help="BatchNorm mode [default: train; recompute for curve, curve-plane and plane]: train "
                                  "(batch statistics, as in a training step), eval (running statistics; interpolated "
                                  "along interpolation lines) or recompute (running statistics re-estimated on the "
                                  "grid's batches at every point, then eval: twice the forward passes; as PyTorch's "
@@ -158,6 +172,7 @@ def grid(
                                  "shards left.", show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
@@ -180,6 +195,7 @@ def grid(
     Example: `landscape grid quickstart --epochs 0,5 --width 21`; a job array of 4: `landscape grid quickstart
     --width 51 --shard $SLURM_ARRAY_TASK_ID/4`
     """
+    set_threads(threads)
     from landscape_cli.config import Runtime, parse_epochs, parse_range, parse_steps
     from landscape_cli.engine.compute import grid as compute_grid
     from landscape_cli.engine.distributed import torchrun_ranks
@@ -193,7 +209,8 @@ def grid(
         range=parse_range(range_, "--range"), yrange=parse_range(yrange, "--yrange"), pairs=pairs, batches=batches,
         batch_size=batch_size, split=split, seed=seed, norm=norm, perturb_biasbn=perturb_biasbn,
         layer=tuple(layer) if layer else None, single_kernel=single_kernel, bn=bn, directions_from=directions_from,
-        to_epoch=to_epoch, to=to, along=along,
+        to_epoch=to_epoch, to=to, along=along, through=tuple(through) if through else None,
+        metrics=tuple(metric_refs) if metric_refs else None,
         from_grid=grid_ref, precision=precision, gradient=gradient, points_per_pass=points_per_pass, name=name,
         resume=resume,
     )
@@ -476,6 +493,10 @@ def export(
         bool, typer.Option("--hessian", help="Export the run's curvature results (`landscape hessian`) instead, as "
                            "netcdf, csv or npz; --grid picks results by id or name [default: the newest].")
     ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --out file (or another grid's VTK export) that no "
+                           "earlier export of this grid wrote. Without it such a file is refused.")
+    ] = False,
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -490,18 +511,27 @@ def export(
     NaN points hidden, and a PCA grid's path as a polyline (needs `pip install 'landscape-cli[vtk]'`);
     the height is scaled to the grid's width (--height-scale), or 0 with --flat for Warp By Scalar.
 
+    An existing --out file is replaced only if an earlier export of the same grid wrote it (its own metadata
+    names the grid), or with --force.
+
     Example: `landscape export quickstart --format vtk --zmax 10 --log`
     """
     from landscape_cli.exchange.export import export as write_export
     from landscape_cli.exchange.export import export_hessian
 
-    if hessian:
-        if zmax is not None or log or height_scale is not None or flat:
-            raise UsageError("--zmax, --log, --height-scale and --flat shape a VTK surface: curvature results have none")
-        result = export_hessian(run, hessian=grid, format=format_, out=out, store=store)
-    else:
-        result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log, height_scale=height_scale,
-                              flat=flat, store=store)
+    try:
+        if hessian:
+            if zmax is not None or log or height_scale is not None or flat:
+                raise UsageError("--zmax, --log, --height-scale and --flat shape a VTK surface: curvature results have "
+                                 "none")
+            result = export_hessian(run, hessian=grid, format=format_, out=out, store=store, force=force)
+        else:
+            result = write_export(run, grid=grid, format=format_, out=out, zmax=zmax, log=log,
+                                  height_scale=height_scale, flat=flat, store=store, force=force)
+    except KeyboardInterrupt:  # every file is written under a temporary name (removed) and renamed when complete
+        where = str(out) if out is not None else "the exports/ directory"
+        raise Interrupted(f"export interrupted: nothing half-written was left at {where} (a file appears only once "
+                          "complete; temporary files removed); run the same command again") from None
     if json_output:
         print_json(result.to_json())
         return

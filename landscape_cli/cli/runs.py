@@ -19,12 +19,14 @@ from landscape_cli.cli._common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    ThreadsOpt,
     err,
     human_size,
     name_suffix,
     num,
     pct,
     print_json,
+    set_threads,
     stdout,
 )
 from landscape_cli.config import TrainConfig
@@ -56,6 +58,7 @@ def train(
                                  show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="Where datasets are cached (else $LANDSCAPE_DATA, else ~/.cache/landscape/data).",
@@ -101,6 +104,7 @@ def train(
     Example: `landscape train resnet digits --epochs 5 --name quickstart`; every 20 steps, keeping every 5th
     of those and the epoch ends: `landscape train cnn digits --epochs 3 --checkpoint-every 20 --keep every=5,epochs`
     """
+    set_threads(threads)
     from landscape_cli.training import train as train_run
 
     def report(record: Any) -> None:
@@ -183,6 +187,7 @@ def import_(
                                  show_default=False)
     ] = None,
     device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     store: StoreOpt = None,
     name: NameOpt = None,
@@ -204,20 +209,27 @@ def import_(
     Example: `landscape import resnet digits ckpts/epoch=*.ckpt --epochs 0,1,5 --name theirs`,
     `landscape import hf:./out text:corpus.txt ./out/checkpoint-* --block-size 128`
     """
+    set_threads(threads)
     from landscape_cli.config import parse_epochs
     from landscape_cli.errors import UsageError
     from landscape_cli.exchange.hf_import import import_hf, is_hf
     from landscape_cli.exchange.importer import import_run
 
-    if is_hf(model):
-        if activation != TrainConfig.activation:
-            raise UsageError("--activation applies to the built-in models only: hf:DIR keeps its own")
-        result = import_hf(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs), block_size=block_size,
-                           loss=loss, device=device, name=name, store=store, data_dir=data_dir, progress=not quiet)
-    else:
-        result = import_run(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs),
-                            activation=activation, loss=loss, block_size=block_size, device=device, name=name,
-                            store=store, data_dir=data_dir, progress=not quiet)
+    try:
+        if is_hf(model):
+            if activation != TrainConfig.activation:
+                raise UsageError("--activation applies to the built-in models only: hf:DIR keeps its own")
+            result = import_hf(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs),
+                               block_size=block_size, loss=loss, device=device, name=name, store=store,
+                               data_dir=data_dir, progress=not quiet)
+        else:
+            result = import_run(model, dataset, list(checkpoints or []), epochs=parse_epochs(epochs),
+                                activation=activation, loss=loss, block_size=block_size, device=device, name=name,
+                                store=store, data_dir=data_dir, progress=not quiet)
+    except KeyboardInterrupt:  # a run is written whole (run.json last) or removed: nothing half-imported stays
+        raise Interrupted("import interrupted: no half-imported run was kept (a run stays only once all its "
+                          "checkpoints and run.json are written; temporary files removed); run the same command "
+                          "again") from None
     meta = result.meta
     if json_output:
         print_json({"id": result.run_id, "path": result.path, "imported": result.imported,
@@ -355,16 +367,18 @@ def verify(
     store: StoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Re-hash checkpoints, optimizer states, directions and grid metadata, and decode every grid chunk.
+    """Re-hash checkpoints, optimizer states, directions and grid metadata, decode every grid chunk, and check that each
+    run's model, rebuilt, still computes what it recorded on the run's probe samples.
 
     Reports each file that no longer matches what was recorded when it was written, with what to do;
     exits with 1 if anything is damaged. Changes nothing.
 
     Example: `landscape verify quickstart`
     """
+    from landscape_cli.models.checkpoints import behaviour_problem
     from landscape_cli.store.verify import verify as verify_store
 
-    report = verify_store(store, run)
+    report = verify_store(store, run, behaviour_problem)
     problems = [vars(p) for p in report.problems]
     if json_output:
         print_json({"ok": report.ok, "checked": report.checked, "problems": problems,

@@ -39,7 +39,7 @@ from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.kernel.hvp import NoSecondDerivative, operator
 from landscape_cli.models import checkpoints
 from landscape_cli.store import Store, check_label
-from landscape_cli.store.grid_arrays import grow
+from landscape_cli.store.grid_arrays import grow, open_group
 from landscape_cli.store.hessian_arrays import create_results, epoch_done, read_results
 from landscape_cli.store.meta import DirectionRecord, HessianMeta, RunMeta, epoch_record
 
@@ -220,6 +220,7 @@ def _prepare(st: Store, run: RunMeta, cfg: HessianConfig, names: list[str], want
                 "landscape": __version__, "torch": torch.__version__, "python": platform.python_version()}, now())
     except OSError as e:
         raise os_error(e, path) from e
+    read_results(path, meta.epochs)  # damaged arrays are one line (IntegrityError) before anything is written
     epochs = list(meta.epochs) + [e for e in wanted if e not in meta.epochs]
     grow(path, epochs, run.completed(epochs))
     if epochs != meta.epochs or (name is not None and meta.name != name) or not st.has_hessian(run.id, hid):
@@ -237,7 +238,7 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
              device: torch.device, progress: bool) -> list[int]:
     cfg = meta.config
     path = st.hessian_zarr(run.id, meta.id)
-    root: Any = zarr.open_group(path, mode="r+", use_consolidated=False)
+    root: Any = open_group(path, "r+")  # durable writes: the done-mark reaches the disk after the results
     index = {e: i for i, e in enumerate(meta.epochs)}
     todo = [e for e in wanted if not epoch_done(root, index[e])]
     computed = []
@@ -280,6 +281,9 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
                 if dens is not None:
                     root["density"][i, :] = dens.density
                     root["density_lambda"][i, :] = dens.centres
+                    if "density_nodes" in root:  # results made before the raw quadrature was stored lack it
+                        root["density_nodes"][i, :, :] = dens.nodes
+                        root["density_weights"][i, :, :] = dens.weights
             except OSError as err:
                 raise os_error(err, path) from err
             meta.eigenvectors[e] = record

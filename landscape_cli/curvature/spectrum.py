@@ -114,6 +114,8 @@ class Density:
     probes: int
     steps: int
     sigma: float
+    nodes: np.ndarray  # [probes, steps] the Gauss quadrature nodes of each probe (Ritz values; NaN where a
+    weights: np.ndarray  # probe's Lanczos stopped early) and their weights (squared first components, sum 1)
 
 
 def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_steps: int,
@@ -205,4 +207,7 @@ def spectral_density(op: HessianOperator, probes: int, steps: int, bins: int, se
     for theta, w in zip(nodes, weights, strict=True):
         density += (w[None, :] * np.exp(-((centres[:, None] - theta[None, :]) ** 2) / (2 * sigma ** 2))).sum(axis=1)
     density /= probes * sigma * np.sqrt(2 * np.pi)
-    return Density(centres, density, probes, steps, sigma)
+    raw_nodes, raw_weights = np.full((probes, steps), np.nan), np.full((probes, steps), np.nan)
+    for i, (theta, w) in enumerate(zip(nodes, weights, strict=True)):
+        raw_nodes[i, :len(theta)], raw_weights[i, :len(w)] = theta, w
+    return Density(centres, density, probes, steps, sigma, raw_nodes, raw_weights)

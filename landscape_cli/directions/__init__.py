@@ -3,7 +3,7 @@
 Importing this package registers every built-in kind.
 """
 
-from landscape_cli.directions import curve, hessian, interpolate, pca, random  # noqa: F401  (registration)
+from landscape_cli.directions import curve, hessian, interpolate, pca, plane, random  # noqa: F401  (registration)
 from landscape_cli.directions._registry import (
     CheckpointLoss,
     DirectionKind,

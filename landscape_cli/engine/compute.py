@@ -25,14 +25,20 @@ from landscape_cli.data import load_dataset
 from landscape_cli.directions import GridContext, get_kind
 from landscape_cli.engine import distributed
 from landscape_cli.engine.distributed import Share
-from landscape_cli.engine.execute import CheckpointValues, deterministic_kernels, execute, load_epoch_model
+from landscape_cli.engine.execute import (
+    CheckpointValues,
+    deterministic_kernels,
+    execute,
+    load_epoch_model,
+    try_metrics,
+)
 from landscape_cli.engine.plan import Plan, resolve, status
 from landscape_cli.engine.prepare import grid_lock, prepare_grid, read_meta, recorded_evaluator, with_threads, writer
 from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, RunNotFoundError, UsageError
 from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import select_device, tune_allocator
 from landscape_cli.models import checkpoints
-from landscape_cli.store import Store
+from landscape_cli.store import Store, check_tree
 from landscape_cli.store.grid_arrays import Rows, open_group
 from landscape_cli.store.meta import EvaluatorRecord, GridMeta, RunMeta, epoch_record
 
@@ -137,6 +143,7 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
             st.check_grid_name(run_id, grid_id, name)
         try:
             existing = read_meta(st, run_id, cfg)
+            check_tree(st.zarr_path(run_id, grid_id), f"grid {grid_id}")  # a pipe where a chunk belongs would block
             state = status(Rows(st.zarr_path(run_id, grid_id), "r"), cfg, wanted, gradient) if existing else None
         except IntegrityError:
             if not resume:
@@ -163,6 +170,8 @@ def compute(st: Store, run_meta: RunMeta, cfg: GridConfig, wanted: list[int], re
         batches = Batches.of(data, cfg)
         evaluation = recorded or _new_evaluator(ctx, wanted[0], batches, dev, points_per_pass)
         evaluation = with_threads(evaluation, writer(share), torch.get_num_threads(), grid_id, runtime.note)
+        if cfg.metrics and existing is None:
+            try_metrics(ctx, batches, dev, wanted[0])  # the user's metrics, once, before anything is written
         grid_dir = st.grid_dir(run_id, grid_id)
         new_dirs = [d for d in (grid_dir.parent, grid_dir) if not d.exists()]
         with leave_no_trace(new_dirs, st.grid_file(run_id, grid_id)):

@@ -11,7 +11,6 @@ partition gives it, without locks, and returns when they are written.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from landscape_cli.engine.plan import Plan
 from landscape_cli.kernel.batches import Batches
 from landscape_cli.kernel.device import use_channels_last
 from landscape_cli.kernel.evaluate import Evaluator
+from landscape_cli.kernel.metrics import reload
 from landscape_cli.models import checkpoints
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.locks import is_locked
@@ -64,9 +64,21 @@ def load_epoch_model(ctx: GridContext, epoch: int, batches: Batches, device: tor
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     scorer = run_loss(ctx.run.dataset, ctx.run.config.loss)
+    metrics = [reload(m) for m in ctx.config.metrics or ()]
     return EpochModel(epoch, model, Evaluator(model, batches.on(device, channels_last), ctx.config.bn, batches.weights,
                                               scorer, points_per_pass=evaluation.points_per_pass,
-                                              precision=evaluation.precision))
+                                              precision=evaluation.precision, metrics=metrics))
+
+
+def try_metrics(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> None:
+    """The grid's user metrics once on the checkpoint's first batch, before a new grid is written: a metric that
+    raises, or returns something else than one number, is one line and nothing is left behind."""
+    em = load_epoch_model(ctx, epoch, batches, device)
+    x, y = em.evaluator.batches[0]
+    with torch.no_grad():
+        out = em.model(x)
+    for metric in em.evaluator.metrics:
+        metric(out, y)
 
 
 def checkpoint_loss(ctx: GridContext, batches: Batches, device: torch.device, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,16 +148,15 @@ def execute(ctx: GridContext, meta: GridMeta, rows: Rows, plan: Plan, batches: B
                                     continue
                                 t0 = time.perf_counter()
                                 loss, acc = s.evaluate(plan.points(y))
-                                rows.write_row(ei, p, y, loss.T, acc.T)
+                                extra = {m.name: s.metric_values[..., k].T for k, m in enumerate(s.metrics)}
+                                rows.write_row(ei, p, y, loss.T, acc.T, extra)
                                 out.seconds_rows += time.perf_counter() - t0
                                 out.computed_rows += 1
                                 made += 1
                                 bar.advance(per_row)
                             finally:
                                 if lock is not None:
-                                    lock.release()
-                                    with contextlib.suppress(OSError):
-                                        lock.path.unlink()
+                                    lock.release(remove=True)  # the row's lock file goes while still held
                         if p in need_center:  # after the rows: its backward pass never overlaps them
                             rows.write_center(ei, p, s.center(gradient), gradient)
                 del em

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from landscape_cli.config import Axis, GridConfig, GridRequest, check_batches, finite, layer_selection, positive_int
 from landscape_cli.directions import get_kind
 from landscape_cli.errors import RunNotFoundError, UsageError
+from landscape_cli.kernel.metrics import resolve_all
 from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import Rows
 from landscape_cli.store.meta import RunMeta
@@ -43,6 +44,9 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         if value is not None and kind.name != "interpolate":
             raise UsageError(f"{option} is the end of an interpolation line: it does not apply to --directions "
                              f"{kind.name}")
+    if opts.through and kind.name != "plane":
+        raise UsageError(f"--through names the checkpoints of a plane through three (--directions plane): it does not "
+                         f"apply to --directions {kind.name}")
     if opts.dims is not None:
         positive_int(opts.dims, "--dims", minimum=1, maximum=2)
         if opts.dims not in kind.dims:
@@ -60,6 +64,7 @@ def resolve(st: Store, run: RunMeta, opts: GridRequest) -> tuple[GridConfig, lis
         norm=norm or kind.default_norm, perturb_biasbn=opts.perturb_biasbn, layer=layer,
         single_kernel=opts.single_kernel, bn=opts.bn if opts.bn is not None else getattr(kind, "default_bn", "train"),
         split=opts.split, whole=whole, precision=opts.precision, layers=layers,
+        metrics=tuple(m.ref for m in resolve_all(opts.metrics)) if opts.metrics else None,
         **kind.configure(st, run, opts),
     ).validate()
     if norm is not None and not kind.normalized and norm != kind.default_norm:

@@ -163,6 +163,50 @@ def decode_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# --- what an existing file says of itself: which export wrote it ------------------------------------
+
+ID_KEYS = ("run", "grid", "hessian")  # the ids the Zarr group's attributes carry into a NetCDF or npz export
+
+
+def export_ids(path: Path, fmt: str) -> dict[str, str]:
+    """The ids (run, and grid or hessian) an export file of `fmt` names in its own metadata: a NetCDF file's global
+    attributes, an npz file's `attributes_json`, a grid CSV's `run,grid` columns. Empty if the file is not such an
+    export (or cannot be read as one)."""
+    try:
+        if fmt == "netcdf":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                attrs = {k: f.attrs[k] for k in ID_KEYS if k in f.attrs}
+        elif fmt == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                attrs = json.loads(str(z[NPZ_ATTRS][()])).get("attributes", {}) if NPZ_ATTRS in z.files else {}
+        elif fmt == "csv":
+            with open(path, encoding="utf-8", newline="") as f:
+                header, row = f.readline().rstrip("\n").split(","), f.readline().rstrip("\n").split(",")
+            attrs = dict(zip(header[:2], row[:2], strict=False)) if header[:2] == ["run", "grid"] else {}
+        else:
+            return {}
+    except Exception:  # not an HDF5 file, not a zip, not text...: not an export
+        return {}
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in attrs.items() if k in ID_KEYS}
+
+
+def same_results_table(path: Path, header: str, columns: list[np.ndarray]) -> bool:
+    """Whether a CSV file without ids (curvature results) is an earlier export of the same results: the header and
+    the rows this export writes (`hessian_tables`), every row it marks done identical to one of them (results only
+    ever add done epochs, and never change their values)."""
+    ours = {",".join(row) for row in zip(*columns, strict=True)}
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            if f.readline().rstrip("\n") != header:
+                return False
+            theirs = [line.rstrip("\n") for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(row in ours for row in theirs if row.rpartition(",")[2] == "1")
+
+
 # --- CSV ------------------------------------------------------------------------------------------
 
 
@@ -172,8 +216,13 @@ def _text(values: np.ndarray) -> np.ndarray:
     return np.asarray(values).astype(str)
 
 
-def _write_lines(f: IO[str], columns: list[np.ndarray]) -> None:
-    f.writelines(",".join(row) + "\n" for row in zip(*columns, strict=True))
+def _write_lines(f: IO[str], columns: list[np.ndarray], chunk: int = 1 << 16) -> None:
+    """One line per row of the text columns, `chunk` rows at a time as Python strings (iterating numpy's own string
+    scalars can swallow a Ctrl-C, and is slower)."""
+    rows = len(columns[0]) if columns else 0
+    for start in range(0, rows, chunk):
+        part = [np.asarray(c[start:start + chunk]).tolist() for c in columns]
+        f.writelines(",".join(row) + "\n" for row in zip(*part, strict=True))
 
 
 def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) -> list[Path]:
@@ -191,8 +240,11 @@ def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) ->
     extras = [n for n, d in data.dims.items() if d and n not in ("loss", "accuracy") and n not in data.coordinates
               and data.checkpoint_dim not in d and set(d) <= set(loss_dims[1:]) and len(d) == len(set(d))
               and "pair" not in d]
+    # user metrics (`grid --metric`): arrays over the loss's own dimensions, a column each after the extras
+    user = [n for n, d in data.dims.items() if n not in ("loss", "accuracy") and tuple(d) == tuple(loss_dims)
+            and n in data.arrays]
     header = [*keys, "epoch", *(["step"] if steps is not None else []), "pair", "batch", *reversed(axes), "loss",
-              "accuracy", "done", *extras]
+              "accuracy", "done", *extras, *user]
     loss, done = data.masked("loss"), data.point_done()
     accuracy = data.masked("accuracy") if "accuracy" in data.arrays else np.full_like(loss, np.nan)
     inner = loss.shape[1:]
@@ -210,10 +262,18 @@ def write_csv(data: GridData, path: Path, keys: dict[str, str] | None = None) ->
             _write_lines(f, [*(np.full(index.shape[1], v) for v in keys.values()), *epoch, texts["pair"], texts["batch"],
                              *(texts[d] for d in reversed(axes)),
                              _text(loss[ei].ravel()), _text(accuracy[ei].ravel()),
-                             _text(done[ei].ravel().astype(np.uint8)), *extra_texts])
-    if "path_x" in data.arrays and "path_loss" in data.arrays:
-        files.append(_write_path_csv(data, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}"), keys))
+                             _text(done[ei].ravel().astype(np.uint8)), *extra_texts,
+                             *(_text(data.masked(n)[ei].ravel()) for n in user)])
+    if len(csv_files(data, path)) > 1:
+        files.append(_write_path_csv(data, csv_files(data, path)[1], keys))
     return files
+
+
+def csv_files(data: GridData, path: Path) -> list[Path]:
+    """The files `write_csv` writes for `path`: it, and a PCA grid's trajectory beside it (``<stem>_path.csv``)."""
+    if "path_x" in data.arrays and "path_loss" in data.arrays:
+        return [path, path.with_name(f"{path.stem}_path{path.suffix or '.csv'}")]
+    return [path]
 
 
 def _write_path_csv(data: GridData, path: Path, keys: dict[str, str]) -> Path:
@@ -243,6 +303,18 @@ def _write_path_csv(data: GridData, path: Path, keys: dict[str, str]) -> Path:
 def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
     """One row per (epoch, eigenpair) with the epoch's scalars beside it; the density in a second file. Results of
     a run with step checkpoints have a ``step`` column after ``epoch`` (the epochs completed at the checkpoint)."""
+    files = []
+    for file, (header, columns) in hessian_tables(data, path).items():
+        with atomic(file) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(header + "\n")
+            _write_lines(f, columns)
+        files.append(file)
+    return files
+
+
+def hessian_tables(data: GridData, path: Path) -> dict[Path, tuple[str, list[np.ndarray]]]:
+    """What `write_hessian_csv` writes for `path`: each file's header and columns (the results, and their spectral
+    density beside them in ``<stem>_density.csv`` where they have one)."""
     a = data.arrays
     done = a["done"] > 0
     epochs, k = a["eigenvalues"].shape
@@ -265,18 +337,12 @@ def write_hessian_csv(data: GridData, path: Path) -> list[Path]:
                _text(per_pair("eigenvalues").ravel()), _text(per_pair("residual").ravel()),
                _text(per_pair("converged").ravel()), *(_text(per_epoch(n))[rows] for n in scalars),
                _text(done.astype(np.uint8))[rows]]
-    with atomic(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(",".join(header) + "\n")
-        _write_lines(f, columns)
-    files = [path]
+    tables = {path: (",".join(header), columns)}
     if "density" in a:
-        density_path = path.with_name(f"{path.stem}_density{path.suffix or '.csv'}")
         bins = a["density"].shape[1]
         rows = np.repeat(np.arange(epochs), bins)
-        with atomic(density_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(f"epoch,{'step,' if stepped else ''}bin,lambda,density,done\n")
-            _write_lines(f, [*checkpoint(rows), _text(np.tile(np.arange(bins), epochs)),
-                             _text(per_pair("density_lambda").ravel()), _text(per_pair("density").ravel()),
-                             _text(done.astype(np.uint8))[rows]])
-        files.append(density_path)
-    return files
+        tables[path.with_name(f"{path.stem}_density{path.suffix or '.csv'}")] = (
+            f"epoch,{'step,' if stepped else ''}bin,lambda,density,done",
+            [*checkpoint(rows), _text(np.tile(np.arange(bins), epochs)), _text(per_pair("density_lambda").ravel()),
+             _text(per_pair("density").ravel()), _text(done.astype(np.uint8))[rows]])
+    return tables

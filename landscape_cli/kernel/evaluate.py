@@ -40,6 +40,7 @@ from landscape_cli.data import Dataset
 from landscape_cli.data.losses import CrossEntropy, Loss, get_loss, loss_for_targets, scored
 from landscape_cli.errors import UsageError
 from landscape_cli.kernel import batched
+from landscape_cli.kernel.metrics import Metric
 from landscape_cli.kernel.types import Batch, Point
 from landscape_cli.store.grid_arrays import accuracy_where_finite
 
@@ -81,6 +82,8 @@ class Slice:
         self.loss: Loss = CrossEntropy()  # set by `Evaluator`
         self.points_per_pass = 1  # set by `Evaluator`: > 1 evaluates that many points per forward pass
         self.precision = "fp32"  # set by `Evaluator`: "bf16" runs the forward passes under autocast
+        self.metrics: list[Metric] = []  # set by `Evaluator`: user metrics of (outputs, targets), beside the loss
+        self.metric_values = np.zeros((0, 0, 0), np.float32)  # [points, batch, metric] of the last `evaluate`
         # the starting values, copied at the first move and dropped by `center()`, so that the
         # memory of its backward pass and of the copy are never needed at once
         self.base: list[Tensor] | None = None
@@ -112,13 +115,14 @@ class Slice:
 
     def evaluate(self, points: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
         """Loss and accuracy at each point: two float32 arrays [len(points), len(batches)]."""
-        if self.points_per_pass > 1 and not self.recompute_bn and self.tensors:
+        if self.points_per_pass > 1 and not self.recompute_bn and self.tensors and not self.metrics:
             with torch.no_grad():
                 bl, ba = batched.evaluate_points(self, points, self.points_per_pass)
             return _scored(self._pool(bl.cpu().numpy()), self._pool(ba.cpu().numpy()))
         device = self.tensors[0].device if self.tensors else torch.device("cpu")
         loss = torch.empty(len(points), len(self.batches), device=device)
         acc = torch.empty(len(points), len(self.batches), device=device)
+        extra = torch.empty(len(points), len(self.batches), len(self.metrics), device=device)
         with torch.no_grad():
             for i, point in enumerate(points):
                 if len(point) != self.dims:
@@ -130,7 +134,12 @@ class Slice:
                     out = self._forward(x)
                     loss[i, j] = self.loss(out, y)
                     acc[i, j] = self.loss.accuracy(out, y)
+                    for k, metric in enumerate(self.metrics):
+                        extra[i, j, k] = metric(out, y)
             self.restore()
+        values = extra.cpu().numpy()
+        self.metric_values = np.stack([self._pool(values[..., k]) for k in range(len(self.metrics))], axis=-1) \
+            if self.metrics else np.zeros((len(points), 0, 0), np.float32)
         return _scored(self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy()))
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
@@ -342,7 +351,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, batches: Sequence[Batch], bn: str = "train",
                  weights: np.ndarray | None = None, loss: Loss | None = None, *,
-                 points_per_pass: int = 1, precision: str = "fp32") -> None:
+                 points_per_pass: int = 1, precision: str = "fp32", metrics: Sequence[Metric] = ()) -> None:
         self.model = model
         self.batches = list(batches)
         self.bn = choice(bn, BN_MODES, "--bn mode")
@@ -350,6 +359,7 @@ class Evaluator:
         self.loss = loss or CrossEntropy()
         self.points_per_pass = positive_int(points_per_pass, "points_per_pass")
         self.precision = choice(precision, PRECISIONS, "--precision")
+        self.metrics = list(metrics)
 
     def _configure(self, s: Slice) -> Slice:
         s.recompute_bn = self.bn == "recompute"
@@ -357,6 +367,7 @@ class Evaluator:
         s.loss = self.loss
         s.points_per_pass = 1 if self.bn == "recompute" else self.points_per_pass
         s.precision = self.precision
+        s.metrics = self.metrics
         return s
 
     def _device(self) -> torch.device:

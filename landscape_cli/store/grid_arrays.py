@@ -21,7 +21,8 @@ its ``coordinates`` attribute, so xarray reads both as coordinates. Grids of run
 exactly as before.
 
 A row is the unit of work: its values are written first, its done-mark after, each chunk its own
-file written atomically by Zarr, so a kill loses at most the row in flight and a NaN from a diverged
+file written atomically and durably (`DurableStore`: fsynced, renamed, its directory fsynced, before
+the next write starts), so a kill or a power cut loses at most the row in flight and a NaN from a diverged
 point is a value, never a hole (its accuracy is NaN too: `accuracy_where_finite`; older grids hold the
 argmax accuracy of NaN logits there, which every reader of the tool masks on read). Every chunk
 carries a CRC32C checksum, so a damaged chunk fails to decode instead of being read as numbers.
@@ -31,6 +32,7 @@ each other's chunks.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from landscape_cli._io import os_error
 from landscape_cli.config import GridConfig
 from landscape_cli.errors import IntegrityError
+from landscape_cli.store.durable import DurableStore
 
 CHECKPOINT_AXES = ("epoch", "checkpoint")  # the first dimension's name: runs without steps, runs with steps
 CENTER_VALUES, CENTER_WITH_GRADIENT = 1, 2  # center_done: values only (grid --no-gradient), or with gradients
@@ -117,6 +120,9 @@ class Layout:
             "center_accuracy": {"dims": ["epoch", "batch"], "shape": (B,), "chunks": (1, B), "dtype": "float32",
                                 "fill": nan, "long_name": "accuracy at the centre"},
         }
+        for metric in cfg.metrics or ():  # user metrics (`--metric`): beside the loss, named as the user named them
+            out[metric.name] = {**values, "dtype": "float32", "fill": nan,
+                                "long_name": f"{metric.name} ({metric.ref}) at {self.formula}"}
         for name, axis, d in list(zip(GRADIENTS, ("x", "y"), ("d1", "d2"), strict=True))[:cfg.dims]:
             out[name] = {"dims": ["epoch", "pair", "batch"], "shape": (P, B), "chunks": (1, 1, B), "dtype": "float32",
                          "fill": nan, "long_name": f"dL/d{axis} at the centre: the loss gradient projected on {d}"}
@@ -152,6 +158,13 @@ def _codecs() -> dict[str, Any]:
     return {"compressors": [ZstdCodec(level=3), Crc32cCodec()]}
 
 
+def batched(root: zarr.Group) -> contextlib.AbstractContextManager[Callable[[], None]]:
+    """A block of writes to a group opened to write, committed together when it ends (`DurableStore.batched`);
+    yields the barrier: what is written after calling it reaches the disk after what was written before."""
+    store = root.store
+    return store.batched() if isinstance(store, DurableStore) else contextlib.nullcontext(lambda: None)
+
+
 def _create_nodes(root: zarr.Group, layout: Layout, names: list[str], n_epochs: int) -> None:
     arrays, coords = layout.arrays(), layout.coordinates()
     for name in names:
@@ -181,8 +194,9 @@ def _names(layout: Layout) -> list[str]:
 def create(path: Path, layout: Layout, attrs: dict[str, Any]) -> None:
     """Create the empty group (no epochs yet). Call with the grid lock held."""
     try:
-        root = zarr.open_group(path, mode="w", zarr_format=3, attributes=attrs)
-        _create_nodes(root, layout, _names(layout), 0)
+        root = zarr.open_group(DurableStore(path), mode="w", zarr_format=3, attributes=attrs)
+        with batched(root):
+            _create_nodes(root, layout, _names(layout), 0)
     except OSError as e:
         raise os_error(e, path) from e
 
@@ -198,10 +212,10 @@ def repair(path: Path, layout: Layout, attrs: dict[str, Any], epochs: list[int])
     constant = {**{k: v[0] for k, v in coords.items()}, **{k: v.values for k, v in layout.extras.items()}}
     try:
         try:
-            root = zarr.open_group(path, mode="r+", use_consolidated=False)
+            root = open_group(path, "r+")
         except (*DECODE_ERRORS, KeyError, FileNotFoundError):
             (path / "zarr.json").unlink(missing_ok=True)
-            root = zarr.open_group(path, mode="a", zarr_format=3, attributes=attrs)
+            root = zarr.open_group(DurableStore(path), mode="a", zarr_format=3, attributes=attrs)
             rebuilt.append("zarr.json")
         broken = []
         for name in _names(layout):
@@ -217,7 +231,8 @@ def repair(path: Path, layout: Layout, attrs: dict[str, Any], epochs: list[int])
         for name in broken:
             (path / name / "zarr.json").unlink(missing_ok=True)
             rebuilt.append(f"{name}/zarr.json")
-        _create_nodes(root, layout, broken, len(epochs))
+        with batched(root):
+            _create_nodes(root, layout, broken, len(epochs))
     except OSError as e:
         raise os_error(e, path) from e
     return rebuilt
@@ -249,16 +264,17 @@ def grow(path: Path, epochs: list[int], completed: list[int] | None = None) -> N
     root = open_group(path, "r+")
     n = len(epochs)
     try:
-        for _name, a in root.arrays():
-            names = a.metadata.dimension_names  # type: ignore[union-attr]
-            if names and names[0] in CHECKPOINT_AXES and a.shape[0] != n:
-                a.resize((n, *a.shape[1:]))
-        root[key_array(root)][:] = np.asarray(epochs, dtype=np.int64)  # type: ignore[index]
-        if "step" in root and completed is not None:
-            root["epoch"][:] = np.asarray(completed, dtype=np.int64)  # type: ignore[index]
-        with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": xarray reads it
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(str(path))
+        with batched(root):
+            for _name, a in root.arrays():
+                names = a.metadata.dimension_names  # type: ignore[union-attr]
+                if names and names[0] in CHECKPOINT_AXES and a.shape[0] != n:
+                    a.resize((n, *a.shape[1:]))
+            root[key_array(root)][:] = np.asarray(epochs, dtype=np.int64)  # type: ignore[index]
+            if "step" in root and completed is not None:
+                root["epoch"][:] = np.asarray(completed, dtype=np.int64)  # type: ignore[index]
+            with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": xarray reads it
+                warnings.simplefilter("ignore")
+                zarr.consolidate_metadata(root.store)
     except OSError as e:
         raise os_error(e, path) from e
 
@@ -274,8 +290,11 @@ def stored_epochs(path: Path) -> list[int]:
 
 
 def open_group(path: Path, mode: str = "r") -> zarr.Group:
-    """The group, read from the arrays' own metadata (never a stale consolidated copy)."""
-    return zarr.open_group(path, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
+    """The group, read from the arrays' own metadata (never a stale consolidated copy); opened to write (any
+    `mode` but "r"), every write is durable before it returns (`DurableStore`), so writes reach the disk in
+    the order they were made: a row's done-mark after its values."""
+    store = path if mode == "r" else DurableStore(path)
+    return zarr.open_group(store, mode=mode, use_consolidated=False)  # type: ignore[arg-type]
 
 
 class Rows:
@@ -362,18 +381,25 @@ class Rows:
         """A row's values of `name` (loss or accuracy): [batch, x]."""
         return np.asarray(self.arrays[name][self._values(ei, p, y)])
 
-    def write_row(self, ei: int, p: int, y: int, loss: np.ndarray, accuracy: np.ndarray) -> None:
-        """Values first, then the done-mark: `loss`/`accuracy` are [batch, x]."""
+    def write_row(self, ei: int, p: int, y: int, loss: np.ndarray, accuracy: np.ndarray,
+                  metrics: dict[str, np.ndarray] | None = None) -> None:
+        """Values first, then the done-mark: `loss`/`accuracy` (and each user metric's values) are [batch, x]; all on
+        the disk, in that order, when this returns."""
         try:
-            self.arrays["loss"][self._values(ei, p, y)] = loss
-            self.arrays["accuracy"][self._values(ei, p, y)] = accuracy
-            self.arrays["diverged"][self._row(ei, p, y)] = int(np.count_nonzero(~np.isfinite(loss)))
-            self.arrays["done"][self._row(ei, p, y)] = 1
+            with batched(self.root) as barrier:
+                self.arrays["loss"][self._values(ei, p, y)] = loss
+                self.arrays["accuracy"][self._values(ei, p, y)] = accuracy
+                for name, values in (metrics or {}).items():
+                    self.root[name][self._values(ei, p, y)] = values  # type: ignore[index]
+                self.arrays["diverged"][self._row(ei, p, y)] = int(np.count_nonzero(~np.isfinite(loss)))
+                barrier()
+                self.arrays["done"][self._row(ei, p, y)] = 1
         except OSError as e:
             raise os_error(e, self.path) from e
 
     def clear_row(self, ei: int, p: int, y: int) -> None:
-        self.arrays["done"][self._row(ei, p, y)] = 0
+        with batched(self.root):
+            self.arrays["done"][self._row(ei, p, y)] = 0
 
     def center_done(self, ei: int, p: int, gradient: bool = True) -> bool:
         """Whether the centre values (and gradients) of (epoch index, pair) are written and still decode."""
@@ -390,11 +416,13 @@ class Rows:
 
     def write_center(self, ei: int, p: int, c: CenterValues, gradient: bool = True) -> None:
         try:
-            self.arrays["center_loss"][ei, :] = c.loss
-            self.arrays["center_accuracy"][ei, :] = c.accuracy
-            for name, values in zip(GRADIENTS[:self.dims], c.grads, strict=True):
-                self.arrays[name][ei, p, :] = values
-            self.arrays["center_done"][ei, p] = CENTER_WITH_GRADIENT if gradient else CENTER_VALUES
+            with batched(self.root) as barrier:
+                self.arrays["center_loss"][ei, :] = c.loss
+                self.arrays["center_accuracy"][ei, :] = c.accuracy
+                for name, values in zip(GRADIENTS[:self.dims], c.grads, strict=True):
+                    self.arrays[name][ei, p, :] = values
+                barrier()
+                self.arrays["center_done"][ei, p] = CENTER_WITH_GRADIENT if gradient else CENTER_VALUES
         except OSError as e:
             raise os_error(e, self.path) from e
 

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Formatter
 
 from landscape_cli._io import atomic_path, figure_directory
-from landscape_cli.errors import UsageError
+from landscape_cli.errors import GridStateError, UsageError
 from landscape_cli.store import Store
 from landscape_cli.views.readers import (
     METRICS,
@@ -163,6 +163,10 @@ class PlotResult:
 def _epochs_for(sources: list[Source], epochs: Sequence[int] | None, animate: bool,
                 at_steps: Sequence[int] | None = None) -> list[int]:
     """The checkpoints drawn (their keys: steps in a run with step checkpoints, in step order)."""
+    for s in sources:
+        if not s.grid.epochs:
+            raise GridStateError(f"grid {s.grid_id} holds no checkpoint yet: `landscape grid {s.run_id[:8]} --grid "
+                                 f"{s.grid_id} --epochs E --resume` computes one")
     if epochs is None and at_steps is None:
         if animate or sources[0].dims == 1:  # a line's epochs are curves in one panel: all of them
             return sorted(sources[0].grid.epochs)
@@ -331,7 +335,7 @@ def _displayed(panel: Panel, style: Style) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.where(v > 0, v, np.nan)
         return v
-    if not style.contour and not style.surface:
+    if not style.contour and not style.surface and style.metric in METRICS:  # a user metric: as it is
         return v - panel.center
     return v
 
@@ -373,7 +377,7 @@ def _label(style: Style) -> str:
     name = style.metric
     if style.log:
         return f"log10 {name}" if style.surface else f"{name} (log scale)"
-    if style.contour or style.surface:
+    if style.contour or style.surface or name not in METRICS:
         return name
     return f"{name} − {name} at the centre"
 
@@ -761,11 +765,13 @@ def _draw_plane_path(ax: Any, path: TrajectoryPath) -> None:
 
 
 def _draw_curve_plane(ax: Any, plane: CurvePlane) -> None:
-    """A curve plane's curve (projected onto it) and its control points: w_A, the bends, w_B, each labelled."""
-    ax.plot(plane.x, plane.y, color="white", linewidth=1.6, gid="curve", zorder=4)
-    ax.plot(plane.x, plane.y, color=PATH_COLOUR, linewidth=0.9, linestyle="--", zorder=4)
+    """A curve plane's curve (projected onto it) and its control points: w_A, the bends, w_B, each labelled (a plane
+    through three checkpoints: the three, labelled with their checkpoints)."""
+    if len(plane.x):
+        ax.plot(plane.x, plane.y, color="white", linewidth=1.6, gid="curve", zorder=4)
+        ax.plot(plane.x, plane.y, color=PATH_COLOUR, linewidth=0.9, linestyle="--", zorder=4)
     n = len(plane.control_x)
-    labels = ["w_A", *[f"θ{k}" if n > 3 else "θ" for k in range(1, n - 1)], "w_B"]
+    labels = plane.labels or ["w_A", *[f"θ{k}" if n > 3 else "θ" for k in range(1, n - 1)], "w_B"]
     ax.plot(plane.control_x, plane.control_y, linestyle="none", marker="o", markersize=4.5, color=PATH_COLOUR,
             markerfacecolor="white", gid="control points", zorder=5)
     for label, x, y in zip(labels, plane.control_x, plane.control_y, strict=True):
@@ -966,8 +972,8 @@ def plot(
     checkpoints (a run with step checkpoints: `at_steps` by step, epoch E its checkpoint at the end of epoch E;
     its panels are titled and ordered by step).
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if not metric or not metric.isidentifier():
+        raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)} or a grid's own metric")
     if reduce not in REDUCTIONS:
         raise UsageError(f"unknown --reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
     if scale not in SCALES:

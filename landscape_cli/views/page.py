@@ -113,8 +113,8 @@ def write_html(
     ones). `reduce`: what the page opens on: "mean" (over pairs and batches, the default), "batches"
     (pair 0, mean over batches), "pairs" (batch 0, mean over pairs) or "none" (pair 0, batch 0).
     """
-    if metric not in METRICS:
-        raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if not metric or not metric.isidentifier():
+        raise UsageError(f"unknown --metric {metric!r}: choose one of {', '.join(METRICS)} or a grid's own metric")
     if reduce not in REDUCTIONS:
         raise UsageError(f"unknown --reduce {reduce!r}: choose one of {', '.join(REDUCTIONS)}")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float)

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from landscape_cli.errors import GridStateError, IntegrityError, LandscapeError, UsageError
-from landscape_cli.store import Store
+from landscape_cli.store import Store, check_tree
 from landscape_cli.store.grid_arrays import DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.store.hessian_arrays import read_results
-from landscape_cli.store.meta import EpochRecord, GridMeta, HessianMeta, RunMeta
+from landscape_cli.store.meta import Damaged, EpochRecord, GridMeta, HessianMeta, RunMeta
 
 METRICS = ("loss", "accuracy")
 FAR_FROM_PLANE = 0.5  # a checkpoint's residual/distance above which the path is said to lie far from the plane
@@ -130,14 +130,26 @@ def select_sources(st: Store, runs: Sequence[str], grids: Sequence[str] = (), pu
         grid_ref = grids[0] if len(grids) == 1 else (grids[i] if grids else None)
         run_id, grid_id = st.select_grid(ref, grid_ref, purpose)
         meta = st.read_grid(run_id, grid_id)
-        sources.append(Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
-                              st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id), store=st))
+        source = Source(run_id, st.read_run(run_id), grid_id, meta, st.grid_dir(run_id, grid_id),
+                        st.zarr_path(run_id, grid_id), st.plots_dir(run_id, grid_id), store=st)
+        check_tree(source.zarr_path, f"grid {grid_id}")  # no pipe where a chunk belongs: reading it would block
+        rows = Rows(source.zarr_path, "r")  # its arrays' metadata (IntegrityError if damaged)
+        for epoch in meta.epochs:
+            _epoch_index(source, rows, epoch)
+        sources.append(source)
     _check_comparable(sources)
     return sources
 
 
 def check_metric(sources: list[Source], metric: str) -> None:
-    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss."""
+    """Accuracy exists for classification runs only: a regression (mean squared error) has only a loss; a user
+    metric (`grid --metric`) only in the grids that computed it."""
+    if metric not in METRICS:
+        for s in sources:
+            names = [m.name for m in s.grid.config.metrics or ()]
+            if metric not in names:
+                raise UsageError(f"unknown --metric {metric!r}: grid {s.grid_id} has {', '.join([*METRICS, *names])} "
+                                 "(`landscape grid --metric module:function` adds one)")
     if metric == "accuracy":
         for s in sources:
             if s.run.dataset.get("task") == "regression" or s.run.config.loss == "mse":
@@ -178,23 +190,58 @@ def _shape_text(s: Source) -> str:
 def select_hessian(st: Store, run_id: str, ref: str | None) -> HessianMeta:
     """The run's curvature results named by id (prefix) or name, else the most complete: the most finished
     epochs, then the most eigenpairs, then the newest (a grid's own top-2 results never hide a fuller one)."""
-    metas = [m for m in st.hessians(run_id) if isinstance(m, HessianMeta)]
+    found = st.hessians(run_id)
+    metas = [m for m in found if isinstance(m, HessianMeta)]
+    damaged = [m for m in found if isinstance(m, Damaged)]
+    if not metas and damaged:
+        raise IntegrityError(f"run {run_id}'s curvature results {damaged[0].id} are damaged ({damaged[0].error})")
     if not metas:
         raise GridStateError(f"run {run_id} has no curvature results: `landscape hessian {run_id[:8]}` computes them")
     if ref is None:
         def completeness(m: HessianMeta) -> tuple[int, int, str, str]:
             try:
                 finished = len(read_results(st.hessian_zarr(run_id, m.id), m.epochs))
-            except (OSError, *DECODE_ERRORS):
+            except (LandscapeError, OSError, KeyError, *DECODE_ERRORS):
                 finished = 0
             return finished, m.config.top, m.updated or m.created or "", m.id
 
-        return max(metas, key=completeness)
+        return check_hessian_arrays(st, run_id, max(metas, key=completeness))
     matches = [m for m in metas if m.name == ref] or [m for m in metas if m.id.startswith(ref)]
     if len(matches) != 1:
+        broken = [m for m in damaged if m.id.startswith(ref)]
+        if not matches and len(broken) == 1:
+            raise IntegrityError(f"curvature results {broken[0].id} are damaged ({broken[0].error})")
         known = ", ".join(m.id + (f" ({m.name})" if m.name else "") for m in metas)
         raise UsageError(f"--hessian {ref!r} matches {len(matches)} of the run's curvature results ({known})")
-    return matches[0]
+    return check_hessian_arrays(st, run_id, matches[0])
+
+
+def check_hessian_arrays(st: Store, run_id: str, meta: HessianMeta) -> HessianMeta:
+    """`meta`, once every array of its results' Zarr group decodes (they are small); else one IntegrityError line
+    naming the damaged results and what to do."""
+    import warnings
+
+    import zarr
+
+    path = st.hessian_zarr(run_id, meta.id)
+    check_tree(path, f"curvature results {meta.id} of run {run_id}")
+    try:
+        with warnings.catch_warnings():  # a member without its metadata: refused below, not warned of
+            warnings.simplefilter("ignore")
+            root: Any = zarr.open_group(path, mode="r", use_consolidated=False)
+            names = {name for name, _ in root.arrays()}
+            missing = {"done", "eigenvalues", "trace", "lambda_min"} - names
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+            for name in sorted(names):
+                np.asarray(root[name][...])
+    except (OSError, KeyError, *DECODE_ERRORS) as e:  # zarr's own errors are ValueErrors
+        raise IntegrityError(
+            f"curvature results {meta.id} of run {run_id} are damaged ({type(e).__name__}: {e}): `landscape verify` "
+            f"lists what is damaged; delete {st.hessian_dir(run_id, meta.id)} and run their `landscape hessian` "
+            "command again"
+        ) from e
+    return meta
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -212,6 +259,10 @@ def _damaged(source: Source, what: str, epoch: int | None) -> IntegrityError:
 def _metric(rows: Rows, loss: str, accuracy: str, metric: str, index: tuple[Any, ...]) -> np.ndarray:
     """The loss array's values at `index`, or the accuracy's, NaN where the loss is not finite (as the kernel
     now stores it; a grid stored before holds the argmax accuracy of NaN logits there): float64."""
+    if metric not in METRICS:  # a user metric (`grid --metric`): its own array; none is stored at the centre
+        if loss == "center_loss":
+            return np.full(np.asarray(rows[loss][index]).shape, np.nan)
+        return np.asarray(rows.root[metric][index], np.float64)  # type: ignore[index]
     values = np.asarray(rows[loss][index], np.float64)
     if metric == "loss":
         return values
@@ -227,9 +278,21 @@ class EpochData:
     grad_b: np.ndarray
 
 
+def _epoch_index(source: Source, rows: Rows, epoch: int) -> int:
+    """Where the grid's arrays hold checkpoint `epoch` (one that grid.json lists but its arrays lack: damaged)."""
+    try:
+        return rows.epochs.index(epoch)
+    except ValueError:
+        raise IntegrityError(
+            f"grid {source.grid_id}: grid.json's 'epochs' lists {source.checkpoint_label(epoch)}, which its arrays do not hold "
+            f"(damaged): `landscape verify` lists what is damaged; delete the grid's directory "
+            f"({source.path}) and run its `landscape grid` command again"
+        ) from None
+
+
 def read_epoch(source: Source, epoch: int, metric: str) -> EpochData:
     rows = Rows(source.zarr_path, "r")
-    ei = rows.epochs.index(epoch)
+    ei = _epoch_index(source, rows, epoch)
     pairs, height = rows["done"].shape[1], rows["done"].shape[2]
     # chunk by chunk, in order: a damaged chunk is named, and no read is left pending when we stop
     values = np.full((pairs, rows["loss"].shape[2], height, rows["loss"].shape[4]), np.nan)
@@ -260,7 +323,7 @@ class LineData:
 
 def read_line(source: Source, epoch: int, metric: str) -> LineData:
     rows = Rows(source.zarr_path, "r")
-    ei = rows.epochs.index(epoch)
+    ei = _epoch_index(source, rows, epoch)
     pairs, batches, width = rows["loss"].shape[1:4]
     values = np.full((pairs, batches, width), np.nan)
     done = np.zeros(pairs, bool)
@@ -364,22 +427,31 @@ class CurvePlane:
     x: np.ndarray
     y: np.ndarray
     residual: np.ndarray
+    labels: list[str] | None = None  # the points' labels (None: w_A, the bends, w_B)
 
 
 def read_curve_plane(source: Source) -> CurvePlane | None:
-    if source.kind != "curve-plane":
+    """A curve plane's points and curve, or a plane through three checkpoints' points (`--directions plane`: no
+    curve; each point labelled "A: epoch 3")."""
+    if source.kind not in ("curve-plane", "plane"):
         return None
     rows = Rows(source.zarr_path, "r")
+    names = ("through_x", "through_y") if source.kind == "plane" else (
+        "control_x", "control_y", "curve_x", "curve_y", "curve_residual")
     try:
         root: Any = rows.root
-        arrays = [np.asarray(root[name][...], np.float64)
-                  for name in ("control_x", "control_y", "curve_x", "curve_y", "curve_residual")]
+        arrays = [np.asarray(root[name][...], np.float64) for name in names]
     except (*DECODE_ERRORS, KeyError) as e:
         raise IntegrityError(
-            f"grid {source.grid_id} has damaged or missing curve arrays (control_*, curve_*): `landscape grid "
+            f"grid {source.grid_id} has damaged or missing arrays ({', '.join(names)}): `landscape grid "
             f"{source.run_id} --grid {source.grid_id} --resume` rebuilds them"
         ) from e
-    return CurvePlane(*arrays)
+    if source.kind == "plane":
+        labels = [str(f.get("label", letter)) for f, letter in zip(source.grid.kind.get("through") or [{}] * 3,
+                                                                     "ABC", strict=False)]
+        empty = np.zeros(0)
+        return CurvePlane(arrays[0], arrays[1], empty, empty, empty, labels)
+    return CurvePlane(arrays[0], arrays[1], arrays[2], arrays[3], arrays[4])
 
 
 def curve_text(s: Source) -> str:
@@ -485,7 +557,7 @@ def _axis_names(s: Source) -> tuple[str, ...]:
 def eigenvalues(s: Source, epoch: int | None) -> list[float]:
     """A Hessian grid's top eigenvalues at `epoch` (its axes), as grid.json recorded them."""
     facts = (s.grid.kind.get("epochs") or {}).get(str(epoch)) if epoch is not None else None
-    return [float(v) for v in facts["eigenvalues"]] if facts else []
+    return [float(v) for v in facts.get("eigenvalues") or []] if facts else []
 
 
 def axis_labels(s: Source, epoch: int | None = None) -> list[str]:
@@ -494,6 +566,8 @@ def axis_labels(s: Source, epoch: int | None = None) -> list[str]:
         return ["t"]
     if s.kind == "curve-plane":
         return ["x (along w_B − w_A)", "y (towards the bend)"]
+    if s.kind == "plane":
+        return ["x (along w_B − w_A)", "y (towards w_C)"]
     if s.kind == "hessian":
         values = eigenvalues(s, epoch)
         return [f"v{j + 1} (λ{j + 1} = {values[j]:.4g})" if j < len(values) else f"v{j + 1} (Hessian eigenvector)"
@@ -529,7 +603,8 @@ def kind_text(s: Source) -> str:
     shape = "plane" if s.dims == 2 else "line"
     return {"pca": f"PCA {shape}", "interpolate": "interpolation", "random": f"random {shape}",
             "hessian": f"Hessian eigenvector {shape}", "curve": "curve between two minima",
-            "curve-plane": "plane of a curve between two minima"}.get(s.kind, f"{s.kind} {shape}")
+            "curve-plane": "plane of a curve between two minima",
+            "plane": "plane through three checkpoints"}.get(s.kind, f"{s.kind} {shape}")
 
 
 def geometry(s: Source) -> str:
