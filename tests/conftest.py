@@ -67,6 +67,18 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
+def set_field(data: Any, keys: tuple[str | int, ...], value: Any) -> Any:
+    """`data` (parsed JSON) with the field at `keys` set to `value` (deleted where `value` is KeyError)."""
+    node = data
+    for k in keys[:-1]:
+        node = node[k]
+    if value is KeyError:
+        del node[keys[-1]]
+    else:
+        node[keys[-1]] = value
+    return data
+
+
 def kill_after(args: list[str], store: Path, ready: str | Callable[[Path], bool], delay: tuple[float, float],
                seed: int = 0, timeout: float = 120.0) -> None:
     """`landscape ARGS --store STORE` in a fresh interpreter, SIGKILLed a random `delay` (seconds, drawn from `seed`)

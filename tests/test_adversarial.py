@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, Train, one_thread, tree
+from conftest import Cli, Train, one_thread, set_field, tree
 from typer.testing import CliRunner
 
 from landscape_cli.cli import app
@@ -85,17 +85,7 @@ def _json(path: Path, edit: Callable[[Any], Any]) -> None:
 def _set(path_of: Callable[[Path, Ids], Path], *keys: str | int, value: Any) -> Setup:
     """Set (or, with value KeyError, delete) one field of a metadata file."""
 
-    def edit(data: Any) -> Any:
-        node = data
-        for k in keys[:-1]:
-            node = node[k]
-        if value is KeyError:
-            del node[keys[-1]]
-        else:
-            node[keys[-1]] = value
-        return data
-
-    return lambda store, beside, ids: _json(path_of(store, ids), edit)
+    return lambda store, beside, ids: _json(path_of(store, ids), lambda data: set_field(data, keys, value))
 
 
 def _write(path_of: Callable[[Path, Ids], Path], text: str) -> Setup:

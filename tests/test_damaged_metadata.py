@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from conftest import run_in_process
+from conftest import run_in_process, set_field
 from test_adversarial import STORE
 
 import landscape_cli
@@ -40,15 +40,7 @@ def _ids(store: Path) -> dict[str, str]:
 
 
 def _edit(path: Path, keys: tuple[str | int, ...], value: Any) -> None:
-    data = json.loads(path.read_text())
-    node = data
-    for k in keys[:-1]:
-        node = node[k]
-    if value is KeyError:
-        del node[keys[-1]]
-    else:
-        node[keys[-1]] = value
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(set_field(json.loads(path.read_text()), keys, value)))
 
 
 def _one_error_line(result: Any) -> str:
@@ -97,13 +89,7 @@ def test_grid_json_of_the_wrong_type_is_one_integrity_error(trained_store: Any, 
     path = Store(master).grid_file(ids["m"], ids["h"])
     raw = json.loads(path.read_text())
     assert GridMeta.from_json(raw, path).id == ids["h"]  # intact, it reads
-    node = raw
-    for k in keys[:-1]:
-        node = node[k]
-    if value is KeyError:
-        del node[keys[-1]]
-    else:
-        node[keys[-1]] = value
+    set_field(raw, keys, value)
     with pytest.raises(IntegrityError) as e:
         GridMeta.from_json(json.loads(json.dumps(raw)), path)  # as json reads it back (1e400: inf)
     assert str(path) in str(e.value) and repr(field) in str(e.value) and "\n" not in str(e.value)
