@@ -387,11 +387,13 @@ def test_damaged_chunks_are_reported_refused_by_plot_and_recomputed(damaged: Pat
     loss = zarr_dir / "loss/c/1/0/0/4/0"
     accuracy = zarr_dir / "accuracy/c/0/1/0/2/0"
     done = zarr_dir / "done/c/1/1/7"
+    missing = zarr_dir / "loss/c/0/0/0/6/0"  # deleted: Zarr alone would read it as NaN, a diverged row
     _flip(loss)
     _truncate(accuracy)
     _truncate(done, 2)
+    missing.unlink()
     problems = _problems(damaged)
-    assert len(problems) == 3 and all("--resume" in p["fix"] for p in problems)
+    assert len(problems) == 4 and all("--resume" in p["fix"] for p in problems)
     line = one_error(landscape("plot", "k", "--store", str(damaged)), 1)
     assert "damaged chunk" in line and "--resume" in line
     [_problem] = [p for p in problems if "row 4 of pair 0, epoch 4" in p["problem"]]
@@ -523,3 +525,16 @@ def test_report_counts(capsys: pytest.CaptureFixture[str]) -> None:
     """Prints what this module exercised (for the issue note); runs last in the module."""
     with capsys.disabled():
         print(f"\nreliability: {COUNTS}")
+
+
+def test_a_row_whose_every_value_diverged_has_no_chunk_and_is_not_damaged(damaged: Path) -> None:
+    """Zarr writes no chunk of fill values: a row of NaN only is kept as its done-mark and diverged count, and is
+    neither reported by verify nor recomputed (a deleted chunk of a row with values is: see above)."""
+    from landscape_cli.store.grid_arrays import Rows
+
+    [zarr_dir] = damaged.glob("*/grids/*/landscape.zarr")
+    rows = Rows(zarr_dir)
+    nan = np.full(rows.read_row("loss", 0, 0, 3).shape, np.nan, np.float32)
+    rows.write_row(0, 0, 3, nan, nan)
+    assert not (zarr_dir / "loss/c/0/0/0/3/0").exists() and rows.row_readable(0, 0, 3)
+    assert _problems(damaged) == []

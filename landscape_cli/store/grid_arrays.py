@@ -368,14 +368,18 @@ class Rows:
             return False
 
     def row_readable(self, ei: int, p: int, y: int) -> bool:
-        """Whether a row's loss and accuracy chunks decode (checksums match)."""
+        """Whether a row's loss and accuracy chunks decode (checksums match) and its loss chunk is there: Zarr reads
+        a missing chunk as its fill (NaN), so a deleted chunk would pass for a diverged row. A row whose every value
+        diverged has no loss chunk (Zarr writes no chunk of fill values), and says so in its diverged count."""
         try:
-            self.arrays["loss"][self._values(ei, p, y)]
+            loss = self.arrays["loss"][self._values(ei, p, y)]
             self.arrays["accuracy"][self._values(ei, p, y)]
-            self.arrays["diverged"][self._row(ei, p, y)]
+            diverged = int(self.arrays["diverged"][self._row(ei, p, y)])
         except DECODE_ERRORS:
             return False
-        return True
+        index = (ei, p, 0, y, 0) if self.dims == 2 else (ei, p, 0, 0)
+        chunk = self.path / "loss" / self.arrays["loss"].metadata.encode_chunk_key(index)
+        return chunk.is_file() or diverged >= int(np.size(loss))
 
     def read_row(self, name: str, ei: int, p: int, y: int) -> np.ndarray:
         """A row's values of `name` (loss or accuracy): [batch, x]."""
