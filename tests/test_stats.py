@@ -262,7 +262,10 @@ def test_diverged_points_are_above_every_threshold(stored: Path, tmp_path: Path)
     _, meta = _dataset(store, "wide")
     rows = Rows(Store(store).zarr_path(meta.run, meta.id))
     ei, pair = 1, 0  # epoch 3
+    stats_file = Store(store).stats_file(meta.run, meta.id)
+    written = stats_file.read_bytes() if stats_file.exists() else None
     before = _stats("t", grid="wide", epochs=[3], store=store, cache=False)
+    assert (stats_file.read_bytes() if stats_file.exists() else None) == written  # cache=False writes no cache
     # row y = 0.25 (index 5): NaN at x = 0 in every batch, +Inf at x = -1 in batch 1 (as a diverged row is written)
     loss = rows.read_row("loss", ei, pair, 5)
     loss[:, 4] = np.nan

@@ -444,7 +444,7 @@ def _epoch_stats(st: Store, run_id: str, meta: GridMeta, rows: Rows, state: _Sta
         result = json.loads(json.dumps(result))
         new[slot] = {"key": key, "sha256": _content_hash(result), "stats": result}
         out.append(result)
-    saved = st.save_stats_cache(run_id, meta.id, STATS_FORMAT, new, MAX_ENTRIES) if new else True
+    saved = st.save_stats_cache(run_id, meta.id, STATS_FORMAT, new, MAX_ENTRIES) if new and use_cache else True
     return out, cached, saved
 
 
