@@ -28,7 +28,9 @@ from landscape_cli.errors import IntegrityError, StoreError
 
 ID_LENGTH = 12
 PARTIAL_SUFFIX = ".partial"
-FSYNC = True  # False only in benchmarks/durability.py, which measures what the fsyncs cost
+# LANDSCAPE_FSYNC=0 opts out (a scratch store on a slow network filesystem: a crash of the machine may then cost
+# more than the work in flight); benchmarks/durability.py switches it to measure what the fsyncs cost
+FSYNC = os.environ.get("LANDSCAPE_FSYNC", "1").strip() not in ("0", "false", "no", "off")
 
 
 # --- hashing -----------------------------------------------------------------------------------

@@ -187,3 +187,18 @@ def test_the_order_check_catches_writes_that_are_not_durable(trained_store: Stor
     assert violations(journal.events, [store]) == []
     assert [e.kind for e in journal.events if e.path.endswith("done/c/1/0/2")] == ["unlink"]
     assert np.array_equal(Rows(path, "r").read_row("loss", 1, 0, 2), loss) and rows.row_done(1, 0, 2)
+
+
+def test_landscape_fsync_0_opts_out_of_the_fsyncs_and_nothing_else_does() -> None:
+    import subprocess
+    import sys
+
+    def fsync_on(value: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "LANDSCAPE_FSYNC"}
+        if value is not None:
+            env["LANDSCAPE_FSYNC"] = value
+        out = subprocess.run([sys.executable, "-c", "from landscape_cli import _io; print(_io.FSYNC)"], env=env,
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert [fsync_on(v) for v in (None, "1", "yes", "0", "off")] == ["True", "True", "True", "False", "False"]
