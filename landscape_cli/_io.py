@@ -112,24 +112,23 @@ def sync_fd(fd: int) -> None:
         os.fsync(fd)
 
 
-def sync_file(path: Path | str) -> None:
-    """The data of the file at `path` on the disk (written by a writer that closed it: fsync by path)."""
+def _sync_path(path: Path | str, flags: int) -> None:
     if FSYNC:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | flags)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sync_file(path: Path | str) -> None:
+    """The data of the file at `path` on the disk (written by a writer that closed it: fsync by path)."""
+    _sync_path(path, os.O_NOFOLLOW)
 
 
 def sync_dir(path: Path | str) -> None:
     """The entries of directory `path` (files renamed, linked, made or removed in it) on the disk."""
-    if FSYNC:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _sync_path(path, os.O_DIRECTORY)
 
 
 def sync_tree(path: Path) -> None:
