@@ -17,6 +17,11 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The suite runs without fsync (LANDSCAPE_FSYNC=0, inherited by the subprocesses): on this machine the fsyncs of its
+# thousands of tiny commits doubled the time of whole modules, and what they make durable is a power cut's concern.
+# tests/test_durability.py turns them back on where it checks their order.
+os.environ["LANDSCAPE_FSYNC"] = "0"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n 2` on 2 cores: one torch thread per worker (two workers never oversubscribe the cores)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"

@@ -36,6 +36,9 @@ class Journal:
     """The file-system calls that commit data, in the order the process made them (every thread)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from landscape_cli import _io
+
+        monkeypatch.setattr(_io, "FSYNC", True)  # the rest of the suite runs without fsync (conftest.py)
         self.events: list[Event] = []
         fsync = os.fsync
 
