@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The suite runs without fsync (LANDSCAPE_FSYNC=0, inherited by the subprocesses): on this machine the fsyncs of its
-# thousands of tiny commits doubled the time of whole modules, and what they make durable is a power cut's concern.
+# The suite runs without fsync (LANDSCAPE_FSYNC=0, inherited by the subprocesses): what they make durable is a power
+# cut's concern, and its thousands of tiny commits paid for them (the whole suite: 11 min 11 s -> 10 min 52 s).
 # tests/test_durability.py turns them back on where it checks their order.
 os.environ["LANDSCAPE_FSYNC"] = "0"
 
