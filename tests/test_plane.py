@@ -96,6 +96,14 @@ def test_bad_planes_are_one_line_and_write_nothing(copy_store: Any, args: tuple[
     assert tree(store) == before
 
 
+def test_a_run_of_another_model_is_refused_with_or_without_its_epoch(copy_store: Any) -> None:
+    store = copy_store(R, Train("mlp", epochs=1, name="m"))
+    for through in ("m", "m:1"):
+        out = run_in_process("grid", "r", "--directions", "plane", "--epochs", "4", "--through", "0", "--through",
+                             through, "--store", str(store), "-q")
+        assert out.returncode == 2 and "the plane needs three checkpoints of the same model" in out.stderr, out.stderr
+
+
 def test_through_with_another_kind_is_one_line(copy_store: Any) -> None:
     store = copy_store(R)
     out = run_in_process("grid", "r", "--through", "1", "--store", str(store), "-q")

@@ -183,6 +183,23 @@ def points_with_ends(lo: float, hi: float, count: int) -> np.ndarray:
     return t
 
 
+def other_run(st: Store, run: RunMeta, option: str, text: str, forms: str, purpose: str) -> tuple[RunMeta, int | None]:
+    """`RUN2[:EPOCH]` given to `option`: that run, refused in one line unless it is a run of `run`'s model (`purpose`
+    says why it must be), and the epoch given (None without one). `forms` lists what the option takes."""
+    ref, _, epoch_text = text.partition(":")
+    other = st.read_run(st.resolve(ref))
+    epoch = None
+    if epoch_text:
+        try:
+            epoch = int(epoch_text)
+        except ValueError:
+            raise UsageError(f"bad {option} {text!r}: give {forms}") from None
+    if other.architecture != run.architecture:
+        (a, a_args), (b, b_args) = other.architecture, run.architecture
+        raise UsageError(f"{option} {text}: that run is a {a} {a_args}, this run is a {b} {b_args}: {purpose}")
+    return other, epoch
+
+
 _KINDS: dict[str, DirectionKind] = {}
 
 

@@ -25,6 +25,7 @@ from landscape_cli.directions._registry import (
     EpochModel,
     GridContext,
     Prepared,
+    other_run,
     points_with_ends,
     register_kind,
 )
@@ -48,13 +49,9 @@ class InterpolateKind(DirectionKind):
     def configure(self, st: Store, run: RunMeta, opts: GridRequest) -> dict[str, Any]:
         target_run, target_epoch = run, opts.to_epoch
         if opts.to is not None:
-            ref, _, epoch_text = opts.to.partition(":")
-            target_run = st.read_run(st.resolve(ref))
-            if epoch_text:
-                try:
-                    epoch = int(epoch_text)
-                except ValueError:
-                    raise UsageError(f"bad --to {opts.to!r}: give RUN or RUN:EPOCH") from None
+            target_run, epoch = other_run(st, run, "--to", opts.to, "RUN or RUN:EPOCH",
+                                          "interpolation needs two runs of the same model")
+            if epoch is not None:
                 if opts.to_epoch is not None and opts.to_epoch != epoch:
                     raise UsageError(f"--to {opts.to} and --to-epoch {opts.to_epoch} name different epochs")
                 target_epoch = epoch
@@ -62,10 +59,6 @@ class InterpolateKind(DirectionKind):
                 if not target_run.epochs:
                     raise UsageError(f"--to {opts.to}: run {target_run.id} has no checkpoint yet")
                 target_epoch = target_run.epochs[-1].key
-            if target_run.architecture != run.architecture:
-                (a, a_args), (b, b_args) = target_run.architecture, run.architecture
-                raise UsageError(f"--to {opts.to}: that run is a {a} {a_args}, this run is a {b} {b_args}: "
-                                 "interpolation needs two runs of the same model")
         if target_epoch is None:
             raise UsageError("--directions interpolate needs --to-epoch B (the checkpoint the line ends at) "
                              "or --to RUN2[:EPOCH]")

@@ -35,6 +35,7 @@ from landscape_cli.directions._registry import (
     EpochModel,
     GridContext,
     Prepared,
+    other_run,
     register_kind,
 )
 from landscape_cli.errors import IntegrityError, UsageError
@@ -50,24 +51,16 @@ LETTERS = ("A", "B", "C")
 
 def _point(st: Store, run: RunMeta, text: str) -> tuple[RunMeta, int]:
     """`--through EPOCH` (of `run`) or `--through RUN2[:EPOCH]` (its last checkpoint without an epoch)."""
-    ref, colon, epoch_text = text.partition(":")
-    if not colon and ref.strip().lstrip("-").isdigit():
-        other, number = run, int(ref)
+    if ":" not in text and text.strip().lstrip("-").isdigit():
+        other, number = run, int(text)
     else:
-        other = st.read_run(st.resolve(ref))
-        if epoch_text:
-            try:
-                number = int(epoch_text)
-            except ValueError:
-                raise UsageError(f"bad --through {text!r}: give EPOCH, RUN or RUN:EPOCH") from None
-        elif other.epochs:
+        other, epoch = other_run(st, run, "--through", text, "EPOCH, RUN or RUN:EPOCH",
+                                 "the plane needs three checkpoints of the same model")
+        if epoch is None:
+            if not other.epochs:
+                raise UsageError(f"--through {text}: run {other.id} has no checkpoint yet")
             return other, other.epochs[-1].key
-        else:
-            raise UsageError(f"--through {text}: run {other.id} has no checkpoint yet")
-        if other.architecture != run.architecture:
-            (a, a_args), (b, b_args) = other.architecture, run.architecture
-            raise UsageError(f"--through {text}: that run is a {a} {a_args}, this run is a {b} {b_args}: the plane "
-                             "needs three checkpoints of the same model")
+        number = epoch
     if other.has_steps:
         return other, other.select((number,))[0]  # epoch N: its checkpoint at the end of epoch N
     if other.record(number) is None:
