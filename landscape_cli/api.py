@@ -76,8 +76,8 @@ from landscape_cli.kernel.device import select_device
 from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.kernel.metrics import Metric, resolve_all
 from landscape_cli.models import build, checkpoints, model_source
-from landscape_cli.models.records import model_args
-from landscape_cli.plugins import Source, one_line
+from landscape_cli.models.records import check_fits, model_args
+from landscape_cli.plugins import Source
 from landscape_cli.store import Store
 from landscape_cli.views.notebook import RUN_ATTR, STORE_ATTR
 from landscape_cli.views.notebook import open as open_grid
@@ -295,7 +295,8 @@ def _call(model: nn.Module, data: _Data, states: Sequence[tuple[str, StateDict]]
             scorer = get_loss(data.loss) if data.loss is not None else loss_for_task(loaded.task)
             args = {"hparams": {"session": session}}
             net = build(model_src, args)
-            _probe(net, loaded.train_x[:2], loaded.train_y[:2], scorer)
+            check_fits(net.eval(), loaded.train_x[:2], loaded.train_y[:2], scorer, "the model", "the data",
+                       {"train": loaded.train_y, "val": loaded.val_y})
             expected = net.state_dict()
             fitted = [_fitted(what, s, expected) for what, s in states]
             epochs = list(range(len(fitted)))
@@ -310,19 +311,6 @@ def _call(model: nn.Module, data: _Data, states: Sequence[tuple[str, StateDict]]
             yield _Call(st, made.run_id, n, device)
         finally:
             _ACTIVE.clear()
-
-
-def _probe(net: nn.Module, x: Tensor, y: Tensor, scorer: Any) -> None:
-    """Score the model on the first two samples before anything is computed: a model that does not fit the data
-    (shapes, dtypes) fails here with one line instead of a traceback from the middle of a command."""
-    try:
-        with torch.no_grad():
-            scorer(net.eval()(x), y)
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"the model failed on the first samples of the data (inputs {list(x.shape)} {x.dtype}) with "
-                         f"{one_line(e)}") from e
 
 
 def _fitted(what: str, state: StateDict, expected: dict[str, Tensor]) -> dict[str, Tensor]:

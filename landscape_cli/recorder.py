@@ -55,7 +55,7 @@ from landscape_cli.errors import IntegrityError, LandscapeError, UsageError
 from landscape_cli.exchange.unpickle import match_state
 from landscape_cli.kernel.evaluate import evaluate_split
 from landscape_cli.models import build, checkpoints, hf, model_source, probes
-from landscape_cli.models.records import model_args, model_record
+from landscape_cli.models.records import check_fits, model_args, model_record
 from landscape_cli.plugins import Source, one_line
 from landscape_cli.store import Store, checkpoint_name
 from landscape_cli.store.locks import FileLock
@@ -498,17 +498,9 @@ class Recorder:
         one line now, not a failure in a later `landscape grid`."""
         x = self._data.prepare(self._data.train_x[:2], self._device)
         y = self._data.train_y[:2].to(self._device)
-        try:
-            with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices(self._device)):
-                out = self._net(x)
-                self._scorer(out, y)
-        except LandscapeError:
-            raise
-        except Exception as e:
-            raise UsageError(f"the model {self._ref.source.ref!r} failed on the first samples of dataset "
-                             f"{data_src.ref!r} (inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
-        self._scorer.check_outputs(out, y, {"train": self._data.train_y, "val": self._data.val_y},
-                                   f"the model {self._ref.source.ref!r} on dataset {data_src.ref!r}")
+        with torch.random.fork_rng(devices=_rng_devices(self._device)):  # the user's training draws on
+            check_fits(self._net, x, y, self._scorer, f"the model {self._ref.source.ref!r}",
+                       f"dataset {data_src.ref!r}", {"train": self._data.train_y, "val": self._data.val_y})
 
     def _measure(self) -> None:
         tracker = self._tracker

@@ -38,7 +38,8 @@ from landscape_cli.exchange.importer import ImportResult, write_run
 from landscape_cli.exchange.unpickle import epoch_numbers, read_weights
 from landscape_cli.models import checkpoints
 from landscape_cli.models.hf import PREFIX, CausalLM, build_hf, fit_state, recorded_config, recorded_model, require
-from landscape_cli.plugins import Source, one_line
+from landscape_cli.models.records import check_fits
+from landscape_cli.plugins import Source
 from landscape_cli.store import Store
 
 CONFIG = "config.json"
@@ -97,7 +98,7 @@ def import_hf(
     scorer = get_loss(loss) if loss is not None else loss_for_task(data.task)
     scorer.check_targets(data.train_y, f"dataset {data_src.ref!r}")
     _check_data(net, data, data_src)
-    _probe(net, data, data_src, scorer)
+    check_fits(net, data.train_x[:2], data.train_y[:2], scorer, "the model", f"dataset {data_src.ref!r}")
 
     order = sorted(range(len(dirs)), key=lambda i: numbers[i])
     states, origins = [], []
@@ -232,19 +233,6 @@ def _check_data(net: CausalLM, data: Dataset, source: Source) -> None:
                     else f"its {split} token ids reach {top}")
             raise UsageError(f"{where}: {what}, more than the model's vocabulary of {vocab} tokens (token ids "
                              f"0..{vocab - 1}): score it on data in the model's own tokens")
-
-
-def _probe(net: CausalLM, data: Dataset, source: Source, scorer: Any) -> None:
-    """The loss of the first two samples, before anything is written: a failure is one line."""
-    x, y = data.train_x[:2], data.train_y[:2]
-    try:
-        with torch.no_grad():
-            scorer(net(x), y)
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"the model failed on the first samples of dataset {source.ref!r} "
-                         f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
 
 
 def _names(names: list[str]) -> str:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from landscape_cli.data import Dataset
 from landscape_cli.data.losses import Loss
-from landscape_cli.errors import UsageError
+from landscape_cli.errors import LandscapeError, UsageError
 from landscape_cli.models._registry import build, count_parameters, takes_tokens
 from landscape_cli.plugins import Source, one_line
 
@@ -39,22 +40,29 @@ def model_record(source: Source, args: dict[str, Any], net: nn.Module) -> dict[s
     return record
 
 
-def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
-    """Score the model on the first two training samples before anything is written: a model that does not
-    fit the data (shapes, dtypes), or whose outputs are fewer than the classes of any sample of either split, fails
-    here with one line instead of a traceback in the middle of an epoch."""
-    if model_src.builtin and data_src.builtin:
-        return
-    net = build(model_src, model_args(model_src, data, activation))
-    x, y = data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2]
+def check_fits(net: nn.Module, x: Tensor, y: Tensor, scorer: Loss, who: str, data_words: str,
+               splits: Mapping[str, Tensor] | None = None) -> None:
+    """`net` (in the mode the caller set) scored on the first samples `x`, `y` before anything is written: a model that
+    does not fit the data (shapes, dtypes) is one line naming `who` and `data_words`, not a traceback in the middle of
+    a command; with `splits` ({split: targets}), every class index of each split is checked against its outputs."""
     try:
         with torch.no_grad():
-            out = net.eval()(x)
+            out = net(x)
             scorer(out, y)
-    except UsageError:
+    except LandscapeError:
         raise
     except Exception as e:
-        raise UsageError(f"model {model_src.ref!r} failed on the first samples of dataset {data_src.ref!r} "
-                         f"(inputs {list(x.shape)} {x.dtype}) with {one_line(e)}") from e
-    scorer.check_outputs(out, y, {"train": data.train_y, "val": data.val_y},
-                         f"model {model_src.ref!r} on dataset {data_src.ref!r}")
+        raise UsageError(f"{who} failed on the first samples of {data_words} (inputs {list(x.shape)} {x.dtype}) with "
+                         f"{one_line(e)}") from e
+    if splits is not None:
+        scorer.check_outputs(out, y, splits, f"{who} on {data_words}")
+
+
+def probe(model_src: Source, data_src: Source, data: Dataset, activation: str, scorer: Loss) -> None:
+    """Score the model on the first two training samples before anything is written (`check_fits`), and the labels of
+    both splits against its outputs."""
+    if model_src.builtin and data_src.builtin:
+        return
+    net = build(model_src, model_args(model_src, data, activation)).eval()
+    check_fits(net, data.prepare(data.train_x[:2], torch.device("cpu")), data.train_y[:2], scorer,
+               f"model {model_src.ref!r}", f"dataset {data_src.ref!r}", {"train": data.train_y, "val": data.val_y})
