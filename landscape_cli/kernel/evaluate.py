@@ -137,9 +137,9 @@ class Slice:
                     for k, metric in enumerate(self.metrics):
                         extra[i, j, k] = metric(out, y)
             self.restore()
-        values = extra.cpu().numpy()
-        self.metric_values = np.stack([self._pool(values[..., k]) for k in range(len(self.metrics))], axis=-1) \
-            if self.metrics else np.zeros((len(points), 0, 0), np.float32)
+        if self.metrics:  # each pooled as the loss is
+            values = extra.cpu().numpy()
+            self.metric_values = np.stack([self._pool(values[..., k]) for k in range(len(self.metrics))], axis=-1)
         return _scored(self._pool(loss.cpu().numpy()), self._pool(acc.cpu().numpy()))
 
     def _pool(self, values: np.ndarray) -> np.ndarray:
