@@ -193,7 +193,9 @@ def grid(
     (`torchrun --nproc-per-node P -m landscape_cli grid RUN ...`: rank 0 prepares and reports).
 
     Example: `landscape grid quickstart --epochs 0,5 --width 21`; a job array of 4: `landscape grid quickstart
-    --width 51 --shard $SLURM_ARRAY_TASK_ID/4`
+    --width 51 --shard $SLURM_ARRAY_TASK_ID/4`; three checkpoints' plane: `landscape grid quickstart --directions
+    plane --epochs 5 --through 0 --through 1`; your metric: `landscape grid quickstart --metric ./my_metrics.py:margin
+    --threads 2`
     """
     set_threads(threads)
     from landscape_cli.config import Runtime, parse_epochs, parse_range, parse_steps
