@@ -147,3 +147,56 @@ def test_unwritable_store(tmp_path: Path) -> None:
 def test_write_json_roundtrip(tmp_path: Path) -> None:
     write_json(tmp_path / "a.json", {"x": [1, 2]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
+
+
+def _independent_run_json(meta: RunMeta) -> str:
+    """run.json as the earlier releases encoded it: the whole record tree, deep-copied, in one json.dumps."""
+    import copy
+    import dataclasses
+
+    out = meta.to_json()
+    for d, e in zip(out["epochs"], meta.epochs, strict=True):  # every value from the record itself, not to_json's
+        full = copy.deepcopy(dataclasses.asdict(e))
+        assert {k: v for k, v in full.items() if k in d and k != "probe"} == {k: v for k, v in d.items()
+                                                                               if k != "probe"}
+        if e.probe is not None:
+            assert d["probe"] == {k: v for k, v in dataclasses.asdict(e.probe).items()
+                                  if v is not None or k != "bn_train"}
+    return json.dumps(out, indent=2) + "\n"
+
+
+def test_run_json_is_written_as_one_json_dumps_would_write_it(tmp_path: Path) -> None:
+    """run.json is encoded record by record and each record kept while unchanged (a run rewrites run.json at every
+    checkpoint): its bytes are those of one json.dumps of the whole, also after records change or are added."""
+    from landscape_cli.store.meta import EpochRecord, ProbeRecord
+
+    legacy = sorted(Path(__file__).parent.glob("data/legacy-*/store/*/run.json"))
+    assert len(legacy) == 3
+    for path in legacy:  # stores of earlier releases: read and written back byte for byte
+        text = path.read_text()
+        assert RunMeta.from_json(json.loads(text), path).to_text() == text
+
+    def record(i: int) -> EpochRecord:
+        probe = ProbeRecord("ab" * 32, "cpu", "float32", [2, 3], 0, [0.5 * i, -1e-30, 3.0, 1e300, 2.0, float(i)],
+                            [1.0] * 6 if i % 2 else None)
+        return EpochRecord(i // 3, float("nan") if i == 4 else 0.25 * i, None, None, None, 0.1, f"ckpt-{i}.pt",
+                           "0" * 64, "1" * 64, step=10 * i, epoch_end=i % 3 == 0, lr=0.05, probe=probe)
+
+    meta = RunMeta.from_json(json.loads(legacy[-1].read_text()), legacy[-1])
+    meta.name = 'quotes " and \\ backslash, é, "epochs": [], \n newline'
+    meta.model = {**meta.model, "args": {**meta.model["args"], "epochs": []}}  # a key "epochs" elsewhere
+    meta.epochs = []
+    assert meta.to_text() == _independent_run_json(meta)
+    for i in range(12):
+        meta.epochs.append(record(i))
+        assert meta.to_text() == _independent_run_json(meta)
+    meta.epochs[3].epoch_end = False  # records change after they were written (the recorder, the retention policy)
+    meta.epochs[5].removed = True
+    meta.epochs[6].probe.eval[0] = 42.0  # type: ignore[union-attr]
+    assert '"removed": true' in meta.to_text()
+    assert meta.to_text() == _independent_run_json(meta)
+    Store(tmp_path).run_dir(meta.id).mkdir()
+    Store(tmp_path).write_run(meta)
+    path = Store(tmp_path).run_file(meta.id)
+    assert path.read_text() == _independent_run_json(meta)
+    assert Store(tmp_path).read_run(meta.id).to_text() == path.read_text()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from landscape_cli._io import check_hash, create_once, file_sha256, read_json, short_hash, write_json
+from landscape_cli._io import atomic_write_bytes, check_hash, create_once, file_sha256, read_json, short_hash, write_json
 from landscape_cli.errors import (
     AmbiguousReferenceError,
     GridStateError,
@@ -324,7 +324,7 @@ class Store:
         from landscape_cli._io import now
 
         meta.updated = now()
-        write_json(self.run_file(meta.id), meta.to_json())
+        atomic_write_bytes(self.run_file(meta.id), meta.to_text().encode())
 
     # -- λmax tracked during training --
 

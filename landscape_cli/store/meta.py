@@ -8,7 +8,10 @@ next time the file is written.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,6 +102,23 @@ def _stamps_json(versions: dict[str, str], created: str, updated: str | None) ->
     return {"versions": versions, "created": created, **({"updated": updated} if updated is not None else {})}
 
 
+_ITEM_INDENT = " " * 4  # an item of a list held by a top-level key, at indent=2
+
+
+def _copied(value: Any) -> Any:
+    """A JSON tree's containers copied (the numbers and strings in them are immutable)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
+
+
+def _shallow(record: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, in their order, the values themselves (not copies)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 @dataclass
 class ProbeRecord:
     """What a checkpoint's model computed on the run's probe samples when the checkpoint was made
@@ -130,7 +150,7 @@ class ProbeRecord:
                    [float(v) for v in values[0]], [float(v) for v in bn] if bn is not None else None)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = _shallow(self)  # the lists as they are (asdict's deep copies cost more than the JSON)
         if self.bn_train is None:
             del out["bn_train"]
         return out
@@ -211,7 +231,7 @@ class EpochRecord:
                    else None)
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = _shallow(self)
         if self.checkpoint_train_loss is None:  # not recorded: the record as older releases wrote it
             del out["checkpoint_train_loss"], out["checkpoint_train_accuracy"]
         for key in ("step", "epoch_end", "lr"):  # absent from runs without steps: written as before
@@ -224,6 +244,17 @@ class EpochRecord:
         else:
             out["probe"] = self.probe.to_json()
         return out
+
+    def json_text(self, record: dict[str, Any]) -> str:
+        """`record` (this record's `to_json()`) as run.json holds it, an item of its `epochs` list: encoded once and
+        kept while the record is unchanged (a run rewrites run.json at every checkpoint; encoding all its records
+        each time made recording hundreds of checkpoints quadratic)."""
+        kept = self.__dict__.get("_json_text")
+        if kept is not None and kept[0] == record:
+            return str(kept[1])
+        text = json.dumps(record, indent=2).replace("\n", "\n" + _ITEM_INDENT)
+        self.__dict__["_json_text"] = (_copied(record), text)  # a copy: a list changed in place is a change
+        return text
 
     def train_at_checkpoint(self, imported: bool = False) -> tuple[float, float | None] | None:
         """The train split's loss and accuracy at the checkpoint: as recorded, else `train_loss` where it was
@@ -332,6 +363,19 @@ class RunMeta:
             **_stamps_json(self.versions, self.created, self.updated),
             **({"retention": self.retention} if self.retention is not None else {}),
         }
+
+    def to_text(self) -> str:
+        """run.json's text: `json.dumps(self.to_json(), indent=2)` and a newline, byte for byte, with each
+        checkpoint's record encoded once (`EpochRecord.json_text`)."""
+        out = self.to_json()
+        records = out["epochs"]
+        if not records:
+            return json.dumps(out, indent=2) + "\n"
+        mark = f"epochs-{uuid.uuid4().hex}"  # a placeholder no other value can spell
+        out["epochs"] = mark
+        head = json.dumps(out, indent=2)
+        items = ",\n".join(_ITEM_INDENT + e.json_text(r) for e, r in zip(self.epochs, records, strict=True))
+        return head.replace(json.dumps(mark), f"[\n{items}\n  ]", 1) + "\n"
 
     def require_checkpoints(self) -> None:
         """Refuse (GridStateError) a run with no checkpoint yet: nothing can be computed from it."""
