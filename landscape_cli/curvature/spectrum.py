@@ -132,18 +132,23 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
     n = op.size
     if v0 is None or not np.any(v0) or not np.isfinite(v0).all():
         v0 = _generator(seed, "start:LA").standard_normal(n)
-    basis = [v0 / np.linalg.norm(v0)]
+    steps = min(max_steps, n)
+    basis = np.empty((min(steps, 4), n))  # the orthonormal Lanczos vectors as rows, grown by doubling
+    basis[0] = v0 / np.linalg.norm(v0)
     alphas: list[float] = []
     betas: list[float] = []
     theta, residual, y = float("nan"), float("inf"), np.ones(1)
     scratch = np.empty(n)  # in place: on millions of parameters temporaries cost more than the arithmetic
-    for i in range(min(max_steps, n)):
+    for i in range(steps):
         w = op(basis[i])
         alphas.append(float(w @ basis[i]))
+        q = basis[:i + 1]
         before = float(np.linalg.norm(w))
-        for _ in range(2):  # full reorthogonalization: a second pass only where the first cancelled much (Kahan)
-            for b in basis:
-                np.subtract(w, np.multiply(b, w @ b, out=scratch), out=w)
+        # full reorthogonalization by classical Gram-Schmidt: two passes over the basis (BLAS: the coefficients,
+        # then the update), where one pass per vector and step made the bookkeeping cost nearly what the
+        # products did on millions of parameters; a second round only where the first cancelled much (Kahan)
+        for _ in range(2):
+            np.subtract(w, np.matmul(q @ w, q, out=scratch), out=w)
             beta = float(np.linalg.norm(w))
             if beta >= 0.7 * before:
                 break
@@ -151,13 +156,15 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
         values, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
         theta, y = float(values[-1]), vectors[:, -1]
         residual = abs(beta * y[-1]) / max(abs(theta), 1e-30)
-        if residual <= tol or beta < 1e-10 * max(abs(theta), 1e-30) or not np.isfinite(theta):
+        if residual <= tol or beta < 1e-10 * max(abs(theta), 1e-30) or not np.isfinite(theta) or i + 1 == steps:
             break
         betas.append(beta)
-        basis.append(w / beta)
-    vector = np.multiply(basis[0], y[0])
-    for b, c in zip(basis[1:len(alphas)], y[1:], strict=True):
-        vector += np.multiply(b, c, out=scratch)
+        if i + 1 == len(basis):
+            grown = np.empty((min(2 * len(basis), steps), n))
+            grown[:len(basis)] = basis
+            basis = grown
+        np.divide(w, beta, out=basis[i + 1])
+    vector = np.matmul(y, basis[:len(alphas)])
     if vector[np.argmax(np.abs(vector))] < 0:  # a deterministic sign, as extreme_eigenpairs gives
         vector = -vector
     return theta, float(residual), vector
