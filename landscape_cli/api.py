@@ -79,11 +79,10 @@ from landscape_cli.models import build, checkpoints, model_source
 from landscape_cli.models.records import check_fits, model_args
 from landscape_cli.plugins import Source
 from landscape_cli.store import Store
-from landscape_cli.views.notebook import RUN_ATTR, STORE_ATTR
+from landscape_cli.views.notebook import HESSIAN_ATTR, RUN_ATTR, STORE_ATTR
 from landscape_cli.views.notebook import open as open_grid
 
 KINDS = ("random", "interpolate", "pca", "hessian")  # the direction kinds a model in memory has all it needs for
-HESSIAN_ATTR = "landscape_hessian"  # a Hessian result's id in its private store (beside STORE_ATTR, RUN_ATTR)
 THREADS_ATTR = "threads"  # the torch thread count the result was computed with
 REQUEST_ATTR = "landscape_request"  # what was computed, as `save_to` computes it again in a store
 DATA_ATTR = "landscape_data"  # the data it was computed on (a registered dataset's reference, or None)

@@ -160,6 +160,31 @@ def test_hessian_eigenvalues_equal_an_explicit_float64_hessian() -> None:
     assert abs(float(h.trace.values[0]) - exact.sum()) < 4 * float(h.trace_stderr.values[0])  # Hutchinson's estimate
 
 
+def test_a_hessian_result_draws_its_figure_in_a_notebook(tmp_path: Path) -> None:
+    """`h.landscape.plot()` of a Hessian result: `landscape plot RUN --hessian`'s figure, showing itself as an image,
+    its lines the result's values, no text overlapping, written nowhere unless asked."""
+    from test_figure_layout import problems
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 3))
+    batches = [(torch.randn(32, 1, 4, 4), torch.randint(0, 3, (32,)))]
+    with one_thread():
+        h = ls.hessian(model, batches, top=2, density=True, density_probes=2, steps=8)
+    written = sorted(p for p in Path(h.attrs["landscape_store"]).rglob("*.png"))
+    fig = h.landscape.plot()
+    assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p for p in Path(h.attrs["landscape_store"]).rglob("*.png")) == written  # nothing written
+    lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].get_lines()}
+    np.testing.assert_array_equal(lines["λ1"], h.eigenvalues.values[:, 0])
+    np.testing.assert_array_equal(lines["λ2"], h.eigenvalues.values[:, 1])
+    np.testing.assert_array_equal(lines["λmin"], h.lambda_min.values)
+    assert len(fig.axes) == 3 and problems(fig) == []  # eigenvalues, trace, density
+    out = tmp_path / "h.svg"
+    assert h.landscape.plot_result(out=out).path == out and out.read_text().startswith("<?xml")
+    with pytest.raises(UsageError, match="takes dpi, out, not contour"):
+        h.landscape.plot(contour=True)
+
+
 def test_save_to_gives_the_run_and_grid_the_cli_gives(tiny: Path, tmp_path: Path) -> None:
     """save_to imports the weights and computes the grid through the store's machinery: the ids and values of
     `landscape import cnn digits FILE --epochs 0` then `landscape grid` of the same options."""

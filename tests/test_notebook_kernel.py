@@ -129,7 +129,8 @@ def _recipe(name: str) -> str:
 def test_readme_api_recipes_run_in_a_fresh_kernel(tmp_path: Path) -> None:
     """README's recipes for a model in memory, as written, each a cell of a fresh kernel: the random plane's stats
     are printed and its figure shown as an image; the Hessian's top eigenvalues (descending), λmin (the smallest)
-    and trace printed; and nothing is written where a store would be (no store is needed)."""
+    and trace printed, its figure shown as an image; and nothing is written where a store would be (no store is
+    needed)."""
     import numpy as np
 
     store = tmp_path / "store"
@@ -140,7 +141,10 @@ def test_readme_api_recipes_run_in_a_fresh_kernel(tmp_path: Path) -> None:
     [shown] = [o for o in plane if o.output_type in ("execute_result", "display_data")]
     assert "image/png" in shown.data and len(base64.b64decode(shown.data["image/png"])) > 20_000
 
-    line = "".join(o.get("text", "") for o in _outputs(nb.cells[1])).replace("[", " ").replace("]", " ")
+    hessian = _outputs(nb.cells[1])
+    [figure] = [o for o in hessian if o.output_type in ("execute_result", "display_data")]  # the Hessian's figure
+    assert "image/png" in figure.data and len(base64.b64decode(figure.data["image/png"])) > 20_000
+    line = "".join(o.get("text", "") for o in hessian).replace("[", " ").replace("]", " ")
     values = [float(v) for v in line.split()]
     top, lambda_min, trace = values[:3], values[3], values[4]
     assert len(values) == 5 and top == sorted(top, reverse=True) and lambda_min < top[-1], line

@@ -24,7 +24,7 @@ from landscape_cli.views.readers import BATCHNORM_MODELS, keys_json, select_hess
 
 @dataclass
 class HessianFigure:
-    path: Path
+    path: Path | None  # None: written nowhere (a notebook's figure, `write=False`)
     figure: Any
     meta: HessianMeta
     epochs: list[int]  # the checkpoints drawn: epochs, or steps in a run with step checkpoints (`unit`)
@@ -41,11 +41,15 @@ class HessianFigure:
 
 
 def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike[str] | None = None,
-                 store: Store | str | os.PathLike[str] | None = None, dpi: int = 120) -> HessianFigure:
-    """Draw eigenvalues, λmin and trace against epoch (and the density per epoch) of a run's curvature results."""
+                 store: Store | str | os.PathLike[str] | None = None, dpi: int = 120,
+                 write: bool = True) -> HessianFigure:
+    """Draw eigenvalues, λmin and trace against epoch (and the density per epoch) of a run's curvature results;
+    written to `out` (default: the results' plots/hessian.png) unless `write` is False and no `out` is given. The
+    figure shows itself in a notebook (`LandscapeFigure`)."""
     import zarr
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+    from landscape_cli.views.figures import LandscapeFigure
 
     st = Store.of(store)
     run_id = st.resolve(run)
@@ -65,10 +69,12 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     density = meta.config.density
     run_meta = st.read_run(run_id)  # the BatchNorm mode only for models known to have BatchNorm layers
     x_name = unit(run_meta)  # "step" for a run with step checkpoints
-    path = Path(out).expanduser() if out is not None else st.hessian_plot_path(run_id, meta.id, "hessian.png")
-    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UsageError(f"--out {path}: the file name must end in .png, .pdf, .svg")
-    fig = Figure(figsize=(4.2 * (3 if density else 2), 3.6), dpi=dpi, layout="constrained")
+    path: Path | None = None
+    if out is not None or write:
+        path = Path(out).expanduser() if out is not None else st.hessian_plot_path(run_id, meta.id, "hessian.png")
+        if path.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise UsageError(f"--out {path}: the file name must end in .png, .pdf, .svg")
+    fig = LandscapeFigure(figsize=(4.2 * (3 if density else 2), 3.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3 if density else 2)
     ax = axes[0]
@@ -108,5 +114,6 @@ def plot_hessian(run: str, *, hessian: str | None = None, out: str | os.PathLike
     fig.suptitle(f"Hessian of run {run_id} ({cfg.batches} batches of {cfg.batch_size}{bn}"
                  + (f", layer {cfg.layer}" if cfg.layer else "")
                  + (f", layers {' '.join(cfg.layers)}" if cfg.layers else "") + f"), results {meta.id}", fontsize=9)
-    write_figure(fig, path, dpi)
+    if path is not None:
+        write_figure(fig, path, dpi)
     return HessianFigure(path, fig, meta, epochs, values, lam_min, trace, stderr, x_name, keys_json(run_meta, epochs))

@@ -10,6 +10,7 @@ store, run and grid it came from; the accessor hands those to `landscape_cli.plo
 figure is the CLI's own (same panels, scales, arrows, PCA path), returned as a matplotlib Figure
 that displays itself as an image in a notebook (`_repr_png_`: no `%matplotlib inline` needed). A
 notebook's figure is written to no file unless asked (`out=`, or `save=True`: the grid's plots/).
+A Hessian result of `landscape_cli.hessian` draws the figure of `landscape plot RUN --hessian` the same way.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from landscape_cli.store import Store
 from landscape_cli.store.grid_arrays import ACCURACY_OF, DECODE_ERRORS, Rows, accuracy_where_finite
 from landscape_cli.views.figures import PlotResult
 from landscape_cli.views.figures import plot as plot_grids
+from landscape_cli.views.hessian_figure import HessianFigure, plot_hessian
 from landscape_cli.views.readers import select_sources
 
 STORE_ATTR, RUN_ATTR, GRID_ATTR = "landscape_store", "landscape_run", "landscape_grid"
+HESSIAN_ATTR = "landscape_hessian"  # a Hessian result's id (`landscape_cli.hessian`'s Datasets), beside the run's
+HESSIAN_OPTIONS = frozenset({"out", "dpi"})  # what a Hessian result's figure takes
 
 
 def open(ref: str, *, grid: str | None = None, store: Store | str | os.PathLike[str] | None = None) -> xr.Dataset:
@@ -109,13 +113,25 @@ class LandscapeAccessor:
         batch, metric, contour, surface, log, clip, reduce, scale, ...). Returns a matplotlib Figure that a
         notebook displays as an image by itself (no `%matplotlib inline` needed). Writes no file unless asked:
         `out="fig.png"` (.pdf, .svg), or `save=True` for the grid's plots/ as the CLI saves it; an `animate`
-        GIF needs one of them."""
+        GIF needs one of them.
+
+        For a Hessian result (`landscape_cli.hessian`): the figure of `landscape plot RUN --hessian` (top
+        eigenvalues and λmin, the trace, and the spectral density where computed), options `out` and `dpi`."""
         return self.plot_result(save=save, **options).figure
 
-    def plot_result(self, *, save: bool = False, **options: Any) -> PlotResult:
+    def plot_result(self, *, save: bool = False, **options: Any) -> PlotResult | HessianFigure:
         """As `plot`, with what was drawn (panels or curves, the saved path: None when nothing was written)."""
-        store, run, grid = self.where
+        attrs = self._ds.attrs
+        if attrs.get(HESSIAN_ATTR) and attrs.get(RUN_ATTR):
+            unknown = builtins.set(options) - HESSIAN_OPTIONS
+            if unknown:
+                raise UsageError(f"a Hessian result's figure takes {', '.join(sorted(HESSIAN_OPTIONS))}, not "
+                                 f"{', '.join(sorted(unknown))}")
+            store = attrs.get(STORE_ATTR)
+            return plot_hessian(str(attrs[RUN_ATTR]), hessian=str(attrs[HESSIAN_ATTR]), store=store, write=save,
+                                **options)
+        store_root, run, grid = self.where
         unknown = builtins.set(options) & {"grids", "store", "show"}
         if unknown:
             raise UsageError(f"ds.landscape.plot() draws this Dataset's grid: drop {', '.join(sorted(unknown))}")
-        return plot_grids([run], grids=[grid], store=store, save=save, **options)
+        return plot_grids([run], grids=[grid], store=store_root, save=save, **options)
