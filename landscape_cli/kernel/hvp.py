@@ -299,7 +299,8 @@ class HessianOperator:
             start = 0
             for t, n in zip(product(0, vs), self.sizes, strict=True):
                 part = flat[start:start + n]
-                part.zero_() if t is None else part.copy_(t.detach().reshape(-1))
+                # into a view shaped as the product (its strides may not be the parameter's): one copy, not two
+                part.zero_() if t is None else part.view(t.shape).copy_(t.detach())
                 start += n
             one: np.ndarray = flat.cpu().numpy()
             return one
