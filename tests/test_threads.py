@@ -1,4 +1,4 @@
-"""`--threads N`: torch's threads for a computation, recorded by the grid it computes."""
+"""`--threads N`: torch's threads for a computation, recorded by the grid or Hessian results it computes."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ def test_a_bad_thread_count_is_one_line(copy_store: Any) -> None:
     for bad in ("0", "-1", "many"):
         out = run_in_process(*GRID, "--threads", bad, "--store", str(store))
         assert out.returncode == 2 and "--threads" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_hessian_results_record_the_device_and_threads_of_each_checkpoint(copy_store: Any) -> None:
+    store = copy_store(M)
+    hessian = ["hessian", "m", "--top", "1", "--probes", "2", "--batches", "1", "--batch-size", "64", "-q",
+               "--store", str(store)]
+    assert run_in_process(*hessian, "--epochs", "0", "--threads", "2").returncode == 0
+    [path] = list(store.glob("*/*/*/hessian.json"))
+    assert json.loads(path.read_text())["computed_with"] == {"0": {"device": "cpu", "threads": 2}}
+    assert run_in_process(*hessian, "--epochs", "0,1", "--threads", "1").returncode == 0  # epoch 0 is kept as it was
+    assert json.loads(path.read_text())["computed_with"] == {"0": {"device": "cpu", "threads": 2},
+                                                             "1": {"device": "cpu", "threads": 1}}

@@ -287,6 +287,7 @@ def _compute(st: Store, run: RunMeta, meta: HessianMeta, names: list[str], wante
             except OSError as err:
                 raise os_error(err, path) from err
             meta.eigenvectors[e] = record
+            meta.computed_with[e] = {"device": device.type, "threads": torch.get_num_threads()}
             meta.updated = now()
             st.write_hessian(meta)
             root["done"][i] = 1  # last: the epoch counts as finished only once everything is written

@@ -759,7 +759,10 @@ HESSIAN_FORMAT = 1
 class HessianMeta:
     """hessian.json: curvature results of a run (eigenpairs, trace, density) for a growing set of epochs.
 
-    `eigenvectors` maps each finished epoch to the direction file holding its top eigenvectors.
+    `eigenvectors` maps each finished epoch to the direction file holding its top eigenvectors. `computed_with`
+    maps each epoch computed since it was recorded to the device and torch thread count that computed it: a
+    product's reductions may differ in the last bits with either, so results resumed elsewhere say so (absent
+    from results made before it was recorded).
     """
 
     id: str
@@ -773,6 +776,7 @@ class HessianMeta:
     created: str
     updated: str | None = None
     format: int = HESSIAN_FORMAT
+    computed_with: dict[int, dict[str, Any]] = field(default_factory=dict)  # {key: {"device", "threads"}}
 
     @classmethod
     def from_json(cls, d: Any, where: Path | str) -> HessianMeta:
@@ -797,6 +801,7 @@ class HessianMeta:
             eigenvectors={int(e): DirectionRecord.from_json(r, where) for e, r in vectors.items()},
             parameters=str(d.get("parameters") or ""),
             **_stamps(d, where),
+            computed_with=_computed_with(d, where),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -810,7 +815,19 @@ class HessianMeta:
             "eigenvectors": {str(e): r.to_json() for e, r in sorted(self.eigenvectors.items())},
             "parameters": self.parameters,
             **_stamps_json(self.versions, self.created, self.updated),
+            **({"computed_with": {str(e): dict(w) for e, w in sorted(self.computed_with.items())}}
+               if self.computed_with else {}),
         }
+
+
+def _computed_with(d: Any, where: Path | str) -> dict[int, dict[str, Any]]:
+    """hessian.json's `computed_with` ({key: {"device": str, "threads": int}}; absent: {}), its types checked."""
+    found = _optional(d, "computed_with", dict, where) or {}
+    for key, value in found.items():
+        if not (isinstance(key, str) and key.isdigit() and key.isascii() and isinstance(value, dict)
+                and isinstance(value.get("device"), str) and _count(value.get("threads"))):
+            raise _bad(where, "computed_with", found, "the device and thread count of each checkpoint's results")
+    return {int(k): {"device": str(v["device"]), "threads": int(v["threads"])} for k, v in found.items()}
 
 
 CURVE_FORMAT = 1
