@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from landscape_cli.kernel.hvp import HessianOperator
 
@@ -133,23 +134,24 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
     if v0 is None or not np.any(v0) or not np.isfinite(v0).all():
         v0 = _generator(seed, "start:LA").standard_normal(n)
     steps = min(max_steps, n)
-    basis = np.empty((min(steps, 4), n))  # the orthonormal Lanczos vectors as rows, grown by doubling
-    basis[0] = v0 / np.linalg.norm(v0)
+    # the Lanczos vectors as rows of a float64 matrix on the operator's device (grown by doubling): the products
+    # never leave the device, and full reorthogonalization by classical Gram-Schmidt is two matrix-vector
+    # products over the basis (where one dot and one axpy per vector and step cost nearly what the products did
+    # on millions of parameters); a second round only where the first cancelled much (Kahan)
+    basis = torch.empty((min(steps, 4), n), dtype=torch.float64, device=op.device)
+    start = torch.from_numpy(np.asarray(v0, np.float64).reshape(-1)).to(op.device)
+    basis[0] = start / torch.linalg.vector_norm(start)
     alphas: list[float] = []
     betas: list[float] = []
     theta, residual, y = float("nan"), float("inf"), np.ones(1)
-    scratch = np.empty(n)  # in place: on millions of parameters temporaries cost more than the arithmetic
     for i in range(steps):
-        w = op(basis[i])
+        w = op.product(basis[i])
         alphas.append(float(w @ basis[i]))
         q = basis[:i + 1]
-        before = float(np.linalg.norm(w))
-        # full reorthogonalization by classical Gram-Schmidt: two passes over the basis (BLAS: the coefficients,
-        # then the update), where one pass per vector and step made the bookkeeping cost nearly what the
-        # products did on millions of parameters; a second round only where the first cancelled much (Kahan)
+        before = float(torch.linalg.vector_norm(w))
         for _ in range(2):
-            np.subtract(w, np.matmul(q @ w, q, out=scratch), out=w)
-            beta = float(np.linalg.norm(w))
+            w.addmv_(q.T, q @ w, alpha=-1.0)
+            beta = float(torch.linalg.vector_norm(w))
             if beta >= 0.7 * before:
                 break
             before = beta
@@ -160,11 +162,11 @@ def top_eigenpair(op: HessianOperator, v0: np.ndarray | None, tol: float, max_st
             break
         betas.append(beta)
         if i + 1 == len(basis):
-            grown = np.empty((min(2 * len(basis), steps), n))
+            grown = torch.empty((min(2 * len(basis), steps), n), dtype=torch.float64, device=op.device)
             grown[:len(basis)] = basis
             basis = grown
-        np.divide(w, beta, out=basis[i + 1])
-    vector = np.matmul(y, basis[:len(alphas)])
+        torch.div(w, beta, out=basis[i + 1])
+    vector: np.ndarray = (torch.from_numpy(y).to(op.device) @ basis[:len(alphas)]).cpu().numpy()
     if vector[np.argmax(np.abs(vector))] < 0:  # a deterministic sign, as extreme_eigenpairs gives
         vector = -vector
     return theta, float(residual), vector

@@ -257,10 +257,15 @@ class HessianOperator:
         self._kept.clear()
         self.kept_bytes = 0
 
-    def _split(self, v: np.ndarray) -> list[Tensor]:
+    @property
+    def device(self) -> torch.device:
+        """Where the products are computed (the parameters' device)."""
+        return self.params[0].device if self.params else torch.device("cpu")
+
+    def _split(self, v: Tensor) -> list[Tensor]:
         out, start = [], 0
         for p, n in zip(self.params, self.sizes, strict=True):
-            out.append(torch.from_numpy(np.ascontiguousarray(v[start:start + n])).to(p.device, p.dtype).view_as(p))
+            out.append(v[start:start + n].to(p.device, p.dtype).view_as(p))
             start += n
         return out
 
@@ -272,11 +277,19 @@ class HessianOperator:
                 return torch.autograd.grad(self.loss(self.model(x), y), self.params, allow_unused=True)
 
         with differentiable_kernels(self.model):
-            return self._sum(batch_gradient, [])
+            out: np.ndarray = self._sum(batch_gradient, []).cpu().numpy()
+            return out
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
         """H v (float64 in and out; the products themselves run in the parameters' dtype)."""
-        vs = self._split(np.asarray(v, np.float64).reshape(-1))
+        flat = torch.from_numpy(np.ascontiguousarray(np.asarray(v, np.float64).reshape(-1)))
+        out: np.ndarray = self.product(flat.to(self.device)).cpu().numpy()
+        return out
+
+    def product(self, v: Tensor) -> Tensor:
+        """H v for a float64 vector on the operator's device, a new float64 vector there (no host copy: what
+        an algorithm that keeps its vectors on the device calls)."""
+        vs = self._split(v.reshape(-1))
         with differentiable_kernels(self.model):
             if self.method == FORWARD_OVER_REVERSE:
                 try:
@@ -289,10 +302,10 @@ class HessianOperator:
         self.products += 1
         return total
 
-    def _sum(self, product: Callable[[int, list[Tensor]], Sequence[Tensor | None]], vs: list[Tensor]) -> np.ndarray:
-        # summed in float64 on the parameters' device, one copy to the host at the end (per batch and
-        # parameter, host copies and numpy sums took 3.5x the products of a resnet on a GPU)
-        device = self.params[0].device if self.params else None
+    def _sum(self, product: Callable[[int, list[Tensor]], Sequence[Tensor | None]], vs: list[Tensor]) -> Tensor:
+        # summed in float64 on the parameters' device (per batch and parameter, host copies and numpy sums
+        # took 3.5x the products of a resnet on a GPU)
+        device = self.device
         if len(self.weights) == 1:  # one batch (λmax while training): the product itself, copied into float64
             # (a zero-filled sum and its converting add cost a third of a resnet's product on a CPU)
             flat = torch.empty(self.size, dtype=torch.float64, device=device)
@@ -302,8 +315,7 @@ class HessianOperator:
                 # into a view shaped as the product (its strides may not be the parameter's): one copy, not two
                 part.zero_() if t is None else part.view(t.shape).copy_(t.detach())
                 start += n
-            one: np.ndarray = flat.cpu().numpy()
-            return one
+            return flat
         total = torch.zeros(self.size, dtype=torch.float64, device=device)
         for i, w in enumerate(self.weights):
             start = 0
@@ -311,8 +323,7 @@ class HessianOperator:
                 if t is not None:
                     total[start:start + n].add_(t.detach().reshape(-1).to(total.device), alpha=float(w))
                 start += n
-        out: np.ndarray = total.cpu().numpy()
-        return out
+        return total
 
     def _gradient_graph(self, i: int) -> _Gradient:
         """Batch i's gradient with its graph: kept from an earlier product, or made (and kept if it fits)."""
