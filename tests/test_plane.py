@@ -18,8 +18,21 @@ GRID = ("grid", "r", "--directions", "plane", "--epochs", "4", "--through", "0",
         "4", "--batches", "1", "--batch-size", "64", "--bn", "train", "--name", "abc", "-q")
 
 
-def _flat(state: dict[str, torch.Tensor], names: list[str]) -> np.ndarray:
+def flat_weights(state: dict[str, torch.Tensor], names: list[str]) -> np.ndarray:
     return np.concatenate([state[n].double().reshape(-1).numpy() for n in names])
+
+
+def model_at(checkpoint: dict[str, Any], weights: np.ndarray) -> torch.nn.Module:
+    """The checkpoint's model with its parameters, in order, set to the flat float64 `weights` (as float32)."""
+    from landscape_cli.models.checkpoints import build_model
+
+    net = build_model(checkpoint)
+    start = 0
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.from_numpy(weights[start:start + p.numel()]).view_as(p))
+            start += p.numel()
+    return net
 
 
 def test_the_plane_holds_the_three_checkpoints_and_its_points_are_hand_built_weights(trained_store: Any) -> None:
@@ -42,7 +55,7 @@ def test_the_plane_holds_the_three_checkpoints_and_its_points_are_hand_built_wei
               load_epoch(st, other.id, other.record(1))["state_dict"]]
     model = build_model(checkpoint_a)
     names = [n for n, _ in model.named_parameters()]
-    a, b, c = (_flat(s, names) for s in states)
+    a, b, c = (flat_weights(s, names) for s in states)
     # the orthonormal basis by hand (numpy, float64): u along B − A, v the rest of C − A
     u = (b - a) / np.linalg.norm(b - a)
     rest = (c - a) - ((c - a) @ u) * u
@@ -62,13 +75,7 @@ def test_the_plane_holds_the_three_checkpoints_and_its_points_are_hand_built_wei
     [(xb, yb)] = list(Batches(data, "train", 1, 64).on(torch.device("cpu"), False))
     for i, j in ((1, 2), (3, 0)):
         x, y = float(ds.x.values[i]), float(ds.y.values[j])
-        weights = a + x * u + y * v
-        net = build_model(checkpoint_a)
-        start = 0
-        with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.from_numpy(weights[start:start + p.numel()]).view_as(p))
-                start += p.numel()
+        net = model_at(checkpoint_a, a + x * u + y * v)
         net.train()
         with torch.no_grad():
             loss = float(F.cross_entropy(net(xb), yb))

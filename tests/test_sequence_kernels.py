@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Train, run_in_process
+from test_plane import flat_weights, model_at
 
 USERLAND = Path(__file__).parent / "userland"
 METRICS = '''
@@ -28,10 +29,6 @@ def margin(out, y):
     others = out.masked_fill(torch.nn.functional.one_hot(y, out.shape[1]).bool(), float("-inf")).amax(1)
     return (top - others).mean()
 '''
-
-
-def _flat(state: dict[str, torch.Tensor], names: list[str]) -> np.ndarray:
-    return np.concatenate([state[n].double().reshape(-1).numpy() for n in names])
 
 
 @pytest.mark.parametrize("model", ["encoder", "gru"])
@@ -59,7 +56,7 @@ def test_a_plane_with_a_metric_on_attention_and_recurrent_models_is_hand_built_w
 
     checkpoint_a = load_epoch(st, run.id, run.record(2))
     names = [n for n, _ in build_model(checkpoint_a).named_parameters()]
-    a, b, c = (_flat(load_epoch(st, run.id, run.record(e))["state_dict"], names) for e in (2, 0, 1))
+    a, b, c = (flat_weights(load_epoch(st, run.id, run.record(e))["state_dict"], names) for e in (2, 0, 1))
     u = (b - a) / np.linalg.norm(b - a)
     rest = (c - a) - ((c - a) @ u) * u
     v = rest / np.linalg.norm(rest)
@@ -70,14 +67,8 @@ def test_a_plane_with_a_metric_on_attention_and_recurrent_models_is_hand_built_w
     [(xb, yb)] = list(Batches(load_dataset("digits"), "train", 1, 48).on(torch.device("cpu"), False))
     for i, j in ((0, 0), (1, 2), (2, 1)):
         x, y = float(ds.x.values[i]), float(ds.y.values[j])
-        weights = a + x * u + y * v
-        net = build_model(checkpoint_a)
-        start = 0
+        net = model_at(checkpoint_a, a + x * u + y * v).train()
         with torch.no_grad():
-            for p in net.parameters():
-                p.copy_(torch.from_numpy(weights[start:start + p.numel()]).view_as(p))
-                start += p.numel()
-            net.train()
             logits = net(xb)
         top = logits.gather(1, yb[:, None])[:, 0]
         others = logits.masked_fill(F.one_hot(yb, 10).bool(), float("-inf")).amax(1)
