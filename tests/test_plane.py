@@ -22,6 +22,18 @@ def flat_weights(state: dict[str, torch.Tensor], names: list[str]) -> np.ndarray
     return np.concatenate([state[n].double().reshape(-1).numpy() for n in names])
 
 
+def plane_by_hand(ds: Any, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plane's orthonormal basis by hand (numpy, float64): u along B − A, v the rest of C − A; and the three
+    points' coordinates [3, 2], which the grid `ds` must hold as through_x, through_y."""
+    u = (b - a) / np.linalg.norm(b - a)
+    rest = (c - a) - ((c - a) @ u) * u
+    v = rest / np.linalg.norm(rest)
+    expected = np.array([[0.0, 0.0], [np.linalg.norm(b - a), 0.0], [(c - a) @ u, (c - a) @ v]])
+    assert np.allclose(ds.through_x.values, expected[:, 0], rtol=1e-9, atol=1e-9)
+    assert np.allclose(ds.through_y.values, expected[:, 1], rtol=1e-9, atol=1e-9)
+    return u, v, expected
+
+
 def model_at(checkpoint: dict[str, Any], weights: np.ndarray) -> torch.nn.Module:
     """The checkpoint's model with its parameters, in order, set to the flat float64 `weights` (as float32)."""
     from landscape_cli.models.checkpoints import build_model
@@ -56,13 +68,7 @@ def test_the_plane_holds_the_three_checkpoints_and_its_points_are_hand_built_wei
     model = build_model(checkpoint_a)
     names = [n for n, _ in model.named_parameters()]
     a, b, c = (flat_weights(s, names) for s in states)
-    # the orthonormal basis by hand (numpy, float64): u along B − A, v the rest of C − A
-    u = (b - a) / np.linalg.norm(b - a)
-    rest = (c - a) - ((c - a) @ u) * u
-    v = rest / np.linalg.norm(rest)
-    expected = np.array([[0.0, 0.0], [np.linalg.norm(b - a), 0.0], [(c - a) @ u, (c - a) @ v]])
-    assert np.allclose(ds.through_x.values, expected[:, 0], rtol=1e-9, atol=1e-9)
-    assert np.allclose(ds.through_y.values, expected[:, 1], rtol=1e-9, atol=1e-9)
+    u, v, expected = plane_by_hand(ds, a, b, c)
     # each checkpoint sits at its recorded coordinates: A + x·u + y·v is that checkpoint's weights
     for point, (x, y) in zip((a, b, c), expected, strict=True):
         assert np.abs(a + x * u + y * v - point).max() <= 1e-9 * np.abs(point).max()
