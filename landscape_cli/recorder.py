@@ -20,8 +20,11 @@ refused in one line (the training no longer repeats the recorded one: seed it, o
 
 Writes follow `train`'s order: the checkpoint file (written under a temporary name and renamed), the tracked
 λmax, then run.json, so a SIGKILL at any moment keeps every checkpoint recorded before it, and a new run that
-fails before its step 0 leaves no trace. One recorder (or `train`) per run at a time: the run's lock is held
-until `close()`.
+fails before its step 0 leaves no trace. The recorder copies the weights when a checkpoint is due and a thread
+writes the files while training goes on (one checkpoint after the other), so a checkpoint costs the loop its copy
+and probe outputs, not its serialization, hashes and fsyncs; `close()`, `meta` and the interpreter's exit wait for
+the writes handed over, and a write that fails is raised at the loop's next call. One recorder (or `train`) per run
+at a time: the run's lock is held until `close()`.
 
 The checkpoints are written from a copy of the model that `build()` makes, exactly as later commands rebuild
 it, so a grid of a recorded run equals, value for value, the grid of the same weights imported with
@@ -37,7 +40,9 @@ import math
 import os
 import platform
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -172,6 +177,8 @@ class Recorder:
         self._losses: list[tuple[Tensor | float, float]] = []  # (loss, steps it stands for) since the last checkpoint
         self._since = time.perf_counter()
         self._closed = False
+        self._writing: threading.Thread | None = None  # the thread writing the newest checkpoint handed over
+        self._failed: BaseException | None = None  # what a write raised (raised again in the loop's thread)
         self._loaded_at = -1  # the step whose weights the scoring copy holds
         self._last_key = 0  # the step whose weights were last written or verified (step 0: by the constructor)
         self._device = _device_of(model) if settings is not None else torch.device("cpu")
@@ -233,6 +240,8 @@ class Recorder:
         """Count one optimizer step (call it after `optimizer.step()`), with the loss of its mini-batch where given;
         λmax is estimated every `track_lambda_max` steps and a checkpoint saved every `every_steps`."""
         self._check_open()
+        if self._failed is not None:
+            self._drain()
         if loss is not None:
             self.add_loss(loss)
         self.steps += 1
@@ -261,6 +270,7 @@ class Recorder:
 
         if self.writer is None:
             raise UsageError("Recorder.log_landscape needs a TensorBoard writer: Recorder(..., writer=SummaryWriter())")
+        self._drain()  # the checkpoint in run.json before the grid reads it
         key = self._last_key
         options.setdefault("pairs", 1)
         made = grid(self.run_id, at_steps=[key], width=width, span=span, batches=batches, batch_size=batch_size,
@@ -271,6 +281,13 @@ class Recorder:
         """Release the run (its tracked λmax written); the checkpoints are already in the store. Idempotent."""
         if self._closed:
             return
+        try:
+            self._drain()
+        except BaseException:
+            if not self._closed:
+                self._closed = True
+                self._lock.release()
+            raise
         self._closed = True
         try:
             if self._tracker is not None and self.steps > self._until:
@@ -294,7 +311,8 @@ class Recorder:
 
     @property
     def meta(self) -> RunMeta:
-        """The run's metadata as this recorder last wrote or read it."""
+        """The run's metadata as this recorder last wrote or read it (once the checkpoints handed over are written)."""
+        self._drain()
         return self._meta
 
     @property
@@ -324,7 +342,7 @@ class Recorder:
             val_loss, val_acc = evaluate_split(self._net, self._data, "val", self._device, scorer=self._scorer)
         self._write(0, True, {"train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
                               "val_accuracy": val_acc, "checkpoint_train_loss": train_loss,
-                              "checkpoint_train_accuracy": train_acc})
+                              "checkpoint_train_accuracy": train_acc}, wait=True)
         when = (f"every {self.every_steps} steps and at each epoch end" if self.every_steps is not None
                 else "at each epoch end")
         self._say(f"recording run {self.run_id} in {st.root} (step 0 saved; a checkpoint {when})")
@@ -387,29 +405,74 @@ class Recorder:
         self._write(key, epoch_end, {"train_loss": self._mean_loss(), "train_accuracy": None, "val_loss": None,
                                      "val_accuracy": None})
 
-    def _write(self, key: int, epoch_end: bool, metrics: dict[str, Any]) -> None:
-        """Checkpoint file, tracked λmax, then run.json (and the retention policy applied): `train`'s order."""
+    def _write(self, key: int, epoch_end: bool, metrics: dict[str, Any], wait: bool = False) -> None:
+        """Checkpoint file, tracked λmax, then run.json (and the retention policy applied): `train`'s order.
+
+        The weights are copied and the probe outputs computed here; the files are written by a thread while training
+        goes on (writes in order, one after the other: `_submit`), so that a checkpoint costs the loop its copy,
+        not its serialization, hashes and fsyncs. `wait`: return once it is written."""
         st, meta = self.store, self._meta
         ckpt = checkpoints.make_checkpoint(self._net, meta.model, meta.dataset, meta.config.identity(), self.epochs,
-                                           key)
+                                           key)  # a copy of the weights: the thread writes what they are now
         probe = probes.record(self._net, self._probes) if self._probes is not None else None
-        name = checkpoint_name(self.epochs, key)
-        path = st.file(self.run_id, name)
-        checkpoints.save(path, ckpt)
-        if self._tracker is not None:
-            st.write_lambda_track(self._tracker.track)
+        name, epochs = checkpoint_name(self.epochs, key), self.epochs
+        lr = _number(self.optimizer.param_groups[0].get("lr"))
+        track = self._tracker.track if self._tracker is not None else None
+        track = LambdaTrack(track.run, track.settings, list(track.values)) if track is not None else None
         now_s = time.perf_counter()
-        meta.epochs.append(EpochRecord(
-            epoch=self.epochs, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
-            val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"], seconds=round(now_s - self._since, 3),
-            checkpoint=name, sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
-            checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
-            checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"),
-            step=key, epoch_end=epoch_end, lr=_number(self.optimizer.param_groups[0].get("lr")), probe=probe))
-        self._since = now_s
-        self._save_meta()
+        seconds, self._since = round(now_s - self._since, 3), now_s
         self._until = self._last_key = key
         self.written.append(key)
+
+        def write() -> None:
+            path = st.file(self.run_id, name)
+            checkpoints.save(path, ckpt)
+            if track is not None:
+                st.write_lambda_track(track)
+            meta.epochs.append(EpochRecord(
+                epoch=epochs, train_loss=metrics["train_loss"], train_accuracy=metrics["train_accuracy"],
+                val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"], seconds=seconds,
+                checkpoint=name, sha256=file_sha256(path), weights_sha256=checkpoints.state_hash(ckpt["state_dict"]),
+                checkpoint_train_loss=metrics.get("checkpoint_train_loss"),
+                checkpoint_train_accuracy=metrics.get("checkpoint_train_accuracy"),
+                step=key, epoch_end=epoch_end, lr=lr, probe=probe))
+            self._save_meta()
+
+        self._submit(write)
+        if wait:
+            self._drain()
+
+    def _submit(self, write: Callable[[], None]) -> None:
+        """`write` in a thread of its own, once the writes before it are done (none after a failed one). The thread
+        is not a daemon: a process whose script ends or raises still writes what it was handed before exiting."""
+        previous = self._writing
+
+        def run() -> None:
+            if previous is not None:
+                previous.join()
+            if self._failed is not None:
+                return
+            try:
+                write()
+            except BaseException as e:  # raised in the training loop's thread, at its next call
+                self._failed = e
+
+        thread = threading.Thread(target=run, name=f"landscape-recorder-{self.run_id}")
+        thread.start()
+        self._writing = thread
+
+    def _drain(self) -> None:
+        """Wait for the checkpoints handed to the writing thread; a write that failed is raised here (the recorder is
+        then closed, its lock released: the run holds every checkpoint before the failed one)."""
+        thread, self._writing = self._writing, None
+        if thread is not None:
+            thread.join()
+        if self._failed is not None:
+            error, self._failed = self._failed, None
+            if not self._closed:
+                self._closed = True
+                self._lock.release()
+            raise error
 
     def _save_meta(self) -> None:
         st, meta = self.store, self._meta
@@ -423,6 +486,7 @@ class Recorder:
     def _verify(self, key: int, epoch_end: bool) -> None:
         """A step the run holds: the weights must be the recorded ones. Nothing is written, except that a checkpoint
         saved by every_steps where an epoch then ends (just now, or before a kill) is recorded as the epoch's end."""
+        self._drain()
         meta = self._meta
         record = meta.record(key)
         if record is None:

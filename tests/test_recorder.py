@@ -336,6 +336,50 @@ def test_a_run_killed_mid_recording_keeps_its_checkpoints_and_a_rerun_resumes(sc
     assert checkpoint_hashes(store) == checkpoint_hashes(tmp_path / "one-go")
 
 
+def test_a_failed_write_is_raised_in_the_loop_and_the_run_keeps_the_checkpoints_before_it(
+        script: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints are written by a thread while training goes on: a write that fails (a full disk) is raised at the
+    loop's next call to the recorder, which is then closed; the run holds every checkpoint before the failed one."""
+    from landscape_cli.errors import StoreError
+    from landscape_cli.models import checkpoints
+
+    save, calls = checkpoints.save, []
+
+    def failing(path: Path, obj: dict[str, Any]) -> None:
+        calls.append(path)
+        if len(calls) == 4:  # steps 0, 5 and 10 are written; step 12's write fails
+            raise StoreError(f"cannot write {path}: No space left on device")
+        save(path, obj)
+
+    monkeypatch.setattr(checkpoints, "save", failing)
+    with pytest.raises(StoreError, match="No space left on device"):
+        _record(script, store, epochs=2)
+    assert len(calls) == 4  # nothing written after the failed one
+    [run] = Store(store).runs()
+    assert [r.key for r in run.epochs] == [0, 5, 10]
+    checkpoint_hashes(store)
+    monkeypatch.setattr(checkpoints, "save", save)
+    rec, _ = _record(script, store, epochs=2)  # the lock was released: the same training resumes the run
+    assert rec.verified == [0, 5, 10] and rec.written == [12, 15, 20, 24]
+
+
+def test_a_script_that_ends_without_closing_its_recorder_writes_every_checkpoint(script: Path, store: Path,
+                                                                                 tmp_path: Path) -> None:
+    """The writing thread is not a daemon: the interpreter finishes the writes handed to it before exiting."""
+    ends = tmp_path / "no_close.py"
+    slow = ("import landscape_cli.models.checkpoints as _c\n_save = _c.save\n"  # the last write still going on at exit
+            "def _slow(path, obj):\n    time.sleep(0.3)\n    _save(path, obj)\n_c.save = _slow\n\n\ndef main(")
+    ends.write_text(SCRIPT.replace("    with landscape_cli.Recorder(", "    if True:\n        rec = landscape_cli.Recorder(")
+                    .replace("verbose=False, **options) as rec:", "verbose=False, **options)")
+                    .replace("def main(", slow, 1))
+    out = subprocess.run([sys.executable, str(ends), str(store), "1", "0", "0", "0"], cwd=tmp_path,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    [run] = Store(store).runs()
+    assert [r.key for r in run.epochs] == _keys(1)
+    checkpoint_hashes(store)
+
+
 # --- README's recipes, run as written -------------------------------------------------------------------------
 
 
