@@ -25,6 +25,36 @@ os.environ["LANDSCAPE_FSYNC"] = "0"
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `pytest -n 2` on 2 cores: one torch thread per worker (two workers never oversubscribe the cores)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    # numpy is loaded before this file (by a plugin), its BLAS pool already sized to the cores: two workers'
+    # pools spinning on 2 cores made each np.linalg call many times slower. One thread, as the env asks.
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(1)
+
+
+def _one_click_command_per_app() -> None:
+    """typer's CliRunner.invoke builds the click command of the whole app anew on every call (~50 ms, and the
+    suite invokes the app in-process thousands of times): build it once per app. It is the command `landscape`
+    builds once per process; click commands keep no state between invocations."""
+    import typer.testing
+
+    build = getattr(typer.testing, "_get_command", None)
+    if build is None:
+        return
+    built: dict[int, tuple[Any, Any]] = {}
+
+    def get_command(app: Any) -> Any:
+        if id(app) not in built:
+            built[id(app)] = (app, build(app))  # the app kept: its id is never reused
+        return built[id(app)][1]
+
+    typer.testing._get_command = get_command  # type: ignore[attr-defined]
+
+
+_one_click_command_per_app()
 
 
 @pytest.fixture(autouse=True)
@@ -384,11 +414,23 @@ def browser() -> Iterator[Any]:
 
 
 # --- order: under pytest-xdist (README's `-n 2 --dist loadfile`) each worker takes the next file as it
-# finishes one, so the longest files go first and the short ones fill the gaps at the end ---
+# finishes one, so the longest files go first and the short ones fill the gaps at the end (measured seconds
+# per file under `-n 2`, longest first; the files not named follow in their own order) ---
 
-LONGEST_FIRST = ("test_gpt.py", "test_reliability.py", "test_examples.py", "test_distributed.py", "test_bad_input.py",
-                 "test_grids.py", "test_training.py", "test_html.py", "test_hessian_attention.py", "test_directions.py",
-                 "test_figure_layout.py", "test_page_bundle.py", "test_plotting.py", "test_export_formats.py")
+LONGEST_FIRST = ("test_reliability.py", "test_examples.py", "test_gpt.py", "test_figure_layout.py",
+                 "test_distributed.py", "test_grids.py", "test_adversarial.py", "test_plotting.py", "test_training.py",
+                 "test_page_bundle.py", "test_html.py", "test_bad_input.py", "test_lambda_track.py", "test_cli.py",
+                 "test_batch_progress.py", "test_api.py", "test_connect.py", "test_notebook_kernel.py",
+                 "test_directions.py", "test_batched.py", "test_export.py", "test_stats.py", "test_step_checkpoints.py",
+                 "test_recorder.py", "test_hessian.py", "test_export_formats.py", "test_hessian_attention.py",
+                 "test_interrupts.py", "test_step_readers.py", "test_compat.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist hands out the files of `--dist loadfile` by their number of tests, most first, unless told not
+    # to (--no-loadscope-reorder): that put the 90-second file of four tests last. The order above is kept instead.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects: the page tests in Chromium are marked slow here

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-L = pytest.importorskip("lightning", reason="the lightning package (the test extra) is not installed")
-
 
 def _train(tmp_path: Path, every_n_train_steps: int | None = None) -> tuple[Path, dict[int, dict[str, torch.Tensor]]]:
     """Train the built-in mlp on digits for 2 epochs with Lightning's ModelCheckpoint; the weights after each
     epoch of training, as Lightning's own loop had them (the independent record the import is checked against)."""
+    # imported here, not at collection: lightning takes seconds to import, in every worker that collects this file
+    L = pytest.importorskip("lightning", reason="the lightning package (the test extra) is not installed")
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
