@@ -281,13 +281,7 @@ class Recorder:
         """Release the run (its tracked λmax written); the checkpoints are already in the store. Idempotent."""
         if self._closed:
             return
-        try:
-            self._drain()
-        except BaseException:
-            if not self._closed:
-                self._closed = True
-                self._lock.release()
-            raise
+        self._drain()  # a failed write closes the recorder there; the lock is never released while a write goes on
         self._closed = True
         try:
             if self._tracker is not None and self.steps > self._until:
@@ -417,8 +411,8 @@ class Recorder:
         probe = probes.record(self._net, self._probes) if self._probes is not None else None
         name, epochs = checkpoint_name(self.epochs, key), self.epochs
         lr = _number(self.optimizer.param_groups[0].get("lr"))
-        track = self._tracker.track if self._tracker is not None else None
-        track = LambdaTrack(track.run, track.settings, list(track.values)) if track is not None else None
+        held = self._tracker.track if self._tracker is not None else None  # its values as they are now
+        track = LambdaTrack(held.run, held.settings, list(held.values)) if held is not None else None
         now_s = time.perf_counter()
         seconds, self._since = round(now_s - self._since, 3), now_s
         self._until = self._last_key = key
